@@ -43,8 +43,9 @@ pub enum ChangeKind {
 pub struct StoreEvent {
     /// Put or delete.
     pub change: ChangeKind,
-    /// For a put: the new state. For a delete: the last state before the delete (value may be
-    /// empty if the backend no longer had it) with `revision` set to the delete's revision.
+    /// For a put: the new state. For a delete: the key with `revision` set to the delete's
+    /// revision, and the last state (value, create_revision, lease) where the backend has it
+    /// cheaply (embedded does; etcd reports only the key — the watch hub fills it in).
     pub object: StoredObject,
 }
 

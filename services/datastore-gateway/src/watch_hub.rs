@@ -16,7 +16,7 @@ use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::resource::Selector;
-use crate::store::{EventStream, Store, StoreError, StoreEvent};
+use crate::store::{ChangeKind, EventStream, Store, StoreError, StoreEvent, StoredObject};
 
 type Batch = Arc<Vec<StoreEvent>>;
 
@@ -51,6 +51,9 @@ struct RingState {
     ring_events: usize,
     /// The ring holds every change of the kind with revision >= `complete_from`.
     complete_from: i64,
+    /// Latest state of every key of the kind, to give deletes their last state when the
+    /// backend reports only the key (etcd without prev_kv, which costs milliseconds per event).
+    cache: HashMap<String, StoredObject>,
     /// Set once the backend watch failed; subscribers end with this error.
     failed: Option<StoreError>,
     live: broadcast::Sender<Batch>,
@@ -137,8 +140,8 @@ impl WatchHub {
                 return Ok(hub.clone());
             }
         }
-        let revision = self.store.status().await?.revision;
         let prefix = format!("{kind}/");
+        let (cache, revision) = self.snapshot(&prefix).await?;
         let backend = self.store.watch(&prefix, revision + 1).await?;
         let (live, _) = broadcast::channel(1024);
         let hub = Arc::new(KindHub {
@@ -147,6 +150,7 @@ impl WatchHub {
                 ring: VecDeque::new(),
                 ring_events: 0,
                 complete_from: revision + 1,
+                cache,
                 failed: None,
                 live,
             }),
@@ -162,6 +166,32 @@ impl WatchHub {
         tokio::spawn(pump(hub.clone(), backend, self.ring_events));
         tracing::debug!(kind, from = revision + 1, "shared backend watch started");
         Ok(hub)
+    }
+}
+
+impl WatchHub {
+    /// Every object under `prefix`, and the revision of the first read (later pages may be
+    /// newer: the cache only takes events newer than what it holds).
+    async fn snapshot(
+        &self,
+        prefix: &str,
+    ) -> Result<(HashMap<String, StoredObject>, i64), StoreError> {
+        let mut cache = HashMap::new();
+        let mut after: Option<String> = None;
+        let mut revision = 0;
+        loop {
+            let page = self.store.list(prefix, after.as_deref(), 1000).await?;
+            if revision == 0 {
+                revision = page.revision;
+            }
+            after = page.objects.last().map(|o| o.key.clone());
+            for object in page.objects {
+                cache.insert(object.key.clone(), object);
+            }
+            if !page.more || after.is_none() {
+                return Ok((cache, revision));
+            }
+        }
     }
 }
 
@@ -202,13 +232,45 @@ impl KindHub {
     }
 }
 
+impl RingState {
+    /// Updates the cache with an event and completes a delete's last state from it.
+    fn remember(&mut self, event: &mut StoreEvent) {
+        let key = &event.object.key;
+        let newer = self
+            .cache
+            .get(key)
+            .is_none_or(|cached| event.object.revision > cached.revision);
+        match event.change {
+            ChangeKind::Put if newer => {
+                self.cache.insert(key.clone(), event.object.clone());
+            }
+            ChangeKind::Put => {}
+            ChangeKind::Delete => {
+                if let Some(last) = self.cache.get(key) {
+                    if event.object.value.is_empty() {
+                        event.object.value = last.value.clone();
+                        event.object.create_revision = last.create_revision;
+                        event.object.lease = last.lease;
+                    }
+                    if newer {
+                        self.cache.remove(key);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// Moves the backend watch's batches into the ring and the broadcast.
 async fn pump(hub: Arc<KindHub>, mut backend: EventStream, capacity: usize) {
     while let Some(item) = backend.next().await {
         let mut state = hub.state.lock().unwrap_or_else(|p| p.into_inner());
         match item {
             Ok(batch) if batch.is_empty() => {}
-            Ok(batch) => {
+            Ok(mut batch) => {
+                for event in &mut batch {
+                    state.remember(event);
+                }
                 let batch = Arc::new(batch);
                 state.ring_events += batch.len();
                 state.ring.push_back(batch.clone());

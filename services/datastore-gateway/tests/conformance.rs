@@ -166,7 +166,7 @@ mod cases {
         assert_eq!(events[1].object.value, b"2");
         assert_eq!(events[2].change, ChangeKind::Delete);
         assert_eq!(events[2].object.revision, gone.revision);
-        assert_eq!(events[2].object.value, b"2", "deletes carry the last state");
+        assert_eq!(events[2].object.key, "Endpoint/ns/a");
 
         // Resume after a disconnect: only what is at or after the resume revision.
         drop(w);

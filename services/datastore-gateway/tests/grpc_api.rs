@@ -373,6 +373,32 @@ mod cases {
         );
     }
 
+    pub async fn deletes_carry_the_last_state_of_keys_older_than_the_watch(b: backends::Backend) {
+        let mut c = serve(&b).await;
+        let old = create(&mut c, resource("Node", "", "node-a")).await;
+        // The first watch of the kind starts the shared backend watch after `old` exists.
+        let mut w = c
+            .watch(WatchRequest {
+                kind: "Node".into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        c.delete(DeleteRequest {
+            key: key("Node", "", "node-a"),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap();
+        let got = next(&mut w).await.unwrap();
+        assert_eq!(got.events[0].r#type, EventType::Deleted as i32);
+        let last = got.events[0].resource.as_ref().unwrap();
+        assert_eq!(last.spec, Some(spec(16)));
+        assert_eq!(last.create_revision, old.create_revision);
+        assert!(last.revision > old.revision);
+    }
+
     pub async fn compacted_start_is_out_of_range(b: backends::Backend) {
         let mut c = serve(&b).await;
         let first = create(&mut c, resource("Identity", "", "256")).await;
@@ -477,6 +503,7 @@ suite!(
     conflicts_are_aborted_with_the_current_revision,
     many_watchers_share_one_backend_watch,
     watch_resumes_and_filters,
+    deletes_carry_the_last_state_of_keys_older_than_the_watch,
     compacted_start_is_out_of_range,
     list_pages_with_a_name_prefix,
 );

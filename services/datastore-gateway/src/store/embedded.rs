@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableTable, TableDefinition, WriteTransaction};
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tokio_stream::wrappers::ReceiverStream;
 
 use super::{
@@ -60,13 +60,33 @@ pub struct EmbeddedStore {
 }
 
 struct Inner {
-    db: Database,
+    db: Arc<Database>,
     path: PathBuf,
-    history_revisions: i64,
-    /// Orders commits and their broadcast so watchers see revisions in order.
-    writer: Mutex<()>,
+    /// Held from each commit until its changes are broadcast, so a watcher that subscribes
+    /// under it sees every revision exactly once.
+    writer: Arc<Mutex<()>>,
     live: broadcast::Sender<Arc<Vec<StoreEvent>>>,
+    /// Writes go to the group-commit thread.
+    ops: std::sync::mpsc::Sender<WriteOp>,
 }
+
+/// Called once the transaction holding a write committed (or failed to).
+type Completion = Box<dyn FnOnce(Result<(), StoreError>) + Send>;
+
+/// What a write does inside the shared transaction.
+enum Step {
+    /// Wrote its changes; reply after the commit.
+    Wrote(Completion),
+    /// Refused before writing anything (and already replied).
+    Refused,
+    /// The storage failed mid-write: the whole group must be rolled back.
+    Failed(StoreError, Completion),
+}
+
+type WriteOp = Box<dyn FnOnce(&WriteTransaction, &mut Batch) -> Step + Send>;
+
+/// Writes waiting at most this many per group commit.
+const MAX_GROUP: usize = 256;
 
 fn storage_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::unavailable(BACKEND, e)
@@ -283,41 +303,65 @@ impl Inner {
         }
         txn.commit().map_err(storage_err)?;
         let (live, _) = broadcast::channel(4096);
+        let db = Arc::new(db);
+        let writer = Arc::new(Mutex::new(()));
+        let (ops, queue) = std::sync::mpsc::channel();
+        let group = GroupWriter {
+            db: db.clone(),
+            order: writer.clone(),
+            live: live.clone(),
+            history_revisions: options.history_revisions.max(1),
+        };
+        std::thread::Builder::new()
+            .name("kino-store-writer".into())
+            .spawn(move || group.run(queue))
+            .map_err(storage_err)?;
         Ok(Inner {
             db,
             path: options.path,
-            history_revisions: options.history_revisions.max(1),
-            writer: Mutex::new(()),
+            writer,
             live,
+            ops,
         })
     }
 
-    /// Runs one write transaction: `f` records changes in the batch; the commit is durable
-    /// before the changes are broadcast.
-    fn write<T>(
+    /// Queues a write; its changes get the next revision. `f` must return an error only
+    /// before it wrote anything, or a storage error (which rolls back the whole group).
+    fn submit<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&WriteTransaction, &mut Batch) -> Result<T, StoreError>,
+        f: impl FnOnce(&WriteTransaction, &mut Batch) -> Result<T, StoreError> + Send + 'static,
+    ) -> oneshot::Receiver<Result<T, StoreError>> {
+        let (reply, rx) = oneshot::channel();
+        let op: WriteOp = Box::new(move |txn, batch| match f(txn, batch) {
+            Ok(value) => Step::Wrote(Box::new(move |committed| {
+                let _ = reply.send(committed.map(|()| value));
+            })),
+            Err(e @ StoreError::Unavailable { .. }) => Step::Failed(
+                e,
+                Box::new(move |committed| {
+                    let _ =
+                        reply.send(committed.map(|()| unreachable!("failed writes never commit")));
+                }),
+            ),
+            Err(e) => {
+                let _ = reply.send(Err(e));
+                Step::Refused
+            }
+        });
+        if let Err(std::sync::mpsc::SendError(op)) = self.ops.send(op) {
+            drop(op);
+        }
+        rx
+    }
+
+    /// `submit` for callers on a blocking thread.
+    fn write<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&WriteTransaction, &mut Batch) -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        let _order = self.writer.lock().unwrap_or_else(|p| p.into_inner());
-        let txn = self.db.begin_write().map_err(storage_err)?;
-        let revision = meta(&txn, META_REVISION)? + 1;
-        let mut batch = Batch {
-            revision,
-            events: Vec::new(),
-        };
-        // Dropping `txn` without commit aborts it: an error leaves nothing written.
-        let out = f(&txn, &mut batch)?;
-        batch.finish(&txn)?;
-        let compact_to = revision - self.history_revisions;
-        if !batch.events.is_empty() && compact_to > 0 && revision % 1024 == 0 {
-            compact_log(&txn, compact_to)?;
-        }
-        txn.commit().map_err(storage_err)?;
-        if !batch.events.is_empty() {
-            // No receivers is fine.
-            let _ = self.live.send(Arc::new(batch.events));
-        }
-        Ok(out)
+        self.submit(f)
+            .blocking_recv()
+            .map_err(|_| storage_err("the store writer stopped"))?
     }
 
     fn read_revisions(&self) -> Result<(i64, i64), StoreError> {
@@ -365,27 +409,30 @@ impl Inner {
     }
 
     fn revoke(&self, lease: i64) -> Result<(), StoreError> {
-        self.write(|txn, batch| {
-            let keys: Vec<String> = {
-                let lk = txn.open_table(LEASE_KEYS).map_err(storage_err)?;
-                lk.range((lease, "")..(lease + 1, ""))
-                    .map_err(storage_err)?
-                    .map(|r| r.map(|(k, _)| k.value().1.to_string()))
-                    .collect::<Result<_, _>>()
-                    .map_err(storage_err)?
-            };
-            for key in keys {
-                if let Some(prev) = read_key(txn, &key)? {
-                    batch.delete(txn, prev)?;
-                }
-            }
-            txn.open_table(LEASES)
-                .map_err(storage_err)?
-                .remove(lease)
-                .map_err(storage_err)?;
-            Ok(())
-        })
+        self.write(move |txn, batch| revoke_in(txn, batch, lease))
     }
+}
+
+/// Deletes every key attached to `lease` (one revision) and forgets the lease.
+fn revoke_in(txn: &WriteTransaction, batch: &mut Batch, lease: i64) -> Result<(), StoreError> {
+    let keys: Vec<String> = {
+        let lk = txn.open_table(LEASE_KEYS).map_err(storage_err)?;
+        lk.range((lease, "")..(lease + 1, ""))
+            .map_err(storage_err)?
+            .map(|r| r.map(|(k, _)| k.value().1.to_string()))
+            .collect::<Result<_, _>>()
+            .map_err(storage_err)?
+    };
+    for key in keys {
+        if let Some(prev) = read_key(txn, &key)? {
+            batch.delete(txn, prev)?;
+        }
+    }
+    txn.open_table(LEASES)
+        .map_err(storage_err)?
+        .remove(lease)
+        .map_err(storage_err)?;
+    Ok(())
 }
 
 fn compact_log(txn: &WriteTransaction, revision: i64) -> Result<(), StoreError> {
@@ -394,6 +441,117 @@ fn compact_log(txn: &WriteTransaction, revision: i64) -> Result<(), StoreError> 
         .map_err(storage_err)?;
     drop(log);
     set_meta(txn, META_COMPACT, revision)
+}
+
+/// The single writer thread: drains queued writes into one transaction per group, gives each
+/// write its own revision, commits durably once (one fsync for the group), then broadcasts
+/// and replies in order.
+struct GroupWriter {
+    db: Arc<Database>,
+    order: Arc<Mutex<()>>,
+    live: broadcast::Sender<Arc<Vec<StoreEvent>>>,
+    history_revisions: i64,
+}
+
+impl GroupWriter {
+    fn run(self, queue: std::sync::mpsc::Receiver<WriteOp>) {
+        while let Ok(first) = queue.recv() {
+            let mut ops = vec![first];
+            while ops.len() < MAX_GROUP {
+                match queue.try_recv() {
+                    Ok(op) => ops.push(op),
+                    Err(_) => break,
+                }
+            }
+            self.commit_group(ops);
+        }
+    }
+
+    fn commit_group(&self, ops: Vec<WriteOp>) {
+        let txn = match self.db.begin_write() {
+            Ok(txn) => txn,
+            Err(e) => {
+                // Each op's reply is inside its closure: run them against nothing by failing
+                // the group through a poisoned transaction is impossible, so report directly.
+                let e = storage_err(e);
+                for op in ops {
+                    fail_without_txn(op, &e);
+                }
+                return;
+            }
+        };
+        let mut revision = match meta(&txn, META_REVISION) {
+            Ok(r) => r,
+            Err(e) => {
+                for op in ops {
+                    fail_without_txn(op, &e);
+                }
+                return;
+            }
+        };
+        let mut done: Vec<Completion> = Vec::new();
+        let mut batches: Vec<Vec<StoreEvent>> = Vec::new();
+        let mut failure: Option<StoreError> = None;
+        for op in ops {
+            if failure.is_some() {
+                // Still reply: the op never ran.
+                done.push(Box::new(move |_| drop(op)));
+                continue;
+            }
+            let mut batch = Batch {
+                revision: revision + 1,
+                events: Vec::new(),
+            };
+            match op(&txn, &mut batch) {
+                Step::Wrote(reply) => {
+                    if let Err(e) = batch.finish(&txn) {
+                        failure = Some(e);
+                    } else if !batch.events.is_empty() {
+                        revision += 1;
+                        batches.push(batch.events);
+                    }
+                    done.push(reply);
+                }
+                Step::Refused => {}
+                Step::Failed(e, reply) => {
+                    failure = Some(e);
+                    done.push(reply);
+                }
+            }
+        }
+        let compact_to = revision - self.history_revisions;
+        if failure.is_none() && compact_to > 0 && batches.iter().any(|_| true) {
+            let last_compaction = meta(&txn, META_COMPACT).unwrap_or(0);
+            if compact_to - last_compaction >= 1024
+                && let Err(e) = compact_log(&txn, compact_to)
+            {
+                failure = Some(e);
+            }
+        }
+        let _order = self.order.lock().unwrap_or_else(|p| p.into_inner());
+        let result = match failure {
+            // Dropping the transaction without commit rolls every write of the group back.
+            Some(e) => Err(e),
+            None => txn.commit().map_err(storage_err),
+        };
+        if result.is_ok() {
+            for batch in batches {
+                // No receivers is fine.
+                let _ = self.live.send(Arc::new(batch));
+            }
+        }
+        drop(_order);
+        for reply in done {
+            reply(result.clone());
+        }
+    }
+}
+
+/// Drops a queued write whose transaction could not even begin; its caller sees the reply
+/// channel close ("the store writer stopped") and reports the store as unavailable.
+fn fail_without_txn(op: WriteOp, e: &StoreError) {
+    tracing::error!(error = %e, "embedded store cannot begin a write transaction");
+    drop(op);
 }
 
 fn check_lease(txn: &WriteTransaction, lease: i64) -> Result<(), StoreError> {
@@ -439,6 +597,13 @@ async fn expire_leases(inner: Weak<Inner>, interval: Duration) {
             Err(e) => tracing::warn!(error = %e, "lease expiry task panicked; will retry"),
         }
     }
+}
+
+/// Waits for a queued write's reply.
+async fn written<T>(pending: oneshot::Receiver<Result<T, StoreError>>) -> Result<T, StoreError> {
+    pending
+        .await
+        .map_err(|_| storage_err("the store writer stopped before committing"))?
 }
 
 #[async_trait]
@@ -507,27 +672,25 @@ impl Store for EmbeddedStore {
         lease: i64,
     ) -> Result<StoredObject, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            inner.write(|txn, batch| {
-                check_lease(txn, lease)?;
-                if let Some(existing) = read_key(txn, &key)? {
-                    return Err(StoreError::AlreadyExists {
-                        key,
-                        revision: existing.revision,
-                    });
-                }
-                let object = StoredObject {
+        let pending = self.inner.submit(move |txn, batch| {
+            check_lease(txn, lease)?;
+            if let Some(existing) = read_key(txn, &key)? {
+                return Err(StoreError::AlreadyExists {
                     key,
-                    value,
-                    create_revision: batch.revision,
-                    revision: batch.revision,
-                    lease,
-                };
-                batch.put(txn, object.clone(), 0)?;
-                Ok(object)
-            })
-        })
-        .await
+                    revision: existing.revision,
+                });
+            }
+            let object = StoredObject {
+                key,
+                value,
+                create_revision: batch.revision,
+                revision: batch.revision,
+                lease,
+            };
+            batch.put(txn, object.clone(), 0)?;
+            Ok(object)
+        });
+        written(pending).await
     }
 
     async fn update(
@@ -538,31 +701,29 @@ impl Store for EmbeddedStore {
         expected_revision: i64,
     ) -> Result<StoredObject, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            inner.write(|txn, batch| {
-                let Some(current) = read_key(txn, &key)? else {
-                    return Err(StoreError::NotFound { key });
-                };
-                if current.revision != expected_revision {
-                    return Err(StoreError::Conflict {
-                        key,
-                        expected: expected_revision,
-                        current: current.revision,
-                    });
-                }
-                check_lease(txn, lease)?;
-                let object = StoredObject {
+        let pending = self.inner.submit(move |txn, batch| {
+            let Some(current) = read_key(txn, &key)? else {
+                return Err(StoreError::NotFound { key });
+            };
+            if current.revision != expected_revision {
+                return Err(StoreError::Conflict {
                     key,
-                    value,
-                    create_revision: current.create_revision,
-                    revision: batch.revision,
-                    lease,
-                };
-                batch.put(txn, object.clone(), current.lease)?;
-                Ok(object)
-            })
-        })
-        .await
+                    expected: expected_revision,
+                    current: current.revision,
+                });
+            }
+            check_lease(txn, lease)?;
+            let object = StoredObject {
+                key,
+                value,
+                create_revision: current.create_revision,
+                revision: batch.revision,
+                lease,
+            };
+            batch.put(txn, object.clone(), current.lease)?;
+            Ok(object)
+        });
+        written(pending).await
     }
 
     async fn delete(
@@ -571,23 +732,21 @@ impl Store for EmbeddedStore {
         expected_revision: Option<i64>,
     ) -> Result<StoredObject, StoreError> {
         let key = key.to_string();
-        self.blocking(move |inner| {
-            inner.write(|txn, batch| {
-                let Some(current) = read_key(txn, &key)? else {
-                    return Err(StoreError::NotFound { key });
-                };
-                if let Some(expected) = expected_revision.filter(|e| *e != current.revision) {
-                    return Err(StoreError::Conflict {
-                        key,
-                        expected,
-                        current: current.revision,
-                    });
-                }
-                batch.delete(txn, current)?;
-                Ok(batch.events.last().expect("just deleted").object.clone())
-            })
-        })
-        .await
+        let pending = self.inner.submit(move |txn, batch| {
+            let Some(current) = read_key(txn, &key)? else {
+                return Err(StoreError::NotFound { key });
+            };
+            if let Some(expected) = expected_revision.filter(|e| *e != current.revision) {
+                return Err(StoreError::Conflict {
+                    key,
+                    expected,
+                    current: current.revision,
+                });
+            }
+            batch.delete(txn, current)?;
+            Ok(batch.events.last().expect("just deleted").object.clone())
+        });
+        written(pending).await
     }
 
     async fn watch(&self, prefix: &str, start_revision: i64) -> Result<EventStream, StoreError> {
@@ -635,59 +794,52 @@ impl Store for EmbeddedStore {
                 reason: format!("{ttl_seconds} must be positive"),
             });
         }
-        self.blocking(move |inner| {
-            // Lease bookkeeping does not bump the revision (as in etcd).
-            let _order = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let txn = inner.db.begin_write().map_err(storage_err)?;
-            let id = meta(&txn, META_LEASE_SEQ)? + 1;
-            set_meta(&txn, META_LEASE_SEQ, id)?;
+        // Lease bookkeeping does not bump the revision (as in etcd).
+        let pending = self.inner.submit(move |txn, _batch| {
+            let id = meta(txn, META_LEASE_SEQ)? + 1;
+            set_meta(txn, META_LEASE_SEQ, id)?;
             txn.open_table(LEASES)
                 .map_err(storage_err)?
                 .insert(id, (ttl_seconds, now_ms() + ttl_seconds * 1000))
                 .map_err(storage_err)?;
-            txn.commit().map_err(storage_err)?;
             Ok(Lease { id, ttl_seconds })
-        })
-        .await
+        });
+        written(pending).await
     }
 
     async fn keep_alive(&self, lease: i64) -> Result<Lease, StoreError> {
-        self.blocking(move |inner| {
-            let _order = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let txn = inner.db.begin_write().map_err(storage_err)?;
-            let ttl = {
-                let mut leases = txn.open_table(LEASES).map_err(storage_err)?;
-                let ttl = leases
-                    .get(lease)
-                    .map_err(storage_err)?
-                    .map(|v| v.value())
-                    .filter(|(_, deadline)| *deadline > now_ms())
-                    .map(|(ttl, _)| ttl)
-                    .ok_or(StoreError::LeaseNotFound { lease })?;
-                leases
-                    .insert(lease, (ttl, now_ms() + ttl * 1000))
-                    .map_err(storage_err)?;
-                ttl
-            };
-            txn.commit().map_err(storage_err)?;
+        let pending = self.inner.submit(move |txn, _batch| {
+            let mut leases = txn.open_table(LEASES).map_err(storage_err)?;
+            let ttl = leases
+                .get(lease)
+                .map_err(storage_err)?
+                .map(|v| v.value())
+                .filter(|(_, deadline)| *deadline > now_ms())
+                .map(|(ttl, _)| ttl)
+                .ok_or(StoreError::LeaseNotFound { lease })?;
+            leases
+                .insert(lease, (ttl, now_ms() + ttl * 1000))
+                .map_err(storage_err)?;
             Ok(Lease {
                 id: lease,
                 ttl_seconds: ttl,
             })
-        })
-        .await
+        });
+        written(pending).await
     }
 
     async fn revoke_lease(&self, lease: i64) -> Result<(), StoreError> {
-        self.blocking(move |inner| inner.revoke(lease)).await
+        written(
+            self.inner
+                .submit(move |txn, batch| revoke_in(txn, batch, lease)),
+        )
+        .await
     }
 
     async fn compact(&self, revision: i64) -> Result<i64, StoreError> {
-        self.blocking(move |inner| {
-            let _order = inner.writer.lock().unwrap_or_else(|p| p.into_inner());
-            let txn = inner.db.begin_write().map_err(storage_err)?;
-            let current = meta(&txn, META_REVISION)?;
-            let compacted = meta(&txn, META_COMPACT)?;
+        let pending = self.inner.submit(move |txn, _batch| {
+            let current = meta(txn, META_REVISION)?;
+            let compacted = meta(txn, META_COMPACT)?;
             if revision <= 0 || revision > current {
                 return Err(StoreError::InvalidArgument {
                     field: "revision",
@@ -699,11 +851,10 @@ impl Store for EmbeddedStore {
             if revision <= compacted {
                 return Ok(compacted);
             }
-            compact_log(&txn, revision)?;
-            txn.commit().map_err(storage_err)?;
+            compact_log(txn, revision)?;
             Ok(revision)
-        })
-        .await
+        });
+        written(pending).await
     }
 
     async fn status(&self) -> Result<StoreStatus, StoreError> {

@@ -511,12 +511,10 @@ impl EtcdStore {
                     change: ChangeKind::Put,
                     object: self.object(kv)?,
                 },
+                // The watch does not ask for prev_kv (etcd reads it from disk per event, adding
+                // milliseconds): the key and revision are what a delete carries here.
                 EventType::Delete => {
-                    let mut object = match event.prev_kv() {
-                        Some(prev) => self.object(prev)?,
-                        None => self.object(kv)?,
-                    };
-                    object.revision = kv.mod_revision();
+                    let object = self.object(kv)?;
                     StoreEvent {
                         change: ChangeKind::Delete,
                         object,

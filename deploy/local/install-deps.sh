@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing Kinocilium needs on a Debian machine:
+# Debian packages (apt) and buf (npm, into .tools/). Safe to run again: it installs only what
+# is missing. The Rust toolchain (cargo, stable 1.95) must already be there.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+
+# protobuf-compiler: protoc for the API code generation (and etcd-client's build).
+# etcd-server/etcd-client: the etcd backend and its tests. jq, curl: scripts and checks.
+packages=(protobuf-compiler etcd-server etcd-client jq curl pkg-config build-essential iproute2 procps)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "==> apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v cargo >/dev/null; then
+  echo "cargo not found: install the Rust toolchain (stable 1.95) with rustup first" >&2
+  exit 1
+fi
+
+# buf: lint/breaking checks of proto/ and `buf curl` against the running services.
+if [ ! -x "$repo/.tools/node_modules/.bin/buf" ]; then
+  echo "==> npm install @bufbuild/buf (into .tools/)"
+  mkdir -p "$repo/.tools"
+  (cd "$repo/.tools" && npm install --silent --no-audit --no-fund @bufbuild/buf >/dev/null)
+fi

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# Brings the whole Kinocilium suite up on this machine (standalone mode, embedded datastore)
+# and runs the main job: every service up and healthy, shown by `kino status`.
+#   installs packages (apt, npm) → cargo build --release → starts the services in the
+#   background (logs in /var/log/kino/, state in /var/lib/kino/, pids in /run/kino/)
+#   → waits until all are SERVING → prints `kino status`.
+# Stop everything with ./deploy/local/down.sh.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+cd "$repo"
+
+"$repo/deploy/local/install-deps.sh"
+
+echo "==> cargo build --release (all binaries)"
+cargo build --release --workspace --bins
+bin="$repo/target/release"
+
+# A previous run is stopped first, so up.sh can be run again at any time.
+"$repo/deploy/local/down.sh" >/dev/null 2>&1 || true
+
+state=/var/lib/kino logs=/var/log/kino run=/run/kino
+mkdir -p "$state" "$logs" "$run"
+
+start() { # name binary args...
+  local name=$1; shift
+  local exe=$1; shift
+  nohup "$bin/$exe" "$@" >>"$logs/$name.log" 2>&1 &
+  echo $! >"$run/$name.pid"
+  echo "    started $name (pid $!, log $logs/$name.log)"
+}
+
+echo "==> starting the suite"
+start datastore-gateway kino-datastore-gateway --data-file "$state/datastore.redb"
+start ipam kino-ipam
+start policy-compiler kino-policy-compiler
+start agent kino-agent
+
+echo "==> waiting for every component to be SERVING"
+for _ in $(seq 1 60); do
+  if "$bin/kino" status >/dev/null 2>&1; then break; fi
+  sleep 0.5
+done
+
+echo
+echo "\$ kino status"
+if ! "$bin/kino" status; then
+  echo >&2
+  echo "some components are not healthy; their logs are in $logs/" >&2
+  exit 1
+fi
+echo
+echo "Kinocilium is up. The CLI is $bin/kino; stop the suite with ./deploy/local/down.sh"
