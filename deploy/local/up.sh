@@ -33,7 +33,7 @@ echo "==> starting the suite"
 start datastore-gateway kino-datastore-gateway --data-file "$state/datastore.redb"
 start ipam kino-ipam
 start policy-compiler kino-policy-compiler
-start agent kino-agent
+start agent kino-agent --socket /run/kino/agent.sock
 
 echo "==> waiting for every component to be SERVING"
 for _ in $(seq 1 60); do

@@ -54,9 +54,14 @@ impl ServiceProcess {
     /// exit status.
     pub fn signal_and_wait(&mut self, signal: &str) -> anyhow::Result<std::process::ExitStatus> {
         let mut child = self.child.take().expect("process already stopped");
-        Command::new("kill")
+        if let Err(e) = Command::new("kill")
             .args([&format!("-{signal}"), &child.id().to_string()])
-            .status()?;
+            .status()
+        {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(e.into());
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
             if let Some(status) = child.try_wait()? {

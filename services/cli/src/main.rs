@@ -1,1 +1,206 @@
-fn main() {}
+//! kino: the operator's command-line tool. Reads flags/env and runs one command.
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use kino_cli::pending::PendingGroup;
+use kino_cli::status::{Targets, components, probe_all};
+use kino_service_kit::ClientTlsArgs;
+use kino_telemetry::{LogArgs, LogFormat};
+
+/// Exit status when a component is not SERVING (or a command failed).
+const EXIT_FAILURE: u8 = 1;
+/// Exit status of a command that is not implemented yet (and of usage errors).
+const EXIT_NOT_IMPLEMENTED: u8 = 2;
+
+/// Operate a Kinocilium suite: status, endpoints, policies, identities, IPAM, BPF maps, flows.
+#[derive(Parser, Debug)]
+#[command(name = "kino", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+    #[command(flatten)]
+    global: GlobalArgs,
+}
+
+/// Flags every command shares.
+#[derive(Args, Debug)]
+struct GlobalArgs {
+    /// Output format.
+    #[arg(short, long, global = true, value_enum, default_value_t = Output::Table)]
+    output: Output,
+    /// The datastore-gateway: host:port, http(s)://host:port or unix:/path.
+    #[arg(
+        long,
+        global = true,
+        env = "KINO_DATASTORE",
+        default_value = "127.0.0.1:7401"
+    )]
+    datastore: String,
+    /// The IPAM service.
+    #[arg(
+        long,
+        global = true,
+        env = "KINO_IPAM",
+        default_value = "127.0.0.1:7402"
+    )]
+    ipam: String,
+    /// The policy-compiler.
+    #[arg(
+        long,
+        global = true,
+        env = "KINO_POLICY",
+        default_value = "127.0.0.1:7403"
+    )]
+    policy: String,
+    /// The agent's local API socket: /path or unix:/path.
+    #[arg(
+        long,
+        global = true,
+        env = "KINO_AGENT_SOCKET",
+        default_value = "/run/kino/agent.sock"
+    )]
+    agent: String,
+    /// The agent's flow observer.
+    #[arg(
+        long,
+        global = true,
+        env = "KINO_FLOW",
+        default_value = "127.0.0.1:7404"
+    )]
+    flows: String,
+    /// How long each component may take to answer, e.g. 2s or 500ms.
+    #[arg(long, global = true, env = "KINO_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
+    timeout: Duration,
+    #[command(flatten)]
+    upstream_tls: ClientTlsArgs,
+}
+
+/// Output formats.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Output {
+    /// A table for people.
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Health of every component (exit status 1 unless all are SERVING).
+    Status,
+    /// Endpoints of this node (not implemented yet: issue #4).
+    Endpoint(PendingArgs),
+    /// Policies: import, get, delete, trace (not implemented yet: issue #5).
+    Policy(PendingArgs),
+    /// Security identities (not implemented yet: issue #5).
+    Identity(PendingArgs),
+    /// IP pools and allocations (not implemented yet: issue #3).
+    Ipam(PendingArgs),
+    /// The agent's BPF maps (not implemented yet: issue #4).
+    Bpf(PendingArgs),
+    /// Flows seen by the agent (not implemented yet: issue #6).
+    Observe(PendingArgs),
+}
+
+/// Whatever follows a command group that is not implemented yet.
+#[derive(Args, Debug)]
+struct PendingArgs {
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
+    rest: Vec<String>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let invalid = || format!("{text:?} is not a duration: write e.g. 2s, 1.5s or 500ms");
+    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
+        (ms, 0.001)
+    } else if let Some(s) = text.strip_suffix('s') {
+        (s, 1.0)
+    } else {
+        (text, 1.0)
+    };
+    let value: f64 = number.trim().parse().map_err(|_| invalid())?;
+    if !value.is_finite() || value <= 0.0 || value * scale > 3600.0 {
+        return Err(format!("{text:?} must be more than 0 and at most 1 hour"));
+    }
+    Ok(Duration::from_secs_f64(value * scale))
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    // Quiet by default: the output is the table; KINO_LOG=debug shows the RPCs.
+    let log = LogArgs {
+        log_format: LogFormat::Pretty,
+        log_level: std::env::var("KINO_LOG").unwrap_or_else(|_| "warn".to_owned()),
+    };
+    let _telemetry = match kino_telemetry::init("kino", &log) {
+        Ok(guard) => guard,
+        Err(error) => {
+            eprintln!("error: {error}");
+            return ExitCode::from(EXIT_FAILURE);
+        }
+    };
+    let group = match cli.command {
+        Command::Status => return status(&cli.global).await,
+        Command::Endpoint(_) => PendingGroup::Endpoint,
+        Command::Policy(_) => PendingGroup::Policy,
+        Command::Identity(_) => PendingGroup::Identity,
+        Command::Ipam(_) => PendingGroup::Ipam,
+        Command::Bpf(_) => PendingGroup::Bpf,
+        Command::Observe(_) => PendingGroup::Observe,
+    };
+    eprintln!("error: {}", group.error());
+    ExitCode::from(EXIT_NOT_IMPLEMENTED)
+}
+
+async fn status(global: &GlobalArgs) -> ExitCode {
+    let targets = Targets {
+        datastore: global.datastore.clone(),
+        ipam: global.ipam.clone(),
+        policy: global.policy.clone(),
+        agent: global.agent.clone(),
+        flows: global.flows.clone(),
+    };
+    let report = probe_all(&components(&targets), &global.upstream_tls, global.timeout).await;
+    match global.output {
+        Output::Table => print!("{}", report.render_table()),
+        Output::Json => println!("{}", report.to_json()),
+    }
+    if report.healthy {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EXIT_FAILURE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5"), Ok(Duration::from_millis(1500)));
+        for bad in ["", "fast", "0s", "-1s", "2h"] {
+            assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn pending_groups_take_any_arguments() {
+        let cli = Cli::try_parse_from(["kino", "endpoint", "list", "--all", "-o", "json"])
+            .expect("parses");
+        assert!(matches!(cli.command, Command::Endpoint(_)));
+        let cli = Cli::try_parse_from(["kino", "-o", "json", "status"]).expect("parses");
+        assert_eq!(cli.global.output, Output::Json);
+    }
+}

@@ -1,0 +1,22 @@
+//! kino-agent: the per-node agent (eBPF datapath, endpoint manager, flow observer).
+//!
+//! For now only the API surfaces exist: [`grpc::agent::AgentGrpc`] (`kino.agent.v1`, the local
+//! API on a unix socket) and [`grpc::flow::FlowGrpc`] (`kino.flow.v1`, the flow observer)
+//! answer every RPC with `UNIMPLEMENTED`, naming the issue that brings it: endpoints, the
+//! datapath and BPF maps #4, label updates (identities) #5, flows #6. [`node`] checks the
+//! start-up settings.
+
+#![warn(missing_docs)]
+
+pub mod grpc;
+pub mod node;
+
+/// The issue that brings endpoints, the eBPF datapath and BPF map dumps.
+pub const DATAPATH_ISSUE: u32 = 4;
+/// The issue that brings identities, hence endpoint label updates.
+pub const IDENTITY_ISSUE: u32 = 5;
+/// The issue that brings the flow observer.
+pub const FLOWS_ISSUE: u32 = 6;
+
+/// Default path of the agent's local API socket.
+pub const DEFAULT_SOCKET: &str = "/run/kino/agent.sock";

@@ -1,0 +1,92 @@
+//! Command groups whose backing services arrive in later issues: they exist so `kino --help`
+//! shows the whole tool, and fail with the issue that brings them (never with made-up output).
+
+use std::fmt;
+
+/// A `kino` command group that is not implemented yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PendingGroup {
+    /// `kino endpoint list/get`.
+    Endpoint,
+    /// `kino policy import/get/delete/trace`.
+    Policy,
+    /// `kino identity list`.
+    Identity,
+    /// `kino ipam pools/allocations`.
+    Ipam,
+    /// `kino bpf {endpoint,ipcache,policy,ct} list`.
+    Bpf,
+    /// `kino observe`.
+    Observe,
+}
+
+impl PendingGroup {
+    /// The subcommand's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            PendingGroup::Endpoint => "endpoint",
+            PendingGroup::Policy => "policy",
+            PendingGroup::Identity => "identity",
+            PendingGroup::Ipam => "ipam",
+            PendingGroup::Bpf => "bpf",
+            PendingGroup::Observe => "observe",
+        }
+    }
+
+    /// The issue that brings the group, and what it needs from it.
+    pub fn issue(self) -> (u32, &'static str) {
+        match self {
+            PendingGroup::Endpoint => (4, "the agent's endpoint manager"),
+            PendingGroup::Policy => (5, "the policy compiler"),
+            PendingGroup::Identity => (5, "security identities"),
+            PendingGroup::Ipam => (3, "the IPAM allocator"),
+            PendingGroup::Bpf => (4, "the agent's eBPF datapath"),
+            PendingGroup::Observe => (6, "the agent's flow observer"),
+        }
+    }
+
+    /// The error to report when the group is run.
+    pub fn error(self) -> NotImplemented {
+        NotImplemented(self)
+    }
+}
+
+/// `kino <group>` was run but the group is not implemented yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub struct NotImplemented(pub PendingGroup);
+
+impl fmt::Display for NotImplemented {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let (issue, needs) = self.0.issue();
+        write!(
+            f,
+            "`kino {}` is not implemented yet (issue #{issue}): it needs {needs}; `kino status` shows what runs today",
+            self.0.name()
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_group_names_its_issue() {
+        for (group, issue) in [
+            (PendingGroup::Endpoint, "issue #4"),
+            (PendingGroup::Policy, "issue #5"),
+            (PendingGroup::Identity, "issue #5"),
+            (PendingGroup::Ipam, "issue #3"),
+            (PendingGroup::Bpf, "issue #4"),
+            (PendingGroup::Observe, "issue #6"),
+        ] {
+            let message = group.error().to_string();
+            assert!(message.contains("not implemented yet"), "{message}");
+            assert!(message.contains(issue), "{message}");
+            assert!(
+                message.contains(&format!("`kino {}`", group.name())),
+                "{message}"
+            );
+        }
+    }
+}
