@@ -12,7 +12,7 @@ cd "$repo"
 buf="$repo/.tools/node_modules/.bin/buf"
 export PATH="$repo/.tools/node_modules/.bin:$PATH"
 
-# A private etcd for the etcd backend's tests, on ports no local setup uses.
+# A private etcd for the etcd backend's tests, on free ports (several runs may overlap).
 etcd_dir="$(mktemp -d /tmp/kino-test-etcd.XXXXXX)"
 etcd_pid=""
 cleanup() {
@@ -20,8 +20,9 @@ cleanup() {
   rm -rf "$etcd_dir"
 }
 trap cleanup EXIT
-client_url="http://127.0.0.1:23790"
-peer_url="http://127.0.0.1:23800"
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+client_url="http://127.0.0.1:$(free_port)"
+peer_url="http://127.0.0.1:$(free_port)"
 etcd --name kino-test --data-dir "$etcd_dir/data" \
   --listen-client-urls "$client_url" --advertise-client-urls "$client_url" \
   --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
