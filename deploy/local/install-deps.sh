@@ -7,7 +7,10 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 
 # protobuf-compiler: protoc for the API code generation (and etcd-client's build).
 # etcd-server/etcd-client: the etcd backend and its tests. jq, curl: scripts and checks.
-packages=(protobuf-compiler etcd-server etcd-client jq curl pkg-config build-essential iproute2 procps)
+# clang-19, libbpf-dev: the agent's eBPF programs (build.rs); bpftool: inspecting them;
+# iputils-ping: the datapath's kernel tests ping between pod namespaces.
+packages=(protobuf-compiler etcd-server etcd-client jq curl pkg-config build-essential iproute2 procps
+  clang-19 libbpf-dev bpftool iputils-ping)
 
 missing=()
 for p in "${packages[@]}"; do

@@ -5,10 +5,21 @@
 //! answer every RPC with `UNIMPLEMENTED`, naming the issue that brings it: endpoints, the
 //! datapath and BPF maps #4, label updates (identities) #5, flows #6. [`node`] checks the
 //! start-up settings.
+//!
+//! The kernel side of issue #4 is here as a library for the endpoint manager: [`devices`]
+//! (`kino_host` ↔ `kino_net`), [`datapath`] (the eBPF programs in `bpf/`, loaded with aya,
+//! pinned under `/sys/fs/bpf/kino/<node>/` and adopted on restart), [`endpoint`] (lxc veth
+//! pairs, map entries, attachment; all or nothing), on top of [`netlink`] and [`netns`].
+//! See docs/datapath.md.
 
 #![warn(missing_docs)]
 
+pub mod datapath;
+pub mod devices;
+pub mod endpoint;
 pub mod grpc;
+pub mod netlink;
+pub mod netns;
 pub mod node;
 
 /// The issue that brings endpoints, the eBPF datapath and BPF map dumps.

@@ -57,6 +57,7 @@ struct GlobalArgs {
     /// The agent's local API socket: /path or unix:/path.
     #[arg(
         long,
+        visible_alias = "agent-socket",
         global = true,
         env = "KINO_AGENT_SOCKET",
         default_value = "/run/kino/agent.sock"
@@ -90,8 +91,8 @@ enum Output {
 enum Command {
     /// Health of every component (exit status 1 unless all are SERVING).
     Status,
-    /// Endpoints of this node (not implemented yet: issue #4).
-    Endpoint(PendingArgs),
+    /// Endpoints of this node: list, get (from the agent).
+    Endpoint(kino_cli::endpoint::EndpointArgs),
     /// Policies: import, get, delete, trace (not implemented yet: issue #5).
     Policy(PendingArgs),
     /// Security identities (not implemented yet: issue #5).
@@ -144,7 +145,11 @@ async fn main() -> ExitCode {
     };
     let group = match cli.command {
         Command::Status => return status(&cli.global).await,
-        Command::Endpoint(_) => PendingGroup::Endpoint,
+        Command::Endpoint(args) => {
+            let json = cli.global.output == Output::Json;
+            let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
+            return kino_cli::endpoint::execute(&args, agent, timeout, json).await;
+        }
         Command::Policy(_) => PendingGroup::Policy,
         Command::Identity(_) => PendingGroup::Identity,
         Command::Ipam(_) => PendingGroup::Ipam,
@@ -196,10 +201,28 @@ mod tests {
     }
 
     #[test]
-    fn pending_groups_take_any_arguments() {
-        let cli = Cli::try_parse_from(["kino", "endpoint", "list", "--all", "-o", "json"])
-            .expect("parses");
+    fn endpoint_commands_parse_with_the_agent_socket_flag() {
+        let cli = Cli::try_parse_from([
+            "kino",
+            "endpoint",
+            "get",
+            "10.0.1.5",
+            "-o",
+            "json",
+            "--agent-socket",
+            "/tmp/a.sock",
+        ])
+        .expect("parses");
         assert!(matches!(cli.command, Command::Endpoint(_)));
+        assert_eq!(cli.global.agent, "/tmp/a.sock");
+        assert!(Cli::try_parse_from(["kino", "endpoint", "list", "-n", "shop"]).is_ok());
+        assert!(Cli::try_parse_from(["kino", "endpoint", "get"]).is_err());
+    }
+
+    #[test]
+    fn pending_groups_take_any_arguments() {
+        let cli = Cli::try_parse_from(["kino", "observe", "--all", "-o", "json"]).expect("parses");
+        assert!(matches!(cli.command, Command::Observe(_)));
         let cli = Cli::try_parse_from(["kino", "-o", "json", "status"]).expect("parses");
         assert_eq!(cli.global.output, Output::Json);
     }

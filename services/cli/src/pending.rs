@@ -6,8 +6,6 @@ use std::fmt;
 /// A `kino` command group that is not implemented yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingGroup {
-    /// `kino endpoint list/get`.
-    Endpoint,
     /// `kino policy import/get/delete/trace`.
     Policy,
     /// `kino identity list`.
@@ -24,7 +22,6 @@ impl PendingGroup {
     /// The subcommand's name.
     pub fn name(self) -> &'static str {
         match self {
-            PendingGroup::Endpoint => "endpoint",
             PendingGroup::Policy => "policy",
             PendingGroup::Identity => "identity",
             PendingGroup::Ipam => "ipam",
@@ -36,7 +33,6 @@ impl PendingGroup {
     /// The issue that brings the group, and what it needs from it.
     pub fn issue(self) -> (u32, &'static str) {
         match self {
-            PendingGroup::Endpoint => (4, "the agent's endpoint manager"),
             PendingGroup::Policy => (5, "the policy compiler"),
             PendingGroup::Identity => (5, "security identities"),
             PendingGroup::Ipam => (3, "the IPAM allocator"),
@@ -73,7 +69,6 @@ mod tests {
     #[test]
     fn each_group_names_its_issue() {
         for (group, issue) in [
-            (PendingGroup::Endpoint, "issue #4"),
             (PendingGroup::Policy, "issue #5"),
             (PendingGroup::Identity, "issue #5"),
             (PendingGroup::Ipam, "issue #3"),

@@ -1,6 +1,8 @@
 //! `kino status`: is every component of the suite up? One grpc.health.v1 check per
 //! component (its own API service by name, so a different program on the port shows up),
-//! plus the datastore's own Status RPC.
+//! plus the datastore's and the agent's own Status RPCs.
+
+mod agent_detail;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -14,6 +16,10 @@ use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tracing::Instrument;
+
+pub use agent_detail::{
+    AgentComponentDetail, AgentDetail, DeviceDetail, describe_agent, render_agent_section,
+};
 
 /// Where each component is reached (flags / env of `kino`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -156,11 +162,14 @@ pub struct ComponentStatus {
     pub service: &'static str,
     /// What the health check found.
     pub health: Health,
-    /// One line of detail: the datastore's report, or why the check failed.
+    /// One line of detail: the datastore's or agent's report, or why the check failed.
     pub detail: String,
     /// The datastore's report, for the datastore-gateway when it answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub datastore: Option<DatastoreDetail>,
+    /// The agent's report, for the agent when its Status RPC answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentDetail>,
 }
 
 /// The status of the whole suite.
@@ -202,6 +211,7 @@ pub async fn probe(
         health: Health::Error,
         detail: String::new(),
         datastore: None,
+        agent: None,
     };
     let checked = tokio::time::timeout(timeout, async {
         let channel = match kino_service_kit::connect(&component.address, tls).await {
@@ -213,26 +223,35 @@ pub async fn probe(
             Err(error) => return (Health::Error, error.to_string(), None),
         };
         let (health, detail) = check_health(channel.clone(), component.service).await;
-        let datastore = if health == Health::Serving
-            && component.service == kino_api::datastore::datastore_service_server::SERVICE_NAME
-        {
-            Some(datastore_status(channel).await)
-        } else {
-            None
+        let report = match component.service {
+            _ if health != Health::Serving => None,
+            kino_api::datastore::datastore_service_server::SERVICE_NAME => {
+                Some(Report::Datastore(datastore_status(channel).await))
+            }
+            kino_api::agent::agent_service_server::SERVICE_NAME => {
+                Some(Report::Agent(agent_detail::agent_status(channel).await))
+            }
+            _ => None,
         };
-        (health, detail, datastore)
+        (health, detail, report)
     })
     .await;
     match checked {
-        Ok((health, detail, datastore)) => {
+        Ok((health, detail, report)) => {
             status.health = health;
             status.detail = detail;
-            match datastore {
-                Some(Ok(report)) => {
+            match report {
+                Some(Report::Datastore(Ok(report))) => {
                     status.detail = describe_datastore(&report);
                     status.datastore = Some(report);
                 }
-                Some(Err(error)) => status.detail = error,
+                Some(Report::Agent(Ok(report))) => {
+                    status.detail = describe_agent(&report);
+                    status.agent = Some(report);
+                }
+                Some(Report::Datastore(Err(error)) | Report::Agent(Err(error))) => {
+                    status.detail = error;
+                }
                 None => {}
             }
         }
@@ -245,6 +264,12 @@ pub async fn probe(
         }
     }
     status
+}
+
+/// A component's own report, beyond its health.
+enum Report {
+    Datastore(Result<DatastoreDetail, String>),
+    Agent(Result<AgentDetail, String>),
 }
 
 async fn check_health(channel: TracedChannel, service: &str) -> (Health, String) {
@@ -343,7 +368,8 @@ fn count(n: i64, one: &str, many: &str) -> String {
 }
 
 impl StatusReport {
-    /// The human table: COMPONENT, ADDRESS, HEALTH, DETAIL, then a summary line.
+    /// The human table: COMPONENT, ADDRESS, HEALTH, DETAIL, the agent's report when it gave
+    /// one, then a summary line.
     pub fn render_table(&self) -> String {
         let headers = ["COMPONENT", "ADDRESS", "HEALTH", "DETAIL"];
         let rows: Vec<[&str; 4]> = self
@@ -381,6 +407,10 @@ impl StatusReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
+        for agent in self.components.iter().filter_map(|c| c.agent.as_ref()) {
+            out.push('\n');
+            out.push_str(&render_agent_section(agent));
+        }
         let serving = self
             .components
             .iter()
@@ -412,6 +442,7 @@ mod tests {
             health,
             detail: detail.into(),
             datastore: None,
+            agent: None,
         }
     }
 
@@ -448,6 +479,35 @@ mod tests {
         assert_eq!(lines[2].find("UNREACHABLE"), Some(health_column), "{table}");
         assert!(lines[2].ends_with("connection refused"), "{table}");
         assert!(table.ends_with("1/2 components SERVING\n"), "{table}");
+    }
+
+    #[test]
+    fn table_shows_the_agent_report_before_the_summary() {
+        let mut agent = status("agent", Health::Serving, "");
+        let detail = AgentDetail::from(agent_detail::tests::sample_status());
+        agent.detail = describe_agent(&detail);
+        agent.agent = Some(detail);
+        let report = StatusReport {
+            healthy: true,
+            components: vec![agent],
+        };
+        let table = report.render_table();
+        assert!(
+            table.contains("SERVING   node node-1, ready, 2 endpoints, tunnel routing\n"),
+            "{table}"
+        );
+        assert!(
+            table.contains("\n\nAgent on node node-1:\n  ready:              yes\n"),
+            "{table}"
+        );
+        assert!(table.ends_with("\n1/1 components SERVING\n"), "{table}");
+        let json: serde_json::Value = serde_json::from_str(&report.to_json()).expect("JSON");
+        assert_eq!(json["components"][0]["agent"]["nodeName"], "node-1");
+        assert_eq!(json["components"][0]["agent"]["endpointCount"], 2);
+        assert_eq!(
+            json["components"][0]["agent"]["devices"][0]["name"],
+            "kino_host"
+        );
     }
 
     #[test]

@@ -2,9 +2,14 @@
 //! configuration on stdin and the VERSION result.
 //!
 //! kino-cni speaks CNI 1.1.0, 1.0.0 and 0.4.0 and answers in the version the configuration
-//! asks for.
+//! asks for. [`args`] reads the per-attachment parameters, [`result`] the CNI result in each
+//! version.
+
+pub mod args;
+pub mod result;
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -17,6 +22,8 @@ pub const SUPPORTED_VERSIONS: [&str; 3] = ["0.4.0", "1.0.0", "1.1.0"];
 pub const PREFERRED_VERSION: &str = "1.1.0";
 /// The agent's local API socket when the configuration has no `agentSocket`.
 pub const DEFAULT_AGENT_SOCKET: &str = "/run/kino/agent.sock";
+/// How long kino-cni waits for the agent (connect + answer) without `agentTimeoutSeconds`.
+pub const DEFAULT_AGENT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A version of the CNI spec that kino-cni speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -241,6 +248,13 @@ pub struct NetworkConfig {
     pub plugin_type: String,
     /// `agentSocket`: the agent's local API socket (default [`DEFAULT_AGENT_SOCKET`]).
     pub agent_socket: PathBuf,
+    /// `agentTimeoutSeconds`: how long to wait for the agent (default
+    /// [`DEFAULT_AGENT_TIMEOUT`]).
+    pub agent_timeout: Duration,
+    /// `mtu`: MTU of the pod's interface; `None` for the agent's default.
+    pub mtu: Option<u32>,
+    /// `ipamPool`: the IPAM pool to allocate from; `None` for the agent's pool.
+    pub ipam_pool: Option<String>,
     /// The whole object, for the keys later operations read (`args`, `runtimeConfig`,
     /// `prevResult`, …).
     pub raw: Map<String, Value>,
@@ -264,6 +278,41 @@ impl NetworkConfig {
                 )));
             }
         };
+        let agent_timeout = match raw.get("agentTimeoutSeconds") {
+            None => DEFAULT_AGENT_TIMEOUT,
+            Some(value) => value
+                .as_f64()
+                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 3600.0)
+                .map(Duration::from_secs_f64)
+                .ok_or_else(|| {
+                    invalid_config(format!(
+                        "\"agentTimeoutSeconds\" must be a number of seconds from 0 to 3600, got {value}"
+                    ))
+                })?,
+        };
+        let mtu = match raw.get("mtu") {
+            None => None,
+            Some(value) => Some(
+                value
+                    .as_u64()
+                    .filter(|mtu| (68..=65535).contains(mtu))
+                    .and_then(|mtu| u32::try_from(mtu).ok())
+                    .ok_or_else(|| {
+                        invalid_config(format!(
+                            "\"mtu\" must be a whole number from 68 to 65535, got {value}"
+                        ))
+                    })?,
+            ),
+        };
+        let ipam_pool = match raw.get("ipamPool") {
+            None => None,
+            Some(Value::String(pool)) if !pool.is_empty() => Some(pool.clone()),
+            Some(other) => {
+                return Err(invalid_config(format!(
+                    "\"ipamPool\" must be the name of an IPAM pool, got {other}"
+                )));
+            }
+        };
         let cni_version = CniVersion::parse(&version_text).ok_or_else(|| {
             CniError::new(
                 ErrorCode::IncompatibleVersion,
@@ -279,8 +328,16 @@ impl NetworkConfig {
             name,
             plugin_type,
             agent_socket,
+            agent_timeout,
+            mtu,
+            ipam_pool,
             raw,
         })
+    }
+
+    /// `prevResult`, when the runtime passed one (ADD later in a chain, CHECK, DEL).
+    pub fn prev_result(&self) -> Option<&Value> {
+        self.raw.get("prevResult").filter(|value| !value.is_null())
     }
 }
 
@@ -510,6 +567,24 @@ mod tests {
     }
 
     #[test]
+    fn optional_keys_parse() {
+        let config = NetworkConfig::parse(
+            br#"{"cniVersion":"1.1.0","name":"kino","type":"kino-cni","agentTimeoutSeconds":2.5,"mtu":1450,"ipamPool":"blue","prevResult":{"ips":[]}}"#,
+        )
+        .expect("valid");
+        assert_eq!(config.agent_timeout, Duration::from_millis(2500));
+        assert_eq!(config.mtu, Some(1450));
+        assert_eq!(config.ipam_pool.as_deref(), Some("blue"));
+        assert!(config.prev_result().is_some());
+        let config =
+            NetworkConfig::parse(br#"{"cniVersion":"1.1.0","name":"kino","type":"kino-cni"}"#)
+                .expect("valid");
+        assert_eq!(config.agent_timeout, DEFAULT_AGENT_TIMEOUT);
+        assert_eq!((config.mtu, config.ipam_pool.as_deref()), (None, None));
+        assert!(config.prev_result().is_none());
+    }
+
+    #[test]
     fn config_errors_have_the_right_codes() {
         for (stdin, code, needle) in [
             (
@@ -553,6 +628,21 @@ mod tests {
                 br#"{"cniVersion":"0.3.1","name":"n","type":"t"}"#,
                 ErrorCode::IncompatibleVersion,
                 "\"0.3.1\"",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","type":"t","agentTimeoutSeconds":0}"#,
+                ErrorCode::InvalidNetworkConfig,
+                "agentTimeoutSeconds",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","type":"t","mtu":9000000}"#,
+                ErrorCode::InvalidNetworkConfig,
+                "\"mtu\"",
+            ),
+            (
+                br#"{"cniVersion":"1.0.0","name":"n","type":"t","ipamPool":7}"#,
+                ErrorCode::InvalidNetworkConfig,
+                "ipamPool",
             ),
         ] {
             let error = NetworkConfig::parse(stdin).expect_err(needle);

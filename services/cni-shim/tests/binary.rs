@@ -120,25 +120,120 @@ fn bad_config_is_code_7_and_bad_version_code_1() {
     assert_eq!(json["msg"], "incompatible CNI versions");
 }
 
+/// A network configuration naming an agent socket in a fresh directory where nothing listens.
+fn config_without_agent(version: &str, extra: &str) -> (tempfile::TempDir, String, String) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let socket = dir.path().join("agent.sock");
+    let config = format!(
+        r#"{{"cniVersion":"{version}","name":"kino","type":"kino-cni","agentSocket":"{}"{extra}}}"#,
+        socket.display()
+    );
+    (dir, config, format!("unix:{}", socket.display()))
+}
+
+const ADD_ENV: [(&str, &str); 6] = [
+    ("CNI_COMMAND", "ADD"),
+    ("CNI_CONTAINERID", "c1"),
+    ("CNI_NETNS", "/proc/self/ns/net"),
+    ("CNI_IFNAME", "eth0"),
+    ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web"),
+    ("CNI_PATH", "/opt/cni/bin"),
+];
+
 #[test]
-fn agent_commands_fail_honestly_until_the_datapath_exists() {
+fn add_with_the_agent_down_is_code_11_naming_the_socket_and_the_fix() {
+    for version in ["0.4.0", "1.0.0", "1.1.0"] {
+        let (_dir, config, socket) =
+            config_without_agent(version, r#","args":{"labels":{"app":"web"}}"#);
+        let (json, ok) = kino_cni(&ADD_ENV, &config);
+        assert_error(&json, ok, 11, version);
+        assert!(json["msg"].as_str().unwrap().contains(&socket), "{json}");
+        let details = json["details"].as_str().unwrap();
+        assert!(details.contains("start kino-agent"), "{json}");
+        assert!(details.contains("\"agentSocket\""), "{json}");
+    }
+}
+
+#[test]
+fn del_with_the_agent_down_is_code_11_so_the_runtime_retries() {
+    // As podman sends it: no CNI_NETNS requirement, the cached prevResult attached.
+    let (_dir, config, socket) = config_without_agent(
+        "1.0.0",
+        r#","prevResult":{"cniVersion":"1.0.0","interfaces":[{"name":"lxc0","mac":"5e:00:00:00:00:01"},{"name":"eth0","mac":"0a:58:0a:00:01:17","sandbox":"/run/netns/gone"}],"ips":[{"address":"10.0.1.23/32","gateway":"10.0.1.1","interface":1}]}"#,
+    );
     let env = [
-        ("CNI_COMMAND", "ADD"),
+        ("CNI_COMMAND", "DEL"),
         ("CNI_CONTAINERID", "c1"),
-        ("CNI_NETNS", "/run/netns/c1"),
         ("CNI_IFNAME", "eth0"),
         ("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web"),
-        ("CNI_PATH", "/opt/cni/bin"),
     ];
-    let config = r#"{"cniVersion":"1.0.0","name":"kino","type":"kino-cni","agentSocket":"/tmp/kino-test/agent.sock"}"#;
-    let (json, ok) = kino_cni(&env, config);
+    let (json, ok) = kino_cni(&env, &config);
     assert_error(&json, ok, 11, "1.0.0");
-    assert!(json["msg"].as_str().unwrap().contains("issue #4"), "{json}");
+    assert!(json["msg"].as_str().unwrap().contains(&socket), "{json}");
+    assert!(
+        json["details"].as_str().unwrap().contains("DEL is retried"),
+        "{json}"
+    );
+}
+
+#[test]
+fn check_gc_and_status_with_the_agent_down() {
+    let prev = r#","prevResult":{"cniVersion":"1.1.0","interfaces":[{"name":"eth0","sandbox":"/proc/self/ns/net"}],"ips":[{"address":"10.0.1.23/32","interface":0}]},"cni.dev/valid-attachments":[{"containerID":"c1","ifname":"eth0"}]"#;
+    let (_dir, config, socket) = config_without_agent("1.1.0", prev);
+    let mut check = ADD_ENV;
+    check[0].1 = "CHECK";
+    let (json, ok) = kino_cni(&check, &config);
+    assert_error(&json, ok, 11, "1.1.0");
+    assert!(json["msg"].as_str().unwrap().contains(&socket), "{json}");
+
+    let (json, ok) = kino_cni(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &config,
+    );
+    assert_error(&json, ok, 11, "1.1.0");
+
+    let (json, ok) = kino_cni(&[("CNI_COMMAND", "STATUS")], &config);
+    assert_error(&json, ok, 50, "1.1.0");
+    assert!(
+        json["details"].as_str().unwrap().contains(&socket),
+        "{json}"
+    );
+}
+
+#[test]
+fn bad_requests_fail_before_the_agent_is_asked() {
+    let (_dir, config, _) = config_without_agent("1.1.0", "");
+    let mut env = ADD_ENV;
+    env[4].1 = "K8S_POD_NAME=web;SURPRISE=1";
+    let (json, ok) = kino_cni(&env, &config);
+    assert_error(&json, ok, 4, "1.1.0");
+    assert!(json["msg"].as_str().unwrap().contains("SURPRISE"), "{json}");
+
+    let mut env = ADD_ENV;
+    env[2].1 = "/run/netns/kino-binary-test-missing";
+    let (json, ok) = kino_cni(&env, &config);
+    assert_error(&json, ok, 3, "1.1.0");
+
+    let (json, ok) = kino_cni(
+        &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
+        &config,
+    );
+    assert_error(&json, ok, 7, "1.1.0");
     assert!(
         json["details"]
             .as_str()
             .unwrap()
-            .contains("unix:/tmp/kino-test/agent.sock"),
+            .contains("cni.dev/valid-attachments"),
         "{json}"
     );
+}
+
+#[test]
+fn stdout_holds_only_the_error_json_even_with_debug_logs() {
+    let (_dir, config, _) = config_without_agent("1.0.0", "");
+    let mut env: Vec<(&str, &str)> = ADD_ENV.to_vec();
+    env.push(("KINO_LOG", "debug"));
+    // kino_cni() parses stdout as exactly one JSON object.
+    let (json, ok) = kino_cni(&env, &config);
+    assert_error(&json, ok, 11, "1.0.0");
 }

@@ -1,0 +1,230 @@
+//! Endpoints in the kernel: the veth pair ([`veth`]), the datapath's map entries and the
+//! programs on the lxc, created all or nothing and deleted idempotently. The endpoint manager
+//! (IPAM, datastore, API) builds on [`create_endpoint`] and [`delete_endpoint`].
+//!
+//! Call both from the node's network namespace (the datapath attaches by interface name).
+
+pub mod veth;
+
+use std::net::Ipv4Addr;
+use std::path::PathBuf;
+
+use crate::datapath::{Datapath, DatapathError, EndpointEntry, LxcAttachment, MapOpError};
+use crate::netlink::NetlinkError;
+use crate::netns::NetnsError;
+pub use veth::{EndpointVeth, VethRequest, create_veth, delete_veth, list_lxcs, lxc_name};
+
+/// Building or removing an endpoint failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    /// The request cannot be carried out as given.
+    #[error("invalid endpoint request: {0}")]
+    InvalidRequest(String),
+    /// The lxc for this container id and interface already exists.
+    #[error("{lxc} already exists: the endpoint is already set up; delete it first to recreate it")]
+    LxcExists {
+        /// The lxc's name.
+        lxc: String,
+    },
+    /// The pod's namespace already has an interface of the requested name.
+    #[error("the network namespace {netns} already has an interface {ifname}")]
+    PodInterfaceExists {
+        /// The requested name.
+        ifname: String,
+        /// The pod's namespace.
+        netns: PathBuf,
+    },
+    /// The pod side vanished from the pod's namespace while being configured.
+    #[error("interface {ifname} vanished from network namespace {netns} during set-up")]
+    PodInterfaceMissing {
+        /// The requested name.
+        ifname: String,
+        /// The pod's namespace.
+        netns: PathBuf,
+    },
+    /// The pod already has a default route (another plugin configured it?).
+    #[error(
+        "network namespace {netns} already has a default route; kino-cni must be the first plugin of the chain"
+    )]
+    PodHasDefaultRoute {
+        /// The pod's namespace.
+        netns: PathBuf,
+    },
+    /// The lxc vanished right after being created.
+    #[error("{lxc} vanished during set-up; is something else deleting lxc devices?")]
+    Vanished {
+        /// The lxc's name.
+        lxc: String,
+    },
+    /// No netlink socket could be opened inside the pod's namespace.
+    #[error("cannot open a netlink socket in network namespace {netns}: {source}")]
+    NetlinkSocket {
+        /// The pod's namespace.
+        netns: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Entering the pod's namespace failed (it does not exist, or no privilege).
+    #[error(transparent)]
+    Netns(#[from] NetnsError),
+    /// A netlink request failed.
+    #[error(transparent)]
+    Netlink(#[from] NetlinkError),
+    /// Attaching or detaching the programs failed.
+    #[error(transparent)]
+    Datapath(#[from] DatapathError),
+    /// Writing the endpoint's map entries failed.
+    #[error(transparent)]
+    Map(#[from] MapOpError),
+}
+
+/// Deleting an endpoint met errors; every step was tried anyway.
+#[derive(Debug, thiserror::Error)]
+#[error("deleting endpoint {lxc} failed: {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+pub struct TeardownError {
+    /// The lxc's name.
+    pub lxc: String,
+    /// Every error met, in step order.
+    pub errors: Vec<EndpointError>,
+}
+
+/// An endpoint to create in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointSpec {
+    /// The agent's endpoint id (not 0).
+    pub id: u32,
+    /// Its security identity (0 until issue #5).
+    pub identity: u32,
+    /// Its veth pair and addresses.
+    pub veth: VethRequest,
+}
+
+/// An endpoint as created in the kernel.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EndpointDatapath {
+    /// The veth pair.
+    pub veth: EndpointVeth,
+    /// Its map entry.
+    pub entry: EndpointEntry,
+    /// Its programs' pinned links.
+    pub attachment: LxcAttachment,
+}
+
+/// Creates the endpoint's veth pair, writes its map entries, then attaches the programs to
+/// its lxc (so the source check knows the endpoint before its first packet). All or
+/// nothing: any failure undoes the steps before it.
+pub async fn create_endpoint(
+    netlink: &crate::netlink::Netlink,
+    datapath: &mut Datapath,
+    spec: &EndpointSpec,
+) -> Result<EndpointDatapath, EndpointError> {
+    if spec.id == 0 {
+        return Err(EndpointError::InvalidRequest(
+            "endpoint id 0 is reserved for unknown endpoints".to_owned(),
+        ));
+    }
+    let veth = create_veth(netlink, &spec.veth).await?;
+    let entry = EndpointEntry {
+        id: spec.id,
+        identity: spec.identity,
+        ipv4: spec.veth.ipv4,
+        ipv6: spec.veth.ipv6,
+        lxc_ifindex: veth.lxc_ifindex,
+        lxc_mac: veth.lxc_mac,
+        pod_mac: veth.pod_mac,
+    };
+    let attached = match datapath.maps_mut().upsert(&entry) {
+        Ok(()) => datapath.attach_endpoint(&veth.lxc_name).map_err(|e| {
+            if let Err(undo) = datapath.maps_mut().remove_entry(&entry) {
+                tracing::warn!(lxc = veth.lxc_name, error = %undo, "rolling back: cannot remove map entries");
+            }
+            EndpointError::from(e)
+        }),
+        Err(e) => Err(e.into()),
+    };
+    match attached {
+        Ok(attachment) => Ok(EndpointDatapath {
+            veth,
+            entry,
+            attachment,
+        }),
+        Err(e) => {
+            if let Err(undo) = delete_veth(netlink, &veth.lxc_name).await {
+                tracing::warn!(lxc = veth.lxc_name, error = %undo, "rolling back: cannot delete the lxc");
+            }
+            Err(e)
+        }
+    }
+}
+
+/// Deletes the endpoint whose host side is `lxc`: detaches its programs, removes its map
+/// entries (those of its lxc, and those of `ipv4` when given — the only way to find them once
+/// the lxc is gone) and deletes the lxc. Idempotent; works when the pod's namespace (and so
+/// the lxc) is already gone. Every step is tried even if one fails.
+pub async fn delete_endpoint(
+    netlink: &crate::netlink::Netlink,
+    datapath: &mut Datapath,
+    lxc: &str,
+    ipv4: Option<Ipv4Addr>,
+) -> Result<(), TeardownError> {
+    let mut errors: Vec<EndpointError> = Vec::new();
+    if let Err(e) = datapath.detach_endpoint(lxc) {
+        errors.push(e.into());
+    }
+    let link = match netlink.link_by_name(lxc).await {
+        Ok(link) => link,
+        Err(e) => {
+            errors.push(e.into());
+            None
+        }
+    };
+    if let Some(link) = &link {
+        match datapath.maps().get_by_lxc(link.index) {
+            Ok(Some(entry)) => {
+                if let Err(e) = datapath.maps_mut().remove_entry(&entry) {
+                    errors.push(e.into());
+                }
+            }
+            Ok(None) => {}
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    if let Some(ip) = ipv4
+        && let Err(e) = datapath.maps_mut().remove(ip)
+    {
+        errors.push(e.into());
+    }
+    if let Some(link) = link
+        && let Err(e) = netlink.delete_link(link.index).await
+    {
+        errors.push(e.into());
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(TeardownError {
+            lxc: lxc.to_owned(),
+            errors,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send<T: Send>(_: &T) {}
+
+    /// The endpoint manager awaits these in tonic handlers, which need Send futures.
+    #[test]
+    fn endpoint_futures_are_send() {
+        fn check(netlink: &crate::netlink::Netlink, datapath: &mut Datapath, spec: &EndpointSpec) {
+            assert_send(&create_endpoint(netlink, datapath, spec));
+        }
+        fn check_delete(netlink: &crate::netlink::Netlink, datapath: &mut Datapath) {
+            assert_send(&delete_endpoint(netlink, datapath, "lxc0", None));
+        }
+        let _ = (check, check_delete);
+    }
+}

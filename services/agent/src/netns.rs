@@ -1,0 +1,98 @@
+//! Running code inside another network namespace: on a dedicated OS thread that `setns`ed
+//! into it and has its own single-threaded tokio runtime (so netlink connections it opens,
+//! sockets and `/proc/sys/net` writes all act there), never on a shared runtime thread.
+
+use std::fs::File;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use nix::sched::{CloneFlags, setns};
+
+/// Entering or running in a network namespace failed.
+#[derive(Debug, thiserror::Error)]
+pub enum NetnsError {
+    /// The namespace path could not be opened (the namespace is gone, or the path is wrong).
+    #[error("cannot open network namespace {path}: {source}")]
+    Open {
+        /// The path given (`/run/netns/x`, `/proc/PID/ns/net`).
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// `setns` refused (not a network namespace, or no CAP_SYS_ADMIN).
+    #[error("cannot enter network namespace {path}: {source}")]
+    Enter {
+        /// The path given.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: nix::Error,
+    },
+    /// The thread or its runtime could not be started, or it panicked.
+    #[error("worker thread for network namespace {path}: {reason}")]
+    Thread {
+        /// The path given.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+}
+
+/// Opens a network namespace file, for `setns` or to pass its fd in a netlink request.
+pub fn open_netns(path: &Path) -> Result<File, NetnsError> {
+    File::open(path).map_err(|source| NetnsError::Open {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Moves the calling thread into the network namespace at `path`. Only for threads that are
+/// dedicated to that namespace (see [`run_in_netns`]).
+pub fn enter_netns(path: &Path) -> Result<(), NetnsError> {
+    let file = open_netns(path)?;
+    setns(&file, CloneFlags::CLONE_NEWNET).map_err(|source| NetnsError::Enter {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Runs `work` on a new thread inside the network namespace at `path`, with a current-thread
+/// tokio runtime, and returns its output. The caller's thread and runtime are not blocked.
+pub async fn run_in_netns<F, Fut, T>(path: &Path, work: F) -> Result<T, NetnsError>
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: Future<Output = T>,
+    T: Send + 'static,
+{
+    let owned = path.to_owned();
+    let (done, result) = tokio::sync::oneshot::channel();
+    let spawned = std::thread::Builder::new()
+        .name("kino-netns".to_owned())
+        .spawn(move || {
+            let outcome = (|| {
+                enter_netns(&owned)?;
+                let runtime = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| NetnsError::Thread {
+                        path: owned.clone(),
+                        reason: format!("cannot build its runtime: {e}"),
+                    })?;
+                Ok(runtime.block_on(work()))
+            })();
+            let _ = done.send(outcome);
+        });
+    if let Err(e) = spawned {
+        return Err(NetnsError::Thread {
+            path: path.to_owned(),
+            reason: format!("cannot spawn: {e}"),
+        });
+    }
+    result.await.unwrap_or_else(|_| {
+        Err(NetnsError::Thread {
+            path: path.to_owned(),
+            reason: "it panicked".to_owned(),
+        })
+    })
+}
