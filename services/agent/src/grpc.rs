@@ -29,8 +29,3 @@ fn assert_unimplemented<T>(rpc: &str, issue: u32, result: Result<Response<T>, St
         status.message()
     );
 }
-
-#[cfg(test)]
-fn request<T: Default>() -> tonic::Request<T> {
-    tonic::Request::new(T::default())
-}

@@ -21,6 +21,7 @@ pub mod grpc;
 pub mod netlink;
 pub mod netns;
 pub mod node;
+pub mod registration;
 
 /// The issue that brings endpoints, the eBPF datapath and BPF map dumps.
 pub const DATAPATH_ISSUE: u32 = 4;

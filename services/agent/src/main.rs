@@ -1,12 +1,31 @@
-//! kino-agent: reads its config and serves the local API (`kino.agent.v1`, unix socket) and the
-//! flow observer (`kino.flow.v1`, TCP) side by side. Every RPC is UNIMPLEMENTED until issues
-//! #4 (endpoints, datapath), #5 (identities) and #6 (flows).
+//! kino-agent: reads its config, brings the node up (registration, pod CIDR from IPAM,
+//! kino_host/kino_net, eBPF datapath, adoption of the previous run's endpoints) and serves
+//! the local API (`kino.agent.v1`, unix socket) and the flow observer (`kino.flow.v1`, TCP).
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use kino_agent::grpc::agent::AgentGrpc;
+use kino_agent::datapath::Datapath;
+use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
+use kino_agent::devices::{
+    HOST_DEVICE, Ipv4Cidr, NET_DEVICE, NodeDevicesConfig, enable_ip_forwarding, ensure_node_devices,
+};
+use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork, Peers};
+use kino_agent::grpc::agent::{AgentGrpc, AgentInfo};
 use kino_agent::grpc::flow::FlowGrpc;
+use kino_agent::netlink::Netlink;
 use kino_agent::node::{parse_socket_path, resolve_node_name};
+use kino_agent::registration::Registration;
+use kino_api::agent::NodeDevice;
+use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+use kino_api::ipam::ipam_service_client::IpamServiceClient;
+use kino_api::ipam::{AllocateNodeCidrsRequest, NodeAllocation};
+use kino_api::types::IpFamily;
 use kino_service_kit::{ClientTlsArgs, ListenAddr, Listener, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 use tokio::signal::unix::{SignalKind, signal};
@@ -37,6 +56,23 @@ struct Config {
     /// The policy-compiler: host:port, http(s)://host:port or unix:/path.
     #[arg(long, env = "KINO_POLICY", default_value = "127.0.0.1:7403")]
     policy: String,
+    /// IPAM pool of this node's pods.
+    #[arg(long, env = "KINO_IPAM_POOL", default_value = "default")]
+    ipam_pool: String,
+    /// Where endpoint checkpoints are kept (adopted after a restart).
+    #[arg(
+        long,
+        env = "KINO_AGENT_STATE_DIR",
+        default_value = "/var/lib/kino/agent"
+    )]
+    state_dir: PathBuf,
+    /// bpffs directory under which this node's maps and links are pinned (<root>/<node>/).
+    #[arg(long, env = "KINO_BPF_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
+    bpf_pin_root: PathBuf,
+    /// TTL of the node's datastore lease, in seconds: the node's records vanish this long
+    /// after the agent stops renewing it.
+    #[arg(long, env = "KINO_NODE_LEASE_TTL", default_value_t = 30)]
+    node_lease_ttl: i64,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
@@ -45,24 +81,72 @@ struct Config {
     log: LogArgs,
 }
 
+/// Retries `attempt` every second (logging why) until it succeeds: peers started at the
+/// same time as the agent may not answer yet.
+async fn retry<T, E, F, Fut>(what: &str, mut attempt: F) -> T
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut tries = 0u32;
+    loop {
+        match attempt().await {
+            Ok(value) => return value,
+            Err(e) => {
+                tries += 1;
+                if tries == 1 || tries.is_multiple_of(10) {
+                    tracing::warn!(error = %e, tries, "{what} failed; retrying every second");
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+}
+
+/// The node's IPv4 block from its IPAM allocation.
+fn ipv4_block(allocation: &NodeAllocation) -> anyhow::Result<(Ipv4Cidr, std::net::Ipv4Addr)> {
+    let block = allocation
+        .cidrs
+        .iter()
+        .find(|c| c.family == IpFamily::Ipv4 as i32)
+        .with_context(|| {
+            format!(
+                "IPAM gave node {} no IPv4 block in pool {}; the pool needs IPv4",
+                allocation.node, allocation.pool
+            )
+        })?;
+    let cidr: Ipv4Cidr = block
+        .cidr
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("IPAM block {}: {e}", block.cidr))?;
+    let gateway = block
+        .gateway
+        .parse()
+        .with_context(|| format!("IPAM gateway {:?}", block.gateway))?;
+    Ok((cidr, gateway))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-agent", &config.log)?;
-    let node_name = resolve_node_name(config.node_name.as_deref())?;
+    let node = resolve_node_name(config.node_name.as_deref())?;
     let socket = parse_socket_path(&config.socket)?;
-    // Checked now so a typo fails at start-up; the datapath (issue #4) will use the channels.
-    for (flag, target) in [
-        ("--datastore", &config.datastore),
-        ("--ipam", &config.ipam),
-        ("--policy", &config.policy),
-    ] {
+    anyhow::ensure!(
+        (5..=3600).contains(&config.node_lease_ttl),
+        "--node-lease-ttl {} must be between 5 and 3600 seconds",
+        config.node_lease_ttl
+    );
+    let connect = |flag: &str, target: &str| {
         kino_service_kit::connect_lazy(target, &config.upstream_tls)
-            .with_context(|| format!("checking {flag} {target:?}"))?;
-    }
+            .with_context(|| format!("checking {flag} {target:?}"))
+    };
+    let datastore = DatastoreServiceClient::new(connect("--datastore", &config.datastore)?);
+    let mut ipam = IpamServiceClient::new(connect("--ipam", &config.ipam)?);
+    connect("--policy", &config.policy)?;
 
-    // One signal handler for both servers, installed before either starts, so a SIGTERM
-    // at any moment stops both.
+    // One signal handler for start-up and both servers, so a SIGTERM at any moment stops.
     let mut terminate =
         signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
@@ -81,19 +165,136 @@ async fn main() -> anyhow::Result<()> {
         }
     };
 
+    let start_time = prost_types::Timestamp::from(std::time::SystemTime::now());
+    let bring_up = async {
+        // The node's pod CIDR: idempotent, so a restarted agent gets the same block.
+        let allocation = retry("getting this node's pod CIDR from IPAM", || {
+            let mut ipam = ipam.clone();
+            let request = AllocateNodeCidrsRequest {
+                node: node.clone(),
+                pool: config.ipam_pool.clone(),
+                lease_id: 0,
+            };
+            async move { ipam.allocate_node_cidrs(request).await }
+        })
+        .await
+        .into_inner()
+        .allocation
+        .context("IPAM returned no node allocation")?;
+        let (pod_cidr, gateway) = ipv4_block(&allocation)?;
+        let pod_cidrs: Vec<String> = allocation.cidrs.iter().map(|c| c.cidr.clone()).collect();
+        tracing::info!(%node, %pod_cidr, %gateway, "pod CIDR allocated");
+
+        let registration = retry("registering the node in the datastore", || {
+            Registration::register(
+                datastore.clone(),
+                &node,
+                config.node_lease_ttl,
+                pod_cidrs.clone(),
+            )
+        })
+        .await;
+
+        let netlink = Netlink::connect().context("opening a netlink socket")?;
+        enable_ip_forwarding()?;
+        let devices = ensure_node_devices(
+            &netlink,
+            &NodeDevicesConfig {
+                gateway,
+                pod_cidr: Some(pod_cidr),
+            },
+        )
+        .await?;
+        let datapath = Datapath::load(&config.bpf_pin_root, &node).with_context(|| {
+            format!(
+                "loading the eBPF datapath (pins under {})",
+                config.bpf_pin_root.display()
+            )
+        })?;
+        let adoption = datapath.adoption().clone();
+        let datapath_detail = format!(
+            "programs loaded, maps pinned at {} ({} maps reused, {} links adopted)",
+            datapath.pin_dir().display(),
+            adoption.maps_reused.len(),
+            adoption.links_adopted.len()
+        );
+        let manager = Arc::new(EndpointManager::new(
+            ManagerConfig {
+                node: node.clone(),
+                pool: config.ipam_pool.clone(),
+                mtu: 0,
+                ipam_target: config.ipam.clone(),
+                datastore_target: config.datastore.clone(),
+            },
+            NodeNetwork {
+                gateway_v4: gateway,
+                pod_cidrs,
+            },
+            Peers {
+                ipam: ipam.clone(),
+                datastore: datastore.clone(),
+                lease: registration.lease(),
+            },
+            &config.state_dir.join(&node),
+            netlink,
+            datapath,
+        )?);
+        let (adopted, removed) = manager.restore().await?;
+        tracing::info!(adopted, removed, "endpoints of the previous run restored");
+
+        let republish = manager.clone();
+        tokio::spawn(registration.keep_alive(move || {
+            let manager = republish.clone();
+            async move {
+                if let Err(e) = manager.republish().await {
+                    tracing::warn!(error = %e, "re-publishing endpoints on the new lease");
+                }
+            }
+        }));
+        let device = |d: &kino_agent::netlink::LinkDetails, addresses: Vec<String>| NodeDevice {
+            name: d.name.clone(),
+            ifindex: d.index,
+            mac: d.mac.to_string(),
+            addresses,
+        };
+        let info = AgentInfo {
+            devices: vec![
+                device(&devices.host, vec![format!("{gateway}/32")]),
+                device(&devices.net, Vec::new()),
+            ],
+            peers: HashMap::from([
+                ("ipam".to_owned(), config.ipam.clone()),
+                ("policy-compiler".to_owned(), config.policy.clone()),
+                ("datastore-gateway".to_owned(), config.datastore.clone()),
+            ]),
+            datapath_detail,
+            start_time: Some(start_time),
+        };
+        tracing::info!(
+            %node,
+            host = HOST_DEVICE,
+            net = NET_DEVICE,
+            "node devices and datapath ready"
+        );
+        anyhow::Ok(AgentGrpc::new(manager, info))
+    };
+    let api = tokio::select! {
+        api = bring_up => api?,
+        _ = stopped() => {
+            tracing::info!("stopped during start-up");
+            return Ok(());
+        }
+    };
+    // Nothing to flush: ipam's lazy channel stays usable for later calls.
+    let _ = &mut ipam;
+
     // Bind both before serving either: a taken address fails start-up with nothing served.
     let api_listener = Listener::bind(&ListenAddr::Unix(socket)).await?;
     let flow_listener = Listener::bind(&config.flow_listen).await?;
-    tracing::info!(
-        node = %node_name,
-        datastore = %config.datastore,
-        ipam = %config.ipam,
-        policy = %config.policy,
-        "kino-agent ready: serving the local API and the flow observer; every RPC is UNIMPLEMENTED until issues #4, #5 and #6"
-    );
+    tracing::info!(%node, "kino-agent ready: serving the local API and the flow observer");
     let api = ServeSpec::on_listener("kino-agent", api_listener)
         .with_shutdown(stopped())
-        .add_service(AgentGrpc::new().into_server());
+        .add_service(api.into_server());
     let flows = ServeSpec::on_listener("kino-agent-flows", flow_listener)
         .with_tls(config.tls)
         .with_shutdown(stopped())

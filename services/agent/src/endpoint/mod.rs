@@ -4,6 +4,8 @@
 //!
 //! Call both from the node's network namespace (the datapath attaches by interface name).
 
+pub mod manager;
+pub mod state;
 pub mod veth;
 
 use std::net::Ipv4Addr;

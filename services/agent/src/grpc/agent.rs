@@ -1,33 +1,58 @@
-//! The `kino.agent.v1` gRPC adapter (the local API on the agent's unix socket). Nothing behind
-//! it yet: every RPC answers `UNIMPLEMENTED` (never a made-up result) until the endpoint
-//! manager and datapath land with issue #4 and identities with issue #5.
+//! The `kino.agent.v1` gRPC adapter (the local API on the agent's unix socket): translates
+//! between the API and the [`EndpointManager`], and maps its errors onto status codes.
+//! Label updates (identities, issue #5) and the policy/ipcache/conntrack map dumps (#5)
+//! answer `UNIMPLEMENTED`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
 
 use kino_api::agent::agent_service_server::{AgentService, AgentServiceServer};
 use kino_api::agent::{
-    CheckEndpointRequest, CheckEndpointResponse, CreateEndpointRequest, CreateEndpointResponse,
-    DeleteEndpointRequest, DeleteEndpointResponse, GcRequest, GcResponse, GetEndpointRequest,
-    GetEndpointResponse, ListBpfConntrackRequest, ListBpfConntrackResponse,
-    ListBpfEndpointsRequest, ListBpfEndpointsResponse, ListBpfIpcacheRequest,
-    ListBpfIpcacheResponse, ListBpfPolicyRequest, ListBpfPolicyResponse, ListEndpointsRequest,
-    ListEndpointsResponse, StatusRequest, StatusResponse, UpdateEndpointLabelsRequest,
-    UpdateEndpointLabelsResponse,
+    BpfEndpointEntry, CheckEndpointRequest, CheckEndpointResponse, ComponentHealth,
+    CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointRequest, DeleteEndpointResponse,
+    GcRequest, GcResponse, GetEndpointRequest, GetEndpointResponse, HealthState,
+    ListBpfConntrackRequest, ListBpfConntrackResponse, ListBpfEndpointsRequest,
+    ListBpfEndpointsResponse, ListBpfIpcacheRequest, ListBpfIpcacheResponse, ListBpfPolicyRequest,
+    ListBpfPolicyResponse, ListEndpointsRequest, ListEndpointsResponse, NodeDevice, StatusRequest,
+    StatusResponse, UpdateEndpointLabelsRequest, UpdateEndpointLabelsResponse,
 };
+use kino_api::types::{PolicyEnforcementMode, RoutingMode};
 use tonic::{Request, Response, Status};
 
 use super::not_yet;
-use crate::{DATAPATH_ISSUE, IDENTITY_ISSUE};
+use crate::IDENTITY_ISSUE;
+use crate::endpoint::manager::EndpointManager;
 
 /// Fully-qualified gRPC service name, for health checks.
 pub const SERVICE_NAME: &str = kino_api::agent::agent_service_server::SERVICE_NAME;
 
-/// The `kino.agent.v1.AgentService` implementation.
+/// What `Status` reports besides the endpoints.
 #[derive(Debug, Clone, Default)]
-pub struct AgentGrpc {}
+pub struct AgentInfo {
+    /// The node devices (kino_host, kino_net).
+    pub devices: Vec<NodeDevice>,
+    /// Peer addresses by role: ipam, policy-compiler, datastore-gateway.
+    pub peers: HashMap<String, String>,
+    /// How the datapath was loaded (adopted pins etc.), for the datapath component.
+    pub datapath_detail: String,
+    /// When the agent started.
+    pub start_time: Option<prost_types::Timestamp>,
+}
+
+/// The `kino.agent.v1.AgentService` implementation.
+#[derive(Clone)]
+pub struct AgentGrpc {
+    manager: Arc<EndpointManager>,
+    info: Arc<AgentInfo>,
+}
 
 impl AgentGrpc {
-    /// A service with nothing behind it yet.
-    pub fn new() -> Self {
-        AgentGrpc {}
+    /// The API over an endpoint manager.
+    pub fn new(manager: Arc<EndpointManager>, info: AgentInfo) -> Self {
+        AgentGrpc {
+            manager,
+            info: Arc::new(info),
+        }
     }
 
     /// The tonic server for this service.
@@ -36,41 +61,104 @@ impl AgentGrpc {
     }
 }
 
+fn component(name: &str, message: String) -> ComponentHealth {
+    ComponentHealth {
+        name: name.to_owned(),
+        state: HealthState::Ok as i32,
+        message,
+        since: None,
+    }
+}
+
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
+    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id, pod = ?request.get_ref().pod.as_ref().map(|p| &p.name)))]
     async fn create_endpoint(
         &self,
-        _request: Request<CreateEndpointRequest>,
+        request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
-        not_yet("agent CreateEndpoint (CNI ADD: endpoints)", DATAPATH_ISSUE)
+        let response = self
+            .manager
+            .create(request.into_inner())
+            .await
+            .map_err(|e| e.to_status())?;
+        if let Some(e) = &response.endpoint {
+            tracing::Span::current().record("endpoint_id", e.id);
+        }
+        Ok(Response::new(response))
     }
 
     async fn delete_endpoint(
         &self,
-        _request: Request<DeleteEndpointRequest>,
+        request: Request<DeleteEndpointRequest>,
     ) -> Result<Response<DeleteEndpointResponse>, Status> {
-        not_yet("agent DeleteEndpoint (CNI DEL: endpoints)", DATAPATH_ISSUE)
+        let target = request
+            .into_inner()
+            .target
+            .ok_or_else(|| Status::invalid_argument("target (id or attachment) is required"))?;
+        let endpoint = self
+            .manager
+            .delete(target)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(DeleteEndpointResponse {
+            endpoint,
+            errors: Vec::new(),
+        }))
     }
 
     async fn check_endpoint(
         &self,
-        _request: Request<CheckEndpointRequest>,
+        request: Request<CheckEndpointRequest>,
     ) -> Result<Response<CheckEndpointResponse>, Status> {
-        not_yet("agent CheckEndpoint (CNI CHECK: endpoints)", DATAPATH_ISSUE)
+        let request = request.into_inner();
+        let container_id = request
+            .attachment
+            .as_ref()
+            .map(|a| a.container_id.clone())
+            .unwrap_or_default();
+        self.manager
+            .check(request)
+            .await
+            .map_err(|e| e.to_status())?;
+        let endpoint = self
+            .manager
+            .get(kino_api::agent::get_endpoint_request::Lookup::ContainerId(
+                container_id,
+            ))
+            .await
+            .ok();
+        Ok(Response::new(CheckEndpointResponse { endpoint }))
     }
 
     async fn list_endpoints(
         &self,
-        _request: Request<ListEndpointsRequest>,
+        request: Request<ListEndpointsRequest>,
     ) -> Result<Response<ListEndpointsResponse>, Status> {
-        not_yet("agent ListEndpoints (endpoints)", DATAPATH_ISSUE)
+        let namespace = request.into_inner().pod_namespace;
+        let endpoints = self
+            .manager
+            .list()
+            .await
+            .into_iter()
+            .filter(|e| {
+                namespace.is_empty() || e.pod.as_ref().is_some_and(|p| p.namespace == namespace)
+            })
+            .collect();
+        Ok(Response::new(ListEndpointsResponse { endpoints }))
     }
 
     async fn get_endpoint(
         &self,
-        _request: Request<GetEndpointRequest>,
+        request: Request<GetEndpointRequest>,
     ) -> Result<Response<GetEndpointResponse>, Status> {
-        not_yet("agent GetEndpoint (endpoints)", DATAPATH_ISSUE)
+        let lookup = request.into_inner().lookup.ok_or_else(|| {
+            Status::invalid_argument("lookup (id, ip, container_id or pod) is required")
+        })?;
+        let endpoint = self.manager.get(lookup).await.map_err(|e| e.to_status())?;
+        Ok(Response::new(GetEndpointResponse {
+            endpoint: Some(endpoint),
+        }))
     }
 
     async fn update_endpoint_labels(
@@ -87,73 +175,85 @@ impl AgentService for AgentGrpc {
         &self,
         _request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        not_yet("agent Status (datapath status)", DATAPATH_ISSUE)
+        let pin = self.manager.pin_dir().await;
+        let count = self.manager.count().await;
+        let network = self.manager.network();
+        Ok(Response::new(StatusResponse {
+            ready: true,
+            node_name: self.manager.node().to_owned(),
+            version: env!("CARGO_PKG_VERSION").to_owned(),
+            start_time: self.info.start_time,
+            routing_mode: RoutingMode::Unspecified as i32,
+            policy_enforcement_mode: PolicyEnforcementMode::Default as i32,
+            components: vec![
+                component("datapath", self.info.datapath_detail.clone()),
+                component(
+                    "devices",
+                    format!("kino_host holds the pods' gateway {}", network.gateway_v4),
+                ),
+                component("endpoints", format!("{count} endpoints")),
+            ],
+            devices: self.info.devices.clone(),
+            pod_cidrs: network.pod_cidrs.clone(),
+            bpf_pin_path: pin.display().to_string(),
+            endpoint_count: count as u32,
+            policy_revision: 0,
+            peer_addresses: self.info.peers.clone(),
+        }))
     }
 
-    async fn gc(&self, _request: Request<GcRequest>) -> Result<Response<GcResponse>, Status> {
-        not_yet("agent Gc (CNI GC: endpoints)", DATAPATH_ISSUE)
+    async fn gc(&self, request: Request<GcRequest>) -> Result<Response<GcResponse>, Status> {
+        let response = self
+            .manager
+            .gc(request.into_inner())
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(response))
     }
 
     async fn list_bpf_endpoints(
         &self,
         _request: Request<ListBpfEndpointsRequest>,
     ) -> Result<Response<ListBpfEndpointsResponse>, Status> {
-        not_yet("agent ListBpfEndpoints (BPF maps)", DATAPATH_ISSUE)
+        let entries = self
+            .manager
+            .bpf_endpoints()
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ListBpfEndpointsResponse {
+            entries: entries
+                .into_iter()
+                .map(|e| BpfEndpointEntry {
+                    ip: e.ipv4.to_string(),
+                    endpoint_id: e.id,
+                    ifindex: e.lxc_ifindex,
+                    mac: e.pod_mac.to_string(),
+                    node_mac: e.lxc_mac.to_string(),
+                    identity: e.identity,
+                    flags: 0,
+                })
+                .collect(),
+        }))
     }
 
     async fn list_bpf_ipcache(
         &self,
         _request: Request<ListBpfIpcacheRequest>,
     ) -> Result<Response<ListBpfIpcacheResponse>, Status> {
-        not_yet("agent ListBpfIpcache (BPF maps)", DATAPATH_ISSUE)
+        not_yet("agent ListBpfIpcache (ipcache map)", IDENTITY_ISSUE)
     }
 
     async fn list_bpf_policy(
         &self,
         _request: Request<ListBpfPolicyRequest>,
     ) -> Result<Response<ListBpfPolicyResponse>, Status> {
-        not_yet("agent ListBpfPolicy (BPF maps)", DATAPATH_ISSUE)
+        not_yet("agent ListBpfPolicy (policy maps)", IDENTITY_ISSUE)
     }
 
     async fn list_bpf_conntrack(
         &self,
         _request: Request<ListBpfConntrackRequest>,
     ) -> Result<Response<ListBpfConntrackResponse>, Status> {
-        not_yet("agent ListBpfConntrack (BPF maps)", DATAPATH_ISSUE)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::super::{assert_unimplemented, request};
-    use super::*;
-
-    #[tokio::test]
-    async fn every_rpc_is_unimplemented_naming_its_issue() {
-        let agent = AgentGrpc::new();
-        assert_unimplemented("CreateEndpoint", 4, agent.create_endpoint(request()).await);
-        assert_unimplemented("DeleteEndpoint", 4, agent.delete_endpoint(request()).await);
-        assert_unimplemented("CheckEndpoint", 4, agent.check_endpoint(request()).await);
-        assert_unimplemented("ListEndpoints", 4, agent.list_endpoints(request()).await);
-        assert_unimplemented("GetEndpoint", 4, agent.get_endpoint(request()).await);
-        assert_unimplemented(
-            "UpdateEndpointLabels",
-            5,
-            agent.update_endpoint_labels(request()).await,
-        );
-        assert_unimplemented("Status", 4, agent.status(request()).await);
-        assert_unimplemented("Gc", 4, agent.gc(request()).await);
-        assert_unimplemented(
-            "ListBpfEndpoints",
-            4,
-            agent.list_bpf_endpoints(request()).await,
-        );
-        assert_unimplemented("ListBpfIpcache", 4, agent.list_bpf_ipcache(request()).await);
-        assert_unimplemented("ListBpfPolicy", 4, agent.list_bpf_policy(request()).await);
-        assert_unimplemented(
-            "ListBpfConntrack",
-            4,
-            agent.list_bpf_conntrack(request()).await,
-        );
+        not_yet("agent ListBpfConntrack (conntrack map)", IDENTITY_ISSUE)
     }
 }

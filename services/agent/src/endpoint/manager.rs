@@ -1,0 +1,1170 @@
+//! The endpoint manager: CNI ADD/DEL/CHECK/GC as the agent API sees them. An endpoint is an
+//! IP from IPAM, a veth pair with the datapath attached (`super::create_endpoint`), an
+//! `Endpoint` resource in the datastore (on the node's lease) and a local checkpoint (so an
+//! agent restart adopts it). Every step of a creation is undone if a later one fails; a
+//! deletion keeps going past errors and reports all of them.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+
+use kino_api::agent::{
+    Attachment, CheckEndpointRequest, CniInterface, CniIpConfig, CniRoute, CreateEndpointRequest,
+    CreateEndpointResponse, DropCounter, Endpoint, EndpointAddressing, EndpointCounters,
+    EndpointNetworking, EndpointPolicyStatus, EndpointState, GcRequest, GcResponse,
+};
+use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+use kino_api::datastore::{
+    CreateRequest, DeleteRequest, GetRequest, Resource, ResourceKey, UpdateRequest,
+};
+use kino_api::ipam::ipam_service_client::IpamServiceClient;
+use kino_api::ipam::{AllocateRequest, GcRequest as IpamGcRequest, Owner, ReleaseRequest};
+use kino_api::types::{
+    Direction, DropReason as PbDropReason, IpFamily, Label, Labels, PodRef, PolicyEnforcement,
+    PolicyEnforcementMode,
+};
+use kino_service_kit::TracedChannel;
+use prost::Message;
+use tokio::sync::Mutex;
+
+use super::{
+    EndpointError, EndpointSpec, VethRequest, create_endpoint, delete_endpoint, list_lxcs, lxc_name,
+};
+use crate::datapath::{Datapath, DropReason, EndpointEntry};
+use crate::endpoint::state::StateDir;
+use crate::netlink::{MacAddr, Netlink};
+
+/// Largest endpoint id handed out (ids are per node).
+pub const MAX_ENDPOINT_ID: u32 = 65_535;
+
+/// Why an endpoint operation failed; each maps onto one gRPC code (and so one CNI code).
+#[derive(Debug, thiserror::Error)]
+pub enum ManagerError {
+    /// The request is invalid; nothing was changed.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such endpoint.
+    #[error("{0}")]
+    NotFound(String),
+    /// The endpoint is not as it should be (CNI CHECK).
+    #[error("{0}")]
+    CheckFailed(String),
+    /// IPAM refused or is unreachable; its status is kept.
+    #[error("IPAM ({target}): {}", status.message())]
+    Ipam {
+        /// IPAM's address.
+        target: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// The datastore refused or is unreachable.
+    #[error("datastore ({target}): {}", status.message())]
+    Datastore {
+        /// The gateway's address.
+        target: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
+    /// The kernel side failed.
+    #[error(transparent)]
+    Kernel(Box<EndpointError>),
+    /// Something else failed on this node (e.g. the checkpoint directory).
+    #[error("{0}")]
+    Internal(String),
+}
+
+impl From<EndpointError> for ManagerError {
+    fn from(e: EndpointError) -> Self {
+        ManagerError::Kernel(Box::new(e))
+    }
+}
+
+impl ManagerError {
+    /// The gRPC status callers (kino-cni, kino) act on.
+    pub fn to_status(&self) -> tonic::Status {
+        let message = self.to_string();
+        match self {
+            ManagerError::Invalid(_) => tonic::Status::invalid_argument(message),
+            ManagerError::NotFound(_) => tonic::Status::not_found(message),
+            ManagerError::CheckFailed(_) => tonic::Status::failed_precondition(message),
+            ManagerError::Ipam { status, .. } | ManagerError::Datastore { status, .. } => {
+                match status.code() {
+                    // A peer that cannot be reached is the agent being unable to serve now.
+                    tonic::Code::Unknown | tonic::Code::Internal => {
+                        tonic::Status::unavailable(message)
+                    }
+                    code => tonic::Status::new(code, message),
+                }
+            }
+            ManagerError::Kernel(e) => match e.as_ref() {
+                EndpointError::InvalidRequest(_)
+                | EndpointError::PodInterfaceExists { .. }
+                | EndpointError::Netns(_) => tonic::Status::invalid_argument(message),
+                EndpointError::PodHasDefaultRoute { .. } | EndpointError::LxcExists { .. } => {
+                    tonic::Status::failed_precondition(message)
+                }
+                _ => tonic::Status::internal(message),
+            },
+            ManagerError::Internal(_) => tonic::Status::internal(message),
+        }
+    }
+}
+
+/// The node's network as IPAM gave it.
+#[derive(Clone, Debug)]
+pub struct NodeNetwork {
+    /// Gateway of the node's IPv4 block (held by `kino_host`).
+    pub gateway_v4: Ipv4Addr,
+    /// Every pod CIDR of the node (all families).
+    pub pod_cidrs: Vec<String>,
+}
+
+/// Settings of the manager.
+#[derive(Clone, Debug)]
+pub struct ManagerConfig {
+    /// This node's name.
+    pub node: String,
+    /// IPAM pool used when a request names none.
+    pub pool: String,
+    /// MTU of endpoint veths (0 keeps the kernel default).
+    pub mtu: u32,
+    /// The IPAM service's address, for messages.
+    pub ipam_target: String,
+    /// The datastore-gateway's address, for messages.
+    pub datastore_target: String,
+}
+
+/// The services the manager calls and the node lease its records hang on.
+#[derive(Clone)]
+pub struct Peers {
+    /// kino-ipam.
+    pub ipam: IpamServiceClient<TracedChannel>,
+    /// kino-datastore-gateway.
+    pub datastore: DatastoreServiceClient<TracedChannel>,
+    /// The node lease (0 for none).
+    pub lease: Arc<AtomicI64>,
+}
+
+/// The per-node endpoint manager.
+pub struct EndpointManager {
+    config: ManagerConfig,
+    network: NodeNetwork,
+    ipam: IpamServiceClient<TracedChannel>,
+    datastore: DatastoreServiceClient<TracedChannel>,
+    /// The node lease the Endpoint resources hang on (0 until registered).
+    lease: Arc<AtomicI64>,
+    state: StateDir,
+    inner: Mutex<Inner>,
+}
+
+/// What changes together under the lock: the kernel handles and the endpoint table.
+struct Inner {
+    netlink: Netlink,
+    datapath: Datapath,
+    endpoints: BTreeMap<u32, Endpoint>,
+}
+
+impl Inner {
+    fn by_attachment(&self, container_id: &str, ifname: &str) -> Option<&Endpoint> {
+        self.endpoints.values().find(|e| {
+            e.container_id == container_id
+                && e.networking
+                    .as_ref()
+                    .is_some_and(|n| n.container_interface_name == ifname)
+        })
+    }
+
+    fn next_id(&self) -> Option<u32> {
+        (1..=MAX_ENDPOINT_ID).find(|id| !self.endpoints.contains_key(id))
+    }
+}
+
+fn ipv4_of(endpoint: &Endpoint) -> Option<Ipv4Addr> {
+    endpoint
+        .networking
+        .as_ref()
+        .and_then(|n| n.addressing.as_ref())
+        .and_then(|a| a.ipv4.parse().ok())
+}
+
+fn lxc_of(endpoint: &Endpoint) -> String {
+    endpoint
+        .networking
+        .as_ref()
+        .map(|n| n.interface_name.clone())
+        .unwrap_or_default()
+}
+
+fn owner_of(endpoint: &Endpoint) -> Owner {
+    let pod = endpoint.pod.clone().unwrap_or_default();
+    Owner {
+        container_id: endpoint.container_id.clone(),
+        ifname: endpoint
+            .networking
+            .as_ref()
+            .map(|n| n.container_interface_name.clone())
+            .unwrap_or_default(),
+        pod_namespace: pod.namespace,
+        pod_name: pod.name,
+    }
+}
+
+/// The endpoint's security labels: those given (source "container" unless set) plus
+/// `pod=<name>` and `namespace=<namespace>`, sorted by source then key.
+pub fn endpoint_labels(given: Option<&Labels>, pod: Option<&PodRef>) -> Labels {
+    let mut labels: BTreeMap<(String, String), String> = BTreeMap::new();
+    for label in given.map(|l| l.labels.as_slice()).unwrap_or_default() {
+        let source = if label.source.is_empty() {
+            "container".to_owned()
+        } else {
+            label.source.clone()
+        };
+        labels.insert((source, label.key.clone()), label.value.clone());
+    }
+    if let Some(pod) = pod.filter(|p| !p.name.is_empty()) {
+        labels.insert(("container".into(), "pod".into()), pod.name.clone());
+        let namespace = if pod.namespace.is_empty() {
+            "default"
+        } else {
+            &pod.namespace
+        };
+        labels.insert(
+            ("container".into(), "namespace".into()),
+            namespace.to_owned(),
+        );
+    }
+    Labels {
+        labels: labels
+            .into_iter()
+            .map(|((source, key), value)| Label { key, value, source })
+            .collect(),
+    }
+}
+
+fn now() -> prost_types::Timestamp {
+    prost_types::Timestamp::from(std::time::SystemTime::now())
+}
+
+/// Maps the datapath's drop counters onto the API's drop reasons.
+fn drop_reason(reason: DropReason) -> PbDropReason {
+    match reason {
+        DropReason::UnknownEndpoint => PbDropReason::Unspecified,
+        DropReason::InvalidPacket => PbDropReason::InvalidPacket,
+        DropReason::SpoofedSource => PbDropReason::SpoofedSource,
+        DropReason::UnsupportedL3 => PbDropReason::UnsupportedL3Protocol,
+        DropReason::PolicyDenied => PbDropReason::PolicyDenied,
+        DropReason::CtInvalid => PbDropReason::CtUnknownState,
+    }
+}
+
+impl EndpointManager {
+    /// A manager over a loaded datapath; call [`EndpointManager::restore`] before serving.
+    pub fn new(
+        config: ManagerConfig,
+        network: NodeNetwork,
+        peers: Peers,
+        state_dir: &Path,
+        netlink: Netlink,
+        datapath: Datapath,
+    ) -> Result<Self, ManagerError> {
+        let state = StateDir::open(state_dir).map_err(|e| ManagerError::Internal(e.to_string()))?;
+        Ok(EndpointManager {
+            config,
+            network,
+            ipam: peers.ipam,
+            datastore: peers.datastore,
+            lease: peers.lease,
+            state,
+            inner: Mutex::new(Inner {
+                netlink,
+                datapath,
+                endpoints: BTreeMap::new(),
+            }),
+        })
+    }
+
+    /// This node's name.
+    pub fn node(&self) -> &str {
+        &self.config.node
+    }
+
+    /// The node's network.
+    pub fn network(&self) -> &NodeNetwork {
+        &self.network
+    }
+
+    fn ipam_err(&self, status: tonic::Status) -> ManagerError {
+        ManagerError::Ipam {
+            target: self.config.ipam_target.clone(),
+            status,
+        }
+    }
+
+    fn datastore_err(&self, status: tonic::Status) -> ManagerError {
+        ManagerError::Datastore {
+            target: self.config.datastore_target.clone(),
+            status,
+        }
+    }
+
+    /// CNI ADD: IP from IPAM, veth + datapath, datastore record, checkpoint — all or nothing.
+    /// A retry of an ADD that succeeded returns the same endpoint.
+    pub async fn create(
+        &self,
+        request: CreateEndpointRequest,
+    ) -> Result<CreateEndpointResponse, ManagerError> {
+        for (field, value) in [
+            ("container_id", &request.container_id),
+            ("netns_path", &request.netns_path),
+            ("ifname", &request.ifname),
+        ] {
+            if value.is_empty() {
+                return Err(ManagerError::Invalid(format!("{field} is required")));
+            }
+        }
+        if !Path::new(&request.netns_path).exists() {
+            return Err(ManagerError::Invalid(format!(
+                "network namespace {} does not exist (CNI_NETNS)",
+                request.netns_path
+            )));
+        }
+        let requested_mac = match request.requested_mac.as_str() {
+            "" => None,
+            mac => Some(mac.parse::<MacAddr>().map_err(|e| {
+                ManagerError::Invalid(format!("requested MAC {mac:?} is invalid: {e}"))
+            })?),
+        };
+        if request.mtu != 0 && request.mtu != 1500 {
+            return Err(ManagerError::Invalid(format!(
+                "mtu {} was asked for, but kino-agent does not set veth MTUs yet (they stay 1500); remove \"mtu\" from the CNI config",
+                request.mtu
+            )));
+        }
+        if let Some(existing) = self.existing(&request).await? {
+            return Ok(self.response(&existing));
+        }
+        let pod = request
+            .pod
+            .clone()
+            .filter(|p| !p.name.is_empty())
+            .map(|p| PodRef {
+                namespace: if p.namespace.is_empty() {
+                    "default".into()
+                } else {
+                    p.namespace
+                },
+                name: p.name,
+            });
+        let owner = Owner {
+            container_id: request.container_id.clone(),
+            ifname: request.ifname.clone(),
+            pod_namespace: pod
+                .as_ref()
+                .map(|p| p.namespace.clone())
+                .unwrap_or_default(),
+            pod_name: pod.as_ref().map(|p| p.name.clone()).unwrap_or_default(),
+        };
+        let pool = if request.ipam_pool.is_empty() {
+            self.config.pool.clone()
+        } else {
+            request.ipam_pool.clone()
+        };
+        let allocation = self
+            .ipam
+            .clone()
+            .allocate(AllocateRequest {
+                node: self.config.node.clone(),
+                pool: pool.clone(),
+                family: IpFamily::Ipv4 as i32,
+                owner: Some(owner.clone()),
+                requested_address: request.requested_ipv4.clone(),
+            })
+            .await
+            .map_err(|s| self.ipam_err(s))?
+            .into_inner()
+            .allocation
+            .ok_or_else(|| ManagerError::Internal("IPAM returned no allocation".into()))?;
+        tracing::info!(container = %request.container_id, ip = %allocation.address, "address allocated");
+        match self
+            .create_with_address(&request, pod, &pool, &allocation, requested_mac)
+            .await
+        {
+            Ok(endpoint) => Ok(self.response(&endpoint)),
+            Err(e) => {
+                self.release(&owner).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// An endpoint that already exists for this attachment (a retried ADD).
+    async fn existing(
+        &self,
+        request: &CreateEndpointRequest,
+    ) -> Result<Option<Endpoint>, ManagerError> {
+        let inner = self.inner.lock().await;
+        let Some(endpoint) = inner.by_attachment(&request.container_id, &request.ifname) else {
+            return Ok(None);
+        };
+        let netns = endpoint
+            .networking
+            .as_ref()
+            .map(|n| n.netns_path.as_str())
+            .unwrap_or_default();
+        if netns != request.netns_path {
+            return Err(ManagerError::Invalid(format!(
+                "container {} already has endpoint {} on {} in network namespace {netns}; delete it (CNI DEL) first",
+                request.container_id, endpoint.id, request.ifname
+            )));
+        }
+        Ok(Some(endpoint.clone()))
+    }
+
+    async fn create_with_address(
+        &self,
+        request: &CreateEndpointRequest,
+        pod: Option<PodRef>,
+        pool: &str,
+        allocation: &kino_api::ipam::IpAllocation,
+        mac: Option<MacAddr>,
+    ) -> Result<Endpoint, ManagerError> {
+        let ipv4: Ipv4Addr = allocation.address.parse().map_err(|e| {
+            ManagerError::Internal(format!(
+                "IPAM gave an invalid address {:?}: {e}",
+                allocation.address
+            ))
+        })?;
+        let gateway_v4: Ipv4Addr = allocation
+            .gateway
+            .parse()
+            .unwrap_or(self.network.gateway_v4);
+        let mut inner = self.inner.lock().await;
+        if inner
+            .by_attachment(&request.container_id, &request.ifname)
+            .is_some()
+        {
+            return Err(ManagerError::Invalid(format!(
+                "container {} interface {} is being added concurrently; retry",
+                request.container_id, request.ifname
+            )));
+        }
+        let id = inner.next_id().ok_or_else(|| {
+            ManagerError::Internal(format!("all {MAX_ENDPOINT_ID} endpoint ids are in use"))
+        })?;
+        let spec = EndpointSpec {
+            id,
+            identity: 0,
+            veth: VethRequest {
+                container_id: request.container_id.clone(),
+                ifname: request.ifname.clone(),
+                netns: PathBuf::from(&request.netns_path),
+                ipv4,
+                ipv6: None,
+                gateway_v4,
+                gateway_v6: None,
+                mac,
+            },
+        };
+        let Inner {
+            netlink, datapath, ..
+        } = &mut *inner;
+        let kernel = create_endpoint(netlink, datapath, &spec).await?;
+        let labels = endpoint_labels(request.labels.as_ref(), pod.as_ref());
+        let endpoint = Endpoint {
+            id,
+            node_name: self.config.node.clone(),
+            container_id: request.container_id.clone(),
+            pod,
+            state: EndpointState::Ready as i32,
+            state_reason: String::new(),
+            labels: Some(labels),
+            identity: 0,
+            networking: Some(EndpointNetworking {
+                interface_name: kernel.veth.lxc_name.clone(),
+                interface_index: kernel.veth.lxc_ifindex,
+                mac: kernel.veth.pod_mac.to_string(),
+                host_mac: kernel.veth.lxc_mac.to_string(),
+                addressing: Some(EndpointAddressing {
+                    ipv4: ipv4.to_string(),
+                    ipv6: String::new(),
+                    ipv4_gateway: gateway_v4.to_string(),
+                    ipv6_gateway: String::new(),
+                    ipam_pool: pool.to_owned(),
+                }),
+                container_interface_name: kernel.veth.pod_ifname.clone(),
+                container_interface_index: kernel.veth.pod_ifindex,
+                netns_path: request.netns_path.clone(),
+                // Setting a veth MTU is not supported yet: both ends keep the kernel's 1500.
+                mtu: 1500,
+            }),
+            policy: Some(EndpointPolicyStatus {
+                enforcement: Some(PolicyEnforcement {
+                    ingress: false,
+                    egress: false,
+                }),
+                mode: PolicyEnforcementMode::Default as i32,
+                ..Default::default()
+            }),
+            counters: None,
+            create_time: Some(now()),
+            cni_network_name: request.cni_network_name.clone(),
+        };
+        let recorded = match self.publish(&endpoint).await {
+            Ok(()) => self
+                .state
+                .save(&endpoint)
+                .map_err(|e| ManagerError::Internal(e.to_string())),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = recorded {
+            // Undo in reverse: datastore record, kernel (the caller releases the address).
+            self.unpublish(id).await.ok();
+            if let Err(undo) =
+                delete_endpoint(netlink, datapath, &kernel.veth.lxc_name, Some(ipv4)).await
+            {
+                tracing::warn!(error = %undo, "rolling back a failed ADD");
+            }
+            return Err(e);
+        }
+        inner.endpoints.insert(id, endpoint.clone());
+        tracing::info!(id, lxc = %kernel.veth.lxc_name, ip = %ipv4, "endpoint created");
+        Ok(endpoint)
+    }
+
+    /// The CNI-facing answer for an endpoint.
+    fn response(&self, endpoint: &Endpoint) -> CreateEndpointResponse {
+        let net = endpoint.networking.clone().unwrap_or_default();
+        let addressing = net.addressing.clone().unwrap_or_default();
+        CreateEndpointResponse {
+            endpoint: Some(endpoint.clone()),
+            interfaces: vec![
+                CniInterface {
+                    name: net.interface_name.clone(),
+                    mac: net.host_mac.clone(),
+                    sandbox: String::new(),
+                    mtu: net.mtu,
+                },
+                CniInterface {
+                    name: net.container_interface_name.clone(),
+                    mac: net.mac.clone(),
+                    sandbox: net.netns_path.clone(),
+                    mtu: net.mtu,
+                },
+            ],
+            ips: vec![CniIpConfig {
+                address: format!("{}/32", addressing.ipv4),
+                gateway: addressing.ipv4_gateway.clone(),
+                interface: 1,
+            }],
+            routes: vec![CniRoute {
+                destination: "0.0.0.0/0".into(),
+                gateway: addressing.ipv4_gateway,
+            }],
+            dns: None,
+        }
+    }
+
+    fn key(&self, id: u32) -> ResourceKey {
+        ResourceKey {
+            kind: "Endpoint".into(),
+            namespace: self.config.node.clone(),
+            name: id.to_string(),
+        }
+    }
+
+    /// Writes the endpoint's datastore record (create, or CAS-update a stale one).
+    async fn publish(&self, endpoint: &Endpoint) -> Result<(), ManagerError> {
+        let mut stored = endpoint.clone();
+        stored.counters = None;
+        let spec = prost_types::Any {
+            type_url: "type.googleapis.com/kino.agent.v1.Endpoint".into(),
+            value: stored.encode_to_vec(),
+        };
+        let key = self.key(endpoint.id);
+        let resource = Resource {
+            kind: key.kind.clone(),
+            namespace: key.namespace.clone(),
+            name: key.name.clone(),
+            spec: Some(spec),
+            lease_id: self.lease.load(Ordering::Relaxed),
+            ..Default::default()
+        };
+        let mut client = self.datastore.clone();
+        for _ in 0..5 {
+            match client
+                .create(CreateRequest {
+                    resource: Some(resource.clone()),
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
+                Err(s) => return Err(self.datastore_err(s)),
+            }
+            let current = match client
+                .get(GetRequest {
+                    key: Some(key.clone()),
+                })
+                .await
+            {
+                Ok(r) => r.into_inner().resource.map(|r| r.revision).unwrap_or(0),
+                Err(s) if s.code() == tonic::Code::NotFound => continue,
+                Err(s) => return Err(self.datastore_err(s)),
+            };
+            match client
+                .update(UpdateRequest {
+                    resource: Some(resource.clone()),
+                    expected_revision: current,
+                })
+                .await
+            {
+                Ok(_) => return Ok(()),
+                Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::NotFound) => {}
+                Err(s) => return Err(self.datastore_err(s)),
+            }
+        }
+        Err(ManagerError::Internal(format!(
+            "endpoint {} record keeps changing in the datastore; retry",
+            endpoint.id
+        )))
+    }
+
+    async fn unpublish(&self, id: u32) -> Result<(), ManagerError> {
+        match self
+            .datastore
+            .clone()
+            .delete(DeleteRequest {
+                key: Some(self.key(id)),
+                expected_revision: 0,
+            })
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
+            Err(s) => Err(self.datastore_err(s)),
+        }
+    }
+
+    /// Releases an owner's addresses, logging (not failing) on error: used on rollback.
+    async fn release(&self, owner: &Owner) {
+        if let Err(e) = self.release_owner(owner).await {
+            tracing::warn!(container = %owner.container_id, error = %e, "cannot release the address; IPAM GC will");
+        }
+    }
+
+    async fn release_owner(&self, owner: &Owner) -> Result<(), ManagerError> {
+        self.ipam
+            .clone()
+            .release(ReleaseRequest {
+                target: Some(kino_api::ipam::release_request::Target::Owner(
+                    owner.clone(),
+                )),
+                family: IpFamily::Unspecified as i32,
+            })
+            .await
+            .map(|_| ())
+            .map_err(|s| self.ipam_err(s))
+    }
+
+    /// CNI DEL (by attachment) or `kino` (by id). Idempotent: a missing endpoint is
+    /// success for an attachment (its lxc and address are still cleaned up by name).
+    pub async fn delete(
+        &self,
+        target: kino_api::agent::delete_endpoint_request::Target,
+    ) -> Result<Option<Endpoint>, ManagerError> {
+        use kino_api::agent::delete_endpoint_request::Target;
+        let mut inner = self.inner.lock().await;
+        let found = match &target {
+            Target::Id(id) => match inner.endpoints.get(id) {
+                Some(e) => e.clone(),
+                None => {
+                    return Err(ManagerError::NotFound(format!(
+                        "no endpoint {id} on node {}",
+                        self.config.node
+                    )));
+                }
+            },
+            Target::Attachment(a) => match inner.by_attachment(&a.container_id, &a.ifname) {
+                Some(e) => e.clone(),
+                None => {
+                    // Nothing recorded: make sure nothing is left either.
+                    let Inner {
+                        netlink, datapath, ..
+                    } = &mut *inner;
+                    let lxc = lxc_name(&a.container_id, &a.ifname);
+                    let mut errors = Vec::new();
+                    if let Err(e) = delete_endpoint(netlink, datapath, &lxc, None).await {
+                        errors.push(e.to_string());
+                    }
+                    drop(inner);
+                    let owner = Owner {
+                        container_id: a.container_id.clone(),
+                        ifname: a.ifname.clone(),
+                        ..Default::default()
+                    };
+                    if let Err(e) = self.release_owner(&owner).await {
+                        errors.push(e.to_string());
+                    }
+                    return if errors.is_empty() {
+                        Ok(None)
+                    } else {
+                        Err(ManagerError::Internal(errors.join("; ")))
+                    };
+                }
+            },
+        };
+        let mut errors = Vec::new();
+        let Inner {
+            netlink, datapath, ..
+        } = &mut *inner;
+        if let Err(e) = delete_endpoint(netlink, datapath, &lxc_of(&found), ipv4_of(&found)).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.release_owner(&owner_of(&found)).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.unpublish(found.id).await {
+            errors.push(e.to_string());
+        }
+        if let Err(e) = self.state.remove(found.id) {
+            errors.push(e.to_string());
+        }
+        if errors.is_empty() {
+            inner.endpoints.remove(&found.id);
+            tracing::info!(id = found.id, lxc = %lxc_of(&found), "endpoint deleted");
+            Ok(Some(found))
+        } else {
+            Err(ManagerError::Internal(format!(
+                "deleting endpoint {} met errors (retry the delete): {}",
+                found.id,
+                errors.join("; ")
+            )))
+        }
+    }
+
+    /// CNI CHECK: the endpoint exists, its lxc and map entry are in place, and the pod side
+    /// has the expected addresses and MAC.
+    pub async fn check(&self, request: CheckEndpointRequest) -> Result<(), ManagerError> {
+        let attachment = request
+            .attachment
+            .ok_or_else(|| ManagerError::Invalid("attachment is required".into()))?;
+        let inner = self.inner.lock().await;
+        let endpoint = inner
+            .by_attachment(&attachment.container_id, &attachment.ifname)
+            .cloned()
+            .ok_or_else(|| {
+                ManagerError::NotFound(format!(
+                    "no endpoint for container {} interface {}",
+                    attachment.container_id, attachment.ifname
+                ))
+            })?;
+        let lxc = lxc_of(&endpoint);
+        let link = inner
+            .netlink
+            .link_by_name(&lxc)
+            .await
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let Some(link) = link else {
+            return Err(ManagerError::CheckFailed(format!(
+                "endpoint {}: its lxc {lxc} is missing",
+                endpoint.id
+            )));
+        };
+        let ip = ipv4_of(&endpoint).unwrap_or(Ipv4Addr::UNSPECIFIED);
+        match inner.datapath.maps().get(ip) {
+            Ok(Some(entry)) if entry.lxc_ifindex == link.index => {}
+            Ok(_) => {
+                return Err(ManagerError::CheckFailed(format!(
+                    "endpoint {}: the datapath has no entry for {ip} on {lxc}",
+                    endpoint.id
+                )));
+            }
+            Err(e) => return Err(ManagerError::Internal(e.to_string())),
+        }
+        let mine = format!("{ip}/32");
+        if let Some(other) = request
+            .expected_addresses
+            .iter()
+            .find(|a| a.as_str() != mine && !a.starts_with(&format!("{ip}/")))
+        {
+            return Err(ManagerError::CheckFailed(format!(
+                "endpoint {} has {mine}, the previous result says {other}",
+                endpoint.id
+            )));
+        }
+        let mac = endpoint
+            .networking
+            .as_ref()
+            .map(|n| n.mac.clone())
+            .unwrap_or_default();
+        if !request.expected_mac.is_empty() && !request.expected_mac.eq_ignore_ascii_case(&mac) {
+            return Err(ManagerError::CheckFailed(format!(
+                "endpoint {} has MAC {mac}, the previous result says {}",
+                endpoint.id, request.expected_mac
+            )));
+        }
+        Ok(())
+    }
+
+    /// All endpoints with their counters.
+    pub async fn list(&self) -> Vec<Endpoint> {
+        let inner = self.inner.lock().await;
+        inner
+            .endpoints
+            .values()
+            .map(|e| with_counters(&inner.datapath, e))
+            .collect()
+    }
+
+    /// One endpoint by id, IP, container id or pod.
+    pub async fn get(
+        &self,
+        lookup: kino_api::agent::get_endpoint_request::Lookup,
+    ) -> Result<Endpoint, ManagerError> {
+        use kino_api::agent::get_endpoint_request::Lookup;
+        let inner = self.inner.lock().await;
+        let found = match &lookup {
+            Lookup::Id(id) => inner.endpoints.get(id),
+            Lookup::Ip(ip) => {
+                let ip: IpAddr = ip
+                    .parse()
+                    .map_err(|e| ManagerError::Invalid(format!("ip {ip:?}: {e}")))?;
+                inner.endpoints.values().find(|e| {
+                    e.networking
+                        .as_ref()
+                        .and_then(|n| n.addressing.as_ref())
+                        .is_some_and(|a| {
+                            a.ipv4.parse::<IpAddr>().ok() == Some(ip)
+                                || a.ipv6.parse::<IpAddr>().ok() == Some(ip)
+                        })
+                })
+            }
+            Lookup::ContainerId(c) => inner
+                .endpoints
+                .values()
+                .filter(|e| &e.container_id == c)
+                .min_by_key(|e| {
+                    e.networking
+                        .as_ref()
+                        .map(|n| n.container_interface_name.clone())
+                }),
+            Lookup::Pod(p) => inner.endpoints.values().find(|e| {
+                e.pod.as_ref().is_some_and(|q| {
+                    q.name == p.name
+                        && (q.namespace == p.namespace
+                            || p.namespace.is_empty() && q.namespace == "default")
+                })
+            }),
+        };
+        found
+            .map(|e| with_counters(&inner.datapath, e))
+            .ok_or_else(|| {
+                ManagerError::NotFound(format!(
+                    "no endpoint matches {lookup:?} on node {}",
+                    self.config.node
+                ))
+            })
+    }
+
+    /// Number of endpoints.
+    pub async fn count(&self) -> usize {
+        self.inner.lock().await.endpoints.len()
+    }
+
+    /// The datapath's endpoint map, for `kino bpf endpoint list`.
+    pub async fn bpf_endpoints(&self) -> Result<Vec<EndpointEntry>, ManagerError> {
+        let inner = self.inner.lock().await;
+        inner
+            .datapath
+            .maps()
+            .list()
+            .map_err(|e| ManagerError::Internal(e.to_string()))
+    }
+
+    /// Where the maps are pinned.
+    pub async fn pin_dir(&self) -> PathBuf {
+        self.inner.lock().await.datapath.pin_dir().to_owned()
+    }
+
+    /// CNI GC: deletes every endpoint (of the given CNI network) whose attachment is not in
+    /// the valid list, lxc devices no endpoint owns, and IPAM allocations of this node no
+    /// endpoint holds.
+    pub async fn gc(&self, request: GcRequest) -> Result<GcResponse, ManagerError> {
+        let valid = |e: &Endpoint| {
+            request.valid_attachments.iter().any(|a| {
+                a.container_id == e.container_id
+                    && e.networking
+                        .as_ref()
+                        .is_some_and(|n| n.container_interface_name == a.ifname)
+            })
+        };
+        let candidates: Vec<Endpoint> = {
+            let inner = self.inner.lock().await;
+            inner
+                .endpoints
+                .values()
+                .filter(|e| {
+                    request.cni_network_name.is_empty()
+                        || e.cni_network_name == request.cni_network_name
+                })
+                .filter(|e| !valid(e))
+                .cloned()
+                .collect()
+        };
+        let mut response = GcResponse::default();
+        for endpoint in candidates {
+            if request.dry_run {
+                response.deleted.push(endpoint);
+                continue;
+            }
+            match self
+                .delete(kino_api::agent::delete_endpoint_request::Target::Id(
+                    endpoint.id,
+                ))
+                .await
+            {
+                Ok(_) => response.deleted.push(endpoint),
+                Err(e) => response.errors.push(e.to_string()),
+            }
+        }
+        if !request.dry_run {
+            response.errors.extend(self.remove_orphan_lxcs().await);
+        }
+        // IPAM: what no endpoint of this node holds (older than a minute, so an ADD racing
+        // with this GC keeps its fresh address).
+        let valid_owners: Vec<Owner> = self.list().await.iter().map(owner_of).collect();
+        match self
+            .ipam
+            .clone()
+            .gc(IpamGcRequest {
+                node: self.config.node.clone(),
+                pool: String::new(),
+                valid_owners,
+                min_age: Some(prost_types::Duration {
+                    seconds: 60,
+                    nanos: 0,
+                }),
+                dry_run: request.dry_run,
+            })
+            .await
+        {
+            Ok(r) => response
+                .released_addresses
+                .extend(r.into_inner().freed.into_iter().map(|a| a.address)),
+            Err(s) => response.errors.push(self.ipam_err(s).to_string()),
+        }
+        Ok(response)
+    }
+
+    /// Deletes lxc devices that no endpoint owns (left by a crash mid-ADD); returns errors.
+    async fn remove_orphan_lxcs(&self) -> Vec<String> {
+        let mut inner = self.inner.lock().await;
+        let owned: Vec<String> = inner.endpoints.values().map(lxc_of).collect();
+        let Inner {
+            netlink, datapath, ..
+        } = &mut *inner;
+        let mut errors = Vec::new();
+        match list_lxcs(netlink).await {
+            Ok(lxcs) => {
+                for lxc in lxcs.into_iter().filter(|l| !owned.contains(&l.name)) {
+                    tracing::info!(lxc = %lxc.name, "removing an lxc no endpoint owns");
+                    if let Err(e) = delete_endpoint(netlink, datapath, &lxc.name, None).await {
+                        errors.push(e.to_string());
+                    }
+                }
+            }
+            Err(e) => errors.push(e.to_string()),
+        }
+        errors
+    }
+
+    /// Adopts the endpoints of a previous agent run from the checkpoints: those whose lxc
+    /// still exists are re-entered into the maps (if missing), re-attached and re-published;
+    /// those whose pod is gone are cleaned up (lxc, map entry, address, record). Returns
+    /// (adopted, removed).
+    pub async fn restore(&self) -> Result<(usize, usize), ManagerError> {
+        let saved = self
+            .state
+            .load_all()
+            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let (mut adopted, mut gone) = (Vec::new(), Vec::new());
+        {
+            let mut inner = self.inner.lock().await;
+            for mut endpoint in saved {
+                let lxc = lxc_of(&endpoint);
+                let link = inner
+                    .netlink
+                    .link_by_name(&lxc)
+                    .await
+                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                let Some(link) = link else {
+                    gone.push(endpoint);
+                    continue;
+                };
+                let Some(ip) = ipv4_of(&endpoint) else {
+                    gone.push(endpoint);
+                    continue;
+                };
+                let net = endpoint.networking.clone().unwrap_or_default();
+                let entry = EndpointEntry {
+                    id: endpoint.id,
+                    identity: endpoint.identity,
+                    ipv4: ip,
+                    ipv6: None,
+                    lxc_ifindex: link.index,
+                    lxc_mac: link.mac,
+                    pod_mac: net.mac.parse().unwrap_or(link.mac),
+                };
+                let Inner { datapath, .. } = &mut *inner;
+                if datapath.maps().get(ip).ok().flatten().as_ref() != Some(&entry) {
+                    datapath
+                        .maps_mut()
+                        .upsert(&entry)
+                        .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                }
+                datapath
+                    .attach_endpoint(&lxc)
+                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                endpoint.state = EndpointState::Ready as i32;
+                if let Some(n) = endpoint.networking.as_mut() {
+                    n.interface_index = link.index;
+                }
+                inner.endpoints.insert(endpoint.id, endpoint.clone());
+                adopted.push(endpoint);
+            }
+        }
+        for endpoint in &adopted {
+            self.publish(endpoint).await?;
+        }
+        let removed = gone.len();
+        for endpoint in gone {
+            tracing::info!(id = endpoint.id, lxc = %lxc_of(&endpoint), "pod gone while the agent was down; cleaning up");
+            {
+                let mut inner = self.inner.lock().await;
+                let Inner {
+                    netlink, datapath, ..
+                } = &mut *inner;
+                if let Err(e) =
+                    delete_endpoint(netlink, datapath, &lxc_of(&endpoint), ipv4_of(&endpoint)).await
+                {
+                    tracing::warn!(error = %e, "cleaning up a vanished endpoint");
+                }
+            }
+            self.release(&owner_of(&endpoint)).await;
+            self.unpublish(endpoint.id).await.ok();
+            self.state.remove(endpoint.id).ok();
+        }
+        for e in self.remove_orphan_lxcs().await {
+            tracing::warn!(error = %e, "removing an orphan lxc");
+        }
+        Ok((adopted.len(), removed))
+    }
+
+    /// Re-writes every endpoint's record (after the node lease changed).
+    pub async fn republish(&self) -> Result<(), ManagerError> {
+        let endpoints: Vec<Endpoint> = self
+            .inner
+            .lock()
+            .await
+            .endpoints
+            .values()
+            .cloned()
+            .collect();
+        for endpoint in &endpoints {
+            self.publish(endpoint).await?;
+        }
+        Ok(())
+    }
+}
+
+/// The endpoint with its current datapath counters.
+fn with_counters(datapath: &Datapath, endpoint: &Endpoint) -> Endpoint {
+    let mut out = endpoint.clone();
+    if let Ok(c) = datapath.maps().counters(endpoint.id) {
+        out.counters = Some(EndpointCounters {
+            ingress_packets: c.to_container_packets,
+            ingress_bytes: c.to_container_bytes,
+            egress_packets: c.from_container_packets,
+            egress_bytes: c.from_container_bytes,
+            drops: DropReason::ALL
+                .iter()
+                .filter(|r| c.dropped(**r) > 0)
+                .map(|r| DropCounter {
+                    reason: drop_reason(*r) as i32,
+                    direction: Direction::Egress as i32,
+                    packets: c.dropped(*r),
+                    bytes: 0,
+                })
+                .collect(),
+        });
+    }
+    out
+}
+
+/// An attachment key, for messages.
+pub fn attachment_of(endpoint: &Endpoint) -> Attachment {
+    let owner = owner_of(endpoint);
+    Attachment {
+        container_id: owner.container_id,
+        ifname: owner.ifname,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_add_pod_and_namespace_and_sort() {
+        let given = Labels {
+            labels: vec![
+                Label {
+                    key: "app".into(),
+                    value: "web".into(),
+                    source: String::new(),
+                },
+                Label {
+                    key: "tier".into(),
+                    value: "front".into(),
+                    source: "k8s".into(),
+                },
+            ],
+        };
+        let pod = PodRef {
+            namespace: String::new(),
+            name: "web-1".into(),
+        };
+        let labels = endpoint_labels(Some(&given), Some(&pod));
+        let text: Vec<String> = labels
+            .labels
+            .iter()
+            .map(|l| format!("{}:{}={}", l.source, l.key, l.value))
+            .collect();
+        assert_eq!(
+            text,
+            [
+                "container:app=web",
+                "container:namespace=default",
+                "container:pod=web-1",
+                "k8s:tier=front"
+            ]
+        );
+    }
+
+    #[test]
+    fn peer_failures_become_unavailable_or_keep_their_code() {
+        let e = ManagerError::Ipam {
+            target: "127.0.0.1:7402".into(),
+            status: tonic::Status::resource_exhausted("pool default is full"),
+        };
+        assert_eq!(e.to_status().code(), tonic::Code::ResourceExhausted);
+        assert!(e.to_status().message().contains("127.0.0.1:7402"));
+        let e = ManagerError::Datastore {
+            target: "x".into(),
+            status: tonic::Status::unknown("transport error"),
+        };
+        assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
+    }
+}
