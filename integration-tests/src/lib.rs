@@ -3,6 +3,7 @@
 
 pub mod etcd;
 pub mod process;
+pub mod world;
 
 use std::path::PathBuf;
 

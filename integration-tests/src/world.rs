@@ -1,0 +1,376 @@
+//! A test world on this machine's kernel: a "node" network namespace running kino-agent, the
+//! cluster services (datastore-gateway, ipam) on unix sockets in a temp directory, and pod
+//! namespaces created by the test. Everything is named with a unique prefix and removed on
+//! drop — processes, namespaces (with every lxc, route and device in them) and bpffs pins —
+//! even when the test fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use crate::binary;
+use crate::process::ServiceProcess;
+
+/// A unique, short prefix for this test's kernel objects.
+pub fn unique_prefix(tag: &str) -> String {
+    static SEQ: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "kt{}{}{}",
+        tag,
+        std::process::id() % 100_000,
+        SEQ.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Whether kernel tests can run (root and bpffs support); outside CI a missing capability
+/// skips with a loud message, in CI it fails.
+pub fn kernel_tests_possible() -> bool {
+    let root = nix_is_root();
+    if root {
+        return true;
+    }
+    assert!(
+        !crate::in_ci(),
+        "kernel tests need root in CI (network namespaces, eBPF)"
+    );
+    eprintln!("SKIPPED: kernel test needs root (network namespaces, eBPF)");
+    false
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(1) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Runs a command, failing the test with its output if it fails.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    let out = Command::new(program)
+        .args(args)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {program}: {e}"));
+    assert!(
+        out.status.success(),
+        "{program} {args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// A network namespace, deleted on drop.
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates `name` with `lo` up.
+    pub fn new(name: &str) -> Netns {
+        run("ip", &["netns", "add", name]);
+        let ns = Netns {
+            name: name.to_owned(),
+        };
+        ns.exec(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its path, as CNI_NETNS.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs a command inside it; returns its output whatever the exit status.
+    pub fn try_exec(&self, args: &[&str]) -> Output {
+        Command::new("ip")
+            .args(["netns", "exec", &self.name])
+            .args(args)
+            .output()
+            .expect("ip netns exec")
+    }
+
+    /// Runs a command inside it, failing the test if it fails.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let out = self.try_exec(args);
+        assert!(
+            out.status.success(),
+            "in {}: {args:?} failed: {}{}",
+            self.name,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    /// Whether `count` pings to `ip` all get an answer.
+    pub fn ping(&self, ip: &str, count: u32) -> bool {
+        self.try_exec(&["ping", "-c", &count.to_string(), "-i", "0.2", "-W", "1", ip])
+            .status
+            .success()
+    }
+
+    /// Deletes it now (as a runtime does when a pod goes away).
+    pub fn delete(self) {
+        drop(self)
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// What kino-cni printed and how it exited.
+#[derive(Debug)]
+pub struct CniOutput {
+    /// Exit code.
+    pub code: i32,
+    /// Standard output (the result or error JSON).
+    pub stdout: String,
+    /// Standard error (logs).
+    pub stderr: String,
+}
+
+impl CniOutput {
+    /// Stdout parsed as JSON (panics with the output if it is not).
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("kino-cni printed no JSON ({e}): {self:?}"))
+    }
+}
+
+/// The suite on one node: services on unix sockets, the agent inside the node namespace.
+pub struct Suite {
+    /// Prefix of every kernel object of this world.
+    pub prefix: String,
+    /// Temp directory with sockets, state and logs.
+    pub dir: tempfile::TempDir,
+    /// The node namespace the agent runs in.
+    pub node: Netns,
+    /// Where the agent pins its maps (`<root>/<node>`).
+    pub pin_root: PathBuf,
+    gateway: ServiceProcess,
+    ipam: ServiceProcess,
+    agent: Option<ServiceProcess>,
+}
+
+impl Suite {
+    /// Starts gateway, ipam and an agent on a fresh node namespace.
+    pub async fn start(tag: &str) -> Suite {
+        let prefix = unique_prefix(tag);
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{prefix}-"))
+            .tempdir()
+            .unwrap();
+        let node = Netns::new(&format!("{prefix}-node"));
+        let pin_root = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
+        let d = dir.path().to_owned();
+        let gateway = ServiceProcess::start(
+            &binary("kino-datastore-gateway"),
+            &[
+                "--listen".into(),
+                format!("unix:{}", d.join("ds.sock").display()),
+                "--data-file".into(),
+                d.join("ds.redb").display().to_string(),
+            ],
+            &[],
+            &d,
+        )
+        .unwrap();
+        wait_for_socket(&d.join("ds.sock"), &gateway);
+        let ipam = ServiceProcess::start(
+            &binary("kino-ipam"),
+            &[
+                "--listen".into(),
+                format!("unix:{}", d.join("ipam.sock").display()),
+                "--datastore".into(),
+                format!("unix:{}", d.join("ds.sock").display()),
+            ],
+            &[],
+            &d,
+        )
+        .unwrap();
+        wait_for_socket(&d.join("ipam.sock"), &ipam);
+        let mut suite = Suite {
+            prefix,
+            dir,
+            node,
+            pin_root,
+            gateway,
+            ipam,
+            agent: None,
+        };
+        suite.start_agent();
+        suite
+    }
+
+    /// The agent's API socket.
+    pub fn agent_socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    /// The gateway's socket, as a target (`unix:/…`).
+    pub fn datastore_target(&self) -> String {
+        format!("unix:{}", self.dir.path().join("ds.sock").display())
+    }
+
+    /// The ipam socket, as a target (`unix:/…`).
+    pub fn ipam_target(&self) -> String {
+        format!("unix:{}", self.dir.path().join("ipam.sock").display())
+    }
+
+    /// The node's name (the node namespace's name).
+    pub fn node_name(&self) -> &str {
+        &self.node.name
+    }
+
+    /// Starts the agent in the node namespace (nsenter keeps the host's mount namespace, so
+    /// pins land in the real bpffs) and waits for its socket.
+    pub fn start_agent(&mut self) {
+        assert!(self.agent.is_none(), "agent already running");
+        let d = self.dir.path();
+        let _ = std::fs::remove_file(self.agent_socket());
+        let args: Vec<String> = vec![
+            format!("--net=/run/netns/{}", self.node.name),
+            binary("kino-agent").display().to_string(),
+            "--node-name".into(),
+            self.node.name.clone(),
+            "--socket".into(),
+            self.agent_socket().display().to_string(),
+            "--flow-listen".into(),
+            format!("unix:{}", d.join("flows.sock").display()),
+            "--datastore".into(),
+            self.datastore_target(),
+            "--ipam".into(),
+            self.ipam_target(),
+            "--state-dir".into(),
+            d.join("agent-state").display().to_string(),
+            "--bpf-pin-root".into(),
+            self.pin_root.display().to_string(),
+        ];
+        let agent = ServiceProcess::start(Path::new("/usr/bin/nsenter"), &args, &[], d).unwrap();
+        wait_for_socket(&self.agent_socket(), &agent);
+        self.agent = Some(agent);
+    }
+
+    /// Stops the agent with a signal ("KILL" for a crash, "TERM" for a clean stop).
+    pub fn stop_agent(&mut self, signal: &str) {
+        let mut agent = self.agent.take().expect("agent not running");
+        agent.signal_and_wait(signal).unwrap();
+    }
+
+    /// The agent's log so far.
+    pub fn agent_log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("nsenter.log")).unwrap_or_default()
+    }
+
+    /// The CNI network config kino-cni gets (one plugin).
+    pub fn cni_config(&self, version: &str) -> serde_json::Value {
+        serde_json::json!({
+            "cniVersion": version,
+            "name": "kino",
+            "type": "kino-cni",
+            "agentSocket": self.agent_socket(),
+        })
+    }
+
+    /// Runs kino-cni as a runtime does.
+    pub fn cni(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: Option<&Path>,
+        config: &serde_json::Value,
+        cni_args: &str,
+    ) -> CniOutput {
+        use std::io::Write;
+        let mut child = Command::new(binary("kino-cni"))
+            .env("CNI_COMMAND", command)
+            .env("CNI_CONTAINERID", container_id)
+            .env(
+                "CNI_NETNS",
+                netns.map(|p| p.display().to_string()).unwrap_or_default(),
+            )
+            .env("CNI_IFNAME", "eth0")
+            .env(
+                "CNI_PATH",
+                format!("{}:/usr/lib/cni", crate::bin_dir().display()),
+            )
+            .env("CNI_ARGS", cni_args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kino-cni");
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(config.to_string().as_bytes())
+            .unwrap();
+        let out = child.wait_with_output().unwrap();
+        CniOutput {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        }
+    }
+
+    /// Runs the `kino` CLI against this world.
+    pub fn kino(&self, args: &[&str]) -> Output {
+        Command::new(binary("kino"))
+            .arg("--agent-socket")
+            .arg(self.agent_socket())
+            .arg("--ipam")
+            .arg(self.ipam_target())
+            .arg("--datastore")
+            .arg(self.datastore_target())
+            .args(args)
+            .output()
+            .expect("kino")
+    }
+
+    /// The lxc devices in the node namespace, as `ip -o link` lines.
+    pub fn lxc_links(&self) -> Vec<String> {
+        let out = self.node.exec(&["ip", "-o", "link", "show"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(": lxc"))
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for Suite {
+    fn drop(&mut self) {
+        // Processes first (the agent holds the pins), then kernel objects.
+        self.agent.take();
+        let _ = (&self.gateway, &self.ipam);
+        let _ = std::fs::remove_dir_all(&self.pin_root);
+    }
+}
+
+/// Waits up to 30 s for a unix socket to appear, failing with the process's log.
+pub fn wait_for_socket(path: &Path, process: &ServiceProcess) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} did not create {} in 30 s; its log:\n{}",
+            process.name,
+            path.display(),
+            process.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
