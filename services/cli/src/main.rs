@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kino_cli::ipam::IpamArgs;
 use kino_cli::pending::PendingGroup;
 use kino_cli::status::{Targets, components, probe_all};
 use kino_service_kit::ClientTlsArgs;
@@ -97,8 +98,8 @@ enum Command {
     Policy(PendingArgs),
     /// Security identities (not implemented yet: issue #5).
     Identity(PendingArgs),
-    /// IP pools and allocations (not implemented yet: issue #3).
-    Ipam(PendingArgs),
+    /// IP pools with their utilisation, and allocated addresses.
+    Ipam(IpamArgs),
     /// The agent's BPF maps (not implemented yet: issue #4).
     Bpf(PendingArgs),
     /// Flows seen by the agent (not implemented yet: issue #6).
@@ -152,12 +153,37 @@ async fn main() -> ExitCode {
         }
         Command::Policy(_) => PendingGroup::Policy,
         Command::Identity(_) => PendingGroup::Identity,
-        Command::Ipam(_) => PendingGroup::Ipam,
+        Command::Ipam(args) => return ipam(&cli.global, &args).await,
         Command::Bpf(_) => PendingGroup::Bpf,
         Command::Observe(_) => PendingGroup::Observe,
     };
     eprintln!("error: {}", group.error());
     ExitCode::from(EXIT_NOT_IMPLEMENTED)
+}
+
+async fn ipam(global: &GlobalArgs, args: &IpamArgs) -> ExitCode {
+    let json = global.output == Output::Json;
+    match kino_cli::ipam::run(
+        &args.command,
+        &global.ipam,
+        &global.upstream_tls,
+        global.timeout,
+        json,
+    )
+    .await
+    {
+        Ok(text) => {
+            print!("{text}");
+            if json {
+                println!();
+            }
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
 }
 
 async fn status(global: &GlobalArgs) -> ExitCode {

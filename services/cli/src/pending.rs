@@ -10,8 +10,6 @@ pub enum PendingGroup {
     Policy,
     /// `kino identity list`.
     Identity,
-    /// `kino ipam pools/allocations`.
-    Ipam,
     /// `kino bpf {endpoint,ipcache,policy,ct} list`.
     Bpf,
     /// `kino observe`.
@@ -24,7 +22,6 @@ impl PendingGroup {
         match self {
             PendingGroup::Policy => "policy",
             PendingGroup::Identity => "identity",
-            PendingGroup::Ipam => "ipam",
             PendingGroup::Bpf => "bpf",
             PendingGroup::Observe => "observe",
         }
@@ -35,7 +32,6 @@ impl PendingGroup {
         match self {
             PendingGroup::Policy => (5, "the policy compiler"),
             PendingGroup::Identity => (5, "security identities"),
-            PendingGroup::Ipam => (3, "the IPAM allocator"),
             PendingGroup::Bpf => (4, "the agent's eBPF datapath"),
             PendingGroup::Observe => (6, "the agent's flow observer"),
         }
@@ -71,7 +67,6 @@ mod tests {
         for (group, issue) in [
             (PendingGroup::Policy, "issue #5"),
             (PendingGroup::Identity, "issue #5"),
-            (PendingGroup::Ipam, "issue #3"),
             (PendingGroup::Bpf, "issue #4"),
             (PendingGroup::Observe, "issue #6"),
         ] {

@@ -1,10 +1,13 @@
 //! `kino status` probes against real servers on loopback: a SERVING service, the wrong
 //! service on a port, nothing listening, and a peer that never answers.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use kino_cli::status::{Component, Health, probe};
 use kino_ipam::grpc::IpamGrpc;
+use kino_ipam::persistence::Datastore;
+use kino_ipam::{Ipam, IpamOptions};
 use kino_service_kit::{ClientTlsArgs, Listener, ServeSpec, serve};
 use tokio::sync::oneshot;
 
@@ -18,6 +21,16 @@ fn component(address: String, service: &'static str) -> Component {
     }
 }
 
+/// An IPAM service whose datastore is never reached: health checks do not need it.
+fn ipam_service() -> IpamGrpc {
+    let channel = kino_service_kit::connect_lazy("127.0.0.1:9", &ClientTlsArgs::default())
+        .expect("a valid target");
+    IpamGrpc::new(Arc::new(Ipam::new(
+        Datastore::new(channel),
+        IpamOptions::default(),
+    )))
+}
+
 #[tokio::test]
 async fn probes_tell_serving_from_wrong_service_from_down_from_silent() {
     let listener = Listener::bind(&"127.0.0.1:0".parse().expect("addr"))
@@ -27,7 +40,7 @@ async fn probes_tell_serving_from_wrong_service_from_down_from_silent() {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         ServeSpec::on_listener("kino-ipam-test", listener)
-            .add_service(IpamGrpc::new().into_server())
+            .add_service(ipam_service().into_server())
             .with_shutdown(async move {
                 let _ = stopped.await;
             }),

@@ -1,12 +1,29 @@
-//! kino-ipam: IP address management for Kinocilium (cluster pools → per-node pod CIDRs →
-//! per-endpoint addresses).
+//! kino-ipam: IP address management for Kinocilium, in Cilium's cluster-pool style: pools of
+//! cluster CIDRs are carved into per-node blocks, and endpoint addresses are allocated from a
+//! node's blocks. All state lives in the datastore (through kino-datastore-gateway), written
+//! with atomic creates and compare-and-swap, so any number of replicas can serve at once
+//! without ever handing out an address twice.
 //!
-//! For now only the `kino.ipam.v1` API surface exists: [`grpc::IpamGrpc`] answers every RPC
-//! with `UNIMPLEMENTED`, naming issue #3 where the allocator arrives.
+//! - [`prefix`], [`pool`], [`allocator`], [`owner`]: pure logic (CIDR arithmetic, pool
+//!   validation and blocks, candidate addresses, owner identities), property-tested.
+//! - [`records`]: the stored records as domain types and their protobuf specs.
+//! - [`persistence`]: the datastore client and record names.
+//! - [`service`]: [`service::Ipam`], the protocols over the datastore.
+//! - [`node_watch`]: gives back the blocks of deleted nodes.
+//! - [`grpc`]: the `kino.ipam.v1` adapter.
 
 #![warn(missing_docs)]
 
+pub mod allocator;
+pub mod error;
 pub mod grpc;
+pub mod node_watch;
+pub mod owner;
+pub mod persistence;
+pub mod pool;
+pub mod prefix;
+pub mod records;
+pub mod service;
 
-/// The issue that brings pools, node CIDRs and endpoint allocation.
-pub const IMPLEMENTATION_ISSUE: u32 = 3;
+pub use error::IpamError;
+pub use service::{Ipam, IpamOptions};

@@ -1,8 +1,16 @@
-//! kino-ipam: reads its config and serves `kino.ipam.v1` (every RPC UNIMPLEMENTED until issue #3).
+//! kino-ipam: reads its config, makes sure the default pool exists, watches for deleted nodes
+//! and serves `kino.ipam.v1`.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
 use kino_ipam::grpc::IpamGrpc;
+use kino_ipam::persistence::Datastore;
+use kino_ipam::pool::{DEFAULT_POOL, PoolConfig, RawFamily};
+use kino_ipam::service::DefaultPoolOutcome;
+use kino_ipam::{Ipam, IpamError, IpamOptions};
 use kino_service_kit::{ClientTlsArgs, ListenAddr, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 
@@ -16,6 +24,49 @@ struct Config {
     /// The datastore-gateway: host:port, http(s)://host:port or unix:/path.
     #[arg(long, env = "KINO_DATASTORE", default_value = "127.0.0.1:7401")]
     datastore: String,
+    /// IPv4 CIDRs of the "default" pool created at start-up if missing (comma-separated;
+    /// empty for an IPv6-only default pool).
+    #[arg(
+        long,
+        env = "KINO_IPAM_DEFAULT_POOL_IPV4",
+        value_delimiter = ',',
+        default_value = "10.0.0.0/8"
+    )]
+    default_pool_ipv4: Vec<String>,
+    /// Prefix length of each node's IPv4 block in the default pool.
+    #[arg(
+        long,
+        env = "KINO_IPAM_DEFAULT_POOL_IPV4_MASK_SIZE",
+        default_value_t = 24
+    )]
+    default_pool_ipv4_mask_size: u32,
+    /// IPv6 CIDRs of the default pool (comma-separated; empty for an IPv4-only pool).
+    #[arg(
+        long,
+        env = "KINO_IPAM_DEFAULT_POOL_IPV6",
+        value_delimiter = ',',
+        default_value = "fd00::/104"
+    )]
+    default_pool_ipv6: Vec<String>,
+    /// Prefix length of each node's IPv6 block in the default pool.
+    #[arg(
+        long,
+        env = "KINO_IPAM_DEFAULT_POOL_IPV6_MASK_SIZE",
+        default_value_t = 120
+    )]
+    default_pool_ipv6_mask_size: u32,
+    /// Do not create the default pool (at start-up, or when a request names it).
+    #[arg(long, env = "KINO_IPAM_NO_DEFAULT_POOL")]
+    no_default_pool: bool,
+    /// Most blocks of one family a node may hold in a pool: when its blocks are full it gets
+    /// one more, up to this (1 = a node never grows).
+    #[arg(long, env = "KINO_IPAM_MAX_NODE_BLOCKS", default_value_t = 4,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    max_node_blocks: u32,
+    /// Seconds an owner's half-done allocation may make no progress before a retried
+    /// request takes it over (its replica is presumed dead).
+    #[arg(long, env = "KINO_IPAM_CLAIM_TAKEOVER_SECONDS", default_value_t = 3.0)]
+    claim_takeover_seconds: f64,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
@@ -24,22 +75,102 @@ struct Config {
     log: LogArgs,
 }
 
+impl Config {
+    /// The default pool to create, or `None` when disabled.
+    fn default_pool(&self) -> anyhow::Result<Option<PoolConfig>> {
+        if self.no_default_pool {
+            return Ok(None);
+        }
+        let family = |cidrs: &[String], mask: u32| {
+            let cidrs: Vec<String> = cidrs
+                .iter()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .collect();
+            (!cidrs.is_empty()).then_some(RawFamily {
+                cidrs,
+                node_mask_size: mask,
+            })
+        };
+        let ipv4 = family(&self.default_pool_ipv4, self.default_pool_ipv4_mask_size);
+        let ipv6 = family(&self.default_pool_ipv6, self.default_pool_ipv6_mask_size);
+        if ipv4.is_none() && ipv6.is_none() {
+            anyhow::bail!(
+                "--default-pool-ipv4 and --default-pool-ipv6 are both empty: give CIDRs for at least one family, or pass --no-default-pool"
+            );
+        }
+        let config =
+            PoolConfig::validate("default pool", DEFAULT_POOL, ipv4.as_ref(), ipv6.as_ref())
+                .map_err(|e| {
+                    anyhow::anyhow!("{e} (flags --default-pool-ipv4/-ipv6 and their --*-mask-size)")
+                })?;
+        Ok(Some(config))
+    }
+
+    fn options(&self) -> anyhow::Result<IpamOptions> {
+        anyhow::ensure!(
+            self.claim_takeover_seconds.is_finite()
+                && (0.05..=3600.0).contains(&self.claim_takeover_seconds),
+            "--claim-takeover-seconds {} must be from 0.05 to 3600",
+            self.claim_takeover_seconds
+        );
+        Ok(IpamOptions {
+            takeover_after: Duration::from_secs_f64(self.claim_takeover_seconds),
+            max_node_blocks: self.max_node_blocks as usize,
+            default_pool: self.default_pool()?,
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-ipam", &config.log)?;
-    // Checked now so a typo fails at start-up; the allocator (issue #3) will use the channel.
-    kino_service_kit::connect_lazy(&config.datastore, &config.upstream_tls)
+    let default_pool = config.default_pool()?;
+    let options = config.options()?;
+    let channel = kino_service_kit::connect_lazy(&config.datastore, &config.upstream_tls)
         .with_context(|| format!("checking --datastore {:?}", config.datastore))?;
-    tracing::info!(
-        datastore = %config.datastore,
-        "kino-ipam ready: serving the API; every RPC is UNIMPLEMENTED until issue #3"
-    );
+    let ipam = Arc::new(Ipam::new(Datastore::new(channel), options));
+
+    if let Some(pool) = default_pool {
+        tokio::spawn(ensure_default_pool(ipam.clone(), pool));
+    }
+    tokio::spawn(kino_ipam::node_watch::release_deleted_nodes(ipam.clone()));
+    tracing::info!(datastore = %config.datastore, "kino-ipam ready");
     serve(
         ServeSpec::new("kino-ipam", config.listen)
             .with_tls(config.tls)
-            .add_service(IpamGrpc::new().into_server()),
+            .add_service(IpamGrpc::new(ipam).into_server()),
     )
     .await?;
     Ok(())
+}
+
+/// Creates the default pool if missing, retrying while the datastore is not reachable.
+async fn ensure_default_pool(ipam: Arc<Ipam>, pool: PoolConfig) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ipam.ensure_pool(pool.clone()).await {
+            Ok(DefaultPoolOutcome::Created) => {
+                tracing::info!(pool = DEFAULT_POOL, cidrs = %kino_ipam::service::describe_pool(&pool), "created the default pool");
+                return;
+            }
+            Ok(DefaultPoolOutcome::Exists) => return,
+            Ok(DefaultPoolOutcome::ExistsDifferently(existing)) => {
+                tracing::warn!(pool = DEFAULT_POOL, existing = %existing,
+                    configured = %kino_ipam::service::describe_pool(&pool),
+                    "the default pool exists with other CIDRs than configured; keeping it as it is (delete it to change it)");
+                return;
+            }
+            Err(IpamError::Invalid(e)) => {
+                tracing::error!(error = %e, "cannot create the default pool (fix the --default-pool-* flags or pass --no-default-pool)");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in = ?delay, "cannot create the default pool yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }

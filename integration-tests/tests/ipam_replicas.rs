@@ -1,0 +1,630 @@
+//! Three real `kino-ipam` processes sharing one `kino-datastore-gateway` (embedded file, and
+//! real etcd), hammered by hundreds of concurrent allocations, retries, same-owner races and
+//! releases spread over the replicas. One replica is killed with SIGKILL mid-flight; clients
+//! retry elsewhere (as a container runtime would) or give up (a container that went away).
+//! Checked all along: no address is ever held by two owners, a retried owner always gets its
+//! address back. Checked at the end, after Gc: exactly the addresses the clients hold are
+//! allocated (nothing leaked), every owner claim is bound, a restarted replica gives nodes
+//! the same blocks, and `kino ipam pools / allocations` show it.
+
+use std::collections::{HashMap, HashSet};
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use kino_api::datastore::ListRequest;
+use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+use kino_api::ipam as pb;
+use kino_api::ipam::ipam_service_client::IpamServiceClient;
+use kino_api::types::IpFamily;
+use kino_integration_tests::process::{ServiceProcess, wait_for_port};
+use kino_integration_tests::{binary, free_port, in_ci};
+use prost::Message;
+use tokio::sync::Mutex;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
+
+type Client = IpamServiceClient<Channel>;
+
+const REPLICAS: usize = 3;
+const NODES: usize = 4;
+const WORKERS: usize = 36;
+const OPS_PER_WORKER: usize = 24;
+const START_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Which replica the test kills.
+const VICTIM: usize = 1;
+
+/// What the clients hold, updated as a runtime would see it: an address is added when an
+/// Allocate answers, and removed BEFORE the Release is sent (so a reuse after the release
+/// is never mistaken for a duplicate).
+#[derive(Default)]
+struct Ledger {
+    /// address → (owner container id, node).
+    live: HashMap<String, (String, String)>,
+    /// owner container id → address.
+    by_owner: HashMap<String, String>,
+    /// Allocations answered (including retries).
+    answered: usize,
+    /// Owners abandoned after a failure (their records are Gc's to collect).
+    abandoned: usize,
+}
+
+impl Ledger {
+    fn record(&mut self, owner: &str, node: &str, address: &str) {
+        self.answered += 1;
+        if let Some(previous) = self.by_owner.get(owner) {
+            assert_eq!(
+                previous, address,
+                "owner {owner} was given {address} after {previous}: a retry must get the same address"
+            );
+            return;
+        }
+        if let Some((holder, holder_node)) = self.live.get(address) {
+            panic!(
+                "DUPLICATE: {address} given to {owner} on {node} while {holder} on {holder_node} holds it"
+            );
+        }
+        self.live
+            .insert(address.to_owned(), (owner.to_owned(), node.to_owned()));
+        self.by_owner.insert(owner.to_owned(), address.to_owned());
+    }
+
+    fn forget(&mut self, owner: &str) -> Option<String> {
+        let address = self.by_owner.remove(owner)?;
+        self.live.remove(&address);
+        Some(address)
+    }
+}
+
+fn owner(container: &str) -> pb::Owner {
+    pb::Owner {
+        container_id: container.into(),
+        ifname: "eth0".into(),
+        pod_namespace: "stress".into(),
+        pod_name: container.into(),
+    }
+}
+
+/// Replica-side failures a client answers by trying another replica.
+fn replica_down(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Cancelled | Code::Unknown | Code::DeadlineExceeded
+    )
+}
+
+/// A small deterministic generator, so a failing run can be replayed.
+struct Lcg(u64);
+
+impl Lcg {
+    fn next(&mut self, n: u64) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        (self.0 >> 33) % n
+    }
+}
+
+struct Shared {
+    clients: Vec<Client>,
+    ledger: Mutex<Ledger>,
+    done: AtomicUsize,
+}
+
+impl Shared {
+    /// Allocate for `container`, starting at replica `first` and moving on while replicas
+    /// are down. `Err` only when the client gives up (`give_up` and a replica failed).
+    async fn allocate(
+        &self,
+        first: usize,
+        node: &str,
+        container: &str,
+        give_up: bool,
+    ) -> Result<String, ()> {
+        for attempt in 0..REPLICAS * 4 {
+            let replica = (first + attempt) % REPLICAS;
+            let result = self.clients[replica]
+                .clone()
+                .allocate(pb::AllocateRequest {
+                    node: node.into(),
+                    pool: String::new(),
+                    family: IpFamily::Ipv4 as i32,
+                    owner: Some(owner(container)),
+                    requested_address: String::new(),
+                })
+                .await;
+            match result {
+                Ok(response) => {
+                    let address = response.into_inner().allocation.unwrap().address;
+                    self.ledger.lock().await.record(container, node, &address);
+                    return Ok(address);
+                }
+                Err(status) if replica_down(&status) => {
+                    if give_up {
+                        self.ledger.lock().await.abandoned += 1;
+                        return Err(());
+                    }
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("Allocate {container} on replica {replica}: {status:?}"),
+            }
+        }
+        panic!("Allocate {container}: every replica failed")
+    }
+
+    /// Release by owner or by address, on `first` or the next live replica.
+    async fn release(&self, first: usize, container: &str, by_address: bool) {
+        let Some(address) = self.ledger.lock().await.forget(container) else {
+            return;
+        };
+        let target = if by_address {
+            pb::release_request::Target::Address(address)
+        } else {
+            pb::release_request::Target::Owner(owner(container))
+        };
+        for attempt in 0..REPLICAS * 4 {
+            let replica = (first + attempt) % REPLICAS;
+            let result = self.clients[replica]
+                .clone()
+                .release(pb::ReleaseRequest {
+                    target: Some(target.clone()),
+                    family: 0,
+                })
+                .await;
+            match result {
+                Ok(_) => return,
+                Err(status) if replica_down(&status) => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                Err(status) => panic!("Release {container}: {status:?}"),
+            }
+        }
+        panic!("Release {container}: every replica failed")
+    }
+}
+
+async fn worker(shared: Arc<Shared>, w: usize) {
+    let mut rng = Lcg(w as u64 + 1);
+    let node = format!("node-{}", w % NODES);
+    let mut held: Vec<String> = Vec::new();
+    // Every fifth worker behaves like a runtime whose container dies when its ADD fails.
+    let gives_up = w.is_multiple_of(5);
+    for i in 0..OPS_PER_WORKER {
+        let replica = rng.next(REPLICAS as u64) as usize;
+        let action = rng.next(100);
+        if action < 55 || held.is_empty() {
+            let container = format!("w{w}-{i}");
+            if shared
+                .allocate(replica, &node, &container, gives_up)
+                .await
+                .is_ok()
+            {
+                held.push(container.clone());
+                // A retried CNI ADD, on another replica: the same address.
+                if rng.next(4) == 0 {
+                    let _ = shared.allocate(replica + 1, &node, &container, false).await;
+                }
+            }
+        } else if action < 65 {
+            // The same new owner asked on two replicas at once.
+            let container = format!("w{w}-{i}-race");
+            let (a, b) = tokio::join!(
+                shared.allocate(replica, &node, &container, false),
+                shared.allocate(replica + 1, &node, &container, false),
+            );
+            assert_eq!(a, b, "{container} got two answers");
+            held.push(container);
+        } else {
+            let index = rng.next(held.len() as u64) as usize;
+            let container = held.swap_remove(index);
+            shared.release(replica, &container, action >= 90).await;
+        }
+        shared.done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Every raw resource of a kind in a namespace.
+async fn raw(
+    datastore: &mut DatastoreServiceClient<Channel>,
+    kind: &str,
+    ns: &str,
+) -> Vec<kino_api::datastore::Resource> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = datastore
+            .list(ListRequest {
+                kind: kind.into(),
+                namespace: ns.into(),
+                limit: 5000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("List")
+            .into_inner();
+        out.extend(page.resources);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+fn start_ipam(port: u16, datastore: u16, dir: &Path) -> ServiceProcess {
+    ServiceProcess::start(
+        &binary("kino-ipam"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--datastore".into(),
+            format!("127.0.0.1:{datastore}"),
+            "--claim-takeover-seconds".into(),
+            "0.5".into(),
+        ],
+        &[("KINO_LOG", "info")],
+        dir,
+    )
+    .expect("starting kino-ipam")
+}
+
+async fn connect(port: u16, process: &ServiceProcess) -> Client {
+    if let Err(e) = wait_for_port(&format!("127.0.0.1:{port}"), START_TIMEOUT).await {
+        panic!("{}: {e}\n--- log ---\n{}", process.name, process.log_text());
+    }
+    IpamServiceClient::connect(format!("http://127.0.0.1:{port}"))
+        .await
+        .expect("connecting to kino-ipam")
+}
+
+async fn node_blocks(client: &mut Client, node: &str) -> Vec<String> {
+    client
+        .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+            node: node.into(),
+            pool: String::new(),
+            lease_id: 0,
+        })
+        .await
+        .expect("AllocateNodeCidrs")
+        .into_inner()
+        .allocation
+        .unwrap()
+        .cidrs
+        .into_iter()
+        .map(|c| c.cidr)
+        .collect()
+}
+
+/// The whole scenario against a gateway started with `backend` arguments.
+async fn stress(label: &str, backend: Vec<String>) {
+    let dir = tempfile::Builder::new()
+        .prefix("kino-ipam-stress-")
+        .tempdir()
+        .expect("tempdir");
+    let dir = dir.path();
+    let gateway_port = free_port();
+    let mut gateway_args = vec!["--listen".to_owned(), format!("127.0.0.1:{gateway_port}")];
+    gateway_args.extend(backend);
+    let gateway = ServiceProcess::start(&binary("kino-datastore-gateway"), &gateway_args, &[], dir)
+        .expect("starting the gateway");
+    if let Err(e) = wait_for_port(&format!("127.0.0.1:{gateway_port}"), START_TIMEOUT).await {
+        panic!("gateway: {e}\n{}", gateway.log_text());
+    }
+    let ports: Vec<u16> = (0..REPLICAS).map(|_| free_port()).collect();
+    let mut processes: Vec<Option<ServiceProcess>> = Vec::new();
+    for (i, port) in ports.iter().enumerate() {
+        let replica_dir = dir.join(format!("replica-{i}"));
+        std::fs::create_dir_all(&replica_dir).unwrap();
+        processes.push(Some(start_ipam(*port, gateway_port, &replica_dir)));
+    }
+    let mut clients = Vec::new();
+    for (port, process) in ports.iter().zip(&processes) {
+        clients.push(connect(*port, process.as_ref().unwrap()).await);
+    }
+    let shared = Arc::new(Shared {
+        clients,
+        ledger: Mutex::new(Ledger::default()),
+        done: AtomicUsize::new(0),
+    });
+
+    // The workers, and the SIGKILL of one replica when half of the work is done.
+    let mut victim = processes[VICTIM].take().unwrap();
+    let killer = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            while shared.done.load(Ordering::Relaxed) < WORKERS * OPS_PER_WORKER / 2 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            let log = victim.log.clone();
+            let status = tokio::task::spawn_blocking(move || victim.signal_and_wait("KILL"))
+                .await
+                .unwrap()
+                .expect("SIGKILL");
+            assert!(!status.success(), "{status}");
+            log
+        })
+    };
+    let tasks: Vec<_> = (0..WORKERS)
+        .map(|w| tokio::spawn(worker(shared.clone(), w)))
+        .collect();
+    for task in tasks {
+        task.await.expect("a worker failed");
+    }
+    killer.await.expect("the kill");
+
+    let survivor = (VICTIM + 1) % REPLICAS;
+    let mut client = shared.clients[survivor].clone();
+    let ledger = shared.ledger.lock().await;
+    let live = ledger.live.clone();
+    eprintln!(
+        "[{label}] {} Allocate answers, {} owners abandoned, {} addresses held",
+        ledger.answered,
+        ledger.abandoned,
+        live.len()
+    );
+    drop(ledger);
+
+    // Gc each node with the owners the clients hold: the rest (abandoned owners, requests
+    // cut by the kill) is freed.
+    let mut freed = 0;
+    for n in 0..NODES {
+        let node = format!("node-{n}");
+        let valid: Vec<pb::Owner> = live
+            .values()
+            .filter(|(_, on)| *on == node)
+            .map(|(o, _)| owner(o))
+            .collect();
+        let response = client
+            .gc(pb::GcRequest {
+                node: node.clone(),
+                valid_owners: valid,
+                ..Default::default()
+            })
+            .await
+            .expect("Gc")
+            .into_inner();
+        for a in &response.freed {
+            let holder = &a.owner.as_ref().unwrap().container_id;
+            assert!(
+                !live.contains_key(&a.address),
+                "Gc freed {} which {holder} still holds",
+                a.address
+            );
+        }
+        freed += response.freed.len();
+    }
+    eprintln!("[{label}] Gc freed {freed} leftover allocation(s)");
+
+    // Exactly what the clients hold is allocated, no address twice.
+    let mut listed = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = client
+            .list_allocations(pb::ListAllocationsRequest {
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .expect("ListAllocations")
+            .into_inner();
+        listed.extend(page.allocations);
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        token = page.next_page_token;
+    }
+    let mut seen = HashSet::new();
+    for a in &listed {
+        assert!(seen.insert(a.address.clone()), "{} listed twice", a.address);
+        let holder = &a.owner.as_ref().unwrap().container_id;
+        assert_eq!(
+            live.get(&a.address).map(|(o, _)| o),
+            Some(holder),
+            "{} is allocated to {holder} but the clients do not hold it: leaked",
+            a.address
+        );
+    }
+    assert_eq!(
+        listed.len(),
+        live.len(),
+        "allocations the clients hold are missing"
+    );
+
+    // Every owner claim is bound and belongs to a held address; no stray block claims.
+    let mut datastore = DatastoreServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
+        .await
+        .unwrap();
+    let claims: Vec<_> = raw(&mut datastore, "IPAllocation", "default")
+        .await
+        .into_iter()
+        .filter(|r| r.name.starts_with("owner:"))
+        .collect();
+    for claim in &claims {
+        let spec = pb::OwnerClaim::decode(claim.spec.as_ref().unwrap().value.as_slice()).unwrap();
+        assert!(
+            spec.bound,
+            "claim {} of {:?} left half-done",
+            claim.name, spec.owner
+        );
+        assert!(
+            live.contains_key(&spec.address),
+            "claim {} names {} which nobody holds",
+            claim.name,
+            spec.address
+        );
+    }
+    assert_eq!(claims.len(), live.len(), "one claim per held address");
+    let node_records = raw(&mut datastore, "NodeAllocation", "default").await;
+    let listed_blocks: usize = node_records
+        .iter()
+        .filter(|r| !r.name.starts_with("block:"))
+        .map(|r| {
+            pb::NodeAllocation::decode(r.spec.as_ref().unwrap().value.as_slice())
+                .unwrap()
+                .cidrs
+                .len()
+        })
+        .sum();
+    let block_claims = node_records
+        .iter()
+        .filter(|r| r.name.starts_with("block:"))
+        .count();
+    assert_eq!(
+        block_claims, listed_blocks,
+        "every block claim is listed by its node"
+    );
+
+    // A replica started now (fresh caches) gives the nodes the same blocks.
+    let mut before = Vec::new();
+    for n in 0..NODES {
+        before.push(node_blocks(&mut client, &format!("node-{n}")).await);
+    }
+    let fresh_port = free_port();
+    let fresh_dir = dir.join("replica-fresh");
+    std::fs::create_dir_all(&fresh_dir).unwrap();
+    let fresh = start_ipam(fresh_port, gateway_port, &fresh_dir);
+    let mut fresh_client = connect(fresh_port, &fresh).await;
+    for (n, blocks) in before.iter().enumerate() {
+        assert_eq!(
+            &node_blocks(&mut fresh_client, &format!("node-{n}")).await,
+            blocks
+        );
+    }
+
+    // The operator's view.
+    let kino = binary("kino");
+    let ipam_target = format!("127.0.0.1:{fresh_port}");
+    let output = std::process::Command::new(&kino)
+        .args(["ipam", "pools", "--ipam", &ipam_target])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success(),
+        "kino ipam pools: {table}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert!(table.starts_with("POOL"), "{table}");
+    assert!(
+        table.contains("10.0.0.0/8") && table.contains("fd00::/104"),
+        "{table}"
+    );
+    for n in 0..NODES {
+        assert!(table.contains(&format!("node-{n} ")), "{table}");
+    }
+    let output = std::process::Command::new(&kino)
+        .args(["ipam", "allocations", "-o", "json", "--ipam", &ipam_target])
+        .output()
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(json["allocations"].as_array().unwrap().len(), live.len());
+    let output = std::process::Command::new(&kino)
+        .args([
+            "ipam",
+            "allocations",
+            "--node",
+            "node-0",
+            "--ipam",
+            &ipam_target,
+        ])
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&output.stdout).to_string();
+    assert!(
+        output.status.success() && table.contains("CONTAINER"),
+        "{table}"
+    );
+    assert!(
+        table
+            .lines()
+            .skip(1)
+            .filter(|l| l.contains("node-"))
+            .all(|l| l.contains("node-0")),
+        "{table}"
+    );
+    let output = std::process::Command::new(&kino)
+        .args([
+            "ipam",
+            "allocations",
+            "--node",
+            "nowhere",
+            "--ipam",
+            &ipam_target,
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("NotFound"),
+        "{output:?}"
+    );
+
+    drop(fresh);
+    drop(processes);
+    drop(gateway);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_duplicate_embedded() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("datastore.redb");
+    stress(
+        "embedded",
+        vec!["--data-file".into(), file.display().to_string()],
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_never_duplicate_etcd() {
+    let endpoints = std::env::var("KINO_TEST_ETCD_ENDPOINTS")
+        .unwrap_or_else(|_| "http://127.0.0.1:2379".into());
+    let reachable =
+        match etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None).await {
+            Ok(mut c) => c.status().await.is_ok(),
+            Err(_) => false,
+        };
+    if !reachable {
+        assert!(!in_ci(), "CI=true but no etcd at {endpoints}");
+        eprintln!(
+            "SKIPPED: no etcd at {endpoints}; run ./integration-tests/run.sh or set KINO_TEST_ETCD_ENDPOINTS"
+        );
+        return;
+    }
+    let nanos = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let prefix = format!("/kino-ipam-stress-{}-{nanos}/", std::process::id());
+    stress(
+        "etcd",
+        vec![
+            "--backend".into(),
+            "etcd".into(),
+            "--etcd-endpoints".into(),
+            endpoints.clone(),
+            "--etcd-prefix".into(),
+            prefix.clone(),
+        ],
+    )
+    .await;
+    let mut client = etcd_client::Client::connect(endpoints.split(',').collect::<Vec<_>>(), None)
+        .await
+        .unwrap();
+    client
+        .delete(
+            prefix.as_str(),
+            Some(etcd_client::DeleteOptions::new().with_prefix()),
+        )
+        .await
+        .unwrap();
+}

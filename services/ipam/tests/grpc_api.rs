@@ -1,0 +1,1362 @@
+//! The `kino.ipam.v1` API end to end over real gRPC, on both datastore backends (embedded
+//! file and real etcd): pools, node blocks, allocation, release, GC, exhaustion, leases,
+//! deleted nodes, and the races between replicas (same owner, same blocks, dead requests).
+//! Each replica is a separate `Ipam` with its own caches, as separate processes would be.
+
+mod backends;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use backends::{Replica, World, default_pool};
+use futures::future::join_all;
+use kino_api::datastore::{
+    CreateRequest, DeleteRequest, GrantLeaseRequest, ListRequest, Resource, ResourceKey,
+    RevokeLeaseRequest,
+};
+use kino_api::ipam as pb;
+use kino_api::types::IpFamily;
+use kino_ipam::IpamOptions;
+use kino_ipam::persistence::Datastore;
+use kino_ipam::records::{Claim, NodeBlock, NodeBlocks};
+use kino_ipam::service::DefaultPoolOutcome;
+use tonic::{Code, Status};
+
+type Client = kino_api::ipam::ipam_service_client::IpamServiceClient<tonic::transport::Channel>;
+
+const V4: IpFamily = IpFamily::Ipv4;
+const V6: IpFamily = IpFamily::Ipv6;
+
+fn owner(container: &str) -> pb::Owner {
+    pb::Owner {
+        container_id: container.into(),
+        ifname: "eth0".into(),
+        pod_namespace: "default".into(),
+        pod_name: format!("pod-{container}"),
+    }
+}
+
+fn family_pool(cidrs: &[&str], mask: u32) -> Option<pb::PoolFamily> {
+    Some(pb::PoolFamily {
+        cidrs: cidrs.iter().map(|c| c.to_string()).collect(),
+        node_mask_size: mask,
+    })
+}
+
+async fn create_pool(
+    c: &mut Client,
+    name: &str,
+    ipv4: Option<pb::PoolFamily>,
+    ipv6: Option<pb::PoolFamily>,
+) -> Result<pb::IpPool, Status> {
+    c.create_pool(pb::CreatePoolRequest {
+        pool: Some(pb::IpPool {
+            name: name.into(),
+            ipv4,
+            ipv6,
+            ..Default::default()
+        }),
+    })
+    .await
+    .map(|r| r.into_inner().pool.unwrap())
+}
+
+async fn allocate(
+    c: &mut Client,
+    node: &str,
+    pool: &str,
+    family: IpFamily,
+    container: &str,
+) -> Result<pb::AllocateResponse, Status> {
+    c.allocate(pb::AllocateRequest {
+        node: node.into(),
+        pool: pool.into(),
+        family: family as i32,
+        owner: Some(owner(container)),
+        requested_address: String::new(),
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+async fn request_address(
+    c: &mut Client,
+    node: &str,
+    container: &str,
+    address: &str,
+) -> Result<pb::AllocateResponse, Status> {
+    c.allocate(pb::AllocateRequest {
+        node: node.into(),
+        owner: Some(owner(container)),
+        requested_address: address.into(),
+        ..Default::default()
+    })
+    .await
+    .map(|r| r.into_inner())
+}
+
+fn address_of(r: &pb::AllocateResponse) -> String {
+    r.allocation.as_ref().unwrap().address.clone()
+}
+
+async fn node_cidrs(c: &mut Client, node: &str, pool: &str, lease: i64) -> pb::NodeAllocation {
+    c.allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+        node: node.into(),
+        pool: pool.into(),
+        lease_id: lease,
+    })
+    .await
+    .unwrap_or_else(|s| panic!("AllocateNodeCidrs {node}: {s:?}"))
+    .into_inner()
+    .allocation
+    .unwrap()
+}
+
+fn cidrs(a: &pb::NodeAllocation) -> Vec<String> {
+    a.cidrs.iter().map(|c| c.cidr.clone()).collect()
+}
+
+async fn release_owner(c: &mut Client, container: &str) -> Vec<pb::IpAllocation> {
+    c.release(pb::ReleaseRequest {
+        target: Some(pb::release_request::Target::Owner(owner(container))),
+        family: 0,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .released
+}
+
+async fn list_all(c: &mut Client, node: &str, pool: &str) -> Vec<pb::IpAllocation> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = c
+            .list_allocations(pb::ListAllocationsRequest {
+                node: node.into(),
+                pool: pool.into(),
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.allocations);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Every raw resource of a kind in a namespace, straight from the datastore.
+async fn raw(w: &World, kind: &str, namespace: &str) -> Vec<Resource> {
+    let mut out = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = w
+            .datastore
+            .clone()
+            .list(ListRequest {
+                kind: kind.into(),
+                namespace: namespace.into(),
+                limit: 5000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        out.extend(page.resources);
+        if page.next_page_token.is_empty() {
+            return out;
+        }
+        token = page.next_page_token;
+    }
+}
+
+/// Address records (not owner claims) of a pool.
+async fn address_records(w: &World, pool: &str) -> Vec<Resource> {
+    raw(w, "IPAllocation", pool)
+        .await
+        .into_iter()
+        .filter(|r| !r.name.starts_with("owner:"))
+        .collect()
+}
+
+fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, words: &[&str]) {
+    let status = result.expect_err("the request must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "the message must mention {word:?}: {}",
+            status.message()
+        );
+    }
+}
+
+async fn with_default_pool(r: &Replica) {
+    assert_eq!(
+        r.ipam.ensure_pool(default_pool()).await.unwrap(),
+        DefaultPoolOutcome::Created
+    );
+}
+
+mod cases {
+    use super::*;
+
+    pub async fn pools_are_validated_created_listed_and_deleted(mut w: World) {
+        let r = w.replica().await;
+        let mut c = r.client.clone();
+
+        // Bad input names the field, and writes nothing.
+        let bad = c.create_pool(pb::CreatePoolRequest { pool: None }).await;
+        assert_status(bad, Code::InvalidArgument, &["pool"]);
+        let bad = create_pool(&mut c, "blue", family_pool(&["10.10.0.1/16"], 24), None).await;
+        assert_status(
+            bad,
+            Code::InvalidArgument,
+            &["pool.ipv4.cidrs[0]", "did you mean 10.10.0.0/16"],
+        );
+        let bad = create_pool(&mut c, "blue", family_pool(&["not-a-cidr"], 24), None).await;
+        assert_status(bad, Code::InvalidArgument, &["pool.ipv4.cidrs[0]"]);
+        let bad = create_pool(&mut c, "blue", family_pool(&["10.10.0.0/16"], 31), None).await;
+        assert_status(
+            bad,
+            Code::InvalidArgument,
+            &["pool.ipv4.node_mask_size", "31"],
+        );
+        let bad = create_pool(&mut c, "blue", None, family_pool(&["fd10::/112"], 8)).await;
+        assert_status(bad, Code::InvalidArgument, &["pool.ipv6.node_mask_size"]);
+        let bad = create_pool(
+            &mut c,
+            "bad name!",
+            family_pool(&["10.10.0.0/16"], 24),
+            None,
+        )
+        .await;
+        assert_status(bad, Code::InvalidArgument, &["pool.name"]);
+        let bad = create_pool(&mut c, "blue", None, None).await;
+        assert_status(bad, Code::InvalidArgument, &["at least one family"]);
+        assert!(raw(&w, "IPPool", "").await.is_empty(), "nothing written");
+
+        // A dual-stack pool.
+        let blue = create_pool(
+            &mut c,
+            "blue",
+            family_pool(&["10.10.0.0/16"], 24),
+            family_pool(&["fd10::/112"], 120),
+        )
+        .await
+        .unwrap();
+        assert_eq!(blue.phase(), pb::PoolPhase::Ready);
+        assert!(blue.create_time.is_some());
+        let again = create_pool(&mut c, "blue", family_pool(&["10.11.0.0/16"], 24), None).await;
+        assert_status(again, Code::AlreadyExists, &["blue"]);
+
+        // Overlapping another pool: refused naming both, nothing left behind.
+        let overlap = create_pool(&mut c, "green", family_pool(&["10.10.5.0/24"], 26), None).await;
+        assert_status(
+            overlap,
+            Code::InvalidArgument,
+            &[
+                "pool.ipv4.cidrs[0]",
+                "10.10.5.0/24",
+                "10.10.0.0/16",
+                "\"blue\"",
+            ],
+        );
+        let overlap = create_pool(
+            &mut c,
+            "green",
+            family_pool(&["10.20.0.0/16"], 24),
+            family_pool(&["fd10::/104"], 120),
+        )
+        .await;
+        assert_status(overlap, Code::InvalidArgument, &["pool.ipv6.cidrs[0]"]);
+        create_pool(&mut c, "green", family_pool(&["10.20.0.0/16"], 24), None)
+            .await
+            .unwrap();
+        let listed: Vec<String> = c
+            .list_pools(pb::ListPoolsRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .pools
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(listed, ["blue", "green"]);
+        let got = c
+            .get_pool(pb::GetPoolRequest {
+                name: "blue".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pool
+            .unwrap();
+        assert_eq!(got.ipv6.unwrap().cidrs, ["fd10::/112"]);
+        let missing = c
+            .get_pool(pb::GetPoolRequest {
+                name: "nope".into(),
+            })
+            .await;
+        assert_status(missing, Code::NotFound, &["\"nope\""]);
+
+        // Two replicas creating overlapping pools at once: exactly one wins.
+        let r2 = w.replica().await;
+        let (mut c1, mut c2) = (c.clone(), r2.client.clone());
+        let (a, b) = tokio::join!(
+            create_pool(&mut c1, "red", family_pool(&["172.16.0.0/16"], 24), None),
+            create_pool(
+                &mut c2,
+                "yellow",
+                family_pool(&["172.16.128.0/17"], 24),
+                None
+            ),
+        );
+        assert!(
+            a.is_ok() != b.is_ok(),
+            "exactly one of two overlapping pools must be created: {a:?} {b:?}"
+        );
+
+        // Deleting a pool with allocations names them.
+        allocate(&mut c, "n1", "blue", V4, "c1").await.unwrap();
+        let refused = c
+            .delete_pool(pb::DeletePoolRequest {
+                name: "blue".into(),
+            })
+            .await;
+        assert_status(
+            refused,
+            Code::FailedPrecondition,
+            &["\"blue\"", "n1", "10.10.0.2", "container c1"],
+        );
+        assert_eq!(
+            c.get_pool(pb::GetPoolRequest {
+                name: "blue".into()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pool
+            .unwrap()
+            .phase(),
+            pb::PoolPhase::Ready,
+            "a refused delete leaves the pool usable"
+        );
+        allocate(&mut c, "n1", "blue", V4, "c2").await.unwrap();
+        c.release_node_cidrs(pb::ReleaseNodeCidrsRequest {
+            node: "n1".into(),
+            pool: "blue".into(),
+            force: true,
+        })
+        .await
+        .unwrap();
+        let deleted = c
+            .delete_pool(pb::DeletePoolRequest {
+                name: "blue".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .pool
+            .unwrap();
+        assert_eq!(deleted.name, "blue");
+        assert!(raw(&w, "IPAllocation", "blue").await.is_empty());
+        assert!(raw(&w, "NodeAllocation", "blue").await.is_empty());
+        let gone = c
+            .delete_pool(pb::DeletePoolRequest {
+                name: "blue".into(),
+            })
+            .await;
+        assert_status(gone, Code::NotFound, &["\"blue\""]);
+        w.finish().await;
+    }
+
+    pub async fn node_cidrs_are_idempotent_across_replicas_and_restarts(mut w: World) {
+        let r1 = w.replica().await;
+        with_default_pool(&r1).await;
+        let r2 = w.replica().await;
+        assert_eq!(
+            r2.ipam.ensure_pool(default_pool()).await.unwrap(),
+            DefaultPoolOutcome::Exists,
+            "a second replica finds the default pool"
+        );
+        let (mut c1, mut c2) = (r1.client.clone(), r2.client.clone());
+
+        let n1 = node_cidrs(&mut c1, "node-1", "", 0).await;
+        assert_eq!(cidrs(&n1), ["10.0.0.0/24", "fd00::/120"]);
+        assert_eq!(n1.cidrs[0].gateway, "10.0.0.1");
+        assert_eq!(n1.cidrs[1].gateway, "fd00::1");
+        assert_eq!(n1.pool, "default");
+        assert_eq!(
+            cidrs(&node_cidrs(&mut c2, "node-1", "default", 0).await),
+            cidrs(&n1)
+        );
+        let n2 = node_cidrs(&mut c2, "node-2", "", 0).await;
+        assert_eq!(cidrs(&n2), ["10.0.1.0/24", "fd00::100/120"]);
+
+        // A restarted replica (fresh caches) gives the same answers.
+        let mut restarted = w.replica().await.client;
+        assert_eq!(
+            cidrs(&node_cidrs(&mut restarted, "node-1", "", 0).await),
+            cidrs(&n1)
+        );
+        let got = restarted
+            .get_node_cidrs(pb::GetNodeCidrsRequest {
+                node: "node-2".into(),
+                pool: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allocations;
+        assert_eq!(got.len(), 1);
+        assert_eq!(cidrs(&got[0]), cidrs(&n2));
+        let none = restarted
+            .get_node_cidrs(pb::GetNodeCidrsRequest {
+                node: "node-9".into(),
+                pool: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allocations;
+        assert!(none.is_empty());
+
+        // Bad input.
+        let bad = c1
+            .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+                node: String::new(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(bad, Code::InvalidArgument, &["node"]);
+        let bad = c1
+            .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+                node: "block:x".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(bad, Code::InvalidArgument, &["node", "':'"]);
+        let bad = c1
+            .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+                node: "n".into(),
+                pool: "nope".into(),
+                lease_id: 0,
+            })
+            .await;
+        assert_status(bad, Code::NotFound, &["pool", "\"nope\""]);
+
+        // Many nodes at once on three replicas (each node asked on every replica): every
+        // node gets one block per family, no block is given twice, no claim is left over.
+        let r3 = w.replica().await;
+        let clients = [c1.clone(), c2.clone(), r3.client.clone()];
+        let mut calls = Vec::new();
+        for n in 0..15 {
+            for client in &clients {
+                let mut client = client.clone();
+                calls.push(async move {
+                    let node = format!("burst-{n}");
+                    (node.clone(), node_cidrs(&mut client, &node, "", 0).await)
+                });
+            }
+        }
+        let results = join_all(calls).await;
+        let mut per_node: HashMap<String, BTreeSet<Vec<String>>> = HashMap::new();
+        for (node, allocation) in &results {
+            per_node
+                .entry(node.clone())
+                .or_default()
+                .insert(cidrs(allocation));
+        }
+        let mut blocks = HashSet::new();
+        for (node, answers) in &per_node {
+            assert_eq!(answers.len(), 1, "{node} got different blocks: {answers:?}");
+            for block in answers.iter().next().unwrap() {
+                assert!(blocks.insert(block.clone()), "block {block} given twice");
+            }
+        }
+        let records = raw(&w, "NodeAllocation", "default").await;
+        let claims = records
+            .iter()
+            .filter(|r| r.name.starts_with("block:"))
+            .count();
+        assert_eq!(claims, (15 + 2) * 2, "one block claim per node and family");
+        w.finish().await;
+    }
+
+    pub async fn allocate_release_and_gc(mut w: World) {
+        let r1 = w.replica().await;
+        with_default_pool(&r1).await;
+        let r2 = w.replica().await;
+        let (mut c1, mut c2) = (r1.client.clone(), r2.client.clone());
+
+        let first = allocate(&mut c1, "n1", "", V4, "c1").await.unwrap();
+        let a = first.allocation.clone().unwrap();
+        assert_eq!(
+            (
+                a.address.as_str(),
+                a.prefix_length,
+                a.gateway.as_str(),
+                a.node_cidr.as_str()
+            ),
+            ("10.0.0.2", 24, "10.0.0.1", "10.0.0.0/24"),
+            "the first address after the gateway"
+        );
+        assert!(!first.existing);
+        assert_eq!(a.owner.unwrap().pod_name, "pod-c1");
+        // A retried CNI ADD, on the other replica: the same address.
+        let retry = allocate(&mut c2, "n1", "", V4, "c1").await.unwrap();
+        assert_eq!(address_of(&retry), "10.0.0.2");
+        assert!(retry.existing);
+        let v6 = allocate(&mut c2, "n1", "", V6, "c1").await.unwrap();
+        assert_eq!(address_of(&v6), "fd00::2");
+        assert_eq!(v6.allocation.as_ref().unwrap().prefix_length, 120);
+        let second = allocate(&mut c2, "n1", "", V4, "c2").await.unwrap();
+        assert_eq!(address_of(&second), "10.0.0.3");
+
+        // Requested addresses.
+        let asked = request_address(&mut c1, "n1", "c3", "10.0.0.50")
+            .await
+            .unwrap();
+        assert_eq!(address_of(&asked), "10.0.0.50");
+        let again = request_address(&mut c2, "n1", "c3", "10.0.0.50")
+            .await
+            .unwrap();
+        assert!(again.existing);
+        let taken = request_address(&mut c2, "n1", "c4", "10.0.0.50").await;
+        assert_status(
+            taken,
+            Code::AlreadyExists,
+            &["10.0.0.50", "container c3", "pod-c3"],
+        );
+        for (addr, word) in [
+            ("10.0.0.0", "network"),
+            ("10.0.0.1", "gateway"),
+            ("10.0.0.255", "broadcast"),
+            ("fd00::1", "gateway"),
+        ] {
+            let refused = request_address(&mut c1, "n1", "c4", addr).await;
+            assert_status(refused, Code::InvalidArgument, &["requested_address", word]);
+        }
+        let outside = request_address(&mut c1, "n1", "c4", "10.0.7.7").await;
+        assert_status(
+            outside,
+            Code::InvalidArgument,
+            &["requested_address", "outside", "10.0.0.0/24"],
+        );
+        let other = request_address(&mut c1, "n1", "c1", "10.0.0.60").await;
+        assert_status(other, Code::FailedPrecondition, &["10.0.0.2"]);
+        let garbage = request_address(&mut c1, "n1", "c4", "10.0.0.5/24").await;
+        assert_status(garbage, Code::InvalidArgument, &["requested_address"]);
+
+        // Bad input.
+        let no_owner = c1
+            .allocate(pb::AllocateRequest {
+                node: "n1".into(),
+                family: V4 as i32,
+                ..Default::default()
+            })
+            .await;
+        assert_status(no_owner, Code::InvalidArgument, &["owner"]);
+        let mut nameless = owner("");
+        nameless.ifname = "eth0".into();
+        let no_container = c1
+            .allocate(pb::AllocateRequest {
+                node: "n1".into(),
+                family: V4 as i32,
+                owner: Some(nameless),
+                ..Default::default()
+            })
+            .await;
+        assert_status(no_container, Code::InvalidArgument, &["owner.container_id"]);
+        let no_family = c1
+            .allocate(pb::AllocateRequest {
+                node: "n1".into(),
+                owner: Some(owner("c9")),
+                ..Default::default()
+            })
+            .await;
+        assert_status(no_family, Code::InvalidArgument, &["family"]);
+        let no_pool = allocate(&mut c1, "n1", "nope", V4, "c9").await;
+        assert_status(no_pool, Code::NotFound, &["pool", "\"nope\""]);
+
+        // Listing and status.
+        let listed = list_all(&mut c1, "n1", "").await;
+        let addresses: BTreeSet<String> = listed.iter().map(|a| a.address.clone()).collect();
+        assert_eq!(
+            addresses,
+            ["10.0.0.2", "10.0.0.3", "10.0.0.50", "fd00::2"]
+                .map(String::from)
+                .into()
+        );
+        let unknown = c1
+            .list_allocations(pb::ListAllocationsRequest {
+                node: "nobody".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(unknown, Code::NotFound, &["node", "\"nobody\""]);
+        let status = c1
+            .pool_status(pb::PoolStatusRequest {
+                pool: String::new(),
+                node: "n1".into(),
+                include_allocations: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let pool = &status.pools[0];
+        assert_eq!(pool.pool, "default");
+        let v4 = &pool.families[0];
+        assert_eq!(
+            (v4.node_blocks_total, v4.node_blocks_allocated, v4.allocated),
+            (65536, 1, 3)
+        );
+        assert_eq!(v4.size, 65536 * 253);
+        assert_eq!(v4.free, v4.size - 3);
+        let node = &pool.nodes[0];
+        assert_eq!(
+            (node.node.as_str(), node.size, node.allocated, node.free),
+            ("n1", 253, 3, 250)
+        );
+        assert_eq!(node.allocations.len(), 3);
+        assert_eq!(node.allocations[0].address, "10.0.0.2", "sorted by address");
+
+        // Release by owner (both families), idempotent.
+        let released = release_owner(&mut c2, "c1").await;
+        let freed: BTreeSet<String> = released.iter().map(|a| a.address.clone()).collect();
+        assert_eq!(freed, ["10.0.0.2", "fd00::2"].map(String::from).into());
+        assert!(release_owner(&mut c1, "c1").await.is_empty());
+        // By address, idempotent.
+        for expected in [1, 0] {
+            let released = c1
+                .release(pb::ReleaseRequest {
+                    target: Some(pb::release_request::Target::Address("10.0.0.50".into())),
+                    family: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .released;
+            assert_eq!(released.len(), expected);
+        }
+        let no_target = c1.release(pb::ReleaseRequest::default()).await;
+        assert_status(no_target, Code::InvalidArgument, &["target"]);
+        // The released owner's claim is gone too: it gets a fresh address.
+        let back = allocate(&mut c1, "n1", "", V4, "c1").await.unwrap();
+        assert!(!back.existing);
+
+        // Gc keeps the valid owners and frees the rest, reporting them.
+        for c in ["g1", "g2", "g3"] {
+            allocate(&mut c2, "n1", "", V4, c).await.unwrap();
+            allocate(&mut c2, "n1", "", V6, c).await.unwrap();
+        }
+        allocate(&mut c2, "n2", "", V4, "elsewhere").await.unwrap();
+        let valid = vec![owner("c1"), owner("c2"), owner("g1")];
+        let dry = c1
+            .gc(pb::GcRequest {
+                node: "n1".into(),
+                valid_owners: valid.clone(),
+                dry_run: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .freed;
+        assert_eq!(dry.len(), 4);
+        assert_eq!(list_all(&mut c1, "n1", "").await.len(), 2 + 6);
+        let freed = c1
+            .gc(pb::GcRequest {
+                node: "n1".into(),
+                valid_owners: valid.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .freed;
+        let freed_owners: BTreeSet<String> = freed
+            .iter()
+            .map(|a| a.owner.as_ref().unwrap().container_id.clone())
+            .collect();
+        assert_eq!(freed.len(), 4);
+        assert_eq!(freed_owners, ["g2", "g3"].map(String::from).into());
+        let left: BTreeSet<String> = list_all(&mut c1, "", "")
+            .await
+            .into_iter()
+            .map(|a| a.owner.unwrap().container_id)
+            .collect();
+        assert_eq!(
+            left,
+            ["c1", "c2", "g1", "elsewhere"].map(String::from).into()
+        );
+        let again = c1
+            .gc(pb::GcRequest {
+                node: "n1".into(),
+                valid_owners: valid,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .freed;
+        assert!(again.is_empty(), "Gc is idempotent");
+        // min_age protects young allocations (racing ADDs).
+        let young = c1
+            .gc(pb::GcRequest {
+                node: "n1".into(),
+                min_age: Some(prost_types::Duration {
+                    seconds: 3600,
+                    nanos: 0,
+                }),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .freed;
+        assert!(young.is_empty(), "{young:?}");
+        w.finish().await;
+    }
+
+    pub async fn exhaustion_names_pool_node_and_use_and_nodes_grow(mut w: World) {
+        let r = w.replica().await;
+        let mut c = r.client.clone();
+        // 4 blocks of /30: one address each.
+        create_pool(&mut c, "tiny", family_pool(&["192.168.0.0/28"], 30), None)
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        for i in 0..4 {
+            let a = allocate(&mut c, "n1", "tiny", V4, &format!("t{i}"))
+                .await
+                .unwrap();
+            got.push(address_of(&a));
+        }
+        assert_eq!(
+            got,
+            ["192.168.0.2", "192.168.0.6", "192.168.0.10", "192.168.0.14"]
+        );
+        let n1 = c
+            .get_node_cidrs(pb::GetNodeCidrsRequest {
+                node: "n1".into(),
+                pool: "tiny".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allocations;
+        assert_eq!(n1[0].cidrs.len(), 4, "the node grew block by block");
+        let full = allocate(&mut c, "n1", "tiny", V4, "t4").await;
+        assert_status(
+            full,
+            Code::ResourceExhausted,
+            &["\"tiny\"", "\"n1\"", "4 of 4 in use"],
+        );
+        // A retried request of an owner that holds an address still gets it.
+        let retry = allocate(&mut c, "n1", "tiny", V4, "t0").await.unwrap();
+        assert!(retry.existing);
+        let other_node = allocate(&mut c, "n2", "tiny", V4, "t5").await;
+        assert_status(
+            other_node,
+            Code::ResourceExhausted,
+            &["\"tiny\"", "no free IPv4 block"],
+        );
+        let family = allocate(&mut c, "n1", "tiny", V6, "t6").await;
+        assert_status(family, Code::InvalidArgument, &["family", "no IPv6"]);
+
+        // With growth disabled, one block is all a node gets.
+        let mut fixed = w
+            .replica_with(IpamOptions {
+                max_node_blocks: 1,
+                ..IpamOptions::default()
+            })
+            .await
+            .client;
+        create_pool(
+            &mut fixed,
+            "small",
+            family_pool(&["192.168.1.0/29"], 30),
+            None,
+        )
+        .await
+        .unwrap();
+        allocate(&mut fixed, "n1", "small", V4, "s0").await.unwrap();
+        let full = allocate(&mut fixed, "n1", "small", V4, "s1").await;
+        assert_status(
+            full,
+            Code::ResourceExhausted,
+            &[
+                "\"small\"",
+                "\"n1\"",
+                "1 of 1 in use",
+                "192.168.1.0/30",
+                "--max-node-blocks",
+            ],
+        );
+        // Freeing one makes room again.
+        release_owner(&mut fixed, "s0").await;
+        allocate(&mut fixed, "n1", "small", V4, "s1").await.unwrap();
+        w.finish().await;
+    }
+
+    pub async fn leases_and_deleted_nodes_give_everything_back(mut w: World) {
+        let r = w.replica().await;
+        with_default_pool(&r).await;
+        let mut c = r.client.clone();
+        let lease = w
+            .datastore
+            .clone()
+            .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
+            .await
+            .unwrap()
+            .into_inner()
+            .lease_id;
+        let n1 = node_cidrs(&mut c, "n1", "", lease).await;
+        allocate(&mut c, "n1", "", V4, "c1").await.unwrap();
+        allocate(&mut c, "n1", "", V6, "c1").await.unwrap();
+        for resource in raw(&w, "NodeAllocation", "default")
+            .await
+            .into_iter()
+            .chain(raw(&w, "IPAllocation", "default").await)
+        {
+            assert_eq!(
+                resource.lease_id, lease,
+                "{} hangs on the node lease",
+                resource.name
+            );
+        }
+        // The lease ends: blocks, addresses and claims are gone.
+        w.datastore
+            .clone()
+            .revoke_lease(RevokeLeaseRequest { lease_id: lease })
+            .await
+            .unwrap();
+        assert!(raw(&w, "NodeAllocation", "default").await.is_empty());
+        assert!(raw(&w, "IPAllocation", "default").await.is_empty());
+        let none = c
+            .get_node_cidrs(pb::GetNodeCidrsRequest {
+                node: "n1".into(),
+                pool: String::new(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allocations;
+        assert!(none.is_empty());
+        // The replica's caches do not resurrect anything: the node gets blocks anew.
+        let fresh = allocate(&mut c, "n1", "", V4, "c2").await.unwrap();
+        assert_eq!(fresh.allocation.unwrap().node_cidr, cidrs(&n1)[0]);
+        let gone = c
+            .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+                node: "n1".into(),
+                pool: String::new(),
+                lease_id: lease,
+            })
+            .await;
+        assert_status(gone, Code::NotFound, &["lease_id"]);
+
+        // Moving to a new lease moves every record of the node.
+        let (a, b) = {
+            let mut d = w.datastore.clone();
+            let a = d
+                .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
+                .await
+                .unwrap()
+                .into_inner()
+                .lease_id;
+            let b = d
+                .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
+                .await
+                .unwrap()
+                .into_inner()
+                .lease_id;
+            (a, b)
+        };
+        node_cidrs(&mut c, "n4", "", a).await;
+        allocate(&mut c, "n4", "", V4, "m1").await.unwrap();
+        node_cidrs(&mut c, "n4", "", b).await;
+        w.datastore
+            .clone()
+            .revoke_lease(RevokeLeaseRequest { lease_id: a })
+            .await
+            .unwrap();
+        let kept = list_all(&mut c, "n4", "").await;
+        assert_eq!(
+            kept.len(),
+            1,
+            "records moved to the new lease survive the old one"
+        );
+
+        // ReleaseNodeCidrs: refused while addresses are allocated, unless forced.
+        let refused = c
+            .release_node_cidrs(pb::ReleaseNodeCidrsRequest {
+                node: "n1".into(),
+                pool: String::new(),
+                force: false,
+            })
+            .await;
+        assert_status(
+            refused,
+            Code::FailedPrecondition,
+            &["\"n1\"", "container c2", "force"],
+        );
+        allocate(&mut c, "n1", "", V4, "c3")
+            .await
+            .expect("still usable after a refused release");
+        let released = c
+            .release_node_cidrs(pb::ReleaseNodeCidrsRequest {
+                node: "n1".into(),
+                pool: String::new(),
+                force: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(released.released.len(), 1);
+        assert_eq!(released.freed.len(), 2);
+        let again = c
+            .release_node_cidrs(pb::ReleaseNodeCidrsRequest {
+                node: "n1".into(),
+                pool: String::new(),
+                force: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(
+            again.released.is_empty() && again.freed.is_empty(),
+            "idempotent"
+        );
+
+        // A deleted Node resource gives its blocks and addresses back (the replica watches
+        // Nodes). The replica's watch may not be established yet: repeat until it reacts.
+        let node_key = ResourceKey {
+            kind: "Node".into(),
+            namespace: String::new(),
+            name: "n3".into(),
+        };
+        let deadline = Instant::now() + Duration::from_secs(60);
+        'released: loop {
+            let node = Resource {
+                kind: "Node".into(),
+                name: "n3".into(),
+                spec: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/kino.types.v1.Node".into(),
+                    value: Vec::new(),
+                }),
+                ..Default::default()
+            };
+            let _ = w
+                .datastore
+                .clone()
+                .create(CreateRequest {
+                    resource: Some(node),
+                })
+                .await;
+            allocate(&mut c, "n3", "", V4, "d1").await.unwrap();
+            w.datastore
+                .clone()
+                .delete(DeleteRequest {
+                    key: Some(node_key.clone()),
+                    expected_revision: 0,
+                })
+                .await
+                .unwrap();
+            let wait_until = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < wait_until {
+                let left = c
+                    .get_node_cidrs(pb::GetNodeCidrsRequest {
+                        node: "n3".into(),
+                        pool: String::new(),
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .allocations;
+                if left.is_empty() {
+                    break 'released;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the deleted node n3 kept its blocks"
+            );
+        }
+        let (addresses, claims) = r.ipam.store().address_records("default").await.unwrap();
+        assert!(
+            addresses.iter().all(|a| a.value.node != "n3")
+                && claims.iter().all(|c| c.value.node != "n3"),
+            "the deleted node's addresses are freed"
+        );
+        w.finish().await;
+    }
+
+    pub async fn replicas_racing_on_one_owner_agree(mut w: World) {
+        let r1 = w.replica().await;
+        with_default_pool(&r1).await;
+        let r2 = w.replica().await;
+        let r3 = w.replica().await;
+        let clients = [r1.client.clone(), r2.client.clone(), r3.client.clone()];
+        let mut calls = Vec::new();
+        for o in 0..40usize {
+            for round in 0..2 {
+                for client in &clients {
+                    let mut client = client.clone();
+                    let family = if o.is_multiple_of(4) { V6 } else { V4 };
+                    calls.push(async move {
+                        let _ = round;
+                        let container = format!("race-{o}");
+                        let r = allocate(&mut client, "n1", "", family, &container)
+                            .await
+                            .unwrap_or_else(|s| panic!("{container}: {s:?}"));
+                        (container, address_of(&r))
+                    });
+                }
+            }
+        }
+        let results = join_all(calls).await;
+        let mut per_owner: HashMap<String, BTreeSet<String>> = HashMap::new();
+        for (container, address) in results {
+            per_owner.entry(container).or_default().insert(address);
+        }
+        let mut seen = HashSet::new();
+        for (container, addresses) in &per_owner {
+            assert_eq!(addresses.len(), 1, "{container} got {addresses:?}");
+            assert!(seen.insert(addresses.iter().next().unwrap().clone()));
+        }
+        let records = address_records(&w, "default").await;
+        assert_eq!(
+            records.len(),
+            40,
+            "one address record per owner, none left over"
+        );
+        let claims = raw(&w, "IPAllocation", "default")
+            .await
+            .into_iter()
+            .filter(|r| r.name.starts_with("owner:"))
+            .count();
+        assert_eq!(claims, 40);
+        w.finish().await;
+    }
+
+    pub async fn half_done_claims_are_finished_or_taken_over(mut w: World) {
+        let r = w.replica().await;
+        with_default_pool(&r).await;
+        let mut c = r.client.clone();
+        node_cidrs(&mut c, "n1", "", 0).await;
+        let store = r.ipam.store().clone();
+        let ghost = |container: &str, address: &str| Claim {
+            owner: kino_ipam::owner::Owner {
+                container_id: container.into(),
+                ifname: "eth0".into(),
+                pod_namespace: "default".into(),
+                pod_name: format!("pod-{container}"),
+            },
+            family: kino_ipam::prefix::Family::V4,
+            pool: "default".into(),
+            node: "n1".into(),
+            address: address.parse().unwrap(),
+            bound: false,
+            update_time: std::time::SystemTime::now(),
+        };
+        // A replica died after writing the claim: the retry takes it over.
+        let dead = ghost("dead-1", "10.0.0.7");
+        create_raw(&store, &dead).await;
+        let a = allocate(&mut c, "n1", "", V4, "dead-1").await.unwrap();
+        assert_eq!(address_of(&a), "10.0.0.7");
+        // A replica died after writing the address record, before binding: finished at once.
+        let half = ghost("dead-2", "10.0.0.8");
+        create_raw(&store, &half).await;
+        allocate(&mut c, "n1", "", V4, "x").await.unwrap(); // (some other traffic)
+        let record = kino_ipam::records::Allocation {
+            address: "10.0.0.8".parse().unwrap(),
+            block: "10.0.0.0/24".parse().unwrap(),
+            pool: "default".into(),
+            node: "n1".into(),
+            owner: half.owner.clone(),
+            allocate_time: std::time::SystemTime::now(),
+        };
+        let _ = store.create("default", "10.0.0.8", &record, 0).await;
+        let b = allocate(&mut c, "n1", "", V4, "dead-2").await.unwrap();
+        assert_eq!(address_of(&b), "10.0.0.8");
+        assert!(b.existing);
+        // A dead claim naming an address someone else holds: the taker picks another one.
+        let clash = ghost("dead-3", "10.0.0.8");
+        create_raw(&store, &clash).await;
+        let d = allocate(&mut c, "n1", "", V4, "dead-3").await.unwrap();
+        assert_ne!(address_of(&d), "10.0.0.8");
+        // Gc frees an address record no claim names (a request that died half-way),
+        // even when its owner is valid; and keeps the real ones.
+        let orphan = kino_ipam::records::Allocation {
+            address: "10.0.0.99".parse().unwrap(),
+            owner: half.owner.clone(),
+            ..record.clone()
+        };
+        let _ = store.create("default", "10.0.0.99", &orphan, 0).await;
+        let valid: Vec<pb::Owner> = ["dead-1", "dead-2", "dead-3", "x"]
+            .iter()
+            .map(|c| owner(c))
+            .collect();
+        let freed = c
+            .gc(pb::GcRequest {
+                node: "n1".into(),
+                valid_owners: valid,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .freed;
+        let freed: Vec<String> = freed.into_iter().map(|a| a.address).collect();
+        assert_eq!(freed, ["10.0.0.99"]);
+        assert_eq!(address_records(&w, "default").await.len(), 4);
+
+        // A replica died between claiming a block for a node and listing it in the node
+        // record: Gc of the node gives the block back; so does ReleaseNodeCidrs for a node
+        // that never got a record.
+        let stray = |node: &str, cidr: &str| NodeBlocks {
+            pool: "default".into(),
+            node: node.into(),
+            blocks: vec![NodeBlock {
+                cidr: cidr.parse().unwrap(),
+                allocate_time: std::time::SystemTime::now(),
+            }],
+            releasing: false,
+        };
+        store
+            .create(
+                "default",
+                "block:10.0.9.0-24",
+                &stray("n1", "10.0.9.0/24"),
+                0,
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        store
+            .create(
+                "default",
+                "block:10.0.10.0-24",
+                &stray("ghost", "10.0.10.0/24"),
+                0,
+            )
+            .await
+            .map_err(|e| format!("{e:?}"))
+            .unwrap();
+        c.gc(pb::GcRequest {
+            node: "n1".into(),
+            valid_owners: ["dead-1", "dead-2", "dead-3", "x"]
+                .iter()
+                .map(|c| owner(c))
+                .collect(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+        let names: Vec<String> = raw(&w, "NodeAllocation", "default")
+            .await
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert!(
+            !names.contains(&"block:10.0.9.0-24".to_owned()),
+            "{names:?}"
+        );
+        assert!(
+            names.contains(&"block:10.0.0.0-24".to_owned()),
+            "n1's own block stays"
+        );
+        let released = c
+            .release_node_cidrs(pb::ReleaseNodeCidrsRequest {
+                node: "ghost".into(),
+                pool: String::new(),
+                force: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert!(released.released.is_empty());
+        let names: Vec<String> = raw(&w, "NodeAllocation", "default")
+            .await
+            .into_iter()
+            .map(|r| r.name)
+            .collect();
+        assert_eq!(
+            names,
+            ["block:10.0.0.0-24", "block:fd00::-120", "n1"],
+            "no stray claim, no barrier left"
+        );
+        // n1 still allocates.
+        allocate(&mut c, "n1", "", V4, "after").await.unwrap();
+        w.finish().await;
+    }
+
+    pub async fn many_concurrent_allocations_and_releases_never_duplicate(mut w: World) {
+        let r1 = w.replica().await;
+        with_default_pool(&r1).await;
+        let r2 = w.replica().await;
+        let r3 = w.replica().await;
+        let clients = [r1.client.clone(), r2.client.clone(), r3.client.clone()];
+        let mut tasks = Vec::new();
+        for worker in 0..24 {
+            let mut client = clients[worker % 3].clone();
+            tasks.push(tokio::spawn(async move {
+                let mut held: Vec<(String, String)> = Vec::new();
+                for i in 0..12 {
+                    let container = format!("w{worker}-{i}");
+                    let node = format!("n{}", worker % 2);
+                    let a = allocate(&mut client, &node, "", V4, &container)
+                        .await
+                        .unwrap_or_else(|s| panic!("{container}: {s:?}"));
+                    held.push((container, address_of(&a)));
+                    if i % 3 == 2 {
+                        let (gone, _) = held.remove(0);
+                        release_owner(&mut client, &gone).await;
+                    }
+                }
+                held
+            }));
+        }
+        let mut expected: HashMap<String, String> = HashMap::new();
+        for task in tasks {
+            for (container, address) in task.await.unwrap() {
+                expected.insert(container, address);
+            }
+        }
+        let listed = list_all(&mut clients[0].clone(), "", "").await;
+        let mut seen = HashSet::new();
+        for a in &listed {
+            assert!(
+                seen.insert(a.address.clone()),
+                "{} handed out twice",
+                a.address
+            );
+            let container = &a.owner.as_ref().unwrap().container_id;
+            assert_eq!(expected.get(container), Some(&a.address), "{container}");
+        }
+        assert_eq!(listed.len(), expected.len(), "no leaked allocation");
+        w.finish().await;
+    }
+
+    pub async fn listing_pages(mut w: World) {
+        let r = w.replica().await;
+        with_default_pool(&r).await;
+        let mut c = r.client.clone();
+        create_pool(&mut c, "blue", family_pool(&["172.20.0.0/16"], 24), None)
+            .await
+            .unwrap();
+        for i in 0..7 {
+            allocate(&mut c, "n1", "", V4, &format!("p{i}"))
+                .await
+                .unwrap();
+            allocate(&mut c, "n1", "blue", V4, &format!("b{i}"))
+                .await
+                .unwrap();
+        }
+        allocate(&mut c, "n1", "", V6, "p0").await.unwrap();
+        let mut pages = Vec::new();
+        let mut token = String::new();
+        loop {
+            let page = c
+                .list_allocations(pb::ListAllocationsRequest {
+                    page_size: 5,
+                    page_token: token.clone(),
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            pages.push(page.allocations.len());
+            if page.next_page_token.is_empty() {
+                break;
+            }
+            token = page.next_page_token;
+        }
+        assert_eq!(pages.iter().sum::<usize>(), 15);
+        assert!(pages.iter().all(|n| *n <= 5), "{pages:?}");
+        let blue = list_all(&mut c, "", "blue").await;
+        assert!(blue.iter().all(|a| a.pool == "blue") && blue.len() == 7);
+        let v6 = c
+            .list_allocations(pb::ListAllocationsRequest {
+                family: V6 as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allocations;
+        assert_eq!(v6.len(), 1);
+        let bad = c
+            .list_allocations(pb::ListAllocationsRequest {
+                page_size: 6000,
+                ..Default::default()
+            })
+            .await;
+        assert_status(bad, Code::InvalidArgument, &["page_size"]);
+        let bad = c
+            .list_allocations(pb::ListAllocationsRequest {
+                page_token: "bogus".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(bad, Code::InvalidArgument, &["page_token"]);
+        let unknown = c
+            .pool_status(pb::PoolStatusRequest {
+                pool: "nope".into(),
+                ..Default::default()
+            })
+            .await;
+        assert_status(unknown, Code::NotFound, &["pool", "\"nope\""]);
+        w.finish().await;
+    }
+}
+
+async fn create_raw(store: &Datastore, claim: &Claim) {
+    store
+        .create("default", &claim.owner.claim_name(claim.family), claim, 0)
+        .await
+        .map_err(|e| format!("{e:?}"))
+        .expect("writing a half-done claim");
+}
+
+macro_rules! suite {
+    ($($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    crate::cases::$case(crate::World::new(crate::backends::embedded().await).await).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(backend) = crate::backends::etcd().await else { return };
+                    crate::cases::$case(crate::World::new(backend).await).await;
+                }
+            )*
+        }
+    };
+}
+
+suite!(
+    pools_are_validated_created_listed_and_deleted,
+    node_cidrs_are_idempotent_across_replicas_and_restarts,
+    allocate_release_and_gc,
+    exhaustion_names_pool_node_and_use_and_nodes_grow,
+    leases_and_deleted_nodes_give_everything_back,
+    replicas_racing_on_one_owner_agree,
+    half_done_claims_are_finished_or_taken_over,
+    many_concurrent_allocations_and_releases_never_duplicate,
+    listing_pages,
+);
