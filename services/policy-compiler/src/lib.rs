@@ -1,12 +1,38 @@
 //! kino-policy-compiler: policies, security identities and their compilation into
 //! per-endpoint rule sets (the BPF policy map contents) streamed to agents.
 //!
-//! For now only the `kino.policy.v1` API surface exists: [`grpc::PolicyGrpc`] answers every
-//! RPC with `UNIMPLEMENTED`, naming issue #5 where identities and the compiler arrive.
+//! - [`labels`], [`selector`], [`cidr`]: security labels, label selectors, prefixes.
+//! - [`policy`]: policy documents (Kinocilium / Cilium and Kubernetes NetworkPolicy),
+//!   parsed and validated with field paths.
+//! - [`identity`]: numeric identities (reserved, endpoint, CIDR) and their allocation.
+//! - [`policy_map`]: the compiled form and the datapath's lookup (the contract with agents).
+//! - [`compile`]: the incremental compiler.
+//! - [`ipcache`]: prefix → identity, what the agents' ipcache map holds.
+//! - [`reference`]: the obviously-correct evaluator the compiler is tested against.
+//! - [`view`]: the compiler's view of the datastore at a revision, with change history.
+//! - [`stream`]: revisioned deltas for agents (WatchEndpointPolicy).
+//! - [`trace`]: verdicts explained (TracePolicy).
+//! - [`store`], [`sync`]: the datastore client and the watches feeding the view.
+//! - [`service`]: the domain behind the API; [`grpc`] translates.
 
 #![warn(missing_docs)]
 
-pub mod grpc;
+pub mod cidr;
+pub mod compile;
+pub mod convert;
+pub mod error;
+pub mod identity;
+pub mod ipcache;
+pub mod labels;
+pub mod policy;
+pub mod policy_map;
+pub mod reference;
+pub mod selector;
+pub mod service;
+pub mod store;
+pub mod stream;
+pub mod sync;
+pub mod trace;
+pub mod view;
 
-/// The issue that brings identities, policies, compilation and trace.
-pub const IMPLEMENTATION_ISSUE: u32 = 5;
+pub mod grpc;

@@ -1,8 +1,15 @@
-//! kino-policy-compiler: reads its config and serves `kino.policy.v1` (every RPC UNIMPLEMENTED until issue #5).
+//! kino-policy-compiler: reads its config, follows the datastore (policies, identities,
+//! endpoints, nodes), garbage-collects unused identities and serves `kino.policy.v1`.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kino_policy_compiler::compile::{CompilerConfig, EnforcementMode};
 use kino_policy_compiler::grpc::PolicyGrpc;
+use kino_policy_compiler::service::{PolicyService, ServiceOptions};
+use kino_policy_compiler::store::Store;
 use kino_service_kit::{ClientTlsArgs, ListenAddr, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 
@@ -16,6 +23,23 @@ struct Config {
     /// The datastore-gateway: host:port, http(s)://host:port or unix:/path.
     #[arg(long, env = "KINO_DATASTORE", default_value = "127.0.0.1:7401")]
     datastore: String,
+    /// When policy is enforced: default (a direction once a rule selects the endpoint for
+    /// it), always, or never.
+    #[arg(long, env = "KINO_POLICY_ENFORCEMENT", default_value = "default")]
+    enforcement_mode: EnforcementMode,
+    /// Always allow the local host into endpoints whose ingress is enforced (Cilium's
+    /// allow-localhost); deny rules still apply.
+    #[arg(long, env = "KINO_POLICY_ALLOW_LOCALHOST", default_value_t = true, action = clap::ArgAction::Set)]
+    allow_localhost: bool,
+    /// Seconds an identity no endpoint uses (and no caller holds) lives before deletion.
+    #[arg(long, env = "KINO_IDENTITY_GC_GRACE_SECONDS", default_value_t = 900)]
+    identity_gc_grace_seconds: u64,
+    /// Seconds between identity garbage-collection passes.
+    #[arg(long, env = "KINO_IDENTITY_GC_INTERVAL_SECONDS", default_value_t = 60)]
+    identity_gc_interval_seconds: u64,
+    /// Steps of change history kept so agents can resume their policy streams.
+    #[arg(long, env = "KINO_POLICY_HISTORY", default_value_t = 10_000)]
+    history: usize,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
@@ -24,21 +48,55 @@ struct Config {
     log: LogArgs,
 }
 
+impl Config {
+    fn options(&self) -> anyhow::Result<ServiceOptions> {
+        anyhow::ensure!(
+            (1..=7 * 86400).contains(&self.identity_gc_grace_seconds),
+            "--identity-gc-grace-seconds {} must be from 1 to 604800",
+            self.identity_gc_grace_seconds
+        );
+        anyhow::ensure!(
+            (1..=86400).contains(&self.identity_gc_interval_seconds),
+            "--identity-gc-interval-seconds {} must be from 1 to 86400",
+            self.identity_gc_interval_seconds
+        );
+        anyhow::ensure!(self.history >= 1, "--history must be at least 1");
+        Ok(ServiceOptions {
+            compiler: CompilerConfig {
+                mode: self.enforcement_mode,
+                allow_localhost: self.allow_localhost,
+            },
+            identity_grace: Duration::from_secs(self.identity_gc_grace_seconds),
+            gc_interval: Duration::from_secs(self.identity_gc_interval_seconds),
+            history_limit: self.history,
+        })
+    }
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-policy-compiler", &config.log)?;
-    // Checked now so a typo fails at start-up; the compiler (issue #5) will use the channel.
-    kino_service_kit::connect_lazy(&config.datastore, &config.upstream_tls)
+    let options = config.options()?;
+    let channel = kino_service_kit::connect_lazy(&config.datastore, &config.upstream_tls)
         .with_context(|| format!("checking --datastore {:?}", config.datastore))?;
+    let service = Arc::new(PolicyService::new(Store::new(channel), options));
+    tokio::spawn(kino_policy_compiler::sync::follow_datastore(
+        service.clone(),
+    ));
+    tokio::spawn(kino_policy_compiler::sync::collect_identities(
+        service.clone(),
+    ));
     tracing::info!(
         datastore = %config.datastore,
-        "kino-policy-compiler ready: serving the API; every RPC is UNIMPLEMENTED until issue #5"
+        mode = ?config.enforcement_mode,
+        allow_localhost = config.allow_localhost,
+        "kino-policy-compiler ready"
     );
     serve(
         ServeSpec::new("kino-policy-compiler", config.listen)
             .with_tls(config.tls)
-            .add_service(PolicyGrpc::new().into_server()),
+            .add_service(PolicyGrpc::new(service).into_server()),
     )
     .await?;
     Ok(())

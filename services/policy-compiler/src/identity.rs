@@ -1,0 +1,202 @@
+//! Security identities: a numeric id per distinct label set.
+//!
+//! - Reserved identities (never stored): 1 host, 2 world, 3 unmanaged, 4 health, 5 init,
+//!   6 remote-node, labelled `reserved:<name>`.
+//! - Endpoint identities, 256 ..= 65535, allocated cluster-wide through the datastore
+//!   ([`allocator`]): one per distinct set of endpoint labels.
+//! - CIDR identities, `1 << 24 | hash`, one per prefix named by a policy (`cidr:<prefix>`).
+//!   They are local to the compiler's output (ipcache and policy maps, like Cilium's local
+//!   identities), never stored, and computed from the set of prefixes alone ([`cidr_identities`])
+//!   so every compiler replica gives a prefix the same number.
+
+pub mod allocator;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::cidr::Cidr;
+use crate::labels::{Label, Labels, SOURCE_CIDR, SOURCE_RESERVED};
+use crate::policy_map::NumericIdentity;
+
+/// Host: the local node.
+pub const HOST: NumericIdentity = 1;
+/// World: outside the cluster.
+pub const WORLD: NumericIdentity = 2;
+/// An endpoint not managed by kino.
+pub const UNMANAGED: NumericIdentity = 3;
+/// A node's health endpoint.
+pub const HEALTH: NumericIdentity = 4;
+/// An endpoint whose labels are not known yet.
+pub const INIT: NumericIdentity = 5;
+/// Another node of the cluster.
+pub const REMOTE_NODE: NumericIdentity = 6;
+/// First identity of label sets.
+pub const MIN_ENDPOINT_IDENTITY: NumericIdentity = 256;
+/// Last identity of label sets (Cilium's default cluster range).
+pub const MAX_ENDPOINT_IDENTITY: NumericIdentity = 65535;
+/// Bit marking CIDR (local) identities.
+pub const LOCAL_SCOPE: NumericIdentity = 1 << 24;
+
+/// The reserved identities with their names.
+pub const RESERVED: [(NumericIdentity, &str); 6] = [
+    (HOST, "host"),
+    (WORLD, "world"),
+    (UNMANAGED, "unmanaged"),
+    (HEALTH, "health"),
+    (INIT, "init"),
+    (REMOTE_NODE, "remote-node"),
+];
+
+/// What an identity stands for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IdentityClass {
+    /// A reserved identity.
+    Reserved,
+    /// A set of endpoint labels.
+    Endpoint,
+    /// A prefix named by a policy.
+    Cidr(Cidr),
+}
+
+/// An identity with its labels.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct IdentityInfo {
+    /// The number.
+    pub id: NumericIdentity,
+    /// Its labels.
+    pub labels: Labels,
+    /// What it stands for.
+    pub class: IdentityClass,
+}
+
+impl IdentityInfo {
+    /// An endpoint identity.
+    pub fn endpoint(id: NumericIdentity, labels: Labels) -> IdentityInfo {
+        IdentityInfo {
+            id,
+            labels,
+            class: IdentityClass::Endpoint,
+        }
+    }
+
+    /// A CIDR identity.
+    pub fn cidr(id: NumericIdentity, prefix: Cidr) -> IdentityInfo {
+        let labels = [
+            Label::new(SOURCE_CIDR, &prefix.to_string(), ""),
+            Label::new(SOURCE_RESERVED, "world", ""),
+        ]
+        .into_iter()
+        .collect();
+        IdentityInfo {
+            id,
+            labels,
+            class: IdentityClass::Cidr(prefix),
+        }
+    }
+
+    /// True for endpoint identities.
+    pub fn is_endpoint(&self) -> bool {
+        self.class == IdentityClass::Endpoint
+    }
+}
+
+/// The reserved identity `id`, if it is one.
+pub fn reserved(id: NumericIdentity) -> Option<IdentityInfo> {
+    RESERVED
+        .iter()
+        .find(|(n, _)| *n == id)
+        .map(|(id, name)| IdentityInfo {
+            id: *id,
+            labels: [Label::new(SOURCE_RESERVED, name, "")]
+                .into_iter()
+                .collect(),
+            class: IdentityClass::Reserved,
+        })
+}
+
+/// Every reserved identity.
+pub fn all_reserved() -> Vec<IdentityInfo> {
+    RESERVED
+        .iter()
+        .filter_map(|(id, _)| reserved(*id))
+        .collect()
+}
+
+/// The reserved identity whose labels are exactly `labels`.
+pub fn reserved_by_labels(labels: &Labels) -> Option<IdentityInfo> {
+    all_reserved().into_iter().find(|r| &r.labels == labels)
+}
+
+/// True for ids in the range of allocated endpoint identities.
+pub fn is_endpoint_range(id: NumericIdentity) -> bool {
+    (MIN_ENDPOINT_IDENTITY..=MAX_ENDPOINT_IDENTITY).contains(&id)
+}
+
+/// Bits of the CIDR identity hash.
+const CIDR_SLOTS: u32 = 1 << 24;
+
+fn fnv1a(text: &str) -> u32 {
+    let mut hash: u32 = 0x811c_9dc5;
+    for byte in text.bytes() {
+        hash ^= byte as u32;
+        hash = hash.wrapping_mul(0x0100_0193);
+    }
+    hash
+}
+
+/// The CIDR identity of every prefix: `LOCAL_SCOPE | slot`, the slot being the prefix's
+/// hash, or on a collision the next free slot, taking prefixes in sorted order. A pure
+/// function of the set, so replicas agree and a prefix keeps its number while it stays.
+pub fn cidr_identities(prefixes: &BTreeSet<Cidr>) -> BTreeMap<Cidr, NumericIdentity> {
+    cidr_identities_in(prefixes, CIDR_SLOTS)
+}
+
+fn cidr_identities_in(prefixes: &BTreeSet<Cidr>, slots: u32) -> BTreeMap<Cidr, NumericIdentity> {
+    let mut taken = BTreeSet::new();
+    let mut out = BTreeMap::new();
+    for prefix in prefixes {
+        let mut slot = fnv1a(&prefix.to_string()) % slots;
+        while !taken.insert(slot) {
+            slot = (slot + 1) % slots;
+        }
+        out.insert(*prefix, LOCAL_SCOPE | slot);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reserved_identities() {
+        assert_eq!(reserved(HOST).unwrap().labels.to_string(), "reserved:host");
+        assert_eq!(
+            reserved(REMOTE_NODE).unwrap().labels.to_string(),
+            "reserved:remote-node"
+        );
+        assert!(reserved(7).is_none());
+        let world = Labels::parse_list("reserved:world").unwrap();
+        assert_eq!(reserved_by_labels(&world).unwrap().id, WORLD);
+    }
+
+    #[test]
+    fn cidr_identities_are_stable_and_distinct() {
+        let set: BTreeSet<Cidr> = ["10.0.0.0/8", "10.1.0.0/16", "fd00::/8"]
+            .iter()
+            .map(|s| s.parse().unwrap())
+            .collect();
+        let ids = cidr_identities(&set);
+        assert_eq!(ids.len(), 3);
+        assert!(ids.values().all(|id| id & LOCAL_SCOPE != 0));
+        let mut more = set.clone();
+        more.insert("192.168.0.0/16".parse().unwrap());
+        let ids2 = cidr_identities(&more);
+        for (prefix, id) in &ids {
+            assert_eq!(ids2[prefix], *id);
+        }
+        // With a tiny hash space every prefix collides and still gets its own slot.
+        let tiny = cidr_identities_in(&more, 4);
+        let distinct: BTreeSet<_> = tiny.values().collect();
+        assert_eq!(distinct.len(), 4);
+    }
+}
