@@ -1,9 +1,20 @@
 #!/usr/bin/env bash
-# Stops what ./deploy/local/up.sh started (SIGTERM, then SIGKILL after 10 s). Keeps the
-# datastore file (/var/lib/kino) and the logs (/var/log/kino).
+# Stops what ./deploy/local/up.sh started (SIGTERM, then SIGKILL after 10 s) and removes what
+# it made in the kernel: pods left by an interrupted walkthrough (kino-wt-* namespaces), the
+# endpoints' lxc devices, kino_host/kino_net (with the pod CIDR route), the eBPF pins under
+# /sys/fs/bpf/kino/<node>/, and IPv4 forwarding back as it was. Keeps the datastore file and
+# the agent's checkpoints (/var/lib/kino: the next agent cleans up after the endpoints
+# removed here) and the logs (/var/log/kino).
 set -euo pipefail
 run=/run/kino
 shopt -s nullglob
+
+# Pods an interrupted walkthrough left (deleting a namespace takes its lxc with it).
+for ns in $(ip netns list 2>/dev/null | awk '{print $1}' | grep '^kino-wt-' || true); do
+  ip netns del "$ns" && echo "removed walkthrough pod namespace $ns"
+done
+rm -rf "$run/walkthrough"
+
 for pidfile in "$run"/*.pid; do
   name=$(basename "$pidfile" .pid)
   pid=$(cat "$pidfile")
@@ -18,3 +29,33 @@ for pidfile in "$run"/*.pid; do
   fi
   rm -f "$pidfile"
 done
+
+# The agent keeps its datapath in the kernel when it exits (so a restart keeps pods
+# talking); with the suite down, remove it. Its pinned links name each endpoint's lxc as
+# <lxc>-<ifindex>-<program>: delete those lxcs (only if the ifindex still matches).
+node=""
+if [ -f "$run/node" ]; then node=$(cat "$run/node"); fi
+if [ -n "$node" ]; then
+  pins=/sys/fs/bpf/kino/$node
+  for pin in "$pins"/links/lxc*; do
+    IFS=- read -r lxc ifindex _ <<<"$(basename "$pin")"
+    if ip -o link show dev "$lxc" 2>/dev/null | grep -q "^$ifindex: "; then
+      ip link del dev "$lxc" && echo "removed $lxc"
+    fi
+  done
+  if [ -d "$pins" ]; then
+    rm -rf "$pins" && echo "removed the eBPF pins $pins"
+  fi
+  rmdir /sys/fs/bpf/kino 2>/dev/null || true
+  rm -f "$run/node"
+fi
+if ip link show dev kino_host >/dev/null 2>&1; then
+  ip link del dev kino_host && echo "removed kino_host and kino_net (and the pod CIDR route)"
+fi
+if [ -f "$run/ip_forward.before" ]; then
+  before=$(cat "$run/ip_forward.before")
+  if [ "$(cat /proc/sys/net/ipv4/ip_forward)" != "$before" ]; then
+    echo "$before" >/proc/sys/net/ipv4/ip_forward && echo "net.ipv4.ip_forward back to $before"
+  fi
+  rm -f "$run/ip_forward.before"
+fi

@@ -9,8 +9,11 @@ repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 # etcd-server/etcd-client: the etcd backend and its tests. jq, curl: scripts and checks.
 # clang-19, libbpf-dev: the agent's eBPF programs (build.rs); bpftool: inspecting them;
 # iputils-ping: the datapath's kernel tests ping between pod namespaces.
+# podman, runc, busybox-static: the real-runtime test runs busybox containers with kino-cni;
+# containernetworking-plugins: the reference bridge/host-local/portmap plugins (benchmark
+# baseline, chain partner).
 packages=(protobuf-compiler etcd-server etcd-client jq curl pkg-config build-essential iproute2 procps
-  clang-19 libbpf-dev bpftool iputils-ping)
+  clang-19 libbpf-dev bpftool iputils-ping podman runc busybox-static containernetworking-plugins)
 
 missing=()
 for p in "${packages[@]}"; do

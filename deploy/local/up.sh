@@ -1,10 +1,13 @@
 #!/usr/bin/env bash
 # Brings the whole Kinocilium suite up on this machine (standalone mode, embedded datastore)
-# and runs the main job: every service up and healthy, shown by `kino status`.
+# and runs the main job: every service up and healthy, shown by `kino status`, then the seed
+# walkthrough (deploy/local/walkthrough.sh): a pod, its endpoint, its lxc NIC, traffic, delete.
 #   installs packages (apt, npm) → cargo build --release → starts the services in the
-#   background (logs in /var/log/kino/, state in /var/lib/kino/, pids in /run/kino/)
-#   → waits until all are SERVING → prints `kino status`.
-# Stop everything with ./deploy/local/down.sh.
+#   background (logs in /var/log/kino/, state in /var/lib/kino/, pids in /run/kino/; the
+#   agent in this host's network namespace, pins under /sys/fs/bpf/kino/<node>/)
+#   → waits until all are SERVING → prints `kino status` → runs the walkthrough.
+# Exits non-zero if a component is unhealthy or a walkthrough check fails.
+# Stop everything (and remove what the agent made in the kernel) with ./deploy/local/down.sh.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 cd "$repo"
@@ -21,6 +24,12 @@ bin="$repo/target/release"
 state=/var/lib/kino logs=/var/log/kino run=/run/kino
 mkdir -p "$state" "$logs" "$run"
 
+# What down.sh needs to undo the agent's kernel changes: the node name (its pins live under
+# /sys/fs/bpf/kino/<node>/) and IPv4 forwarding as it was (the agent turns it on).
+node=$(tr '[:upper:]' '[:lower:]' </proc/sys/kernel/hostname)
+echo "$node" >"$run/node"
+cat /proc/sys/net/ipv4/ip_forward >"$run/ip_forward.before"
+
 start() { # name binary args...
   local name=$1; shift
   local exe=$1; shift
@@ -33,7 +42,7 @@ echo "==> starting the suite"
 start datastore-gateway kino-datastore-gateway --data-file "$state/datastore.redb"
 start ipam kino-ipam
 start policy-compiler kino-policy-compiler
-start agent kino-agent --socket /run/kino/agent.sock
+start agent kino-agent --socket /run/kino/agent.sock --node-name "$node"
 
 echo "==> waiting for every component to be SERVING"
 for _ in $(seq 1 60); do
@@ -46,6 +55,13 @@ echo "\$ kino status"
 if ! "$bin/kino" status; then
   echo >&2
   echo "some components are not healthy; their logs are in $logs/" >&2
+  exit 1
+fi
+
+if ! KINO_BIN="$bin" "$repo/deploy/local/walkthrough.sh"; then
+  echo >&2
+  echo "the walkthrough failed; the suite is still running (logs in $logs/)," >&2
+  echo "stop it with ./deploy/local/down.sh" >&2
   exit 1
 fi
 echo

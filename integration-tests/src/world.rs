@@ -374,3 +374,42 @@ pub fn wait_for_socket(path: &Path, process: &ServiceProcess) {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+impl Suite {
+    /// Every datastore resource of `kind` in this world, as `namespace/name` (for checks that
+    /// nothing is left: `Endpoint`, `IPAllocation`, …).
+    pub async fn datastore_names(&self, kind: &str) -> Vec<String> {
+        use kino_api::datastore::ListRequest;
+        use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+        let channel = kino_service_kit::connect(
+            &self.datastore_target(),
+            &kino_service_kit::ClientTlsArgs::default(),
+        )
+        .await
+        .expect("connecting to the suite's datastore-gateway");
+        let mut client = DatastoreServiceClient::new(channel);
+        let mut names = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let page = client
+                .list(ListRequest {
+                    kind: kind.to_owned(),
+                    limit: 5000,
+                    page_token,
+                    ..Default::default()
+                })
+                .await
+                .unwrap_or_else(|s| panic!("datastore List {kind}: {s}"))
+                .into_inner();
+            names.extend(
+                page.resources
+                    .iter()
+                    .map(|r| format!("{}/{}", r.namespace, r.name)),
+            );
+            if page.next_page_token.is_empty() {
+                return names;
+            }
+            page_token = page.next_page_token;
+        }
+    }
+}
