@@ -1,13 +1,21 @@
 //! The `kino` command-line tool: one module per command group.
 //!
 //! [`status`] (`kino status`), [`endpoint`] (`kino endpoint list/get`, from the agent over
-//! [`agent`]) and [`ipam`] (`kino ipam pools/allocations`) work now; the other groups the
-//! design names are [`pending`] and say which issue brings them.
+//! [`agent`]), [`ipam`] (`kino ipam pools/allocations`), [`policy`] (`kino policy
+//! import/validate/get/list/delete/trace`) and [`identity`] (`kino identity list/get`, both
+//! from kino-policy-compiler over [`compiler`]) work now; the other groups the design names
+//! are [`pending`] and say which issue brings them.
 
 #![warn(missing_docs)]
 
 pub mod agent;
+pub mod compiler;
 pub mod endpoint;
+pub mod identity;
 pub mod ipam;
+pub mod labels;
 pub mod pending;
+pub mod policy;
+pub mod proto_json;
 pub mod status;
+pub mod table;

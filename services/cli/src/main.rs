@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use kino_cli::compiler::CompilerTarget;
 use kino_cli::ipam::IpamArgs;
 use kino_cli::pending::PendingGroup;
 use kino_cli::status::{Targets, components, probe_all};
@@ -86,6 +87,8 @@ enum Output {
     Table,
     /// JSON for scripts.
     Json,
+    /// YAML: the policy documents as imported (`kino policy get|list` only).
+    Yaml,
 }
 
 #[derive(Subcommand, Debug)]
@@ -94,10 +97,10 @@ enum Command {
     Status,
     /// Endpoints of this node: list, get (from the agent).
     Endpoint(kino_cli::endpoint::EndpointArgs),
-    /// Policies: import, get, delete, trace (not implemented yet: issue #5).
-    Policy(PendingArgs),
-    /// Security identities (not implemented yet: issue #5).
-    Identity(PendingArgs),
+    /// Network policies: import, validate, get, list, delete, trace (kino-policy-compiler).
+    Policy(kino_cli::policy::PolicyArgs),
+    /// Security identities: list, get (kino-policy-compiler).
+    Identity(kino_cli::identity::IdentityArgs),
     /// IP pools with their utilisation, and allocated addresses.
     Ipam(IpamArgs),
     /// The agent's BPF maps (not implemented yet: issue #4).
@@ -144,6 +147,12 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    if cli.global.output == Output::Yaml && !matches!(cli.command, Command::Policy(_)) {
+        eprintln!(
+            "error: -o yaml is for `kino policy get|list` (the policy documents); use -o json"
+        );
+        return ExitCode::from(EXIT_NOT_IMPLEMENTED);
+    }
     let group = match cli.command {
         Command::Status => return status(&cli.global).await,
         Command::Endpoint(args) => {
@@ -151,14 +160,39 @@ async fn main() -> ExitCode {
             let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
             return kino_cli::endpoint::execute(&args, agent, timeout, json).await;
         }
-        Command::Policy(_) => PendingGroup::Policy,
-        Command::Identity(_) => PendingGroup::Identity,
+        Command::Policy(args) => {
+            let context = kino_cli::policy::PolicyContext {
+                compiler: compiler_target(&cli.global),
+                agent_socket: &cli.global.agent,
+            };
+            return kino_cli::policy::execute(&args, context, output_format(&cli.global)).await;
+        }
+        Command::Identity(args) => {
+            let target = compiler_target(&cli.global);
+            return kino_cli::identity::execute(&args, target, output_format(&cli.global)).await;
+        }
         Command::Ipam(args) => return ipam(&cli.global, &args).await,
         Command::Bpf(_) => PendingGroup::Bpf,
         Command::Observe(_) => PendingGroup::Observe,
     };
     eprintln!("error: {}", group.error());
     ExitCode::from(EXIT_NOT_IMPLEMENTED)
+}
+
+fn compiler_target(global: &GlobalArgs) -> CompilerTarget<'_> {
+    CompilerTarget {
+        address: &global.policy,
+        tls: &global.upstream_tls,
+        timeout: global.timeout,
+    }
+}
+
+fn output_format(global: &GlobalArgs) -> kino_cli::policy::OutputFormat {
+    match global.output {
+        Output::Table => kino_cli::policy::OutputFormat::Table,
+        Output::Json => kino_cli::policy::OutputFormat::Json,
+        Output::Yaml => kino_cli::policy::OutputFormat::Yaml,
+    }
 }
 
 async fn ipam(global: &GlobalArgs, args: &IpamArgs) -> ExitCode {
@@ -196,7 +230,7 @@ async fn status(global: &GlobalArgs) -> ExitCode {
     };
     let report = probe_all(&components(&targets), &global.upstream_tls, global.timeout).await;
     match global.output {
-        Output::Table => print!("{}", report.render_table()),
+        Output::Table | Output::Yaml => print!("{}", report.render_table()),
         Output::Json => println!("{}", report.to_json()),
     }
     if report.healthy {
@@ -243,6 +277,68 @@ mod tests {
         assert_eq!(cli.global.agent, "/tmp/a.sock");
         assert!(Cli::try_parse_from(["kino", "endpoint", "list", "-n", "shop"]).is_ok());
         assert!(Cli::try_parse_from(["kino", "endpoint", "get"]).is_err());
+    }
+
+    #[test]
+    fn policy_and_identity_commands_parse() {
+        let cli = Cli::try_parse_from([
+            "kino",
+            "policy",
+            "trace",
+            "--src",
+            "k8s:app=lb,env=prod",
+            "--dst",
+            "shop/web",
+            "--dport",
+            "80/tcp",
+            "--direction",
+            "ingress",
+            "--policy",
+            "unix:/tmp/p.sock",
+        ])
+        .expect("parses");
+        assert!(matches!(cli.command, Command::Policy(_)));
+        assert_eq!(cli.global.policy, "unix:/tmp/p.sock");
+        for args in [
+            &["kino", "policy", "import", "-"][..],
+            &["kino", "policy", "import", "web.yaml", "-n", "shop"],
+            &["kino", "policy", "validate", "web.yaml"],
+            &["kino", "policy", "get", "shop/web", "-o", "yaml"],
+            &["kino", "policy", "get", "web", "-n", "shop"],
+            &["kino", "policy", "list", "-n", "shop", "-o", "json"],
+            &["kino", "policy", "delete", "/allow-dns"],
+            &["kino", "policy", "trace", "-s", "256", "-d", "10.0.0.7"],
+            &["kino", "identity", "list", "-o", "json"],
+            &["kino", "identity", "get", "256"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        for args in [
+            &["kino", "policy", "import"][..],
+            &["kino", "policy", "get", "a/b/c"],
+            &[
+                "kino", "policy", "trace", "--src", "web", "--dst", "shop/db",
+            ],
+            &[
+                "kino", "policy", "trace", "-s", "a=b", "-d", "c=d", "--dport", "80/gre",
+            ],
+            &[
+                "kino",
+                "policy",
+                "trace",
+                "-s",
+                "a=b",
+                "-d",
+                "c=d",
+                "--direction",
+                "up",
+            ],
+            &["kino", "identity", "get", "zero"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
+        let cli = Cli::try_parse_from(["kino", "-o", "yaml", "policy", "list"]).expect("parses");
+        assert_eq!(cli.global.output, Output::Yaml);
     }
 
     #[test]

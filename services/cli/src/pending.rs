@@ -6,10 +6,6 @@ use std::fmt;
 /// A `kino` command group that is not implemented yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingGroup {
-    /// `kino policy import/get/delete/trace`.
-    Policy,
-    /// `kino identity list`.
-    Identity,
     /// `kino bpf {endpoint,ipcache,policy,ct} list`.
     Bpf,
     /// `kino observe`.
@@ -20,8 +16,6 @@ impl PendingGroup {
     /// The subcommand's name.
     pub fn name(self) -> &'static str {
         match self {
-            PendingGroup::Policy => "policy",
-            PendingGroup::Identity => "identity",
             PendingGroup::Bpf => "bpf",
             PendingGroup::Observe => "observe",
         }
@@ -30,8 +24,6 @@ impl PendingGroup {
     /// The issue that brings the group, and what it needs from it.
     pub fn issue(self) -> (u32, &'static str) {
         match self {
-            PendingGroup::Policy => (5, "the policy compiler"),
-            PendingGroup::Identity => (5, "security identities"),
             PendingGroup::Bpf => (4, "the agent's eBPF datapath"),
             PendingGroup::Observe => (6, "the agent's flow observer"),
         }
@@ -65,8 +57,6 @@ mod tests {
     #[test]
     fn each_group_names_its_issue() {
         for (group, issue) in [
-            (PendingGroup::Policy, "issue #5"),
-            (PendingGroup::Identity, "issue #5"),
             (PendingGroup::Bpf, "issue #4"),
             (PendingGroup::Observe, "issue #6"),
         ] {
