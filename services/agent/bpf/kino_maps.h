@@ -8,10 +8,7 @@
  * Every map is pinned by name under the agent's pin directory /sys/fs/bpf/kino/<node>/, so
  * an agent restart finds the same maps and traffic keeps flowing.
  *
- * Room left for later issues (not defined yet, so nothing is pinned for them):
- *   kino_policy   (#5) per-endpoint policy: {identity, dport, proto, direction} -> verdict
- *   kino_ipcache  (#5) LPM trie: prefix -> {identity, tunnel endpoint}
- *   kino_ct       (#5) LRU hash conntrack
+ * Room left for later issues (not defined yet, so nothing is pinned for it):
  *   kino_events   (#6) ring buffer of flow events (trace / drop notifications)
  */
 #ifndef KINO_MAPS_H
@@ -56,8 +53,9 @@ struct endpoint_info {
 #define KINO_DROP_INVALID_PACKET   1 /* truncated headers */
 #define KINO_DROP_SPOOFED_SOURCE   2 /* source address is not the endpoint's own */
 #define KINO_DROP_UNSUPPORTED_L3   3 /* neither IPv4, IPv6 nor ARP */
-#define KINO_DROP_POLICY_DENIED    4 /* reserved for issue #5 */
-#define KINO_DROP_CT_INVALID       5 /* reserved for issue #5 */
+#define KINO_DROP_POLICY_DENIED    4 /* the endpoint's egress policy denied a packet it sent */
+#define KINO_DROP_CT_INVALID       5 /* reserved: invalid conntrack state */
+#define KINO_DROP_POLICY_DENIED_INGRESS 6 /* its ingress policy denied a packet to it */
 #define KINO_DROP_REASONS          8
 
 /*
@@ -73,6 +71,160 @@ struct endpoint_metrics {
 	__u64 local_redirect_packets; /* sent by this pod and redirected to a local pod */
 	__u64 to_stack_packets;       /* sent by this pod and passed to the node's stack */
 	__u64 drops[KINO_DROP_REASONS];
+};
+
+/* ------------------------------------------------------------------------------------------
+ * Policy (issue #5): ipcache, per-endpoint policy, enforcement, conntrack.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Capacities. LPM tries allocate per entry, so a large limit costs nothing until used; the
+ * conntrack LRU is preallocated. The loader can override them (DatapathOptions). */
+#define KINO_POLICY_MAX_ENTRIES  262144 /* policy prefixes of all endpoints of the node */
+#define KINO_IPCACHE_MAX_ENTRIES 131072
+#define KINO_CT_MAX_ENTRIES      131072
+/* Endpoint ids are 1..KINO_MAX_ENDPOINT_ID: the index of kino_ep_policy. */
+#define KINO_MAX_ENDPOINT_ID     65535
+
+/* Reserved identities (kino.types.v1.ReservedIdentity). 0 is "unknown": an ipcache entry of
+ * a cluster endpoint whose identity is not known yet, and in a policy key the L3 wildcard,
+ * so a peer of identity 0 matches only rules that apply to every peer. */
+#define KINO_IDENTITY_UNKNOWN     0
+#define KINO_IDENTITY_HOST        1
+#define KINO_IDENTITY_WORLD       2
+#define KINO_IDENTITY_REMOTE_NODE 6
+
+/* Directions, as kino.types.v1.Direction, seen from the endpoint. */
+#define KINO_DIR_INGRESS 1
+#define KINO_DIR_EGRESS  2
+
+/* Verdicts, as kino.types.v1.PolicyVerdict. */
+#define KINO_VERDICT_ALLOW 1
+#define KINO_VERDICT_DENY  2
+
+/* An IPv4 (first 4 bytes, network order, the rest zero) or IPv6 address. */
+union kino_addr {
+	__be32 ip4;
+	__u8 ip6[16];
+};
+
+/*
+ * Key of kino_ipcache (LPM trie): prefix -> identity. prefixlen counts the bits matched after
+ * it: family and pad (always all 32) plus the address prefix, i.e. 32 + 0..32 (IPv4) or
+ * 32 + 0..128 (IPv6). Bits past the prefix are zero.
+ */
+struct ipcache_key {
+	__u32 prefixlen;
+	__u8 family;          /* KINO_FAMILY_* */
+	__u8 pad[3];
+	union kino_addr addr;
+};
+#define KINO_IPCACHE_PREFIX_STATIC 32 /* family + pad */
+
+/* ipcache_entry.flags */
+#define KINO_IPCACHE_F_TUNNEL_IPV6 (1U << 0) /* tunnel_endpoint is IPv6 */
+
+/* Value of kino_ipcache. */
+struct ipcache_entry {
+	__u32 identity;       /* security identity of the prefix */
+	__u32 flags;          /* KINO_IPCACHE_F_* */
+	union kino_addr tunnel_endpoint; /* node hosting the prefix; zero for local/world */
+};
+
+/*
+ * Key of kino_policy (LPM trie), one trie for every endpoint of the node. Matched bits after
+ * prefixlen, in order: endpoint_id, remote_identity, direction (72 bits: always all), then
+ * protocol (8), then dport (16, network order, so port ranges are prefixes):
+ *   prefixlen 72          ANY protocol (and so every port)
+ *   prefixlen 80          this protocol, every port
+ *   prefixlen 80 + n      this protocol, ports sharing dport's first n bits (n = 16: one port)
+ * A packet is looked up with prefixlen 96; the longest stored prefix wins, i.e. a port range
+ * holding the port, else the protocol's every-port entry, else the ANY entry — steps 1-3 of
+ * the lookup order of kino.policy.v1.PolicyMapKey in ONE lookup, whatever the number of rules.
+ * The datapath does it for the remote identity, then for 0 (every peer): steps 4-6.
+ */
+struct policy_key {
+	__u32 prefixlen;
+	__u32 endpoint_id;     /* the local endpoint whose policy this is */
+	__u32 remote_identity; /* the peer's identity; 0 = every peer */
+	__u8 direction;        /* KINO_DIR_* */
+	__u8 protocol;         /* IANA number; 0 (with prefixlen 72) = ANY */
+	__be16 dport;          /* destination port (ingress: the endpoint's; egress: the peer's) */
+};
+#define KINO_POLICY_PREFIX_ANY_PROTO 72
+#define KINO_POLICY_PREFIX_ANY_PORT  80
+#define KINO_POLICY_PREFIX_FULL      96
+
+/* Value of kino_policy. */
+struct policy_entry {
+	__u8 verdict;          /* KINO_VERDICT_*; anything else denies */
+	__u8 pad;
+	__u16 port;            /* the compiled key's port range [port, end_port] this prefix is */
+	__u16 end_port;        /* part of (host order; 0 = single port); for dumps only */
+	__u16 pad2;
+	__u64 packets;         /* packets that hit this prefix */
+	__u64 bytes;
+};
+
+/* endpoint_policy.flags: directions in which the endpoint's policy is enforced. */
+#define KINO_POLICY_F_INGRESS (1U << 0)
+#define KINO_POLICY_F_EGRESS  (1U << 1)
+
+/*
+ * Value of kino_ep_policy (array indexed by endpoint id). All zero: nothing enforced.
+ * generation changes (alone, in a write of its own) after every change of the endpoint's
+ * entries or flags: conntrack entries remember the generation their connection was last
+ * allowed under, and skip the policy lookups while it is current.
+ */
+struct endpoint_policy {
+	__u32 flags;           /* KINO_POLICY_F_* */
+	__u32 generation;      /* bumped by the agent after each change */
+	__s64 revision;        /* policy revision realized; written by the agent, not read here */
+};
+
+/*
+ * Key of kino_ct (LRU hash): a connection as seen at one enforcement point — the egress of
+ * its source endpoint or the ingress of its destination endpoint — in the direction of its
+ * first packet. A packet at a point with direction d is ESTABLISHED if {its tuple, d} exists,
+ * a REPLY if {its reversed tuple, the other direction} exists (the entry its peer's point
+ * made), else NEW. ICMP echo: the identifier is sport of a request, dport of a reply.
+ */
+struct ct_key {
+	union kino_addr saddr;
+	union kino_addr daddr;
+	__be16 sport;
+	__be16 dport;
+	__u8 protocol;
+	__u8 family;           /* KINO_FAMILY_* */
+	__u8 direction;        /* KINO_DIR_* of the point that made the entry */
+	__u8 pad;
+};
+
+/* ct_entry.flags */
+#define KINO_CT_F_TX_CLOSING   (1U << 0) /* the original side sent FIN or RST */
+#define KINO_CT_F_RX_CLOSING   (1U << 1) /* the reply side sent FIN or RST */
+#define KINO_CT_F_SEEN_NON_SYN (1U << 2) /* a TCP packet other than a bare SYN was seen */
+
+/* Lifetimes (seconds) after the last packet. */
+#define KINO_CT_LIFETIME_TCP    21600 /* established TCP */
+#define KINO_CT_LIFETIME_SYN    60    /* TCP before its handshake completes */
+#define KINO_CT_LIFETIME_CLOSE  10    /* TCP closing in both directions, or reset */
+#define KINO_CT_LIFETIME_NONTCP 60    /* UDP, ICMP, others */
+
+/* Value of kino_ct. */
+struct ct_entry {
+	__u64 tx_packets;      /* original direction */
+	__u64 tx_bytes;
+	__u64 rx_packets;      /* reply direction */
+	__u64 rx_bytes;
+	__u32 expires;         /* CLOCK_MONOTONIC second at which the entry lapses */
+	__u32 flags;           /* KINO_CT_F_* */
+	__u32 src_identity;    /* identity of the connection's source */
+	__u32 endpoint_id;     /* the local endpoint of the point that made the entry */
+	/* Verdict cache, written together (one 8-byte store): the connection's non-reply
+	 * packets were last allowed at this point under this endpoint_policy.generation with
+	 * this peer identity; while both still hold, no policy lookup is needed. */
+	__u32 policy_generation;
+	__u32 remote_identity;
 };
 
 #endif /* KINO_MAPS_H */

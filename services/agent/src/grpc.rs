@@ -2,6 +2,7 @@
 
 pub mod agent;
 pub mod flow;
+pub mod policy;
 
 use tonic::{Response, Status};
 

@@ -8,8 +8,9 @@
 //!
 //! The kernel side of issue #4 is here as a library for the endpoint manager: [`devices`]
 //! (`kino_host` ↔ `kino_net`), [`datapath`] (the eBPF programs in `bpf/`, loaded with aya,
-//! pinned under `/sys/fs/bpf/kino/<node>/` and adopted on restart), [`endpoint`] (lxc veth
-//! pairs, map entries, attachment; all or nothing), on top of [`netlink`] and [`netns`].
+//! pinned under `/sys/fs/bpf/kino/<node>/` and adopted on restart; the endpoint, ipcache,
+//! policy and conntrack maps with their typed APIs, issue #5), [`endpoint`] (lxc veth pairs,
+//! map entries, attachment; all or nothing), on top of [`netlink`] and [`netns`].
 //! See docs/datapath.md.
 
 #![warn(missing_docs)]

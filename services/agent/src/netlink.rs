@@ -202,6 +202,40 @@ impl Netlink {
         Ok(links.iter().map(LinkDetails::from_message).collect())
     }
 
+    /// Every address configured on any link of the namespace (IPv4 and IPv6, loopback
+    /// included), without duplicates.
+    pub async fn local_addresses(&self) -> Result<Vec<IpAddr>, NetlinkError> {
+        use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
+        let messages: Vec<AddressMessage> = self
+            .handle
+            .address()
+            .get()
+            .execute()
+            .try_collect()
+            .await
+            .map_err(nl_err("list addresses"))?;
+        // IFA_LOCAL is the local address where it differs from IFA_ADDRESS (point-to-point
+        // links, where IFA_ADDRESS is the peer's); IPv6 has only IFA_ADDRESS.
+        let mut addresses: Vec<IpAddr> = messages
+            .iter()
+            .filter_map(|m| {
+                let local = m.attributes.iter().find_map(|a| match a {
+                    AddressAttribute::Local(ip) => Some(*ip),
+                    _ => None,
+                });
+                local.or_else(|| {
+                    m.attributes.iter().find_map(|a| match a {
+                        AddressAttribute::Address(ip) => Some(*ip),
+                        _ => None,
+                    })
+                })
+            })
+            .collect();
+        addresses.sort();
+        addresses.dedup();
+        Ok(addresses)
+    }
+
     /// Creates a veth pair `name` ↔ `peer`. The peer is created directly in the network
     /// namespace `peer_netns` when given (so its name cannot clash with a link of this one),
     /// with the MAC `peer_mac` when given.

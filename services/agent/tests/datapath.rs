@@ -421,7 +421,11 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
         // ... and a new loader adopts the pinned maps and links.
         let mut datapath = Datapath::load(pin_root, &node_name).expect("reloading the datapath");
         let adoption = datapath.adoption().clone();
-        assert_eq!(adoption.maps_reused.len(), 3, "{adoption:?}");
+        assert_eq!(
+            adoption.maps_reused.len(),
+            kino_agent::datapath::maps::ALL_MAPS.len(),
+            "{adoption:?}"
+        );
         assert_eq!(adoption.links_adopted.len(), 6, "{adoption:?}");
         assert!(adoption.stale_links_removed.is_empty(), "{adoption:?}");
         let listed: Vec<u32> = datapath

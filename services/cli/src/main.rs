@@ -103,8 +103,8 @@ enum Command {
     Identity(kino_cli::identity::IdentityArgs),
     /// IP pools with their utilisation, and allocated addresses.
     Ipam(IpamArgs),
-    /// The agent's BPF maps (not implemented yet: issue #4).
-    Bpf(PendingArgs),
+    /// The agent's BPF maps: endpoints, ipcache, policy, conntrack.
+    Bpf(kino_cli::bpf::BpfArgs),
     /// Flows seen by the agent (not implemented yet: issue #6).
     Observe(PendingArgs),
 }
@@ -172,7 +172,11 @@ async fn main() -> ExitCode {
             return kino_cli::identity::execute(&args, target, output_format(&cli.global)).await;
         }
         Command::Ipam(args) => return ipam(&cli.global, &args).await,
-        Command::Bpf(_) => PendingGroup::Bpf,
+        Command::Bpf(args) => {
+            let json = cli.global.output == Output::Json;
+            let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
+            return kino_cli::bpf::execute(&args, agent, timeout, json).await;
+        }
         Command::Observe(_) => PendingGroup::Observe,
     };
     eprintln!("error: {}", group.error());
@@ -339,6 +343,23 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["kino", "-o", "yaml", "policy", "list"]).expect("parses");
         assert_eq!(cli.global.output, Output::Yaml);
+    }
+
+    #[test]
+    fn bpf_commands_parse() {
+        for args in [
+            &["kino", "bpf", "endpoint", "list"][..],
+            &["kino", "bpf", "ipcache", "list", "-o", "json"],
+            &["kino", "bpf", "policy", "list", "12"],
+            &["kino", "bpf", "policy", "list", "default/web"],
+            &[
+                "kino", "bpf", "ct", "list", "--family", "ipv4", "--max", "10",
+            ],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(matches!(cli.command, Command::Bpf(_)));
+        }
+        assert!(Cli::try_parse_from(["kino", "bpf", "policy", "list"]).is_err());
     }
 
     #[test]

@@ -6,8 +6,6 @@ use std::fmt;
 /// A `kino` command group that is not implemented yet.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PendingGroup {
-    /// `kino bpf {endpoint,ipcache,policy,ct} list`.
-    Bpf,
     /// `kino observe`.
     Observe,
 }
@@ -16,7 +14,6 @@ impl PendingGroup {
     /// The subcommand's name.
     pub fn name(self) -> &'static str {
         match self {
-            PendingGroup::Bpf => "bpf",
             PendingGroup::Observe => "observe",
         }
     }
@@ -24,7 +21,6 @@ impl PendingGroup {
     /// The issue that brings the group, and what it needs from it.
     pub fn issue(self) -> (u32, &'static str) {
         match self {
-            PendingGroup::Bpf => (4, "the agent's eBPF datapath"),
             PendingGroup::Observe => (6, "the agent's flow observer"),
         }
     }
@@ -56,17 +52,9 @@ mod tests {
 
     #[test]
     fn each_group_names_its_issue() {
-        for (group, issue) in [
-            (PendingGroup::Bpf, "issue #4"),
-            (PendingGroup::Observe, "issue #6"),
-        ] {
-            let message = group.error().to_string();
-            assert!(message.contains("not implemented yet"), "{message}");
-            assert!(message.contains(issue), "{message}");
-            assert!(
-                message.contains(&format!("`kino {}`", group.name())),
-                "{message}"
-            );
-        }
+        let message = PendingGroup::Observe.error().to_string();
+        assert!(message.contains("not implemented yet"), "{message}");
+        assert!(message.contains("issue #6"), "{message}");
+        assert!(message.contains("`kino observe`"), "{message}");
     }
 }

@@ -32,6 +32,10 @@ proto_messages! {
     kino_api::policy::TracePolicyResponse => "kino.policy.v1.TracePolicyResponse",
     kino_api::policy::GetIdentityResponse => "kino.policy.v1.GetIdentityResponse",
     kino_api::policy::ListIdentitiesResponse => "kino.policy.v1.ListIdentitiesResponse",
+    kino_api::agent::ListBpfEndpointsResponse => "kino.agent.v1.ListBpfEndpointsResponse",
+    kino_api::agent::ListBpfIpcacheResponse => "kino.agent.v1.ListBpfIpcacheResponse",
+    kino_api::agent::ListBpfPolicyResponse => "kino.agent.v1.ListBpfPolicyResponse",
+    kino_api::agent::ListBpfConntrackResponse => "kino.agent.v1.ListBpfConntrackResponse",
 }
 
 fn pool() -> &'static DescriptorPool {

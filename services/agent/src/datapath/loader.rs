@@ -18,7 +18,10 @@ use aya::{Ebpf, EbpfLoader};
 use nix::mount::MsFlags;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
+use super::conntrack::{CT_MAP, ConntrackError, ConntrackMap};
+use super::ipcache::{IPCACHE_MAP, IpcacheError, IpcacheMap};
 use super::maps::{ALL_MAPS, ENDPOINTS_MAP, EndpointMaps, LXC_MAP, METRICS_MAP, MapOpError};
+use super::policy::{EP_POLICY_MAP, POLICY_MAP, PolicyMapError, PolicyMaps};
 
 /// The datapath object, as compiled by build.rs from `bpf/datapath.bpf.c`.
 pub static DATAPATH_OBJECT: &[u8] =
@@ -122,6 +125,15 @@ pub enum DatapathError {
     /// A pinned map could not be used (another layout, or an I/O error).
     #[error(transparent)]
     Map(#[from] MapOpError),
+    /// The policy maps could not be opened or read back.
+    #[error(transparent)]
+    PolicyMap(#[from] PolicyMapError),
+    /// The ipcache could not be opened.
+    #[error(transparent)]
+    Ipcache(#[from] IpcacheError),
+    /// The conntrack map could not be opened.
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
     /// The interface to attach to does not exist in this network namespace.
     #[error("interface {name} not found in the agent's network namespace: {source}")]
     Interface {
@@ -167,12 +179,38 @@ pub struct LxcAttachment {
     pub pins: Vec<(Hook, PathBuf)>,
 }
 
+/// Capacities of the maps that grow with policy, for [`Datapath::load_with`]. They apply
+/// when a map is created; a map adopted from a previous agent keeps its capacity (remove the
+/// node's pins to change it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MapCapacities {
+    /// Prefixes in `kino_policy` (all endpoints; a port range takes up to 30).
+    pub policy: u32,
+    /// Prefixes in `kino_ipcache`.
+    pub ipcache: u32,
+    /// Connections in `kino_ct` (preallocated: about 150 bytes each).
+    pub conntrack: u32,
+}
+
+impl Default for MapCapacities {
+    fn default() -> Self {
+        MapCapacities {
+            policy: super::policy::POLICY_MAX_ENTRIES,
+            ipcache: super::ipcache::IPCACHE_MAX_ENTRIES,
+            conntrack: super::conntrack::CT_MAX_ENTRIES,
+        }
+    }
+}
+
 /// The loaded datapath of one node: programs loaded, maps pinned and typed.
 #[derive(Debug)]
 pub struct Datapath {
     ebpf: Ebpf,
     pin_dir: PathBuf,
     maps: EndpointMaps,
+    policy: PolicyMaps,
+    ipcache: IpcacheMap,
+    conntrack: ConntrackMap,
     adoption: Adoption,
 }
 
@@ -245,8 +283,18 @@ fn parse_link_pin_name(name: &str) -> Option<(&str, u32, Hook)> {
 impl Datapath {
     /// Loads the datapath of `node`, pinning its maps in `<pin_root>/<node>/` (bpffs is
     /// mounted at [`BPFFS_MOUNT`] first if `pin_root` is below it and nothing is mounted),
-    /// and adopts the maps and links a previous agent pinned there.
+    /// and adopts the maps and links a previous agent pinned there. Maps get their default
+    /// capacities.
     pub fn load(pin_root: &Path, node: &str) -> Result<Self, DatapathError> {
+        Self::load_with(pin_root, node, MapCapacities::default())
+    }
+
+    /// [`Datapath::load`] with the capacities of the policy-sized maps.
+    pub fn load_with(
+        pin_root: &Path,
+        node: &str,
+        capacities: MapCapacities,
+    ) -> Result<Self, DatapathError> {
         if pin_root.starts_with(BPFFS_MOUNT) {
             ensure_bpffs(Path::new(BPFFS_MOUNT))?;
         }
@@ -264,6 +312,9 @@ impl Datapath {
         // another object's map of the same name would be silently reused.
         let mut ebpf = EbpfLoader::new()
             .default_map_pin_directory(&pin_dir)
+            .map_max_entries(POLICY_MAP, capacities.policy)
+            .map_max_entries(IPCACHE_MAP, capacities.ipcache)
+            .map_max_entries(CT_MAP, capacities.conntrack)
             .load(DATAPATH_OBJECT)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.clone(),
@@ -280,11 +331,17 @@ impl Datapath {
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
         let maps = EndpointMaps::new(take(ENDPOINTS_MAP)?, take(LXC_MAP)?, take(METRICS_MAP)?)?;
+        let policy = PolicyMaps::new(take(POLICY_MAP)?, take(EP_POLICY_MAP)?)?;
+        let ipcache = IpcacheMap::new(take(IPCACHE_MAP)?)?;
+        let conntrack = ConntrackMap::new(take(CT_MAP)?)?;
 
         let mut datapath = Self {
             ebpf,
             pin_dir,
             maps,
+            policy,
+            ipcache,
+            conntrack,
             adoption: Adoption {
                 maps_reused,
                 ..Adoption::default()
@@ -312,6 +369,36 @@ impl Datapath {
     /// The endpoint maps, to change them.
     pub fn maps_mut(&mut self) -> &mut EndpointMaps {
         &mut self.maps
+    }
+
+    /// The policy maps (entries and enforcement of every endpoint).
+    pub fn policy(&self) -> &PolicyMaps {
+        &self.policy
+    }
+
+    /// The policy maps, to change them.
+    pub fn policy_mut(&mut self) -> &mut PolicyMaps {
+        &mut self.policy
+    }
+
+    /// The ipcache.
+    pub fn ipcache(&self) -> &IpcacheMap {
+        &self.ipcache
+    }
+
+    /// The ipcache, to change it.
+    pub fn ipcache_mut(&mut self) -> &mut IpcacheMap {
+        &mut self.ipcache
+    }
+
+    /// The conntrack map.
+    pub fn conntrack(&self) -> &ConntrackMap {
+        &self.conntrack
+    }
+
+    /// The conntrack map, to remove entries.
+    pub fn conntrack_mut(&mut self) -> &mut ConntrackMap {
+        &mut self.conntrack
     }
 
     fn links_dir(&self) -> PathBuf {

@@ -1,6 +1,7 @@
 //! The datapath's BPF maps: `#[repr(C)]` mirrors of `bpf/kino_maps.h` (checked against the
 //! object's BTF by this module's tests) and typed wrappers to upsert, remove and list
-//! endpoint entries and read per-endpoint counters.
+//! endpoint entries and read per-endpoint counters. The policy maps are in [`super::policy`],
+//! the ipcache in [`super::ipcache`], conntrack in [`super::conntrack`].
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;
@@ -16,7 +17,15 @@ pub const LXC_MAP: &str = "kino_lxc";
 /// Name of the per-CPU endpoint id → counters map.
 pub const METRICS_MAP: &str = "kino_metrics";
 /// Every map of the datapath, in the order they are pinned.
-pub const ALL_MAPS: [&str; 3] = [ENDPOINTS_MAP, LXC_MAP, METRICS_MAP];
+pub const ALL_MAPS: [&str; 7] = [
+    ENDPOINTS_MAP,
+    LXC_MAP,
+    METRICS_MAP,
+    super::ipcache::IPCACHE_MAP,
+    super::policy::POLICY_MAP,
+    super::policy::EP_POLICY_MAP,
+    super::conntrack::CT_MAP,
+];
 
 /// `KINO_MAX_ENDPOINTS`: capacity of each map.
 pub const MAX_ENDPOINTS: u32 = 16384;
@@ -128,21 +137,24 @@ pub enum DropReason {
     SpoofedSource = 2,
     /// Neither IPv4, IPv6 nor ARP.
     UnsupportedL3 = 3,
-    /// Denied by policy (issue #5).
+    /// The endpoint's egress policy denied a packet it sent.
     PolicyDenied = 4,
-    /// Invalid conntrack state (issue #5).
+    /// Invalid conntrack state (reserved).
     CtInvalid = 5,
+    /// The endpoint's ingress policy denied a packet to it.
+    PolicyDeniedIngress = 6,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         Self::UnknownEndpoint,
         Self::InvalidPacket,
         Self::SpoofedSource,
         Self::UnsupportedL3,
         Self::PolicyDenied,
         Self::CtInvalid,
+        Self::PolicyDeniedIngress,
     ];
 
     /// The name operators see (Cilium's style).
@@ -154,6 +166,7 @@ impl DropReason {
             Self::UnsupportedL3 => "UNSUPPORTED_L3",
             Self::PolicyDenied => "POLICY_DENIED",
             Self::CtInvalid => "CT_INVALID",
+            Self::PolicyDeniedIngress => "POLICY_DENIED_INGRESS",
         }
     }
 }
@@ -640,6 +653,115 @@ mod tests {
                 ("drops", offset_of!(EndpointMetricsRaw, drops)),
             ],
         );
+        policy_layouts_match(&structs);
+    }
+
+    /// The policy, ipcache and conntrack structs. LPM trie keys start with `prefixlen`,
+    /// which the Rust mirrors leave to aya's `lpm_trie::Key`: their members sit 4 bytes on.
+    fn policy_layouts_match(structs: &std::collections::HashMap<String, btf::Composite>) {
+        use super::super::conntrack::{CtEntryRaw, CtKeyRaw};
+        use super::super::ipcache::{IpcacheEntryRaw, IpcacheKeyRaw};
+        use super::super::policy::{EndpointPolicyRaw, PolicyEntryRaw, PolicyKeyRaw};
+        const LPM: usize = 4;
+        assert_layout(
+            structs,
+            "ipcache_key",
+            LPM + size_of::<IpcacheKeyRaw>(),
+            &[
+                ("prefixlen", 0),
+                ("family", LPM + offset_of!(IpcacheKeyRaw, family)),
+                ("pad", LPM + offset_of!(IpcacheKeyRaw, pad)),
+                ("addr", LPM + offset_of!(IpcacheKeyRaw, addr)),
+            ],
+        );
+        assert_layout(
+            structs,
+            "ipcache_entry",
+            size_of::<IpcacheEntryRaw>(),
+            &[
+                ("identity", offset_of!(IpcacheEntryRaw, identity)),
+                ("flags", offset_of!(IpcacheEntryRaw, flags)),
+                (
+                    "tunnel_endpoint",
+                    offset_of!(IpcacheEntryRaw, tunnel_endpoint),
+                ),
+            ],
+        );
+        assert_layout(
+            structs,
+            "policy_key",
+            LPM + size_of::<PolicyKeyRaw>(),
+            &[
+                ("prefixlen", 0),
+                ("endpoint_id", LPM + offset_of!(PolicyKeyRaw, endpoint_id)),
+                (
+                    "remote_identity",
+                    LPM + offset_of!(PolicyKeyRaw, remote_identity),
+                ),
+                ("direction", LPM + offset_of!(PolicyKeyRaw, direction)),
+                ("protocol", LPM + offset_of!(PolicyKeyRaw, protocol)),
+                ("dport", LPM + offset_of!(PolicyKeyRaw, dport)),
+            ],
+        );
+        assert_layout(
+            structs,
+            "policy_entry",
+            size_of::<PolicyEntryRaw>(),
+            &[
+                ("verdict", offset_of!(PolicyEntryRaw, verdict)),
+                ("pad", offset_of!(PolicyEntryRaw, pad)),
+                ("port", offset_of!(PolicyEntryRaw, port)),
+                ("end_port", offset_of!(PolicyEntryRaw, end_port)),
+                ("pad2", offset_of!(PolicyEntryRaw, pad2)),
+                ("packets", offset_of!(PolicyEntryRaw, packets)),
+                ("bytes", offset_of!(PolicyEntryRaw, bytes)),
+            ],
+        );
+        assert_layout(
+            structs,
+            "endpoint_policy",
+            size_of::<EndpointPolicyRaw>(),
+            &[
+                ("flags", offset_of!(EndpointPolicyRaw, flags)),
+                ("generation", offset_of!(EndpointPolicyRaw, generation)),
+                ("revision", offset_of!(EndpointPolicyRaw, revision)),
+            ],
+        );
+        assert_layout(
+            structs,
+            "ct_key",
+            size_of::<CtKeyRaw>(),
+            &[
+                ("saddr", offset_of!(CtKeyRaw, saddr)),
+                ("daddr", offset_of!(CtKeyRaw, daddr)),
+                ("sport", offset_of!(CtKeyRaw, sport)),
+                ("dport", offset_of!(CtKeyRaw, dport)),
+                ("protocol", offset_of!(CtKeyRaw, protocol)),
+                ("family", offset_of!(CtKeyRaw, family)),
+                ("direction", offset_of!(CtKeyRaw, direction)),
+                ("pad", offset_of!(CtKeyRaw, pad)),
+            ],
+        );
+        assert_layout(
+            structs,
+            "ct_entry",
+            size_of::<CtEntryRaw>(),
+            &[
+                ("tx_packets", offset_of!(CtEntryRaw, tx_packets)),
+                ("tx_bytes", offset_of!(CtEntryRaw, tx_bytes)),
+                ("rx_packets", offset_of!(CtEntryRaw, rx_packets)),
+                ("rx_bytes", offset_of!(CtEntryRaw, rx_bytes)),
+                ("expires", offset_of!(CtEntryRaw, expires)),
+                ("flags", offset_of!(CtEntryRaw, flags)),
+                ("src_identity", offset_of!(CtEntryRaw, src_identity)),
+                ("endpoint_id", offset_of!(CtEntryRaw, endpoint_id)),
+                (
+                    "policy_generation",
+                    offset_of!(CtEntryRaw, policy_generation),
+                ),
+                ("remote_identity", offset_of!(CtEntryRaw, remote_identity)),
+            ],
+        );
     }
 
     #[test]
@@ -656,6 +778,54 @@ mod tests {
         assert_eq!(define("KINO_FAMILY_IPV4"), FAMILY_IPV4.to_string());
         assert_eq!(define("KINO_FAMILY_IPV6"), FAMILY_IPV6.to_string());
         assert_eq!(define("KINO_DROP_REASONS"), DROP_REASONS.to_string());
+        {
+            use super::super::{conntrack as ct, ipcache as ipc, policy as p};
+            for (name, value) in [
+                ("KINO_POLICY_MAX_ENTRIES", p::POLICY_MAX_ENTRIES),
+                ("KINO_IPCACHE_MAX_ENTRIES", ipc::IPCACHE_MAX_ENTRIES),
+                ("KINO_CT_MAX_ENTRIES", ct::CT_MAX_ENTRIES),
+                ("KINO_MAX_ENDPOINT_ID", p::MAX_ENDPOINT_ID),
+                ("KINO_IDENTITY_UNKNOWN", ipc::IDENTITY_UNKNOWN),
+                ("KINO_IDENTITY_HOST", ipc::IDENTITY_HOST),
+                ("KINO_IDENTITY_WORLD", ipc::IDENTITY_WORLD),
+                ("KINO_IDENTITY_REMOTE_NODE", ipc::IDENTITY_REMOTE_NODE),
+                ("KINO_DIR_INGRESS", u32::from(p::DIR_INGRESS)),
+                ("KINO_DIR_EGRESS", u32::from(p::DIR_EGRESS)),
+                ("KINO_VERDICT_ALLOW", u32::from(p::VERDICT_ALLOW)),
+                ("KINO_VERDICT_DENY", u32::from(p::VERDICT_DENY)),
+                ("KINO_IPCACHE_PREFIX_STATIC", ipc::PREFIX_STATIC),
+                ("KINO_POLICY_PREFIX_ANY_PROTO", p::PREFIX_ANY_PROTO),
+                ("KINO_POLICY_PREFIX_ANY_PORT", p::PREFIX_ANY_PORT),
+                ("KINO_POLICY_PREFIX_FULL", p::PREFIX_FULL),
+            ] {
+                // Large numbers are written without separators in C.
+                assert_eq!(define(name), value.to_string(), "{name}");
+            }
+            for (name, bit) in [
+                ("KINO_IPCACHE_F_TUNNEL_IPV6", ipc::IPCACHE_F_TUNNEL_IPV6),
+                ("KINO_POLICY_F_INGRESS", p::POLICY_F_INGRESS),
+                ("KINO_POLICY_F_EGRESS", p::POLICY_F_EGRESS),
+                ("KINO_CT_F_TX_CLOSING", ct::CT_F_TX_CLOSING),
+                ("KINO_CT_F_RX_CLOSING", ct::CT_F_RX_CLOSING),
+                ("KINO_CT_F_SEEN_NON_SYN", ct::CT_F_SEEN_NON_SYN),
+            ] {
+                let line = header
+                    .lines()
+                    .find(|l| l.starts_with(&format!("#define {name} ")))
+                    .unwrap_or_else(|| panic!("#define {name} not in kino_maps.h"));
+                let text = line[format!("#define {name} ").len()..]
+                    .split("/*")
+                    .next()
+                    .expect("a value")
+                    .trim();
+                let shift: u32 = text
+                    .strip_prefix("(1U <<")
+                    .and_then(|t| t.strip_suffix(')'))
+                    .and_then(|t| t.trim().parse().ok())
+                    .unwrap_or_else(|| panic!("{name} = {text}: expected (1U << n)"));
+                assert_eq!(1 << shift, bit, "{name}");
+            }
+        }
         for reason in DropReason::ALL {
             assert_eq!(
                 define(&format!("KINO_DROP_{}", reason.as_str())),

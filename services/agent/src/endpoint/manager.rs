@@ -32,7 +32,11 @@ use tokio::sync::Mutex;
 use super::{
     EndpointError, EndpointSpec, VethRequest, create_endpoint, delete_endpoint, list_lxcs, lxc_name,
 };
-use crate::datapath::{Datapath, DropReason, EndpointEntry};
+use crate::datapath::ipcache::IDENTITY_HOST;
+use crate::datapath::{
+    CtListing, Datapath, DropReason, EndpointEntry, Enforcement, IpPrefix, IpcacheEntry,
+    PolicyEntryInfo,
+};
 use crate::endpoint::state::StateDir;
 use crate::netlink::{MacAddr, Netlink};
 
@@ -256,6 +260,7 @@ fn drop_reason(reason: DropReason) -> PbDropReason {
         DropReason::UnsupportedL3 => PbDropReason::UnsupportedL3Protocol,
         DropReason::PolicyDenied => PbDropReason::PolicyDenied,
         DropReason::CtInvalid => PbDropReason::CtUnknownState,
+        DropReason::PolicyDeniedIngress => PbDropReason::PolicyDenied,
     }
 }
 
@@ -883,6 +888,78 @@ impl EndpointManager {
             .map_err(|e| ManagerError::Internal(e.to_string()))
     }
 
+    /// An endpoint's policy map as the datapath holds it, for `kino bpf policy list`.
+    pub async fn bpf_policy(&self, endpoint_id: u32) -> Result<BpfPolicy, ManagerError> {
+        let inner = self.inner.lock().await;
+        let endpoint = inner.endpoints.get(&endpoint_id).ok_or_else(|| {
+            ManagerError::NotFound(format!(
+                "no endpoint {endpoint_id} on node {}; `kino endpoint list` shows them",
+                self.config.node
+            ))
+        })?;
+        let policy = inner.datapath.policy();
+        let internal = |e: crate::datapath::PolicyMapError| ManagerError::Internal(e.to_string());
+        let (enforcement, revision) = policy.enforcement(endpoint_id).map_err(internal)?;
+        Ok(BpfPolicy {
+            identity: endpoint.identity,
+            enforcement,
+            revision,
+            entries: policy.list(endpoint_id).map_err(internal)?,
+        })
+    }
+
+    /// The ipcache map, for `kino bpf ipcache list`.
+    pub async fn bpf_ipcache(&self) -> Result<Vec<IpcacheEntry>, ManagerError> {
+        let inner = self.inner.lock().await;
+        inner
+            .datapath
+            .ipcache()
+            .list()
+            .map_err(|e| ManagerError::Internal(e.to_string()))
+    }
+
+    /// Up to `max` live conntrack entries (of one family, `KINO_FAMILY_*`, when given), for
+    /// `kino bpf ct list`.
+    pub async fn bpf_conntrack(
+        &self,
+        max: usize,
+        family: Option<u8>,
+    ) -> Result<CtListing, ManagerError> {
+        let inner = self.inner.lock().await;
+        inner
+            .datapath
+            .conntrack()
+            .list(max, family)
+            .map_err(|e| ManagerError::Internal(e.to_string()))
+    }
+
+    /// Puts every address of the node's namespace into the ipcache as host (so traffic from
+    /// the node is told from world's) and drops host entries of addresses it no longer has.
+    async fn sync_host_ipcache(&self) -> Result<(), ManagerError> {
+        let mut inner = self.inner.lock().await;
+        let internal = |e: &dyn std::fmt::Display| ManagerError::Internal(e.to_string());
+        let mut addresses = inner
+            .netlink
+            .local_addresses()
+            .await
+            .map_err(|e| internal(&e))?;
+        addresses.push(self.network.gateway_v4.into());
+        let wanted: Vec<IpPrefix> = addresses.into_iter().map(IpPrefix::host).collect();
+        let ipcache = inner.datapath.ipcache_mut();
+        for entry in ipcache.list().map_err(|e| internal(&e))? {
+            let host_prefix = entry.prefix == IpPrefix::host(entry.prefix.addr());
+            if entry.identity == IDENTITY_HOST && host_prefix && !wanted.contains(&entry.prefix) {
+                ipcache.remove(&entry.prefix).map_err(|e| internal(&e))?;
+            }
+        }
+        for prefix in wanted {
+            ipcache
+                .upsert(&IpcacheEntry::new(prefix, IDENTITY_HOST))
+                .map_err(|e| internal(&e))?;
+        }
+        Ok(())
+    }
+
     /// Where the maps are pinned.
     pub async fn pin_dir(&self) -> PathBuf {
         self.inner.lock().await.datapath.pin_dir().to_owned()
@@ -985,6 +1062,9 @@ impl EndpointManager {
     /// those whose pod is gone are cleaned up (lxc, map entry, address, record). Returns
     /// (adopted, removed).
     pub async fn restore(&self) -> Result<(usize, usize), ManagerError> {
+        if let Err(e) = self.sync_host_ipcache().await {
+            tracing::warn!(error = %e, "cannot put the node's addresses into the ipcache; traffic from the node is seen as world");
+        }
         let saved = self
             .state
             .load_all()
@@ -1024,6 +1104,13 @@ impl EndpointManager {
                         .upsert(&entry)
                         .map_err(|e| ManagerError::Internal(e.to_string()))?;
                 }
+                datapath
+                    .ipcache_mut()
+                    .upsert(&IpcacheEntry::new(
+                        IpPrefix::host(ip.into()),
+                        endpoint.identity,
+                    ))
+                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
                 datapath
                     .attach_endpoint(&lxc)
                     .map_err(|e| ManagerError::Internal(e.to_string()))?;
@@ -1079,9 +1166,41 @@ impl EndpointManager {
     }
 }
 
-/// The endpoint with its current datapath counters.
+/// An endpoint's policy as the datapath holds it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BpfPolicy {
+    /// The endpoint's identity.
+    pub identity: u32,
+    /// Enforced directions.
+    pub enforcement: Enforcement,
+    /// Realized policy revision.
+    pub revision: i64,
+    /// The entries with their hit counters.
+    pub entries: Vec<PolicyEntryInfo>,
+}
+
+/// The direction a drop counter belongs to.
+fn drop_direction(reason: DropReason) -> Direction {
+    match reason {
+        DropReason::PolicyDeniedIngress => Direction::Ingress,
+        _ => Direction::Egress,
+    }
+}
+
+/// The endpoint with its current datapath counters and realized enforcement.
 fn with_counters(datapath: &Datapath, endpoint: &Endpoint) -> Endpoint {
     let mut out = endpoint.clone();
+    if let Ok((enforcement, revision)) = datapath.policy().enforcement(endpoint.id) {
+        let (ingress_entries, egress_entries) = datapath.policy().counts(endpoint.id);
+        let policy = out.policy.get_or_insert_with(Default::default);
+        policy.enforcement = Some(PolicyEnforcement {
+            ingress: enforcement.ingress,
+            egress: enforcement.egress,
+        });
+        policy.realized_revision = revision;
+        policy.ingress_entries = ingress_entries as u32;
+        policy.egress_entries = egress_entries as u32;
+    }
     if let Ok(c) = datapath.maps().counters(endpoint.id) {
         out.counters = Some(EndpointCounters {
             ingress_packets: c.to_container_packets,
@@ -1093,7 +1212,7 @@ fn with_counters(datapath: &Datapath, endpoint: &Endpoint) -> Endpoint {
                 .filter(|r| c.dropped(**r) > 0)
                 .map(|r| DropCounter {
                     reason: drop_reason(*r) as i32,
-                    direction: Direction::Egress as i32,
+                    direction: drop_direction(*r) as i32,
                     packets: c.dropped(*r),
                     bytes: 0,
                 })

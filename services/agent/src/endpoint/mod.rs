@@ -11,7 +11,10 @@ pub mod veth;
 use std::net::Ipv4Addr;
 use std::path::PathBuf;
 
-use crate::datapath::{Datapath, DatapathError, EndpointEntry, LxcAttachment, MapOpError};
+use crate::datapath::{
+    Datapath, DatapathError, EndpointEntry, IpPrefix, IpcacheEntry, IpcacheError, LxcAttachment,
+    MapOpError, PolicyMapError,
+};
 use crate::netlink::NetlinkError;
 use crate::netns::NetnsError;
 pub use veth::{EndpointVeth, VethRequest, create_veth, delete_veth, list_lxcs, lxc_name};
@@ -79,6 +82,12 @@ pub enum EndpointError {
     /// Writing the endpoint's map entries failed.
     #[error(transparent)]
     Map(#[from] MapOpError),
+    /// Writing the endpoint's ipcache entry failed.
+    #[error(transparent)]
+    Ipcache(#[from] IpcacheError),
+    /// Clearing the endpoint's policy failed.
+    #[error(transparent)]
+    Policy(#[from] PolicyMapError),
 }
 
 /// Deleting an endpoint met errors; every step was tried anyway.
@@ -96,7 +105,8 @@ pub struct TeardownError {
 pub struct EndpointSpec {
     /// The agent's endpoint id (not 0).
     pub id: u32,
-    /// Its security identity (0 until issue #5).
+    /// Its security identity; 0 while unknown (peers then see it as "unknown cluster
+    /// endpoint": only rules for every peer match it).
     pub identity: u32,
     /// Its veth pair and addresses.
     pub veth: VethRequest,
@@ -113,9 +123,10 @@ pub struct EndpointDatapath {
     pub attachment: LxcAttachment,
 }
 
-/// Creates the endpoint's veth pair, writes its map entries, then attaches the programs to
-/// its lxc (so the source check knows the endpoint before its first packet). All or
-/// nothing: any failure undoes the steps before it.
+/// Creates the endpoint's veth pair, writes its map entries (endpoint, a clean policy with
+/// nothing enforced, its address in the ipcache with its identity), then attaches the
+/// programs to its lxc (so the source check knows the endpoint before its first packet).
+/// All or nothing: any failure undoes the steps before it.
 pub async fn create_endpoint(
     netlink: &crate::netlink::Netlink,
     datapath: &mut Datapath,
@@ -136,14 +147,15 @@ pub async fn create_endpoint(
         lxc_mac: veth.lxc_mac,
         pod_mac: veth.pod_mac,
     };
-    let attached = match datapath.maps_mut().upsert(&entry) {
+    let attached = match write_entries(datapath, &entry) {
         Ok(()) => datapath.attach_endpoint(&veth.lxc_name).map_err(|e| {
-            if let Err(undo) = datapath.maps_mut().remove_entry(&entry) {
-                tracing::warn!(lxc = veth.lxc_name, error = %undo, "rolling back: cannot remove map entries");
-            }
+            remove_entries(datapath, &entry, &veth.lxc_name);
             EndpointError::from(e)
         }),
-        Err(e) => Err(e.into()),
+        Err(e) => {
+            remove_entries(datapath, &entry, &veth.lxc_name);
+            Err(e)
+        }
     };
     match attached {
         Ok(attachment) => Ok(EndpointDatapath {
@@ -160,10 +172,35 @@ pub async fn create_endpoint(
     }
 }
 
+/// The ipcache entry of an endpoint's address.
+fn ipcache_entry(entry: &EndpointEntry) -> IpcacheEntry {
+    IpcacheEntry::new(IpPrefix::host(entry.ipv4.into()), entry.identity)
+}
+
+/// The endpoint's map entries, its policy reset (a previous holder of the id may have left
+/// some) and its ipcache entry.
+fn write_entries(datapath: &mut Datapath, entry: &EndpointEntry) -> Result<(), EndpointError> {
+    datapath.policy_mut().clear(entry.id)?;
+    datapath.maps_mut().upsert(entry)?;
+    datapath.ipcache_mut().upsert(&ipcache_entry(entry))?;
+    Ok(())
+}
+
+/// Undoes [`write_entries`] as far as it got, logging what cannot be undone.
+fn remove_entries(datapath: &mut Datapath, entry: &EndpointEntry, lxc: &str) {
+    if let Err(undo) = datapath.ipcache_mut().remove(&ipcache_entry(entry).prefix) {
+        tracing::warn!(lxc, error = %undo, "rolling back: cannot remove the ipcache entry");
+    }
+    if let Err(undo) = datapath.maps_mut().remove_entry(entry) {
+        tracing::warn!(lxc, error = %undo, "rolling back: cannot remove map entries");
+    }
+}
+
 /// Deletes the endpoint whose host side is `lxc`: detaches its programs, removes its map
 /// entries (those of its lxc, and those of `ipv4` when given — the only way to find them once
-/// the lxc is gone) and deletes the lxc. Idempotent; works when the pod's namespace (and so
-/// the lxc) is already gone. Every step is tried even if one fails.
+/// the lxc is gone), its policy and its ipcache entry, and deletes the lxc. Idempotent; works
+/// when the pod's namespace (and so the lxc) is already gone. Every step is tried even if one
+/// fails.
 pub async fn delete_endpoint(
     netlink: &crate::netlink::Netlink,
     datapath: &mut Datapath,
@@ -181,21 +218,36 @@ pub async fn delete_endpoint(
             None
         }
     };
+    let mut found = Vec::new();
     if let Some(link) = &link {
         match datapath.maps().get_by_lxc(link.index) {
-            Ok(Some(entry)) => {
-                if let Err(e) = datapath.maps_mut().remove_entry(&entry) {
-                    errors.push(e.into());
-                }
-            }
+            Ok(Some(entry)) => found.push(entry),
             Ok(None) => {}
             Err(e) => errors.push(e.into()),
         }
     }
-    if let Some(ip) = ipv4
-        && let Err(e) = datapath.maps_mut().remove(ip)
-    {
-        errors.push(e.into());
+    if let Some(ip) = ipv4 {
+        match datapath.maps().get(ip) {
+            Ok(Some(entry)) if !found.contains(&entry) => found.push(entry),
+            Ok(_) => {}
+            Err(e) => errors.push(e.into()),
+        }
+    }
+    for entry in &found {
+        if let Err(e) = datapath.maps_mut().remove_entry(entry) {
+            errors.push(e.into());
+        }
+        if let Err(e) = datapath.policy_mut().clear(entry.id) {
+            errors.push(e.into());
+        }
+    }
+    // The address's ipcache entry, if it is still this endpoint's (a /32 of a local
+    // endpoint; never a prefix the compiler sent).
+    let addresses = found.iter().map(|e| e.ipv4).chain(ipv4);
+    for ip in addresses.collect::<std::collections::BTreeSet<_>>() {
+        if let Err(e) = datapath.ipcache_mut().remove(&IpPrefix::host(ip.into())) {
+            errors.push(e.into());
+        }
     }
     if let Some(link) = link
         && let Err(e) = netlink.delete_link(link.index).await

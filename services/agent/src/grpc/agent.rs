@@ -1,7 +1,6 @@
 //! The `kino.agent.v1` gRPC adapter (the local API on the agent's unix socket): translates
 //! between the API and the [`EndpointManager`], and maps its errors onto status codes.
-//! Label updates (identities, issue #5) and the policy/ipcache/conntrack map dumps (#5)
-//! answer `UNIMPLEMENTED`.
+//! Label updates (identities, issue #5) answer `UNIMPLEMENTED`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -16,12 +15,17 @@ use kino_api::agent::{
     ListBpfPolicyResponse, ListEndpointsRequest, ListEndpointsResponse, NodeDevice, StatusRequest,
     StatusResponse, UpdateEndpointLabelsRequest, UpdateEndpointLabelsResponse,
 };
-use kino_api::types::{PolicyEnforcementMode, RoutingMode};
+use kino_api::types::{IpFamily, PolicyEnforcement, PolicyEnforcementMode, RoutingMode};
 use tonic::{Request, Response, Status};
 
 use super::not_yet;
 use crate::IDENTITY_ISSUE;
+use crate::datapath::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use crate::endpoint::manager::EndpointManager;
+use crate::grpc::policy::{bpf_conntrack_entry, bpf_ipcache_entry, bpf_policy_entry};
+
+/// Conntrack entries listed when a request names no limit.
+const DEFAULT_CT_LIST: usize = 10_000;
 
 /// Fully-qualified gRPC service name, for health checks.
 pub const SERVICE_NAME: &str = kino_api::agent::agent_service_server::SERVICE_NAME;
@@ -240,20 +244,69 @@ impl AgentService for AgentGrpc {
         &self,
         _request: Request<ListBpfIpcacheRequest>,
     ) -> Result<Response<ListBpfIpcacheResponse>, Status> {
-        not_yet("agent ListBpfIpcache (ipcache map)", IDENTITY_ISSUE)
+        let entries = self
+            .manager
+            .bpf_ipcache()
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ListBpfIpcacheResponse {
+            entries: entries.iter().map(bpf_ipcache_entry).collect(),
+        }))
     }
 
     async fn list_bpf_policy(
         &self,
-        _request: Request<ListBpfPolicyRequest>,
+        request: Request<ListBpfPolicyRequest>,
     ) -> Result<Response<ListBpfPolicyResponse>, Status> {
-        not_yet("agent ListBpfPolicy (policy maps)", IDENTITY_ISSUE)
+        let endpoint_id = request.into_inner().endpoint_id;
+        if endpoint_id == 0 {
+            return Err(Status::invalid_argument("endpoint_id is required"));
+        }
+        let policy = self
+            .manager
+            .bpf_policy(endpoint_id)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ListBpfPolicyResponse {
+            endpoint_id,
+            identity: policy.identity,
+            enforcement: Some(PolicyEnforcement {
+                ingress: policy.enforcement.ingress,
+                egress: policy.enforcement.egress,
+            }),
+            realized_revision: policy.revision,
+            entries: policy.entries.iter().map(bpf_policy_entry).collect(),
+        }))
     }
 
     async fn list_bpf_conntrack(
         &self,
-        _request: Request<ListBpfConntrackRequest>,
+        request: Request<ListBpfConntrackRequest>,
     ) -> Result<Response<ListBpfConntrackResponse>, Status> {
-        not_yet("agent ListBpfConntrack (conntrack map)", IDENTITY_ISSUE)
+        let request = request.into_inner();
+        let family = match IpFamily::try_from(request.family) {
+            Ok(IpFamily::Unspecified) => None,
+            Ok(IpFamily::Ipv4) => Some(FAMILY_IPV4),
+            Ok(IpFamily::Ipv6) => Some(FAMILY_IPV6),
+            Err(_) => {
+                return Err(Status::invalid_argument(format!(
+                    "family {} is not an IpFamily",
+                    request.family
+                )));
+            }
+        };
+        let max = match request.max_entries {
+            0 => DEFAULT_CT_LIST,
+            n => n as usize,
+        };
+        let listing = self
+            .manager
+            .bpf_conntrack(max, family)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(ListBpfConntrackResponse {
+            entries: listing.entries.iter().map(bpf_conntrack_entry).collect(),
+            truncated: listing.truncated,
+        }))
     }
 }

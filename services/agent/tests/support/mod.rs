@@ -1,0 +1,457 @@
+//! What the kernel tests of the policy datapath share: the guard of kernel capabilities,
+//! namespaces and pins removed on drop, a thread in the node's namespace, pods, and TCP/UDP
+//! traffic made by sockets opened inside a pod's namespace (no external tools beyond `ip` and
+//! `ping`). Same structure as tests/datapath.rs.
+
+#![allow(dead_code)]
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::time::Duration;
+
+use kino_agent::datapath::loader::{DEFAULT_PIN_ROOT, ensure_bpffs};
+use kino_agent::datapath::{Datapath, EndpointCounters};
+use kino_agent::devices::{NodeDevicesConfig, ensure_node_devices};
+use kino_agent::endpoint::{EndpointSpec, VethRequest, create_endpoint};
+use kino_agent::netlink::Netlink;
+
+static NEXT_WORLD: AtomicU32 = AtomicU32::new(0);
+
+/// The pods' gateway in every test world.
+pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// How long a connection attempt or an answer may take before it counts as dropped.
+pub const TIMEOUT: Duration = Duration::from_millis(400);
+
+/// Whether this machine can run kernel tests; skips (or fails under CI) saying why not.
+pub fn kernel_tests_possible(test: &str) -> bool {
+    let missing = if unsafe { libc::geteuid() } != 0 {
+        Some("not running as root".to_owned())
+    } else if Command::new("ip").arg("-V").output().is_err() {
+        Some("`ip` (iproute2) is not installed".to_owned())
+    } else if Command::new("ping").arg("-V").output().is_err() {
+        Some("`ping` (iputils-ping) is not installed".to_owned())
+    } else if let Err(e) = ensure_bpffs(Path::new("/sys/fs/bpf")) {
+        Some(format!("no bpffs: {e}"))
+    } else {
+        None
+    };
+    match missing {
+        None => true,
+        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
+            panic!("{test}: kernel tests must run in CI, but {why}")
+        }
+        Some(why) => {
+            eprintln!("SKIPPED {test}: {why} (run as root with iproute2, iputils-ping and bpffs)");
+            false
+        }
+    }
+}
+
+/// Runs a command and returns its output.
+pub fn run(args: &[&str]) -> Output {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
+}
+
+/// Runs a command that must succeed.
+pub fn run_ok(args: &[&str]) {
+    let out = run(args);
+    assert!(
+        out.status.success(),
+        "{args:?} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A network namespace made by this test, deleted on drop (with every link in it).
+pub struct Netns {
+    /// Its name under /run/netns.
+    pub name: String,
+}
+
+impl Netns {
+    /// Creates it, with `lo` up.
+    pub fn new(name: String) -> Self {
+        run_ok(&["ip", "netns", "add", &name]);
+        let ns = Self { name };
+        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
+        ns
+    }
+
+    /// Its path.
+    pub fn path(&self) -> PathBuf {
+        PathBuf::from(format!("/run/netns/{}", self.name))
+    }
+
+    /// Runs a command inside.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut full = vec!["ip", "netns", "exec", &self.name];
+        full.extend_from_slice(args);
+        run(&full)
+    }
+
+    /// Runs a command inside that must succeed.
+    pub fn exec_ok(&self, args: &[&str]) {
+        let out = self.exec(args);
+        assert!(
+            out.status.success(),
+            "{args:?} in {} failed: {}",
+            self.name,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = run(&["ip", "netns", "del", &self.name]);
+    }
+}
+
+/// The pins of the test's node, removed on drop (the links first, which detaches them).
+pub struct Pins {
+    /// The node name (pin directory).
+    pub node: String,
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        if let Err(e) = Datapath::remove_pins(Path::new(DEFAULT_PIN_ROOT), &self.node) {
+            eprintln!("cleanup: removing pins of {}: {e}", self.node);
+        }
+        // Only if no other node (test or agent) pins there.
+        let _ = std::fs::remove_dir(DEFAULT_PIN_ROOT);
+    }
+}
+
+/// Names of one test's world: unique per process and test.
+pub struct World {
+    /// Prefix of its namespaces.
+    pub prefix: String,
+    /// Its node name.
+    pub node: String,
+}
+
+impl World {
+    /// A fresh world (`kp` = kernel policy test).
+    pub fn new() -> Self {
+        let n = NEXT_WORLD.fetch_add(1, Ordering::Relaxed);
+        let pid = std::process::id();
+        Self {
+            prefix: format!("kp{pid}x{n}"),
+            node: format!("kp-{pid}-{n}"),
+        }
+    }
+
+    /// A namespace of this world.
+    pub fn netns(&self, role: &str) -> Netns {
+        Netns::new(format!("{}-{role}", self.prefix))
+    }
+
+    /// The pin guard of this world.
+    pub fn pins(&self) -> Pins {
+        Pins {
+            node: self.node.clone(),
+        }
+    }
+}
+
+/// Runs `scenario` on a thread inside the node's namespace with its own runtime; its panic
+/// (a failed assertion) is re-raised here after the thread is gone, so guards still clean up.
+pub fn in_node<F, Fut>(node: &Netns, scenario: F)
+where
+    F: FnOnce() -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
+    let path = node.path();
+    let thread = std::thread::spawn(move || {
+        kino_agent::netns::enter_netns(&path).expect("entering the node's netns");
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime")
+            .block_on(scenario());
+    });
+    if let Err(panic) = thread.join() {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+/// Runs `work` on a thread inside the namespace at `path` (sockets it opens stay there).
+pub fn in_netns<T: Send + 'static>(path: &Path, work: impl FnOnce() -> T + Send + 'static) -> T {
+    let path = path.to_owned();
+    std::thread::spawn(move || {
+        kino_agent::netns::enter_netns(&path).expect("entering a pod's netns");
+        work()
+    })
+    .join()
+    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+}
+
+/// A pod of the test: its namespace and endpoint.
+#[derive(Clone, Debug)]
+pub struct Pod {
+    /// Its namespace's path.
+    pub netns: PathBuf,
+    /// Its namespace's name.
+    pub ns_name: String,
+    /// Container id (names the lxc).
+    pub container_id: String,
+    /// Its address.
+    pub ip: Ipv4Addr,
+    /// Endpoint id.
+    pub id: u32,
+    /// Security identity.
+    pub identity: u32,
+}
+
+impl Pod {
+    /// Pod `i` of a world: 10.244.0.(10+i), endpoint id 100+i.
+    pub fn new(world: &World, ns: &Netns, i: u8, identity: u32) -> Self {
+        Pod {
+            netns: ns.path(),
+            ns_name: ns.name.clone(),
+            container_id: format!("{}-container-{i}", world.prefix),
+            ip: Ipv4Addr::new(10, 244, 0, 10 + i),
+            id: 100 + u32::from(i),
+            identity,
+        }
+    }
+
+    /// The endpoint to create.
+    pub fn spec(&self) -> EndpointSpec {
+        EndpointSpec {
+            id: self.id,
+            identity: self.identity,
+            veth: VethRequest {
+                container_id: self.container_id.clone(),
+                ifname: "eth0".to_owned(),
+                netns: self.netns.clone(),
+                ipv4: self.ip,
+                ipv6: None,
+                gateway_v4: GATEWAY,
+                gateway_v6: None,
+                mac: None,
+            },
+        }
+    }
+
+    /// Pings `to` (2 packets, 0.2 s apart) from `from` if given; true if answered.
+    pub fn ping(&self, to: Ipv4Addr) -> bool {
+        ping_from_ns(&self.ns_name, to, None)
+    }
+
+    /// An echo server on `port` (TCP and UDP) in this pod.
+    pub fn serve(&self, ports: &[u16]) -> EchoServer {
+        EchoServer::start(&self.netns, ports)
+    }
+
+    /// A TCP connection to `to:port` from this pod that exchanges one byte; true if it did.
+    pub fn tcp(&self, to: Ipv4Addr, port: u16) -> bool {
+        tcp_exchange(&self.netns, to, port)
+    }
+
+    /// A UDP socket of this pod connected to `to:port`.
+    pub fn udp(&self, to: Ipv4Addr, port: u16) -> UdpFlow {
+        UdpFlow::connect(&self.netns, to, port)
+    }
+}
+
+/// `ping` from namespace `ns` (from the address `source` when given).
+pub fn ping_from_ns(ns: &str, to: Ipv4Addr, source: Option<Ipv4Addr>) -> bool {
+    let to = to.to_string();
+    let source = source.map(|s| s.to_string());
+    let mut args = vec![
+        "ip", "netns", "exec", ns, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1",
+    ];
+    if let Some(source) = &source {
+        args.extend(["-I", source]);
+    }
+    args.push(&to);
+    run(&args).status.success()
+}
+
+/// Creates the node devices, loads the datapath and creates the pods' endpoints.
+pub async fn node_with_pods(node_name: &str, pods: &[Pod]) -> (Netlink, Datapath) {
+    let netlink = Netlink::connect().expect("netlink in the node");
+    ensure_node_devices(
+        &netlink,
+        &NodeDevicesConfig {
+            gateway: GATEWAY,
+            pod_cidr: Some("10.244.0.0/24".parse().expect("cidr")),
+        },
+    )
+    .await
+    .expect("node devices");
+    let mut datapath =
+        Datapath::load(Path::new(DEFAULT_PIN_ROOT), node_name).expect("loading the datapath");
+    for pod in pods {
+        create_endpoint(&netlink, &mut datapath, &pod.spec())
+            .await
+            .unwrap_or_else(|e| panic!("creating endpoint {}: {e}", pod.id));
+    }
+    (netlink, datapath)
+}
+
+/// An endpoint's counters.
+pub fn counters(datapath: &Datapath, id: u32) -> EndpointCounters {
+    datapath.maps().counters(id).expect("reading counters")
+}
+
+/// TCP and UDP echo servers on some ports of a namespace, stopped on drop.
+pub struct EchoServer {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl EchoServer {
+    /// Listens on `ports` (TCP and UDP, all addresses) inside the namespace at `netns`.
+    pub fn start(netns: &Path, ports: &[u16]) -> Self {
+        let ports = ports.to_vec();
+        let (tcp, udp): (Vec<TcpListener>, Vec<UdpSocket>) = in_netns(netns, move || {
+            let tcp = ports
+                .iter()
+                .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("tcp listen"))
+                .collect();
+            let udp = ports
+                .iter()
+                .map(|p| UdpSocket::bind(("0.0.0.0", *p)).expect("udp bind"))
+                .collect();
+            (tcp, udp)
+        });
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        for listener in tcp {
+            listener.set_nonblocking(true).expect("nonblocking");
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    match listener.accept() {
+                        Ok((stream, _)) => {
+                            let stop = stop.clone();
+                            std::thread::spawn(move || echo_tcp(stream, &stop));
+                        }
+                        Err(_) => std::thread::sleep(Duration::from_millis(5)),
+                    }
+                }
+            }));
+        }
+        for socket in udp {
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
+            let stop = stop.clone();
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 1500];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, from)) = socket.recv_from(&mut buf) {
+                        let _ = socket.send_to(&buf[..n], from);
+                    }
+                }
+            }));
+        }
+        EchoServer { stop, threads }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// Echoes until the peer closes or the server stops (so no socket outlives the test).
+fn echo_tcp(mut stream: TcpStream, stop: &AtomicBool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_millis(100)));
+    let mut buf = [0u8; 1500];
+    while !stop.load(Ordering::Relaxed) {
+        match stream.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                if stream.write_all(&buf[..n]).is_err() {
+                    break;
+                }
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(_) => break,
+        }
+    }
+}
+
+/// Connects from the namespace at `netns` to `to:port`, sends a byte and reads it back.
+pub fn tcp_exchange(netns: &Path, to: Ipv4Addr, port: u16) -> bool {
+    let Some(mut stream) = tcp_connect(netns, to, port) else {
+        return false;
+    };
+    exchange(&mut stream)
+}
+
+/// A TCP connection from the namespace at `netns`, or `None` if it cannot be opened in time.
+pub fn tcp_connect(netns: &Path, to: Ipv4Addr, port: u16) -> Option<TcpStream> {
+    let stream = in_netns(netns, move || {
+        TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT).ok()
+    })?;
+    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    Some(stream)
+}
+
+/// Sends a byte on an open connection and reads the echo; true if it came back in time.
+pub fn exchange(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1];
+    stream.write_all(b"x").is_ok() && stream.read_exact(&mut buf).is_ok() && buf == *b"x"
+}
+
+/// A UDP flow (one socket, one peer: one 5-tuple) from a pod.
+pub struct UdpFlow {
+    socket: UdpSocket,
+    sequence: u32,
+}
+
+impl UdpFlow {
+    /// Opens the socket in the namespace at `netns`, connected to `to:port`.
+    pub fn connect(netns: &Path, to: Ipv4Addr, port: u16) -> Self {
+        let socket = in_netns(netns, move || {
+            let socket = UdpSocket::bind(("0.0.0.0", 0)).expect("udp bind");
+            socket.connect((to, port)).expect("udp connect");
+            socket
+        });
+        socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+        UdpFlow {
+            socket,
+            sequence: 0,
+        }
+    }
+
+    /// Sends a numbered datagram and waits for its echo; true if it came back in time
+    /// (late echoes of earlier datagrams are skipped).
+    pub fn exchange(&mut self) -> bool {
+        self.sequence += 1;
+        let sent = self.sequence.to_be_bytes();
+        if self.socket.send(&sent).is_err() {
+            return false;
+        }
+        let mut buf = [0u8; 16];
+        loop {
+            match self.socket.recv(&mut buf) {
+                Ok(4) if buf[..4] == sent => return true,
+                Ok(_) => continue,
+                Err(_) => return false,
+            }
+        }
+    }
+}
