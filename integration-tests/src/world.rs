@@ -161,6 +161,7 @@ pub struct Suite {
     pub pin_root: PathBuf,
     gateway: ServiceProcess,
     ipam: ServiceProcess,
+    policy: ServiceProcess,
     agent: Option<ServiceProcess>,
 }
 
@@ -201,6 +202,7 @@ impl Suite {
         )
         .unwrap();
         wait_for_socket(&d.join("ipam.sock"), &ipam);
+        let policy = start_policy_compiler(&d);
         let mut suite = Suite {
             prefix,
             dir,
@@ -208,6 +210,7 @@ impl Suite {
             pin_root,
             gateway,
             ipam,
+            policy,
             agent: None,
         };
         suite.start_agent();
@@ -253,6 +256,8 @@ impl Suite {
             self.datastore_target(),
             "--ipam".into(),
             self.ipam_target(),
+            "--policy".into(),
+            self.policy_target(),
             "--state-dir".into(),
             d.join("agent-state").display().to_string(),
             "--bpf-pin-root".into(),
@@ -335,6 +340,8 @@ impl Suite {
             .arg(self.ipam_target())
             .arg("--datastore")
             .arg(self.datastore_target())
+            .arg("--policy")
+            .arg(self.policy_target())
             .args(args)
             .output()
             .expect("kino")
@@ -355,7 +362,7 @@ impl Drop for Suite {
     fn drop(&mut self) {
         // Processes first (the agent holds the pins), then kernel objects.
         self.agent.take();
-        let _ = (&self.gateway, &self.ipam);
+        let _ = (&self.gateway, &self.ipam, &self.policy);
         let _ = std::fs::remove_dir_all(&self.pin_root);
     }
 }
@@ -411,5 +418,40 @@ impl Suite {
             }
             page_token = page.next_page_token;
         }
+    }
+}
+
+/// Starts kino-policy-compiler on `<dir>/policy.sock` against the suite's gateway.
+fn start_policy_compiler(d: &Path) -> ServiceProcess {
+    let policy = ServiceProcess::start(
+        &binary("kino-policy-compiler"),
+        &[
+            "--listen".into(),
+            format!("unix:{}", d.join("policy.sock").display()),
+            "--datastore".into(),
+            format!("unix:{}", d.join("ds.sock").display()),
+        ],
+        &[],
+        d,
+    )
+    .unwrap();
+    wait_for_socket(&d.join("policy.sock"), &policy);
+    policy
+}
+
+impl Suite {
+    /// The policy-compiler's socket, as a target (`unix:/…`).
+    pub fn policy_target(&self) -> String {
+        format!("unix:{}", self.dir.path().join("policy.sock").display())
+    }
+
+    /// The policy-compiler's log so far.
+    pub fn policy_log(&self) -> String {
+        self.policy.log_text()
+    }
+
+    /// Stops the policy-compiler with a signal ("KILL" for a crash, "TERM" for a clean stop).
+    pub fn stop_policy_compiler(&mut self, signal: &str) {
+        self.policy.signal_and_wait(signal).unwrap();
     }
 }

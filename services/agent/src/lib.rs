@@ -22,6 +22,7 @@ pub mod grpc;
 pub mod netlink;
 pub mod netns;
 pub mod node;
+pub mod policy_sync;
 pub mod registration;
 
 /// The issue that brings endpoints, the eBPF datapath and BPF map dumps.

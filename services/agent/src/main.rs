@@ -25,6 +25,7 @@ use kino_api::agent::NodeDevice;
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
 use kino_api::ipam::{AllocateNodeCidrsRequest, NodeAllocation};
+use kino_api::policy::policy_service_client::PolicyServiceClient;
 use kino_api::types::IpFamily;
 use kino_service_kit::{ClientTlsArgs, ListenAddr, Listener, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
@@ -144,7 +145,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let datastore = DatastoreServiceClient::new(connect("--datastore", &config.datastore)?);
     let mut ipam = IpamServiceClient::new(connect("--ipam", &config.ipam)?);
-    connect("--policy", &config.policy)?;
+    let policy = PolicyServiceClient::new(connect("--policy", &config.policy)?);
 
     // One signal handler for start-up and both servers, so a SIGTERM at any moment stops.
     let mut terminate =
@@ -225,6 +226,7 @@ async fn main() -> anyhow::Result<()> {
                 mtu: 0,
                 ipam_target: config.ipam.clone(),
                 datastore_target: config.datastore.clone(),
+                policy_target: config.policy.clone(),
             },
             NodeNetwork {
                 gateway_v4: gateway,
@@ -233,6 +235,7 @@ async fn main() -> anyhow::Result<()> {
             Peers {
                 ipam: ipam.clone(),
                 datastore: datastore.clone(),
+                policy: policy.clone(),
                 lease: registration.lease(),
             },
             &config.state_dir.join(&node),
@@ -241,6 +244,8 @@ async fn main() -> anyhow::Result<()> {
         )?);
         let (adopted, removed) = manager.restore().await?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
+        // The compiler's policy for this node's endpoints, applied as it streams.
+        tokio::spawn(kino_agent::policy_sync::run(manager.clone()));
 
         let republish = manager.clone();
         tokio::spawn(registration.keep_alive(move || {

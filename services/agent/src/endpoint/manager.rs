@@ -21,6 +21,8 @@ use kino_api::datastore::{
 };
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
 use kino_api::ipam::{AllocateRequest, GcRequest as IpamGcRequest, Owner, ReleaseRequest};
+use kino_api::policy::policy_service_client::PolicyServiceClient;
+use kino_api::policy::{AllocateIdentityRequest, WatchEndpointPolicyResponse};
 use kino_api::types::{
     Direction, DropReason as PbDropReason, IpFamily, Label, Labels, PodRef, PolicyEnforcement,
     PolicyEnforcementMode,
@@ -34,10 +36,11 @@ use super::{
 };
 use crate::datapath::ipcache::IDENTITY_HOST;
 use crate::datapath::{
-    CtListing, Datapath, DropReason, EndpointEntry, Enforcement, IpPrefix, IpcacheEntry,
-    PolicyEntryInfo,
+    CtListing, Datapath, DropReason, EndpointEntry, Enforcement, EntryChange, IpPrefix,
+    IpcacheEntry, PolicyEntryInfo, PolicyKey, PolicyUpdate, Verdict,
 };
 use crate::endpoint::state::StateDir;
+use crate::grpc::policy::{ipcache_entry_from_proto, policy_update_from_proto};
 use crate::netlink::{MacAddr, Netlink};
 
 /// Largest endpoint id handed out (ids are per node).
@@ -71,6 +74,14 @@ pub enum ManagerError {
         /// Its answer.
         status: tonic::Status,
     },
+    /// The policy-compiler refused or is unreachable.
+    #[error("policy-compiler ({target}): {}", status.message())]
+    Policy {
+        /// The compiler's address.
+        target: String,
+        /// Its answer.
+        status: tonic::Status,
+    },
     /// The kernel side failed.
     #[error(transparent)]
     Kernel(Box<EndpointError>),
@@ -93,7 +104,9 @@ impl ManagerError {
             ManagerError::Invalid(_) => tonic::Status::invalid_argument(message),
             ManagerError::NotFound(_) => tonic::Status::not_found(message),
             ManagerError::CheckFailed(_) => tonic::Status::failed_precondition(message),
-            ManagerError::Ipam { status, .. } | ManagerError::Datastore { status, .. } => {
+            ManagerError::Ipam { status, .. }
+            | ManagerError::Datastore { status, .. }
+            | ManagerError::Policy { status, .. } => {
                 match status.code() {
                     // A peer that cannot be reached is the agent being unable to serve now.
                     tonic::Code::Unknown | tonic::Code::Internal => {
@@ -138,6 +151,8 @@ pub struct ManagerConfig {
     pub ipam_target: String,
     /// The datastore-gateway's address, for messages.
     pub datastore_target: String,
+    /// The policy-compiler's address, for messages.
+    pub policy_target: String,
 }
 
 /// The services the manager calls and the node lease its records hang on.
@@ -147,6 +162,8 @@ pub struct Peers {
     pub ipam: IpamServiceClient<TracedChannel>,
     /// kino-datastore-gateway.
     pub datastore: DatastoreServiceClient<TracedChannel>,
+    /// kino-policy-compiler (identities, policy stream).
+    pub policy: PolicyServiceClient<TracedChannel>,
     /// The node lease (0 for none).
     pub lease: Arc<AtomicI64>,
 }
@@ -157,6 +174,7 @@ pub struct EndpointManager {
     network: NodeNetwork,
     ipam: IpamServiceClient<TracedChannel>,
     datastore: DatastoreServiceClient<TracedChannel>,
+    policy: PolicyServiceClient<TracedChannel>,
     /// The node lease the Endpoint resources hang on (0 until registered).
     lease: Arc<AtomicI64>,
     state: StateDir,
@@ -168,6 +186,34 @@ struct Inner {
     netlink: Netlink,
     datapath: Datapath,
     endpoints: BTreeMap<u32, Endpoint>,
+    /// The compiler's policy per identity as last streamed (applied to endpoints created
+    /// later with that identity).
+    identity_policies: BTreeMap<u32, IdentityPolicy>,
+    /// ipcache prefixes the policy stream put in the map.
+    streamed_prefixes: std::collections::BTreeSet<IpPrefix>,
+    /// The last synced policy revision applied (0 before the first).
+    realized_revision: i64,
+    /// A snapshot (reset) is being received: identities it does not name are cleared at
+    /// its synced message.
+    in_snapshot: bool,
+}
+
+/// One identity's compiled policy as the stream delivered it.
+#[derive(Clone, Debug, Default)]
+struct IdentityPolicy {
+    enforcement: Enforcement,
+    entries: BTreeMap<PolicyKey, Verdict>,
+    revision: i64,
+}
+
+impl IdentityPolicy {
+    fn update(&self) -> PolicyUpdate {
+        PolicyUpdate {
+            enforcement: self.enforcement,
+            revision: self.revision,
+            entries: EntryChange::Replace(self.entries.clone()),
+        }
+    }
 }
 
 impl Inner {
@@ -280,12 +326,17 @@ impl EndpointManager {
             network,
             ipam: peers.ipam,
             datastore: peers.datastore,
+            policy: peers.policy,
             lease: peers.lease,
             state,
             inner: Mutex::new(Inner {
                 netlink,
                 datapath,
                 endpoints: BTreeMap::new(),
+                identity_policies: BTreeMap::new(),
+                streamed_prefixes: Default::default(),
+                realized_revision: 0,
+                in_snapshot: false,
             }),
         })
     }
@@ -303,6 +354,13 @@ impl EndpointManager {
     fn ipam_err(&self, status: tonic::Status) -> ManagerError {
         ManagerError::Ipam {
             target: self.config.ipam_target.clone(),
+            status,
+        }
+    }
+
+    fn policy_err(&self, status: tonic::Status) -> ManagerError {
+        ManagerError::Policy {
+            target: self.config.policy_target.clone(),
             status,
         }
     }
@@ -376,6 +434,31 @@ impl EndpointManager {
         } else {
             request.ipam_pool.clone()
         };
+        // The security identity first: nothing to undo if the compiler cannot give one.
+        // Without any label (no pod, no CNI labels) no policy can select the endpoint: it
+        // keeps identity 0 (unknown).
+        let labels = endpoint_labels(request.labels.as_ref(), pod.as_ref());
+        let identity = if labels.labels.is_empty() {
+            0
+        } else {
+            let identity = self
+                .policy
+                .clone()
+                .allocate_identity(AllocateIdentityRequest {
+                    labels: Some(labels.clone()),
+                })
+                .await
+                .map_err(|s| self.policy_err(s))?
+                .into_inner()
+                .identity
+                .map(|i| i.id)
+                .filter(|id| *id != 0)
+                .ok_or_else(|| {
+                    ManagerError::Internal("the policy-compiler returned no identity".into())
+                })?;
+            tracing::info!(container = %request.container_id, identity, "identity allocated");
+            identity
+        };
         let allocation = self
             .ipam
             .clone()
@@ -393,7 +476,14 @@ impl EndpointManager {
             .ok_or_else(|| ManagerError::Internal("IPAM returned no allocation".into()))?;
         tracing::info!(container = %request.container_id, ip = %allocation.address, "address allocated");
         match self
-            .create_with_address(&request, pod, &pool, &allocation, requested_mac)
+            .create_with_address(
+                &request,
+                pod,
+                (labels, identity),
+                &pool,
+                &allocation,
+                requested_mac,
+            )
             .await
         {
             Ok(endpoint) => Ok(self.response(&endpoint)),
@@ -431,6 +521,7 @@ impl EndpointManager {
         &self,
         request: &CreateEndpointRequest,
         pod: Option<PodRef>,
+        (labels, identity): (Labels, u32),
         pool: &str,
         allocation: &kino_api::ipam::IpAllocation,
         mac: Option<MacAddr>,
@@ -460,7 +551,7 @@ impl EndpointManager {
         })?;
         let spec = EndpointSpec {
             id,
-            identity: 0,
+            identity,
             veth: VethRequest {
                 container_id: request.container_id.clone(),
                 ifname: request.ifname.clone(),
@@ -473,10 +564,19 @@ impl EndpointManager {
             },
         };
         let Inner {
-            netlink, datapath, ..
+            netlink,
+            datapath,
+            identity_policies,
+            ..
         } = &mut *inner;
         let kernel = create_endpoint(netlink, datapath, &spec).await?;
-        let labels = endpoint_labels(request.labels.as_ref(), pod.as_ref());
+        // Its identity's policy, if the stream already brought it (another local endpoint
+        // has the identity); otherwise the stream brings it once the record is published.
+        if let Some(policy) = identity_policies.get(&identity)
+            && let Err(e) = datapath.policy_mut().apply(id, &policy.update())
+        {
+            tracing::warn!(id, identity, error = %e, "applying the identity's known policy");
+        }
         let endpoint = Endpoint {
             id,
             node_name: self.config.node.clone(),
@@ -485,7 +585,7 @@ impl EndpointManager {
             state: EndpointState::Ready as i32,
             state_reason: String::new(),
             labels: Some(labels),
-            identity: 0,
+            identity,
             networking: Some(EndpointNetworking {
                 interface_name: kernel.veth.lxc_name.clone(),
                 interface_index: kernel.veth.lxc_ifindex,
@@ -1149,6 +1249,173 @@ impl EndpointManager {
         Ok((adopted.len(), removed))
     }
 
+    /// The policy-compiler client (for the policy sync).
+    pub fn policy_client(&self) -> PolicyServiceClient<TracedChannel> {
+        self.policy.clone()
+    }
+
+    /// The policy-compiler's address, for messages.
+    pub fn policy_target(&self) -> &str {
+        &self.config.policy_target
+    }
+
+    /// The last synced policy revision applied.
+    pub async fn realized_revision(&self) -> i64 {
+        self.inner.lock().await.realized_revision
+    }
+
+    /// Applies one `WatchEndpointPolicy` message: each identity's update to every local
+    /// endpoint with that identity, and the ipcache changes (never the agent's own endpoint
+    /// /32s or host entries). Validates every update before writing anything.
+    pub async fn apply_policy_message(
+        &self,
+        message: &WatchEndpointPolicyResponse,
+    ) -> Result<(), ManagerError> {
+        let invalid = |e: &dyn std::fmt::Display| {
+            ManagerError::Internal(format!(
+                "policy stream at revision {}: {e}",
+                message.revision
+            ))
+        };
+        let mut updates = Vec::with_capacity(message.policy_updates.len());
+        for (i, update) in message.policy_updates.iter().enumerate() {
+            let converted = policy_update_from_proto(update, message.revision)
+                .map_err(|e| invalid(&format!("policy_updates[{i}]: {e}")))?;
+            updates.push((update.identity, converted));
+        }
+        let upserts = message
+            .ipcache_upserts
+            .iter()
+            .enumerate()
+            .map(|(i, e)| ipcache_entry_from_proto(e, &format!("ipcache_upserts[{i}]")))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+        let deletes = message
+            .ipcache_deletes
+            .iter()
+            .map(|p| p.parse::<IpPrefix>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| invalid(&e))?;
+
+        let mut guard = self.inner.lock().await;
+        let inner = &mut *guard;
+        let internal = |e: &dyn std::fmt::Display| ManagerError::Internal(e.to_string());
+        if message.reset {
+            inner.identity_policies.clear();
+            inner.in_snapshot = true;
+            for prefix in std::mem::take(&mut inner.streamed_prefixes) {
+                if !protected(inner, &prefix) {
+                    inner
+                        .datapath
+                        .ipcache_mut()
+                        .remove(&prefix)
+                        .map_err(|e| internal(&e))?;
+                }
+            }
+        }
+        for (identity, update) in updates {
+            let local: Vec<u32> = inner
+                .endpoints
+                .values()
+                .filter(|e| e.identity == identity)
+                .map(|e| e.id)
+                .collect();
+            match update {
+                None => {
+                    inner.identity_policies.remove(&identity);
+                    for id in local {
+                        inner
+                            .datapath
+                            .policy_mut()
+                            .clear(id)
+                            .map_err(|e| internal(&e))?;
+                    }
+                }
+                Some(update) => {
+                    let cached = inner.identity_policies.entry(identity).or_default();
+                    cached.enforcement = update.enforcement;
+                    cached.revision = update.revision;
+                    match &update.entries {
+                        EntryChange::Replace(all) => cached.entries = all.clone(),
+                        EntryChange::Delta { upserts, deletes } => {
+                            for key in deletes {
+                                cached.entries.remove(key);
+                            }
+                            for (key, verdict) in upserts {
+                                cached.entries.insert(*key, *verdict);
+                            }
+                        }
+                    }
+                    for id in local {
+                        inner
+                            .datapath
+                            .policy_mut()
+                            .apply(id, &update)
+                            .map_err(|e| internal(&e))?;
+                    }
+                }
+            }
+        }
+        for prefix in deletes {
+            inner.streamed_prefixes.remove(&prefix);
+            if !protected(inner, &prefix) {
+                inner
+                    .datapath
+                    .ipcache_mut()
+                    .remove(&prefix)
+                    .map_err(|e| internal(&e))?;
+            }
+        }
+        for entry in upserts {
+            if protected(inner, &entry.prefix) {
+                continue;
+            }
+            inner
+                .datapath
+                .ipcache_mut()
+                .upsert(&entry)
+                .map_err(|e| internal(&e))?;
+            inner.streamed_prefixes.insert(entry.prefix);
+        }
+        if message.synced {
+            let ids: Vec<(u32, u32)> = inner
+                .endpoints
+                .values()
+                .map(|e| (e.id, e.identity))
+                .collect();
+            for (id, identity) in ids {
+                match inner.identity_policies.get(&identity) {
+                    Some(policy) => {
+                        let (enforcement, revision) = inner
+                            .datapath
+                            .policy()
+                            .enforcement(id)
+                            .map_err(|e| internal(&e))?;
+                        if revision != message.revision || enforcement != policy.enforcement {
+                            inner
+                                .datapath
+                                .policy_mut()
+                                .set_enforcement(id, policy.enforcement, message.revision)
+                                .map_err(|e| internal(&e))?;
+                        }
+                    }
+                    None if inner.in_snapshot => {
+                        // The snapshot does not name its identity: no policy of old applies.
+                        inner
+                            .datapath
+                            .policy_mut()
+                            .clear(id)
+                            .map_err(|e| internal(&e))?;
+                    }
+                    None => {}
+                }
+            }
+            inner.in_snapshot = false;
+            inner.realized_revision = message.revision;
+        }
+        Ok(())
+    }
+
     /// Re-writes every endpoint's record (after the node lease changed).
     pub async fn republish(&self) -> Result<(), ManagerError> {
         let endpoints: Vec<Endpoint> = self
@@ -1164,6 +1431,26 @@ impl EndpointManager {
         }
         Ok(())
     }
+}
+
+/// Whether the policy stream must leave an ipcache prefix alone: a local endpoint's /32 or
+/// a host entry the agent wrote.
+fn protected(inner: &Inner, prefix: &IpPrefix) -> bool {
+    if *prefix != IpPrefix::host(prefix.addr()) {
+        return false;
+    }
+    let addr = prefix.addr();
+    if inner
+        .endpoints
+        .values()
+        .any(|e| ipv4_of(e).map(IpAddr::from) == Some(addr))
+    {
+        return true;
+    }
+    matches!(
+        inner.datapath.ipcache().get(prefix),
+        Ok(Some(entry)) if entry.identity == IDENTITY_HOST
+    )
 }
 
 /// An endpoint's policy as the datapath holds it.
@@ -1285,5 +1572,15 @@ mod tests {
             status: tonic::Status::unknown("transport error"),
         };
         assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
+        let e = ManagerError::Policy {
+            target: "127.0.0.1:7403".into(),
+            status: tonic::Status::unavailable("tcp connect error"),
+        };
+        assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
+        assert!(
+            e.to_status()
+                .message()
+                .contains("policy-compiler (127.0.0.1:7403)")
+        );
     }
 }
