@@ -185,3 +185,131 @@ async fn policy_from_the_compiler_is_enforced_and_lifted() {
     );
     assert!(suite.lxc_links().is_empty(), "{:?}", suite.lxc_links());
 }
+
+/// `kino endpoint labels` while traffic runs: the client gains the label a policy allows
+/// (its ping to web starts working), loses it again (denied again); a pod created while a
+/// policy selects it is enforced the moment ADD returns; bad edits are refused by name.
+#[tokio::test(flavor = "multi_thread")]
+async fn label_changes_move_endpoints_between_identities() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let suite = Suite::start("lbl").await;
+    let policy_file = suite.dir.path().join("policy.yaml");
+    std::fs::write(&policy_file, POLICY).unwrap();
+    kino_ok(&suite, &["policy", "import", policy_file.to_str().unwrap()]);
+
+    let mut pods = Vec::new();
+    let mut ips = Vec::new();
+    for (name, app) in [("web", "web"), ("client", "client")] {
+        let ns = Netns::new(&format!("{}-{name}", suite.prefix));
+        let mut config = suite.cni_config("1.1.0");
+        config["args"] = json!({"labels": {"app": app}});
+        let out = suite.cni(
+            "ADD",
+            &format!("{}-{name}", suite.prefix),
+            Some(&ns.path()),
+            &config,
+            &format!("IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=shop"),
+        );
+        assert_eq!(out.code, 0, "ADD {name}: {out:?}");
+        if name == "web" {
+            // Selected by a policy that exists already: enforced as soon as ADD returns
+            // (no window in which the new pod accepts everything).
+            let web = endpoint(&suite, "shop/web");
+            assert_eq!(
+                web["policy"]["enforcement"]["ingress"],
+                json!(true),
+                "web is not enforced when its ADD returns: {web}"
+            );
+        }
+        ips.push(pod_ip(&out.json()));
+        pods.push(ns);
+    }
+    let (web_ip, client) = (ips[0].clone(), &pods[1]);
+    assert!(
+        !client.ping(&web_ip, 1),
+        "client (app=client) reaches web although only app=other may"
+    );
+    let before = number(&endpoint(&suite, "shop/client")["identity"]);
+
+    // Become app=other: a new identity, and web's policy now admits it.
+    let out = kino_ok(
+        &suite,
+        &["endpoint", "labels", "shop/client", "--add", "app=other"],
+    );
+    let client_ep = endpoint(&suite, "shop/client");
+    let other = number(&client_ep["identity"]);
+    assert!(
+        other >= 256 && other != before,
+        "identity unchanged: {client_ep}"
+    );
+    assert!(
+        out.contains(&format!("identity {before} -> {other}"))
+            && out.contains("container:app=other"),
+        "kino endpoint labels output:\n{out}"
+    );
+    let labels = client_ep["labels"]["labels"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        labels
+            .iter()
+            .any(|l| l["key"] == "app" && l["value"] == "other")
+            && !labels
+                .iter()
+                .any(|l| l["key"] == "app" && l["value"] == "client"),
+        "labels not replaced: {client_ep}"
+    );
+    eventually("client's ping to web working as app=other", &suite, || {
+        client.ping(&web_ip, 1)
+    });
+
+    // The same edit again changes nothing.
+    let out = kino_ok(
+        &suite,
+        &["endpoint", "labels", "shop/client", "--add", "app=other"],
+    );
+    assert!(out.contains("(unchanged)"), "{out}");
+
+    // Lose the label: back to a label set no policy admits.
+    let out = kino_ok(&suite, &["endpoint", "labels", "shop/client", "-d", "app"]);
+    let after = number(&endpoint(&suite, "shop/client")["identity"]);
+    assert!(after >= 256 && after != other, "{out}");
+    eventually("client's ping to web denied again", &suite, || {
+        !client.ping(&web_ip, 1)
+    });
+
+    // Bad edits: named, exit 1 (agent refused) or 2 (bad flag), nothing changed.
+    let bad = suite.kino(&["endpoint", "labels", "shop/client", "--delete", "nope"]);
+    let stderr = String::from_utf8_lossy(&bad.stderr);
+    assert_eq!(bad.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("has no label \"nope\""), "{stderr}");
+    let bad = suite.kino(&[
+        "endpoint",
+        "labels",
+        "shop/client",
+        "--add",
+        "reserved:host",
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    let bad = suite.kino(&["endpoint", "labels", "shop/client", "--delete", "app=x"]);
+    assert_eq!(bad.status.code(), Some(2));
+    let bad = suite.kino(&["endpoint", "labels", "shop/nobody", "--add", "a=b"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("no endpoint"));
+    assert_eq!(number(&endpoint(&suite, "shop/client")["identity"]), after);
+
+    for (name, ns) in ["web", "client"].iter().zip(&pods) {
+        let out = suite.cni(
+            "DEL",
+            &format!("{}-{name}", suite.prefix),
+            Some(&ns.path()),
+            &suite.cni_config("1.1.0"),
+            "",
+        );
+        assert_eq!(out.code, 0, "DEL {name}: {out:?}");
+    }
+    assert!(suite.lxc_links().is_empty(), "{:?}", suite.lxc_links());
+}

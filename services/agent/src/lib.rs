@@ -27,8 +27,6 @@ pub mod registration;
 
 /// The issue that brings endpoints, the eBPF datapath and BPF map dumps.
 pub const DATAPATH_ISSUE: u32 = 4;
-/// The issue that brings identities, hence endpoint label updates.
-pub const IDENTITY_ISSUE: u32 = 5;
 /// The issue that brings the flow observer.
 pub const FLOWS_ISSUE: u32 = 6;
 

@@ -4,6 +4,7 @@
 
 mod detail;
 mod json;
+mod relabel;
 mod table;
 
 use std::net::IpAddr;
@@ -17,6 +18,7 @@ use kino_api::types::PodRef;
 
 pub use detail::render_detail;
 pub use json::{endpoint_json, timestamp_rfc3339};
+pub use relabel::{LabelEdit, render as render_labels};
 pub use table::render_list;
 
 use crate::agent::{AgentCallError, call};
@@ -41,6 +43,19 @@ enum EndpointCommand {
         /// Endpoint id, IP address, container id or NAMESPACE/POD; a prefix (`id:`, `ip:`,
         /// `container-id:`, `pod:`) says which.
         endpoint: String,
+    },
+    /// Show or change an endpoint's security labels (as `cilium endpoint labels`): the
+    /// endpoint gets the identity of its new label set and that identity's policy.
+    Labels {
+        /// Endpoint id, IP address, container id or NAMESPACE/POD.
+        endpoint: String,
+        /// Labels to add or change: [SOURCE:]KEY=VALUE (source `container` if none);
+        /// repeat the flag or separate with commas.
+        #[arg(long, short = 'a', value_name = "LABEL")]
+        add: Vec<String>,
+        /// Labels to delete: KEY (any source) or SOURCE:KEY; repeat or separate with commas.
+        #[arg(long, short = 'd', value_name = "KEY")]
+        delete: Vec<String>,
     },
 }
 
@@ -193,6 +208,22 @@ pub async fn execute(args: &EndpointArgs, socket: &str, timeout: Duration, json:
                     render_detail(&endpoint)
                 }
             })
+        }
+        EndpointCommand::Labels {
+            endpoint,
+            add,
+            delete,
+        } => {
+            let parsed = Lookup::parse(endpoint)
+                .and_then(|lookup| LabelEdit::parse(add, delete).map(|edit| (lookup, edit)));
+            let (lookup, edit) = match parsed {
+                Ok(parsed) => parsed,
+                Err(error) => {
+                    eprintln!("error: {error}");
+                    return ExitCode::from(2);
+                }
+            };
+            relabel::labels(socket, timeout, &lookup, &edit, json).await
         }
     };
     match outcome {

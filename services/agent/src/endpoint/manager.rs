@@ -43,6 +43,10 @@ use crate::endpoint::state::StateDir;
 use crate::grpc::policy::{ipcache_entry_from_proto, policy_update_from_proto};
 use crate::netlink::{MacAddr, Netlink};
 
+mod labels;
+
+pub use labels::{LabelsUpdated, edit_labels};
+
 /// Largest endpoint id handed out (ids are per node).
 pub const MAX_ENDPOINT_ID: u32 = 65_535;
 
@@ -459,6 +463,8 @@ impl EndpointManager {
             tracing::info!(container = %request.container_id, identity, "identity allocated");
             identity
         };
+        // Its policy before the endpoint exists: it starts enforced as compiled.
+        self.prefetch_policy(identity).await?;
         let allocation = self
             .ipam
             .clone()
@@ -838,6 +844,8 @@ impl EndpointManager {
         }
         if errors.is_empty() {
             inner.endpoints.remove(&found.id);
+            drop(inner);
+            self.release_identity(found.identity).await;
             tracing::info!(id = found.id, lxc = %lxc_of(&found), "endpoint deleted");
             Ok(Some(found))
         } else {

@@ -18,8 +18,6 @@ use kino_api::agent::{
 use kino_api::types::{IpFamily, PolicyEnforcement, PolicyEnforcementMode, RoutingMode};
 use tonic::{Request, Response, Status};
 
-use super::not_yet;
-use crate::IDENTITY_ISSUE;
 use crate::datapath::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use crate::endpoint::manager::EndpointManager;
 use crate::grpc::policy::{bpf_conntrack_entry, bpf_ipcache_entry, bpf_policy_entry};
@@ -167,12 +165,24 @@ impl AgentService for AgentGrpc {
 
     async fn update_endpoint_labels(
         &self,
-        _request: Request<UpdateEndpointLabelsRequest>,
+        request: Request<UpdateEndpointLabelsRequest>,
     ) -> Result<Response<UpdateEndpointLabelsResponse>, Status> {
-        not_yet(
-            "agent UpdateEndpointLabels (endpoint identities)",
-            IDENTITY_ISSUE,
-        )
+        let request = request.into_inner();
+        if request.id == 0 {
+            return Err(Status::invalid_argument(
+                "id: the endpoint id is required (`kino endpoint list` shows them)",
+            ));
+        }
+        let add = request.add.map(|l| l.labels).unwrap_or_default();
+        let updated = self
+            .manager
+            .update_labels(request.id, &add, &request.delete)
+            .await
+            .map_err(|e| e.to_status())?;
+        Ok(Response::new(UpdateEndpointLabelsResponse {
+            endpoint: Some(updated.endpoint),
+            previous_identity: updated.previous_identity,
+        }))
     }
 
     async fn status(
