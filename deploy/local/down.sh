@@ -2,7 +2,7 @@
 # Stops what ./deploy/local/up.sh started (SIGTERM, then SIGKILL after 10 s) and removes what
 # it made in the kernel: pods left by an interrupted walkthrough (kino-wt-* namespaces), the
 # endpoints' lxc devices, kino_host/kino_net (with the pod CIDR route), the eBPF pins under
-# /sys/fs/bpf/kino/<node>/, and IPv4 forwarding back as it was. Keeps the datastore file and
+# /sys/fs/bpf/kino/<node>/, and IPv4 and IPv6 forwarding back as they were. Keeps the datastore file and
 # the agent's checkpoints (/var/lib/kino: the next agent cleans up after the endpoints
 # removed here) and the logs (/var/log/kino).
 set -euo pipefail
@@ -31,11 +31,18 @@ for pidfile in "$run"/*.pid; do
 done
 
 # The agent keeps its datapath in the kernel when it exits (so a restart keeps pods
-# talking); with the suite down, remove it. Its pinned links name each endpoint's lxc as
-# <lxc>-<ifindex>-<program>: delete those lxcs (only if the ifindex still matches).
+# talking); with the suite down, remove it. Its lxcs carry its tc filters
+# (kino_from_container): delete those lxcs, which takes the filters. An agent from before
+# tc pinned TCX links named <lxc>-<ifindex>-<program>: delete those lxcs too (only if the
+# ifindex still matches).
 node=""
 if [ -f "$run/node" ]; then node=$(cat "$run/node"); fi
 if [ -n "$node" ]; then
+  for lxc in $(ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^lxc'); do
+    if tc filter show dev "$lxc" ingress 2>/dev/null | grep -q kino_from_container; then
+      ip link del dev "$lxc" && echo "removed $lxc"
+    fi
+  done
   pins=/sys/fs/bpf/kino/$node
   for pin in "$pins"/links/lxc*; do
     IFS=- read -r lxc ifindex _ <<<"$(basename "$pin")"
@@ -58,4 +65,12 @@ if [ -f "$run/ip_forward.before" ]; then
     echo "$before" >/proc/sys/net/ipv4/ip_forward && echo "net.ipv4.ip_forward back to $before"
   fi
   rm -f "$run/ip_forward.before"
+fi
+if [ -f "$run/ipv6_forwarding.before" ]; then
+  before=$(cat "$run/ipv6_forwarding.before")
+  if [ "$(cat /proc/sys/net/ipv6/conf/all/forwarding)" != "$before" ]; then
+    echo "$before" >/proc/sys/net/ipv6/conf/all/forwarding &&
+      echo "net.ipv6.conf.all.forwarding back to $before"
+  fi
+  rm -f "$run/ipv6_forwarding.before"
 fi

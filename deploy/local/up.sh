@@ -6,6 +6,10 @@
 #   background (logs in /var/log/kino/, state in /var/lib/kino/, pids in /run/kino/; the
 #   agent in this host's network namespace, pins under /sys/fs/bpf/kino/<node>/)
 #   → waits until all are SERVING → prints `kino status` → runs the walkthrough.
+# With OTEL_EXPORTER_OTLP_ENDPOINT set (e.g. http://127.0.0.1:4317, a Jaeger or any OTLP
+# collector), every service — and the walkthrough's kino-cni and kino — exports its spans
+# there. Each service serves Prometheus metrics on 127.0.0.1:9401 (gateway), :9402 (ipam),
+# :9403 (policy-compiler) and :9404 (agent).
 # Exits non-zero if a component is unhealthy or a walkthrough check fails.
 # Stop everything (and remove what the agent made in the kernel) with ./deploy/local/down.sh.
 set -euo pipefail
@@ -25,10 +29,14 @@ state=/var/lib/kino logs=/var/log/kino run=/run/kino
 mkdir -p "$state" "$logs" "$run"
 
 # What down.sh needs to undo the agent's kernel changes: the node name (its pins live under
-# /sys/fs/bpf/kino/<node>/) and IPv4 forwarding as it was (the agent turns it on).
+# /sys/fs/bpf/kino/<node>/) and IPv4 and IPv6 forwarding as they were (the agent turns them
+# on; IPv6 only with a dual-stack pool, and where the kernel has IPv6).
 node=$(tr '[:upper:]' '[:lower:]' </proc/sys/kernel/hostname)
 echo "$node" >"$run/node"
 cat /proc/sys/net/ipv4/ip_forward >"$run/ip_forward.before"
+if [ -f /proc/sys/net/ipv6/conf/all/forwarding ]; then
+  cat /proc/sys/net/ipv6/conf/all/forwarding >"$run/ipv6_forwarding.before"
+fi
 
 start() { # name binary args...
   local name=$1; shift
@@ -37,6 +45,12 @@ start() { # name binary args...
   echo $! >"$run/$name.pid"
   echo "    started $name (pid $!, log $logs/$name.log)"
 }
+
+# Passed on to every process started below (services, kino-cni, kino).
+if [ -n "${OTEL_EXPORTER_OTLP_ENDPOINT:-}" ]; then
+  export OTEL_EXPORTER_OTLP_ENDPOINT
+  echo "==> traces: every service exports OTLP spans to $OTEL_EXPORTER_OTLP_ENDPOINT"
+fi
 
 echo "==> starting the suite"
 start datastore-gateway kino-datastore-gateway --data-file "$state/datastore.redb"
@@ -58,6 +72,13 @@ if ! "$bin/kino" status; then
   exit 1
 fi
 
+for port in 9401 9402 9403 9404; do
+  if ! curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^kino_build_info'; then
+    echo "no Prometheus metrics on 127.0.0.1:$port; the logs are in $logs/" >&2
+    exit 1
+  fi
+done
+
 if ! KINO_BIN="$bin" "$repo/deploy/local/walkthrough.sh"; then
   echo >&2
   echo "the walkthrough failed; the suite is still running (logs in $logs/)," >&2
@@ -66,3 +87,4 @@ if ! KINO_BIN="$bin" "$repo/deploy/local/walkthrough.sh"; then
 fi
 echo
 echo "Kinocilium is up. The CLI is $bin/kino; stop the suite with ./deploy/local/down.sh"
+echo "Metrics: curl http://127.0.0.1:9401/metrics (gateway), :9402 (ipam), :9403 (policy-compiler), :9404 (agent)"

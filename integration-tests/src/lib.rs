@@ -2,7 +2,10 @@
 //! Kinocilium binaries) started on free loopback ports and stopped (and cleaned up) on drop.
 
 pub mod etcd;
+pub mod forward;
+pub mod otlp;
 pub mod process;
+pub mod scrape;
 pub mod world;
 
 use std::path::PathBuf;

@@ -4,6 +4,14 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// Every service's metrics address variable, set to `off`.
+const METRICS_OFF: [(&str, &str); 4] = [
+    ("KINO_DATASTORE_METRICS_ADDRESS", "off"),
+    ("KINO_IPAM_METRICS_ADDRESS", "off"),
+    ("KINO_POLICY_METRICS_ADDRESS", "off"),
+    ("KINO_AGENT_METRICS_ADDRESS", "off"),
+];
+
 /// A running service binary.
 pub struct ServiceProcess {
     child: Option<Child>,
@@ -15,6 +23,9 @@ pub struct ServiceProcess {
 
 impl ServiceProcess {
     /// Starts `binary` with `args`, logging into `log_dir/<name>.log`.
+    ///
+    /// Metrics endpoints are off unless `args` or `envs` turn them on (`--metrics-address`):
+    /// the services' default ports would collide between tests running in parallel.
     pub fn start(
         binary: &Path,
         args: &[String],
@@ -32,6 +43,7 @@ impl ServiceProcess {
             .open(&log)?;
         let child = Command::new(binary)
             .args(args)
+            .envs(METRICS_OFF)
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::binary;
+use crate::forward::LoopbackForward;
 use crate::process::ServiceProcess;
 
 /// A unique, short prefix for this test's kernel objects.
@@ -115,6 +116,27 @@ impl Netns {
             .success()
     }
 
+    /// `GET path` over plain HTTP/1.0 to `addr` on this namespace's network (e.g. the agent's
+    /// metrics); returns the whole response, head and body.
+    pub fn http_get(&self, addr: &str, path: &str) -> std::io::Result<String> {
+        let (netns, addr, path) = (self.path(), addr.to_owned(), path.to_owned());
+        // setns changes only the calling thread: a thread of its own that then ends.
+        std::thread::spawn(move || -> std::io::Result<String> {
+            use std::io::{Read, Write};
+            let ns = std::fs::File::open(&netns)?;
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)
+                .map_err(std::io::Error::from)?;
+            let mut stream = std::net::TcpStream::connect(&addr)?;
+            stream.set_read_timeout(Some(Duration::from_secs(20)))?;
+            write!(stream, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+            let mut response = String::new();
+            stream.read_to_string(&mut response)?;
+            Ok(response)
+        })
+        .join()
+        .expect("http_get thread")
+    }
+
     /// Deletes it now (as a runtime does when a pod goes away).
     pub fn delete(self) {
         drop(self)
@@ -159,15 +181,58 @@ pub struct Suite {
     pub node: Netns,
     /// Where the agent pins its maps (`<root>/<node>`).
     pub pin_root: PathBuf,
+    /// Where each service serves `/metrics`, when [`SuiteOptions::metrics`] asked for it.
+    pub metrics: Option<SuiteMetrics>,
+    options: SuiteOptions,
+    etcd_prefix: Option<String>,
+    _forwards: Vec<LoopbackForward>,
     gateway: ServiceProcess,
     ipam: ServiceProcess,
     policy: ServiceProcess,
     agent: Option<ServiceProcess>,
 }
 
+/// How [`Suite::start_with`] starts the world.
+#[derive(Debug, Clone, Default)]
+pub struct SuiteOptions {
+    /// Environment of every service, the agent included (e.g. `OTEL_EXPORTER_OTLP_ENDPOINT`).
+    pub env: Vec<(String, String)>,
+    /// Serve `/metrics` on every service: the cluster services on free loopback ports, the
+    /// agent on [`AGENT_METRICS`] inside the node namespace.
+    pub metrics: bool,
+    /// Back the gateway with this etcd (client URLs) under a prefix of its own, removed when
+    /// the suite is dropped; the embedded file when `None`.
+    pub etcd_endpoints: Option<String>,
+    /// Host loopback ports the agent reaches as `127.0.0.1:<port>` from the node namespace
+    /// (e.g. an OTLP receiver of the test), relayed by [`LoopbackForward`]s set up before the
+    /// agent starts.
+    pub forward_to_host: Vec<u16>,
+}
+
+/// The agent's metrics address inside the node namespace (nothing else listens there).
+pub const AGENT_METRICS: &str = "127.0.0.1:9404";
+
+/// The `/metrics` addresses of a suite's services.
+#[derive(Debug, Clone)]
+pub struct SuiteMetrics {
+    /// datastore-gateway, on the host's loopback.
+    pub gateway: String,
+    /// ipam, on the host's loopback.
+    pub ipam: String,
+    /// policy-compiler, on the host's loopback.
+    pub policy: String,
+    /// The agent, on the node namespace's loopback ([`Netns::http_get`] reaches it).
+    pub agent: String,
+}
+
 impl Suite {
     /// Starts gateway, ipam and an agent on a fresh node namespace.
     pub async fn start(tag: &str) -> Suite {
+        Self::start_with(tag, SuiteOptions::default()).await
+    }
+
+    /// Starts the suite as `options` say.
+    pub async fn start_with(tag: &str, options: SuiteOptions) -> Suite {
         let prefix = unique_prefix(tag);
         let dir = tempfile::Builder::new()
             .prefix(&format!("{prefix}-"))
@@ -176,38 +241,77 @@ impl Suite {
         let node = Netns::new(&format!("{prefix}-node"));
         let pin_root = PathBuf::from(format!("/sys/fs/bpf/{prefix}"));
         let d = dir.path().to_owned();
-        let gateway = ServiceProcess::start(
-            &binary("kino-datastore-gateway"),
-            &[
-                "--listen".into(),
-                format!("unix:{}", d.join("ds.sock").display()),
+        let metrics = options.metrics.then(|| SuiteMetrics {
+            gateway: format!("127.0.0.1:{}", crate::free_port()),
+            ipam: format!("127.0.0.1:{}", crate::free_port()),
+            policy: format!("127.0.0.1:{}", crate::free_port()),
+            agent: AGENT_METRICS.to_owned(),
+        });
+        let metrics_args = |pick: fn(&SuiteMetrics) -> &String| -> Vec<String> {
+            match &metrics {
+                Some(m) => vec!["--metrics-address".into(), pick(m).clone()],
+                None => Vec::new(),
+            }
+        };
+        let env: Vec<(&str, &str)> = options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let etcd_prefix = options
+            .etcd_endpoints
+            .as_ref()
+            .map(|_| format!("/{prefix}/"));
+        let mut gateway_args: Vec<String> = vec![
+            "--listen".into(),
+            format!("unix:{}", d.join("ds.sock").display()),
+        ];
+        match (&options.etcd_endpoints, &etcd_prefix) {
+            (Some(endpoints), Some(etcd_prefix)) => gateway_args.extend([
+                "--backend".into(),
+                "etcd".into(),
+                "--etcd-endpoints".into(),
+                endpoints.clone(),
+                "--etcd-prefix".into(),
+                etcd_prefix.clone(),
+            ]),
+            _ => gateway_args.extend([
                 "--data-file".into(),
                 d.join("ds.redb").display().to_string(),
-            ],
-            &[],
-            &d,
-        )
-        .unwrap();
+            ]),
+        }
+        gateway_args.extend(metrics_args(|m| &m.gateway));
+        let gateway =
+            ServiceProcess::start(&binary("kino-datastore-gateway"), &gateway_args, &env, &d)
+                .unwrap();
         wait_for_socket(&d.join("ds.sock"), &gateway);
-        let ipam = ServiceProcess::start(
-            &binary("kino-ipam"),
-            &[
-                "--listen".into(),
-                format!("unix:{}", d.join("ipam.sock").display()),
-                "--datastore".into(),
-                format!("unix:{}", d.join("ds.sock").display()),
-            ],
-            &[],
-            &d,
-        )
-        .unwrap();
+        let mut ipam_args: Vec<String> = vec![
+            "--listen".into(),
+            format!("unix:{}", d.join("ipam.sock").display()),
+            "--datastore".into(),
+            format!("unix:{}", d.join("ds.sock").display()),
+        ];
+        ipam_args.extend(metrics_args(|m| &m.ipam));
+        let ipam = ServiceProcess::start(&binary("kino-ipam"), &ipam_args, &env, &d).unwrap();
         wait_for_socket(&d.join("ipam.sock"), &ipam);
-        let policy = start_policy_compiler(&d);
+        let policy = start_policy_compiler(&d, &metrics_args(|m| &m.policy), &env);
+        let forwards = options
+            .forward_to_host
+            .iter()
+            .map(|port| {
+                LoopbackForward::start(&node.path(), *port)
+                    .unwrap_or_else(|e| panic!("forwarding port {port} into {}: {e}", node.name))
+            })
+            .collect();
         let mut suite = Suite {
             prefix,
             dir,
             node,
             pin_root,
+            metrics,
+            options,
+            etcd_prefix,
+            _forwards: forwards,
             gateway,
             ipam,
             policy,
@@ -263,7 +367,17 @@ impl Suite {
             "--bpf-pin-root".into(),
             self.pin_root.display().to_string(),
         ];
-        let agent = ServiceProcess::start(Path::new("/usr/bin/nsenter"), &args, &[], d).unwrap();
+        let mut args = args;
+        if let Some(metrics) = &self.metrics {
+            args.extend(["--metrics-address".into(), metrics.agent.clone()]);
+        }
+        let env: Vec<(&str, &str)> = self
+            .options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let agent = ServiceProcess::start(Path::new("/usr/bin/nsenter"), &args, &env, d).unwrap();
         wait_for_socket(&self.agent_socket(), &agent);
         self.agent = Some(agent);
     }
@@ -298,8 +412,22 @@ impl Suite {
         config: &serde_json::Value,
         cni_args: &str,
     ) -> CniOutput {
+        self.cni_with_env(command, container_id, netns, config, cni_args, &[])
+    }
+
+    /// Runs kino-cni as a runtime does, with extra environment (e.g. OTLP export).
+    pub fn cni_with_env(
+        &self,
+        command: &str,
+        container_id: &str,
+        netns: Option<&Path>,
+        config: &serde_json::Value,
+        cni_args: &str,
+        env: &[(&str, &str)],
+    ) -> CniOutput {
         use std::io::Write;
         let mut child = Command::new(binary("kino-cni"))
+            .envs(env.iter().copied())
             .env("CNI_COMMAND", command)
             .env("CNI_CONTAINERID", container_id)
             .env(
@@ -347,6 +475,19 @@ impl Suite {
             .expect("kino")
     }
 
+    /// Runs the `kino` CLI against this world; panics with its output unless it succeeds.
+    /// Returns its stdout.
+    pub fn kino_ok(&self, args: &[&str]) -> String {
+        let out = self.kino(args);
+        assert!(
+            out.status.success(),
+            "kino {args:?}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
     /// The lxc devices in the node namespace, as `ip -o link` lines.
     pub fn lxc_links(&self) -> Vec<String> {
         let out = self.node.exec(&["ip", "-o", "link", "show"]);
@@ -364,6 +505,15 @@ impl Drop for Suite {
         self.agent.take();
         let _ = (&self.gateway, &self.ipam, &self.policy);
         let _ = std::fs::remove_dir_all(&self.pin_root);
+        // The world's keys in a shared etcd (the gateway is still up but nothing writes).
+        if let (Some(endpoints), Some(prefix)) = (&self.options.etcd_endpoints, &self.etcd_prefix) {
+            let _ = Command::new("etcdctl")
+                .env("ETCDCTL_API", "3")
+                .args(["--endpoints", endpoints, "del", "--prefix", prefix])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .status();
+        }
     }
 }
 
@@ -422,19 +572,15 @@ impl Suite {
 }
 
 /// Starts kino-policy-compiler on `<dir>/policy.sock` against the suite's gateway.
-fn start_policy_compiler(d: &Path) -> ServiceProcess {
-    let policy = ServiceProcess::start(
-        &binary("kino-policy-compiler"),
-        &[
-            "--listen".into(),
-            format!("unix:{}", d.join("policy.sock").display()),
-            "--datastore".into(),
-            format!("unix:{}", d.join("ds.sock").display()),
-        ],
-        &[],
-        d,
-    )
-    .unwrap();
+fn start_policy_compiler(d: &Path, extra_args: &[String], env: &[(&str, &str)]) -> ServiceProcess {
+    let mut args: Vec<String> = vec![
+        "--listen".into(),
+        format!("unix:{}", d.join("policy.sock").display()),
+        "--datastore".into(),
+        format!("unix:{}", d.join("ds.sock").display()),
+    ];
+    args.extend_from_slice(extra_args);
+    let policy = ServiceProcess::start(&binary("kino-policy-compiler"), &args, env, d).unwrap();
     wait_for_socket(&d.join("policy.sock"), &policy);
     policy
 }
@@ -454,4 +600,12 @@ impl Suite {
     pub fn stop_policy_compiler(&mut self, signal: &str) {
         self.policy.signal_and_wait(signal).unwrap();
     }
+}
+
+/// The address (without its prefix length) of the `index`th `ips` entry of a CNI result.
+pub fn result_ip(result: &serde_json::Value, index: usize) -> String {
+    let address = result["ips"][index]["address"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no ips[{index}] in {result}"));
+    address.split('/').next().unwrap().to_owned()
 }

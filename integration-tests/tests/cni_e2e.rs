@@ -13,13 +13,19 @@ use kino_api::datastore::ListRequest;
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::ipam::ListAllocationsRequest;
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
-use kino_integration_tests::world::{Netns, Suite, kernel_tests_possible};
+use kino_integration_tests::world::{Netns, Suite, kernel_tests_possible, result_ip};
 use serde_json::{Value, json};
 
 fn pod_ip(result: &Value) -> String {
-    let address = result["ips"][0]["address"]
+    result_ip(result, 0)
+}
+
+/// The pod's IPv6 address: the result's second `ips` entry (the pool is dual-stack).
+fn pod_ip6(result: &Value) -> String {
+    let address = result["ips"][1]["address"]
         .as_str()
-        .unwrap_or_else(|| panic!("no ips in {result}"));
+        .unwrap_or_else(|| panic!("no IPv6 entry in the ips of {result}"));
+    assert!(address.ends_with("/128"), "{result}");
     address.split('/').next().unwrap().to_owned()
 }
 
@@ -119,17 +125,27 @@ async fn pods_get_networking_survive_an_agent_crash_and_leave_nothing_behind() {
     let p1 = Netns::new(&format!("{}-p1", suite.prefix));
     let p2 = Netns::new(&format!("{}-p2", suite.prefix));
 
-    // ADD in 1.1.0 with pod metadata.
+    // ADD in 1.1.0 with pod metadata and jumbo frames.
+    let mut jumbo = suite.cni_config("1.1.0");
+    jumbo["mtu"] = 9000.into();
     let add1 = suite.cni(
         "ADD",
         "ctr-one",
         Some(&p1.path()),
-        &suite.cni_config("1.1.0"),
+        &jumbo,
         &pod_args("web-1"),
     );
     assert_eq!(add1.code, 0, "{add1:?}\nagent log:\n{}", suite.agent_log());
     let r1 = add1.json();
     assert_eq!(r1["cniVersion"], "1.1.0");
+    // Both ends of the veth have the MTU asked for, and the result says so.
+    assert_eq!(r1["interfaces"][0]["mtu"], 9000, "{r1}");
+    assert_eq!(r1["interfaces"][1]["mtu"], 9000, "{r1}");
+    let eth0 = p1.exec(&["ip", "-o", "link", "show", "eth0"]);
+    assert!(
+        String::from_utf8_lossy(&eth0.stdout).contains(" mtu 9000 "),
+        "{eth0:?}"
+    );
     let ip1 = pod_ip(&r1);
     assert!(r1["ips"][0]["address"].as_str().unwrap().ends_with("/32"));
     let lxc1 = r1["interfaces"][0]["name"].as_str().unwrap().to_owned();
@@ -140,6 +156,15 @@ async fn pods_get_networking_survive_an_agent_crash_and_leave_nothing_behind() {
         p1.path().display().to_string()
     );
     let gateway = r1["ips"][0]["gateway"].as_str().unwrap().to_owned();
+    // Dual-stack (the default pool has fd00::/104): an IPv6 /128 with its gateway and an IPv6
+    // default route too.
+    let ip1_v6 = pod_ip6(&r1);
+    let gateway_v6 = r1["ips"][1]["gateway"].as_str().unwrap().to_owned();
+    let routes = r1["routes"].to_string();
+    assert!(
+        routes.contains("\"::/0\"") && routes.contains(&gateway_v6),
+        "{r1}"
+    );
 
     // ADD in 0.4.0 asking for a specific address (podman's --network net:ip=…).
     let wanted = format!("{}.200", ip1.rsplit_once('.').unwrap().0);
@@ -155,11 +180,16 @@ async fn pods_get_networking_survive_an_agent_crash_and_leave_nothing_behind() {
     assert_eq!(r2["cniVersion"], "0.4.0");
     assert_eq!(r2["ips"][0]["version"], "4");
     assert_eq!(pod_ip(&r2), wanted);
+    assert_eq!(r2["ips"][1]["version"], "6", "{r2}");
+    let ip2_v6 = pod_ip6(&r2);
 
-    // Traffic: pod ↔ pod through the eBPF redirect, pod → node gateway.
+    // Traffic: pod ↔ pod through the eBPF redirect, pod → node gateway, in both families.
     assert!(p1.ping(&wanted, 3), "p1 cannot ping p2");
     assert!(p2.ping(&ip1, 3), "p2 cannot ping p1");
     assert!(p1.ping(&gateway, 2), "p1 cannot ping its gateway");
+    assert!(p1.ping(&ip2_v6, 2), "p1 cannot ping p2 over IPv6");
+    assert!(p2.ping(&ip1_v6, 2), "p2 cannot ping p1 over IPv6");
+    assert!(p1.ping(&gateway_v6, 2), "p1 cannot ping its IPv6 gateway");
 
     // What an operator sees: the endpoint, its lxc, the same ifindex in `ip link`.
     let list = kino_json(&suite, &["endpoint", "list", "-o", "json"]);
@@ -174,6 +204,12 @@ async fn pods_get_networking_survive_an_agent_crash_and_leave_nothing_behind() {
         ep
     };
     let networking = &ep["networking"];
+    assert_eq!(networking["addressing"]["ipv6"], ip1_v6.as_str(), "{ep}");
+    assert_eq!(
+        networking["addressing"]["ipv6Gateway"],
+        gateway_v6.as_str(),
+        "{ep}"
+    );
     assert_eq!(networking["interfaceName"], lxc1.as_str(), "{ep}");
     let ifindex = networking["interfaceIndex"].as_u64().unwrap();
     let links = suite.lxc_links();
@@ -184,6 +220,29 @@ async fn pods_get_networking_survive_an_agent_crash_and_leave_nothing_behind() {
     assert!(
         line.starts_with(&format!("{ifindex}: ")),
         "{line} vs {ifindex}"
+    );
+    assert!(line.contains(" mtu 9000 "), "{line}");
+    let lxc2_line = links
+        .iter()
+        .find(|l| l.contains(r2["interfaces"][0]["name"].as_str().unwrap()))
+        .unwrap_or_else(|| panic!("p2's lxc not in ip link: {links:?}"));
+    assert!(lxc2_line.contains(" mtu 1500 "), "{lxc2_line}");
+    // The programs sit on both lxcs as tc filters.
+    let attach_modes = |suite: &Suite| {
+        let bpf = kino_json(suite, &["bpf", "endpoint", "list", "-o", "json"]);
+        let entries = bpf
+            .as_array()
+            .cloned()
+            .unwrap_or_else(|| bpf["entries"].as_array().cloned().unwrap_or_default());
+        entries
+            .iter()
+            .map(|e| e["attachMode"].as_str().unwrap_or_default().to_owned())
+            .collect::<Vec<_>>()
+    };
+    let modes = attach_modes(&suite);
+    assert!(
+        modes.len() >= 2 && modes.iter().all(|m| m == "tc"),
+        "{modes:?}"
     );
     let labels = ep["labels"].to_string();
     assert!(
@@ -245,6 +304,13 @@ async fn pods_get_networking_survive_an_agent_crash_and_leave_nothing_behind() {
         .collect();
     assert!(ips.contains(&ip1) && ips.contains(&wanted), "{ips:?}");
     assert!(p2.ping(&ip1, 2), "traffic after the restart");
+    assert!(p2.ping(&ip1_v6, 2), "IPv6 traffic after the restart");
+    // The new agent adopted the filters rather than adding others.
+    let modes = attach_modes(&suite);
+    assert!(
+        modes.len() >= 2 && modes.iter().all(|m| m == "tc"),
+        "{modes:?}"
+    );
 
     // DEL p2: its lxc disappears; DEL is idempotent.
     let del = suite.cni(
@@ -350,8 +416,8 @@ async fn bad_input_gc_status_and_a_dead_agent() {
     assert!(!suite.lxc_links().iter().any(|l| l.contains(&lxc_dropped)));
     assert_eq!(
         leftovers(&suite).await,
-        (1, 1, 1, 1),
-        "only ctr-keep remains"
+        (2, 2, 1, 1),
+        "only ctr-keep remains (its IPv4 and IPv6 address)"
     );
 
     // The agent down: ADD says "try again later" (11), naming the socket.

@@ -5,25 +5,15 @@
 
 use std::time::{Duration, Instant};
 
-use kino_integration_tests::world::{Netns, Suite, kernel_tests_possible};
+use kino_integration_tests::world::{Netns, Suite, kernel_tests_possible, result_ip};
 use serde_json::{Value, json};
 
 fn pod_ip(result: &Value) -> String {
-    let address = result["ips"][0]["address"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no ips in {result}"));
-    address.split('/').next().unwrap().to_owned()
+    result_ip(result, 0)
 }
 
 fn kino_ok(suite: &Suite, args: &[&str]) -> String {
-    let out = suite.kino(args);
-    assert!(
-        out.status.success(),
-        "kino {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    suite.kino_ok(args)
 }
 
 fn endpoint(suite: &Suite, pod: &str) -> Value {

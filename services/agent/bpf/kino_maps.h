@@ -7,9 +7,6 @@
  *
  * Every map is pinned by name under the agent's pin directory /sys/fs/bpf/kino/<node>/, so
  * an agent restart finds the same maps and traffic keeps flowing.
- *
- * Room left for later issues (not defined yet, so nothing is pinned for it):
- *   kino_events   (#6) ring buffer of flow events (trace / drop notifications)
  */
 #ifndef KINO_MAPS_H
 #define KINO_MAPS_H
@@ -225,6 +222,86 @@ struct ct_entry {
 	 * this peer identity; while both still hold, no policy lookup is needed. */
 	__u32 policy_generation;
 	__u32 remote_identity;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * Flow events (issue #6): kino_events, a BPF ring buffer of struct flow_event read by the
+ * agent's flow observer, and kino_event_counters (per-CPU: events emitted and events lost
+ * because the ring was full). Emitted for every drop and for each new connection allowed
+ * at an enforcement point (its policy verdict), never for the other packets of an
+ * established connection.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Bytes of kino_events (a power of two, a multiple of the page size); the loader can
+ * override it (MapCapacities::events). One event takes 104 bytes with the ring's header. */
+#define KINO_EVENTS_RING_BYTES 4194304
+
+/* flow_event.type */
+#define KINO_EVENT_DROP           1 /* a packet was dropped (drop_reason says why) */
+#define KINO_EVENT_POLICY_VERDICT 2 /* a new connection was allowed at an enforcement point */
+
+/* flow_event.verdict */
+#define KINO_EVENT_FORWARDED 1
+#define KINO_EVENT_DROPPED   2
+#define KINO_EVENT_AUDIT     3 /* reserved: policy audit mode (denied but forwarded) */
+
+/* flow_event.obs_point: the program that saw the packet. */
+#define KINO_OBS_FROM_ENDPOINT 1 /* from_container: the pod sent it (its lxc's ingress) */
+#define KINO_OBS_TO_ENDPOINT   2 /* to_container: the stack delivers it to the pod */
+
+/* flow_event.match_type: which kind of kino_policy entry decided a verdict. */
+#define KINO_MATCH_NONE         0 /* no entry: default deny (or no policy decision) */
+#define KINO_MATCH_L3_L4        1 /* an entry for the peer's identity and the port/protocol */
+#define KINO_MATCH_L3_ONLY      2 /* an entry for the peer's identity, every port */
+#define KINO_MATCH_L4_ONLY      3 /* an entry for every peer and the port/protocol */
+#define KINO_MATCH_ALL          4 /* an entry for every peer and every port */
+#define KINO_MATCH_NOT_ENFORCED 5 /* the direction is not enforced */
+
+/* flow_event.flags */
+#define KINO_EVENT_F_SRC_IDENTITY (1U << 0) /* src_identity is the datapath's */
+#define KINO_EVENT_F_DST_IDENTITY (1U << 1) /* dst_identity is the datapath's */
+#define KINO_EVENT_F_REPLY_KNOWN  (1U << 2) /* conntrack classified the packet */
+#define KINO_EVENT_F_REPLY        (1U << 3) /* ... as a reply of a tracked connection */
+
+/*
+ * One record of kino_events. The packet's headers (MACs, addresses, ports, TCP flags, ICMP
+ * type/code) are read from the packet when the event is emitted, so every observation point
+ * reports them the same way; the rest is what the program knew.
+ */
+struct flow_event {
+	__u64 ktime_ns;        /* bpf_ktime_get_ns(): CLOCK_MONOTONIC */
+	__u32 ifindex;         /* interface the program runs on (the lxc) */
+	__u32 endpoint_id;     /* local endpoint of the observation point; 0 = unknown lxc */
+	__u32 src_identity;    /* valid with KINO_EVENT_F_SRC_IDENTITY */
+	__u32 dst_identity;    /* valid with KINO_EVENT_F_DST_IDENTITY */
+	__u32 len;             /* packet length */
+	__u16 ethertype;       /* host order; 0 when the Ethernet header is truncated */
+	__u8 family;           /* KINO_FAMILY_*; 0 when not IP */
+	__u8 protocol;         /* IP protocol (IPv6: the first next header) */
+	union kino_addr saddr;
+	union kino_addr daddr;
+	__be16 sport;          /* TCP/UDP/SCTP ports; 0 otherwise */
+	__be16 dport;
+	__u8 type;             /* KINO_EVENT_* */
+	__u8 verdict;          /* KINO_EVENT_FORWARDED / DROPPED / AUDIT */
+	__u8 drop_reason;      /* KINO_DROP_*, for DROPPED */
+	__u8 direction;        /* KINO_DIR_* of the endpoint_id's point; 0 = none */
+	__u8 obs_point;        /* KINO_OBS_* */
+	__u8 match_type;       /* KINO_MATCH_*, for POLICY_VERDICT */
+	__u8 tcp_flags;        /* TCP header byte 13 */
+	__u8 icmp_type;        /* ICMP / ICMPv6 */
+	__u8 icmp_code;
+	__u8 flags;            /* KINO_EVENT_F_* */
+	__u8 src_mac[6];
+	__u8 dst_mac[6];
+	__u8 pad[6];
+};
+
+/* Value of kino_event_counters (per-CPU array of one element): events submitted to
+ * kino_events, and events lost because bpf_ringbuf_reserve failed (the ring was full). */
+struct event_counters {
+	__u64 emitted;
+	__u64 lost;
 };
 
 #endif /* KINO_MAPS_H */

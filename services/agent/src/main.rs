@@ -13,9 +13,12 @@ use clap::Parser;
 use kino_agent::datapath::Datapath;
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::devices::{
-    HOST_DEVICE, Ipv4Cidr, NET_DEVICE, NodeDevicesConfig, enable_ip_forwarding, ensure_node_devices,
+    HOST_DEVICE, Ipv4Cidr, Ipv6Cidr, NET_DEVICE, NodeDevicesConfig, NodeIpv6Config,
+    enable_ip_forwarding, ensure_node_devices, ensure_node_ipv6,
 };
 use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork, Peers};
+use kino_agent::flows::FlowObserver;
+use kino_agent::flows::directory::AgentDirectory;
 use kino_agent::grpc::agent::{AgentGrpc, AgentInfo};
 use kino_agent::grpc::flow::FlowGrpc;
 use kino_agent::netlink::Netlink;
@@ -29,6 +32,7 @@ use kino_api::policy::policy_service_client::PolicyServiceClient;
 use kino_api::types::IpFamily;
 use kino_service_kit::{ClientTlsArgs, ListenAddr, Listener, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
+use kino_telemetry::metrics::MetricsAddress;
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 
@@ -48,6 +52,9 @@ struct Config {
     /// Address of the flow observer: host:port (or unix:/path).
     #[arg(long, env = "KINO_FLOW_LISTEN", default_value = "127.0.0.1:7404")]
     flow_listen: ListenAddr,
+    /// Flows the observer keeps in memory (the ring `kino observe --last` reads).
+    #[arg(long, env = "KINO_FLOW_RING_CAPACITY", default_value_t = kino_agent::flows::observer::DEFAULT_CAPACITY)]
+    flow_ring_capacity: usize,
     /// The datastore-gateway: host:port, http(s)://host:port or unix:/path.
     #[arg(long, env = "KINO_DATASTORE", default_value = "127.0.0.1:7401")]
     datastore: String,
@@ -74,6 +81,21 @@ struct Config {
     /// after the agent stops renewing it.
     #[arg(long, env = "KINO_NODE_LEASE_TTL", default_value_t = 30)]
     node_lease_ttl: i64,
+    /// MTU of both ends of every endpoint veth, unless the CNI network config sets "mtu"
+    /// (68..=65535; at least 1280 when pods get IPv6).
+    #[arg(long, env = "KINO_ENDPOINT_MTU", default_value_t = kino_agent::endpoint::manager::DEFAULT_MTU)]
+    endpoint_mtu: u32,
+    /// Seconds between two passes of the conntrack GC, which removes expired entries from
+    /// kino_ct (the datapath ignores them, but they take LRU slots); 0 turns it off.
+    #[arg(long, env = "KINO_CONNTRACK_GC_INTERVAL", default_value_t = 30)]
+    conntrack_gc_interval: u64,
+    /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
+    #[arg(
+        long,
+        env = "KINO_AGENT_METRICS_ADDRESS",
+        default_value = "127.0.0.1:9404"
+    )]
+    metrics_address: MetricsAddress,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
@@ -128,6 +150,29 @@ fn ipv4_block(allocation: &NodeAllocation) -> anyhow::Result<(Ipv4Cidr, std::net
     Ok((cidr, gateway))
 }
 
+/// The node's IPv6 block from its IPAM allocation, when the pool is dual-stack.
+fn ipv6_block(allocation: &NodeAllocation) -> anyhow::Result<Option<NodeIpv6Config>> {
+    let Some(block) = allocation
+        .cidrs
+        .iter()
+        .find(|c| c.family == IpFamily::Ipv6 as i32)
+    else {
+        return Ok(None);
+    };
+    let cidr: Ipv6Cidr = block
+        .cidr
+        .parse()
+        .map_err(|e: String| anyhow::anyhow!("IPAM block {}: {e}", block.cidr))?;
+    let gateway = block
+        .gateway
+        .parse()
+        .with_context(|| format!("IPAM IPv6 gateway {:?}", block.gateway))?;
+    Ok(Some(NodeIpv6Config {
+        gateway,
+        pod_cidr: Some(cidr),
+    }))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let config = Config::parse();
@@ -139,13 +184,18 @@ async fn main() -> anyhow::Result<()> {
         "--node-lease-ttl {} must be between 5 and 3600 seconds",
         config.node_lease_ttl
     );
+    kino_agent::endpoint::veth::validate_mtu(config.endpoint_mtu, false)
+        .map_err(|e| anyhow::anyhow!("--endpoint-mtu (KINO_ENDPOINT_MTU): {e}"))?;
     let connect = |flag: &str, target: &str| {
         kino_service_kit::connect_lazy(target, &config.upstream_tls)
             .with_context(|| format!("checking {flag} {target:?}"))
     };
     let datastore = DatastoreServiceClient::new(connect("--datastore", &config.datastore)?);
     let mut ipam = IpamServiceClient::new(connect("--ipam", &config.ipam)?);
-    let policy = PolicyServiceClient::new(connect("--policy", &config.policy)?);
+    // A snapshot of the policy stream carries every entry of the node's identities: far
+    // more than tonic's default 4 MiB per message at 100 000 entries.
+    let policy = PolicyServiceClient::new(connect("--policy", &config.policy)?)
+        .max_decoding_message_size(1 << 30);
 
     // One signal handler for start-up and both servers, so a SIGTERM at any moment stops.
     let mut terminate =
@@ -167,6 +217,11 @@ async fn main() -> anyhow::Result<()> {
     };
 
     let start_time = prost_types::Timestamp::from(std::time::SystemTime::now());
+    let flow_observer = Arc::new(FlowObserver::new(
+        &node,
+        config.flow_ring_capacity,
+        kino_agent::flows::observer::DEFAULT_FOLLOWER_BUFFER,
+    ));
     let bring_up = async {
         // The node's pod CIDR: idempotent, so a restarted agent gets the same block.
         let allocation = retry("getting this node's pod CIDR from IPAM", || {
@@ -206,6 +261,21 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await?;
+        // Dual-stack pool: IPv6 on kino_host too. A node that cannot (no IPv6 in its
+        // kernel) still serves IPv4: its pods get IPv4 only.
+        let gateway_v6 = match ipv6_block(&allocation)? {
+            None => None,
+            Some(ipv6) => match ensure_node_ipv6(&netlink, &ipv6).await {
+                Ok(()) => {
+                    tracing::info!(pod_cidr = ?ipv6.pod_cidr.map(|c| c.to_string()), gateway = %ipv6.gateway, "IPv6 pod CIDR set up");
+                    Some(ipv6.gateway)
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot set up IPv6 on {HOST_DEVICE}; pods get IPv4 only");
+                    None
+                }
+            },
+        };
         let datapath = Datapath::load(&config.bpf_pin_root, &node).with_context(|| {
             format!(
                 "loading the eBPF datapath (pins under {})",
@@ -213,6 +283,13 @@ async fn main() -> anyhow::Result<()> {
             )
         })?;
         let adoption = datapath.adoption().clone();
+        if config.conntrack_gc_interval > 0 {
+            // Its own handle on the pinned map: a pass never holds up endpoint changes.
+            let conntrack = kino_agent::datapath::ConntrackMap::open_pinned(datapath.pin_dir())
+                .context("opening the conntrack map for its GC")?;
+            tokio::spawn(conntrack.gc_every(Duration::from_secs(config.conntrack_gc_interval)));
+        }
+        let pin_dir = datapath.pin_dir().to_owned();
         let datapath_detail = format!(
             "programs loaded, maps pinned at {} ({} maps reused, {} links adopted)",
             datapath.pin_dir().display(),
@@ -223,13 +300,14 @@ async fn main() -> anyhow::Result<()> {
             ManagerConfig {
                 node: node.clone(),
                 pool: config.ipam_pool.clone(),
-                mtu: 0,
+                mtu: config.endpoint_mtu,
                 ipam_target: config.ipam.clone(),
                 datastore_target: config.datastore.clone(),
                 policy_target: config.policy.clone(),
             },
             NodeNetwork {
                 gateway_v4: gateway,
+                gateway_v6,
                 pod_cidrs,
             },
             Peers {
@@ -243,6 +321,10 @@ async fn main() -> anyhow::Result<()> {
             datapath,
         )?);
         let (adopted, removed) = manager.restore().await?;
+        // Flows: the datapath's event ring, read and enriched for kino.flow.v1.
+        let directory = Arc::new(AgentDirectory::new(manager.clone(), &pin_dir));
+        kino_agent::flows::start(flow_observer.clone(), &pin_dir, directory)
+            .context("starting the flow observer")?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
         // The compiler's policy for this node's endpoints, applied as it streams.
         tokio::spawn(kino_agent::policy_sync::run(manager.clone()));
@@ -264,7 +346,12 @@ async fn main() -> anyhow::Result<()> {
         };
         let info = AgentInfo {
             devices: vec![
-                device(&devices.host, vec![format!("{gateway}/32")]),
+                device(
+                    &devices.host,
+                    std::iter::once(format!("{gateway}/32"))
+                        .chain(gateway_v6.map(|g| format!("{g}/128")))
+                        .collect(),
+                ),
                 device(&devices.net, Vec::new()),
             ],
             peers: HashMap::from([
@@ -281,6 +368,7 @@ async fn main() -> anyhow::Result<()> {
             net = NET_DEVICE,
             "node devices and datapath ready"
         );
+        kino_agent::metrics::install(manager.clone(), flow_observer.counters());
         anyhow::Ok(AgentGrpc::new(manager, info))
     };
     let api = tokio::select! {
@@ -296,6 +384,7 @@ async fn main() -> anyhow::Result<()> {
     // Bind both before serving either: a taken address fails start-up with nothing served.
     let api_listener = Listener::bind(&ListenAddr::Unix(socket)).await?;
     let flow_listener = Listener::bind(&config.flow_listen).await?;
+    let _metrics = kino_telemetry::metrics::serve("kino-agent", config.metrics_address).await?;
     tracing::info!(%node, "kino-agent ready: serving the local API and the flow observer");
     let api = ServeSpec::on_listener("kino-agent", api_listener)
         .with_shutdown(stopped())
@@ -303,7 +392,7 @@ async fn main() -> anyhow::Result<()> {
     let flows = ServeSpec::on_listener("kino-agent-flows", flow_listener)
         .with_tls(config.tls)
         .with_shutdown(stopped())
-        .add_service(FlowGrpc::new().into_server());
+        .add_service(FlowGrpc::new(flow_observer.clone()).into_server());
     // If one server fails, the other is dropped (which also removes the socket file).
     tokio::try_join!(serve(api), serve(flows))?;
     Ok(())

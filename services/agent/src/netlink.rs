@@ -13,6 +13,9 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMess
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+mod tc;
+pub use tc::{BpfFilter, TcHook};
+
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub struct MacAddr(pub [u8; 6]);
@@ -238,13 +241,15 @@ impl Netlink {
 
     /// Creates a veth pair `name` ↔ `peer`. The peer is created directly in the network
     /// namespace `peer_netns` when given (so its name cannot clash with a link of this one),
-    /// with the MAC `peer_mac` when given.
+    /// with the MAC `peer_mac` when given, both ends with the MTU `mtu` when given (in the
+    /// same request: no extra round trip).
     pub async fn add_veth(
         &self,
         name: &str,
         peer: &str,
         peer_netns: Option<BorrowedFd<'_>>,
         peer_mac: Option<MacAddr>,
+        mtu: Option<u32>,
     ) -> Result<(), NetlinkError> {
         let mut peer_message = LinkMessageBuilder::<LinkUnspec>::new().name(peer.to_owned());
         if let Some(fd) = peer_netns {
@@ -253,7 +258,12 @@ impl Netlink {
         if let Some(mac) = peer_mac {
             peer_message = peer_message.address(mac.0.to_vec());
         }
-        let message = LinkVeth::new(name, peer)
+        let mut host = LinkVeth::new(name, peer);
+        if let Some(mtu) = mtu {
+            peer_message = peer_message.mtu(mtu);
+            host = host.mtu(mtu);
+        }
+        let message = host
             .set_info_data(rtnetlink::packet_route::link::InfoData::Veth(
                 rtnetlink::packet_route::link::InfoVeth::Peer(peer_message.build()),
             ))
@@ -305,6 +315,35 @@ impl Netlink {
             Err(e) => {
                 let e = nl_err(format!(
                     "add address {address}/{prefix_len} on link #{index}"
+                ))(e);
+                if e.is_exists() { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Adds the IPv6 address `address/prefix_len` on link `index` without duplicate address
+    /// detection (`nodad`), so it is usable at once instead of "tentative" for a second;
+    /// already present is fine.
+    pub async fn add_address_v6_nodad(
+        &self,
+        index: u32,
+        address: Ipv6Addr,
+        prefix_len: u8,
+    ) -> Result<(), NetlinkError> {
+        use rtnetlink::packet_route::address::{
+            AddressAttribute, AddressFlags, AddressHeaderFlags,
+        };
+        let mut request = self.handle.address().add(index, address.into(), prefix_len);
+        let message = request.message_mut();
+        message.header.flags = AddressHeaderFlags::Nodad;
+        message
+            .attributes
+            .push(AddressAttribute::Flags(AddressFlags::Nodad));
+        match request.execute().await {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let e = nl_err(format!(
+                    "add address {address}/{prefix_len} (nodad) on link #{index}"
                 ))(e);
                 if e.is_exists() { Ok(()) } else { Err(e) }
             }

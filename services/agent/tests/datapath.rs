@@ -13,7 +13,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use kino_agent::datapath::loader::{DEFAULT_PIN_ROOT, ensure_bpffs};
-use kino_agent::datapath::{Datapath, DropReason, EndpointCounters};
+use kino_agent::datapath::{AttachChange, Datapath, DropReason, EndpointCounters};
 use kino_agent::devices::{HOST_DEVICE, NET_DEVICE, NodeDevicesConfig, ensure_node_devices};
 use kino_agent::endpoint::{
     EndpointError, EndpointSpec, VethRequest, create_endpoint, delete_endpoint, lxc_name,
@@ -187,6 +187,7 @@ impl Pod {
                 gateway_v4: gateway,
                 gateway_v6: None,
                 mac: None,
+                mtu: None,
             },
         }
     }
@@ -307,7 +308,36 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
             assert!(lxc.up);
         }
         assert_eq!(datapath.maps().list().expect("list").len(), 3);
-        assert_eq!(datapath.attachments().expect("attachments").len(), 3);
+        let attachments = datapath.attachments(&netlink).await.expect("attachments");
+        assert_eq!(attachments.len(), 3, "{attachments:?}");
+        for attachment in &attachments {
+            assert_eq!(attachment.mode(), "tc", "{attachment:?}");
+            assert!(attachment.complete(), "{attachment:?}");
+        }
+        // Classic tc filters, named so a restarted agent finds them; nothing pinned.
+        let filters = run(&[
+            "ip",
+            "netns",
+            "exec",
+            &node_ns,
+            "tc",
+            "filter",
+            "show",
+            "dev",
+            &pods[0].lxc(),
+            "ingress",
+        ]);
+        let filters = String::from_utf8_lossy(&filters.stdout);
+        assert!(
+            filters.contains("kino_from_container") && filters.contains("direct-action"),
+            "{filters}"
+        );
+        assert_eq!(
+            std::fs::read_dir(pin_root.join(&node_name).join("links"))
+                .expect("links dir")
+                .count(),
+            0
+        );
         let (a, b, c) = (&pods[0], &pods[1], &pods[2]);
 
         // Pod to pod (local delivery by redirect) and pod to node (through the stack).
@@ -426,8 +456,30 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
             kino_agent::datapath::maps::ALL_MAPS.len(),
             "{adoption:?}"
         );
-        assert_eq!(adoption.links_adopted.len(), 6, "{adoption:?}");
+        // tc filters need no pins: there are no links to adopt at load ...
+        assert!(adoption.links_adopted.is_empty(), "{adoption:?}");
         assert!(adoption.stale_links_removed.is_empty(), "{adoption:?}");
+        // ... the restore adopts each known lxc's filters: the same program over the same
+        // maps, so they are kept as they are.
+        for pod in &pods {
+            let lxc = netlink
+                .link_by_name(&pod.lxc())
+                .await
+                .expect("lookup")
+                .expect("lxc");
+            let adopted = datapath
+                .adopt_endpoint(&netlink, &pod.lxc(), lxc.index)
+                .await
+                .expect("adopting the filters");
+            assert_eq!(adopted.mode(), "tc", "{adopted:?}");
+            assert!(
+                adopted
+                    .hooks
+                    .iter()
+                    .all(|h| h.change == Some(AttachChange::Kept)),
+                "{adopted:?}"
+            );
+        }
         let listed: Vec<u32> = datapath
             .maps()
             .list()
@@ -459,7 +511,8 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
         assert!(datapath.maps().get(c.ip).expect("lookup").is_none());
         assert!(
             datapath
-                .attachments()
+                .attachments(&netlink)
+                .await
                 .expect("attachments")
                 .iter()
                 .all(|l| l.lxc_name != c.lxc())
@@ -478,7 +531,8 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
         wait_until_gone(&netlink, &b.lxc()).await;
         assert!(datapath.maps().get(b.ip).expect("lookup").is_none());
         let left: Vec<String> = datapath
-            .attachments()
+            .attachments(&netlink)
+            .await
             .expect("attachments")
             .into_iter()
             .map(|l| l.lxc_name)
@@ -540,6 +594,7 @@ fn a_failed_endpoint_leaves_nothing_behind() {
                 gateway_v4: gateway,
                 gateway_v6: None,
                 mac: None,
+                mtu: None,
             },
         };
 
@@ -576,7 +631,13 @@ fn a_failed_endpoint_leaves_nothing_behind() {
             );
         }
         assert!(datapath.maps().list().expect("list").is_empty());
-        assert!(datapath.attachments().expect("attachments").is_empty());
+        assert!(
+            datapath
+                .attachments(&netlink)
+                .await
+                .expect("attachments")
+                .is_empty()
+        );
         // Nothing left in the pod either: no eth0, its own default route intact.
         let links = run(&["ip", "netns", "exec", &pod_name, "ip", "-o", "link"]);
         let links = String::from_utf8_lossy(&links.stdout);

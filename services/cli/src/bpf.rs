@@ -297,6 +297,7 @@ pub fn render_endpoints(entries: &[BpfEndpointEntry]) -> String {
                 e.mac.clone(),
                 e.node_mac.clone(),
                 identity_text(e.identity),
+                e.attach_mode.clone(),
             ]
         })
         .collect();
@@ -308,6 +309,7 @@ pub fn render_endpoints(entries: &[BpfEndpointEntry]) -> String {
             "MAC",
             "NODE MAC",
             "IDENTITY",
+            "ATTACH",
         ],
         &rows,
     )

@@ -3,8 +3,8 @@
 //! [`status`] (`kino status`), [`endpoint`] (`kino endpoint list/get`) and [`bpf`] (`kino bpf
 //! endpoint|ipcache|policy|ct list`), both from the agent over [`agent`], [`ipam`] (`kino ipam pools/allocations`), [`policy`] (`kino policy
 //! import/validate/get/list/delete/trace`) and [`identity`] (`kino identity list/get`, both
-//! from kino-policy-compiler over [`compiler`]) work now; the other groups the design names
-//! are [`pending`] and say which issue brings them.
+//! from kino-policy-compiler over [`compiler`]) and [`observe`] (`kino observe`, flows from
+//! the agent's flow observer) are every group the design names.
 
 #![warn(missing_docs)]
 
@@ -15,7 +15,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod ipam;
 pub mod labels;
-pub mod pending;
+pub mod observe;
 pub mod policy;
 pub mod proto_json;
 pub mod status;

@@ -3,18 +3,17 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kino_cli::compiler::CompilerTarget;
 use kino_cli::ipam::IpamArgs;
-use kino_cli::pending::PendingGroup;
 use kino_cli::status::{Targets, components, probe_all};
 use kino_service_kit::ClientTlsArgs;
 use kino_telemetry::{LogArgs, LogFormat};
 
 /// Exit status when a component is not SERVING (or a command failed).
 const EXIT_FAILURE: u8 = 1;
-/// Exit status of a command that is not implemented yet (and of usage errors).
-const EXIT_NOT_IMPLEMENTED: u8 = 2;
+/// Exit status of usage errors.
+const EXIT_USAGE: u8 = 2;
 
 /// Operate a Kinocilium suite: status, endpoints, policies, identities, IPAM, BPF maps, flows.
 #[derive(Parser, Debug)]
@@ -65,9 +64,10 @@ struct GlobalArgs {
         default_value = "/run/kino/agent.sock"
     )]
     agent: String,
-    /// The agent's flow observer.
+    /// The agent's flow observer (`kino observe --server`).
     #[arg(
         long,
+        visible_alias = "server",
         global = true,
         env = "KINO_FLOW",
         default_value = "127.0.0.1:7404"
@@ -89,6 +89,10 @@ enum Output {
     Json,
     /// YAML: the policy documents as imported (`kino policy get|list` only).
     Yaml,
+    /// One line per flow (`kino observe`; what `table` means there).
+    Compact,
+    /// One GetFlowsResponse JSON object per line, lost events included (`kino observe`).
+    Jsonpb,
 }
 
 #[derive(Subcommand, Debug)]
@@ -105,15 +109,8 @@ enum Command {
     Ipam(IpamArgs),
     /// The agent's BPF maps: endpoints, ipcache, policy, conntrack.
     Bpf(kino_cli::bpf::BpfArgs),
-    /// Flows seen by the agent (not implemented yet: issue #6).
-    Observe(PendingArgs),
-}
-
-/// Whatever follows a command group that is not implemented yet.
-#[derive(Args, Debug)]
-struct PendingArgs {
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, hide = true)]
-    rest: Vec<String>,
+    /// Flows seen by the agent's flow observer, filtered (Hubble's `hubble observe`).
+    Observe(Box<kino_cli::observe::ObserveArgs>),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -134,7 +131,12 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let cli = Cli::parse();
+    // The matches are kept: `kino observe --not` needs the order of the flags.
+    let matches = Cli::command().get_matches();
+    let cli = match Cli::from_arg_matches(&matches) {
+        Ok(cli) => cli,
+        Err(e) => e.exit(),
+    };
     // Quiet by default: the output is the table; KINO_LOG=debug shows the RPCs.
     let log = LogArgs {
         log_format: LogFormat::Pretty,
@@ -147,13 +149,20 @@ async fn main() -> ExitCode {
             return ExitCode::from(EXIT_FAILURE);
         }
     };
+    let observe = matches!(cli.command, Command::Observe(_));
+    if matches!(cli.global.output, Output::Compact | Output::Jsonpb) && !observe {
+        eprintln!(
+            "error: -o compact and -o jsonpb are for `kino observe`; use -o table or -o json"
+        );
+        return ExitCode::from(EXIT_USAGE);
+    }
     if cli.global.output == Output::Yaml && !matches!(cli.command, Command::Policy(_)) {
         eprintln!(
             "error: -o yaml is for `kino policy get|list` (the policy documents); use -o json"
         );
-        return ExitCode::from(EXIT_NOT_IMPLEMENTED);
+        return ExitCode::from(EXIT_USAGE);
     }
-    let group = match cli.command {
+    match cli.command {
         Command::Status => return status(&cli.global).await,
         Command::Endpoint(args) => {
             let json = cli.global.output == Output::Json;
@@ -177,10 +186,21 @@ async fn main() -> ExitCode {
             let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
             return kino_cli::bpf::execute(&args, agent, timeout, json).await;
         }
-        Command::Observe(_) => PendingGroup::Observe,
-    };
-    eprintln!("error: {}", group.error());
-    ExitCode::from(EXIT_NOT_IMPLEMENTED)
+        Command::Observe(args) => {
+            let format = match cli.global.output {
+                Output::Json => kino_cli::observe::Format::Json,
+                Output::Jsonpb => kino_cli::observe::Format::Jsonpb,
+                _ => kino_cli::observe::Format::Compact,
+            };
+            let target = kino_cli::observe::ObserverTarget {
+                address: &cli.global.flows,
+                tls: &cli.global.upstream_tls,
+                timeout: cli.global.timeout,
+            };
+            kino_cli::observe::execute(&args, matches.subcommand_matches("observe"), target, format)
+                .await
+        }
+    }
 }
 
 fn compiler_target(global: &GlobalArgs) -> CompilerTarget<'_> {
@@ -193,7 +213,7 @@ fn compiler_target(global: &GlobalArgs) -> CompilerTarget<'_> {
 
 fn output_format(global: &GlobalArgs) -> kino_cli::policy::OutputFormat {
     match global.output {
-        Output::Table => kino_cli::policy::OutputFormat::Table,
+        Output::Table | Output::Compact | Output::Jsonpb => kino_cli::policy::OutputFormat::Table,
         Output::Json => kino_cli::policy::OutputFormat::Json,
         Output::Yaml => kino_cli::policy::OutputFormat::Yaml,
     }
@@ -234,7 +254,9 @@ async fn status(global: &GlobalArgs) -> ExitCode {
     };
     let report = probe_all(&components(&targets), &global.upstream_tls, global.timeout).await;
     match global.output {
-        Output::Table | Output::Yaml => print!("{}", report.render_table()),
+        Output::Table | Output::Yaml | Output::Compact | Output::Jsonpb => {
+            print!("{}", report.render_table())
+        }
         Output::Json => println!("{}", report.to_json()),
     }
     if report.healthy {
@@ -363,9 +385,42 @@ mod tests {
     }
 
     #[test]
-    fn pending_groups_take_any_arguments() {
+    fn observe_parses_with_its_server_and_formats() {
         let cli = Cli::try_parse_from(["kino", "observe", "--all", "-o", "json"]).expect("parses");
         assert!(matches!(cli.command, Command::Observe(_)));
+        let cli = Cli::try_parse_from([
+            "kino",
+            "observe",
+            "--verdict",
+            "DROPPED",
+            "-f",
+            "--server",
+            "unix:/tmp/flows.sock",
+            "-o",
+            "jsonpb",
+        ])
+        .expect("parses");
+        assert_eq!(cli.global.flows, "unix:/tmp/flows.sock");
+        assert_eq!(cli.global.output, Output::Jsonpb);
+        let matches = Cli::command()
+            .try_get_matches_from([
+                "kino",
+                "observe",
+                "--not",
+                "--namespace",
+                "kube-system",
+                "-o",
+                "compact",
+            ])
+            .expect("parses");
+        let cli = Cli::from_arg_matches(&matches).expect("parses");
+        let Command::Observe(args) = cli.command else {
+            panic!("observe");
+        };
+        let request = args
+            .request(matches.subcommand_matches("observe"))
+            .expect("a request");
+        assert_eq!(request.blacklist.len(), 2);
         let cli = Cli::try_parse_from(["kino", "-o", "json", "status"]).expect("parses");
         assert_eq!(cli.global.output, Output::Json);
     }

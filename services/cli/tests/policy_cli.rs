@@ -72,6 +72,8 @@ impl Service {
         let child = Command::new(&binary)
             .args(args)
             .args(["--log-format", "json"])
+            // The default metrics ports would collide between tests running in parallel.
+            .args(["--metrics-address", "off"])
             .env("KINO_LOG", "info")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))

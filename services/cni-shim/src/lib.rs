@@ -86,15 +86,23 @@ async fn handle(
         cni.container_id = env.container_id.as_deref().unwrap_or(""),
         cni.ifname = env.ifname.as_deref().unwrap_or(""),
         cni.netns = env.netns.as_deref().unwrap_or(""),
+        // ADD fills these in as it learns them (CNI_ARGS, then the agent's answer).
+        k8s.pod.name = tracing::field::Empty,
+        k8s.namespace.name = tracing::field::Empty,
+        k8s.node.name = tracing::field::Empty,
+        endpoint.id = tracing::field::Empty,
+        endpoint.ips = tracing::field::Empty,
+        endpoint.interface = tracing::field::Empty,
         cni.error_code = tracing::field::Empty,
-        otel.status_code = tracing::field::Empty,
-        cni.error = tracing::field::Empty,
+        cni.error_details = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     );
     let outcome = dispatch(&env, &config).instrument(span.clone()).await;
     if let Err(error) = &outcome {
         span.record("cni.error_code", error.code.code());
-        span.record("otel.status_code", "ERROR");
-        span.record("cni.error", error.msg.as_str());
+        span.record("cni.error_details", error.details.as_str());
+        // Marks the span as failed, with the message Jaeger shows.
+        span.record("otel.status_description", error.msg.as_str());
     }
     outcome
 }
@@ -114,6 +122,13 @@ async fn dispatch(env: &CniEnv, config: &NetworkConfig) -> Result<String, CniErr
 /// ADD: everything is checked before the agent is asked, so a bad request changes nothing.
 async fn add(env: &CniEnv, config: &NetworkConfig, agent: &Agent) -> Result<String, CniError> {
     let args = CniArgs::parse(env.args.as_deref())?;
+    let span = tracing::Span::current();
+    if let Some(pod) = &args.pod_name {
+        span.record("k8s.pod.name", pod.as_str());
+    }
+    if let Some(namespace) = &args.pod_namespace {
+        span.record("k8s.namespace.name", namespace.as_str());
+    }
     let params = AddParams::new(&args, &config.raw)?;
     let prev = config
         .prev_result()
@@ -148,7 +163,14 @@ async fn add(env: &CniEnv, config: &NetworkConfig, agent: &Agent) -> Result<Stri
             "no interface named {ifname} inside the pod in the result"
         )));
     }
+    let ips: Vec<&str> = response.ips.iter().map(|ip| ip.address.as_str()).collect();
+    span.record("endpoint.ips", ips.join(",").as_str());
     if let Some(endpoint) = &response.endpoint {
+        span.record("endpoint.id", endpoint.id);
+        span.record("k8s.node.name", endpoint.node_name.as_str());
+        if let Some(networking) = &endpoint.networking {
+            span.record("endpoint.interface", networking.interface_name.as_str());
+        }
         tracing::info!(
             endpoint.id = endpoint.id,
             lxc = endpoint

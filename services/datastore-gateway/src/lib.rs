@@ -2,11 +2,14 @@
 //!
 //! [`Gateway`] validates requests, maps resources onto store keys and shares watches between
 //! clients; [`store::Store`] is the backend (embedded redb file or etcd); `grpc` adapts the
-//! `kino.datastore.v1` API onto the gateway.
+//! `kino.datastore.v1` API onto the gateway; [`metrics`] describes it to Prometheus.
 
 pub mod grpc;
+pub mod metrics;
 pub mod resource;
 pub mod store;
+#[cfg(feature = "testing")]
+pub mod testing;
 pub mod watch_hub;
 
 use std::sync::Arc;
@@ -269,6 +272,15 @@ impl Gateway {
             );
         }
         Ok(self.store.compact(revision).await?)
+    }
+
+    /// Number of resources of every kind (for metrics).
+    pub async fn resource_counts(&self) -> Result<Vec<(&'static str, u64)>, GatewayError> {
+        let mut counts = Vec::with_capacity(resource::KINDS.len());
+        for kind in resource::KINDS {
+            counts.push((*kind, self.store.count(&format!("{kind}/")).await?));
+        }
+        Ok(counts)
     }
 
     /// Store status and watch fan-out.

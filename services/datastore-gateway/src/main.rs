@@ -10,9 +10,11 @@ use kino_datastore_gateway::grpc::DatastoreGrpc;
 use kino_datastore_gateway::store::Store;
 use kino_datastore_gateway::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use kino_datastore_gateway::store::etcd::{EtcdOptions, EtcdStore};
+use kino_datastore_gateway::store::instrumented::InstrumentedStore;
 use kino_datastore_gateway::{Gateway, Limits};
 use kino_service_kit::{ListenAddr, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
+use kino_telemetry::metrics::MetricsAddress;
 
 /// Which store backs the gateway.
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -68,6 +70,13 @@ struct Config {
     /// Recent events per kind kept in memory for watchers that resume.
     #[arg(long, env = "KINO_WATCH_BUFFER_EVENTS", default_value_t = 10_000)]
     watch_buffer_events: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
+    #[arg(
+        long,
+        env = "KINO_DATASTORE_METRICS_ADDRESS",
+        default_value = "127.0.0.1:9401"
+    )]
+    metrics_address: MetricsAddress,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
@@ -104,11 +113,20 @@ async fn main() -> anyhow::Result<()> {
             .await?,
         ),
     };
+    let backend = match config.backend {
+        Backend::Embedded => "embedded",
+        Backend::Etcd => "etcd",
+    };
+    // Every store call becomes a span of the request that made it, and is timed.
+    let store: Arc<dyn Store> = Arc::new(InstrumentedStore::new(store, backend));
     let limits = Limits {
         max_value_bytes: config.max_value_bytes,
         watch_buffer_events: config.watch_buffer_events,
     };
     let gateway = Arc::new(Gateway::new(store, limits));
+    kino_datastore_gateway::metrics::install(gateway.clone());
+    let _metrics =
+        kino_telemetry::metrics::serve("kino-datastore-gateway", config.metrics_address).await?;
     tracing::info!(backend = ?config.backend, "datastore gateway ready");
     serve(
         ServeSpec::new("kino-datastore-gateway", config.listen)

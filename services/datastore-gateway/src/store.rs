@@ -8,6 +8,7 @@
 
 pub mod embedded;
 pub mod etcd;
+pub mod instrumented;
 
 use std::fmt;
 
@@ -177,6 +178,9 @@ pub trait Store: Send + Sync + 'static {
         after: Option<&str>,
         limit: usize,
     ) -> Result<ListPage, StoreError>;
+
+    /// Number of keys starting with `prefix` (for metrics; reads no values).
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError>;
 
     /// Creates a key; `AlreadyExists` if present. `lease` 0 for none.
     async fn create(

@@ -10,15 +10,32 @@
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use futures::StreamExt;
 use tokio::sync::{broadcast, mpsc};
 use tokio_stream::wrappers::ReceiverStream;
 
+use crate::metrics::WATCH_LAG;
 use crate::resource::Selector;
 use crate::store::{ChangeKind, EventStream, Store, StoreError, StoreEvent, StoredObject};
 
-type Batch = Arc<Vec<StoreEvent>>;
+type Batch = Arc<HubBatch>;
+
+/// One batch of changes from the shared backend watch, with when it arrived (for the watch
+/// lag metric).
+struct HubBatch {
+    events: Vec<StoreEvent>,
+    received: Instant,
+}
+
+impl std::ops::Deref for HubBatch {
+    type Target = Vec<StoreEvent>;
+
+    fn deref(&self) -> &Vec<StoreEvent> {
+        &self.events
+    }
+}
 
 /// Fan-out statistics of one kind.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -271,7 +288,10 @@ async fn pump(hub: Arc<KindHub>, mut backend: EventStream, capacity: usize) {
                 for event in &mut batch {
                     state.remember(event);
                 }
-                let batch = Arc::new(batch);
+                let batch = Arc::new(HubBatch {
+                    events: batch,
+                    received: Instant::now(),
+                });
                 state.ring_events += batch.len();
                 state.ring.push_back(batch.clone());
                 while state.ring_events > capacity && state.ring.len() > 1 {
@@ -335,6 +355,7 @@ impl SharedFeed {
                     if !send_selected(&batch, &self.selector, &tx).await {
                         return;
                     }
+                    WATCH_LAG.observe(batch.received.elapsed().as_secs_f64());
                 }
                 Err(broadcast::error::RecvError::Lagged(_)) => match self.hub.join(next) {
                     Joined::Shared(backlog, fresh) => {

@@ -140,6 +140,10 @@ mod cases {
         assert_eq!(third.objects[4].key, "IPPool//p24");
         assert!(!third.more);
         assert_eq!(third.objects[4].value, vec![24u8]);
+        // Counting reads the same key range, without the values.
+        assert_eq!(s.count("IPPool/").await.unwrap(), 25);
+        assert_eq!(s.count("IPPoolX/").await.unwrap(), 1);
+        assert_eq!(s.count("Policy/").await.unwrap(), 0);
 
         let exact = s.list("IPPool/", None, 25).await.unwrap();
         assert_eq!(exact.objects.len(), 25);

@@ -17,6 +17,7 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::{InvalidField, IpamError};
+use crate::metrics::ADDRESSES;
 use crate::owner::Owner;
 use crate::pool::{DEFAULT_POOL, PoolConfig, RawFamily, validate_node_name, validate_pool_name};
 use crate::prefix::Family;
@@ -331,6 +332,20 @@ impl IpamService for IpamGrpc {
                 ));
             }
         };
+        // The allocation's own span, so a pod's trace shows what IPAM gave it.
+        let span = tracing::info_span!(
+            "ipam.allocate",
+            otel.name = "IPAM allocate",
+            ipam.pool = %pool,
+            ipam.node = %request.node,
+            ipam.family = family.name(),
+            container.id = %owner.container_id,
+            k8s.pod.name = %owner.pod_name,
+            k8s.namespace.name = %owner.pod_namespace,
+            ipam.address = tracing::field::Empty,
+            ipam.existing = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
         let args = AllocateArgs {
             node: request.node,
             pool,
@@ -339,7 +354,24 @@ impl IpamService for IpamGrpc {
             requested,
         };
         let ipam = self.ipam.clone();
-        let done = detached(async move { ipam.allocate(args).await }).await?;
+        let done = match detached(async move { ipam.allocate(args).await })
+            .instrument(span.clone())
+            .await
+        {
+            Ok(done) => done,
+            Err(status) => {
+                span.record("otel.status_description", status.message());
+                return Err(status);
+            }
+        };
+        span.record("ipam.address", done.allocation.address.to_string());
+        span.record("ipam.existing", done.existing);
+        if !done.existing {
+            ADDRESSES
+                .allocations
+                .with_label_values(&[&done.allocation.pool, family.name()])
+                .inc();
+        }
         tracing::debug!(address = %done.allocation.address, node = %done.allocation.node,
             owner = %done.allocation.owner, existing = done.existing, "allocated");
         Ok(Response::new(pb::AllocateResponse {
@@ -370,6 +402,12 @@ impl IpamService for IpamGrpc {
         };
         let ipam = self.ipam.clone();
         let released = detached(async move { ipam.release(target).await }).await?;
+        for allocation in &released {
+            ADDRESSES
+                .releases
+                .with_label_values(&[&allocation.pool, allocation.family().name()])
+                .inc();
+        }
         Ok(Response::new(pb::ReleaseResponse {
             released: released.iter().map(Spec::to_proto).collect(),
         }))

@@ -10,13 +10,14 @@
 //! - [`persistence`]: the datastore client and record names.
 //! - [`service`]: [`service::Ipam`], the protocols over the datastore.
 //! - [`node_watch`]: gives back the blocks of deleted nodes.
-//! - [`grpc`]: the `kino.ipam.v1` adapter.
+//! - [`grpc`]: the `kino.ipam.v1` adapter; [`metrics`]: what Prometheus sees.
 
 #![warn(missing_docs)]
 
 pub mod allocator;
 pub mod error;
 pub mod grpc;
+pub mod metrics;
 pub mod node_watch;
 pub mod owner;
 pub mod persistence;

@@ -13,6 +13,7 @@ use kino_ipam::service::DefaultPoolOutcome;
 use kino_ipam::{Ipam, IpamError, IpamOptions};
 use kino_service_kit::{ClientTlsArgs, ListenAddr, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
+use kino_telemetry::metrics::MetricsAddress;
 
 /// IP address management: pools, per-node pod CIDRs, per-endpoint IPs.
 #[derive(Parser, Debug)]
@@ -67,6 +68,13 @@ struct Config {
     /// request takes it over (its replica is presumed dead).
     #[arg(long, env = "KINO_IPAM_CLAIM_TAKEOVER_SECONDS", default_value_t = 3.0)]
     claim_takeover_seconds: f64,
+    /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
+    #[arg(
+        long,
+        env = "KINO_IPAM_METRICS_ADDRESS",
+        default_value = "127.0.0.1:9402"
+    )]
+    metrics_address: MetricsAddress,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
@@ -136,6 +144,8 @@ async fn main() -> anyhow::Result<()> {
         tokio::spawn(ensure_default_pool(ipam.clone(), pool));
     }
     tokio::spawn(kino_ipam::node_watch::release_deleted_nodes(ipam.clone()));
+    kino_ipam::metrics::install(ipam.clone());
+    let _metrics = kino_telemetry::metrics::serve("kino-ipam", config.metrics_address).await?;
     tracing::info!(datastore = %config.datastore, "kino-ipam ready");
     serve(
         ServeSpec::new("kino-ipam", config.listen)

@@ -4,14 +4,13 @@
 
 use std::net::IpAddr;
 
-use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
-use kino_api::datastore::{
-    CreateRequest, DeleteRequest, GetRequest, ListRequest, Resource, ResourceKey, UpdateRequest,
-    WatchRequest, WatchResponse,
-};
+use kino_api::datastore::{Resource, WatchResponse};
 use kino_service_kit::TracedChannel;
+use kino_service_kit::records::{
+    RecordClient, RecordFailure, WriteOutcome, new_resource, spec_bytes,
+};
 use prost::Message;
-use tonic::{Code, Status};
+use tonic::Status;
 
 use crate::error::IpamError;
 use crate::owner::CLAIM_PREFIX;
@@ -21,7 +20,7 @@ use crate::records::{Allocation, Claim, NodeBlocks, Pool, Spec};
 /// Name prefix of block-claim records (NodeAllocation kind, namespace = pool).
 pub const BLOCK_PREFIX: &str = "block:";
 /// Largest page the gateway serves.
-pub const MAX_PAGE: i32 = 5000;
+pub use kino_service_kit::records::MAX_PAGE;
 
 /// A record with its datastore metadata.
 #[derive(Clone, Debug)]
@@ -93,15 +92,14 @@ pub fn block_record_name(block: &IpPrefix) -> String {
 /// The datastore client of kino-ipam.
 #[derive(Clone, Debug)]
 pub struct Datastore {
-    client: DatastoreServiceClient<TracedChannel>,
+    records: RecordClient,
 }
 
 impl Datastore {
     /// Uses `channel` to the gateway.
     pub fn new(channel: TracedChannel) -> Self {
         Datastore {
-            client: DatastoreServiceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024),
+            records: RecordClient::new(channel),
         }
     }
 
@@ -111,16 +109,10 @@ impl Datastore {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Versioned<T>>, IpamError> {
-        let request = GetRequest {
-            key: Some(key(T::KIND, namespace, name)),
-        };
-        match self.client.clone().get(request).await {
-            Ok(response) => {
-                let resource = response.into_inner().resource.unwrap_or_default();
-                decode(&resource).map(Some)
-            }
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(failed(T::KIND, namespace, name, &status)),
+        match self.records.get(T::KIND, namespace, name).await {
+            Ok(Some(resource)) => decode(&resource).map(Some),
+            Ok(None) => Ok(None),
+            Err(failure) => Err(failed(failure)),
         }
     }
 
@@ -132,13 +124,11 @@ impl Datastore {
         value: &T,
         lease: i64,
     ) -> Result<Versioned<T>, WriteError> {
-        let request = CreateRequest {
-            resource: Some(resource(namespace, name, value, lease)),
-        };
-        match self.client.clone().create(request).await {
-            Ok(response) => stored(response.into_inner().resource, value),
-            Err(status) => Err(write_error::<T>(namespace, name, status)),
-        }
+        self.records
+            .create(resource(namespace, name, value, lease))
+            .await
+            .map(|stored| with_value(stored, value))
+            .map_err(WriteError::from)
     }
 
     /// Replaces a record if it is still at `expected_revision`.
@@ -150,14 +140,11 @@ impl Datastore {
         lease: i64,
         expected_revision: i64,
     ) -> Result<Versioned<T>, WriteError> {
-        let request = UpdateRequest {
-            resource: Some(resource(namespace, name, value, lease)),
-            expected_revision,
-        };
-        match self.client.clone().update(request).await {
-            Ok(response) => stored(response.into_inner().resource, value),
-            Err(status) => Err(write_error::<T>(namespace, name, status)),
-        }
+        self.records
+            .update(resource(namespace, name, value, lease), expected_revision)
+            .await
+            .map(|stored| with_value(stored, value))
+            .map_err(WriteError::from)
     }
 
     /// Deletes a record, only at `expected_revision` when it is > 0.
@@ -168,17 +155,15 @@ impl Datastore {
         name: &str,
         expected_revision: i64,
     ) -> Result<(), WriteError> {
-        let request = DeleteRequest {
-            key: Some(key(kind, namespace, name)),
-            expected_revision,
-        };
-        match self.client.clone().delete(request).await {
+        match self
+            .records
+            .delete(kind, namespace, name, expected_revision)
+            .await
+        {
             Ok(_) => Ok(()),
-            Err(status) => Err(match status.code() {
-                Code::NotFound => WriteError::NotFound,
-                Code::Aborted => WriteError::Conflict,
-                _ => WriteError::Failed(failed(kind, namespace, name, &status)),
-            }),
+            // A delete attaches no lease: a "lease" NotFound is the record being gone.
+            Err(WriteOutcome::LeaseGone) => Err(WriteError::NotFound),
+            Err(outcome) => Err(outcome.into()),
         }
     }
 
@@ -192,21 +177,11 @@ impl Datastore {
         limit: i32,
         page_token: &str,
     ) -> Result<(Vec<Resource>, String), IpamError> {
-        let request = ListRequest {
-            kind: kind.to_owned(),
-            namespace: namespace.to_owned(),
-            name_prefix: prefix.to_owned(),
-            limit,
-            page_token: page_token.to_owned(),
-        };
-        let response = self
-            .client
-            .clone()
-            .list(request)
+        self.records
+            .list_page(kind, namespace, prefix, limit, page_token)
             .await
-            .map_err(|s| failed(kind, namespace, prefix, &s))?
-            .into_inner();
-        Ok((response.resources, response.next_page_token))
+            .map(|page| (page.resources, page.next_page_token))
+            .map_err(failed)
     }
 
     /// Every raw resource of `kind` in `namespace` with names starting with `prefix`, until
@@ -218,23 +193,11 @@ impl Datastore {
         prefix: &str,
         stop: impl Fn(&str) -> bool,
     ) -> Result<Vec<Resource>, IpamError> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        loop {
-            let (page, next) = self
-                .list_page(kind, namespace, prefix, MAX_PAGE, &token)
-                .await?;
-            for resource in page {
-                if stop(&resource.name) {
-                    return Ok(out);
-                }
-                out.push(resource);
-            }
-            if next.is_empty() {
-                return Ok(out);
-            }
-            token = next;
-        }
+        self.records
+            .list_all(kind, namespace, prefix, stop)
+            .await
+            .map(|(resources, _)| resources)
+            .map_err(failed)
     }
 
     /// Every pool, sorted by name.
@@ -320,77 +283,60 @@ impl Datastore {
         kind: &str,
         start_revision: i64,
     ) -> Result<tonic::Streaming<WatchResponse>, Status> {
-        let request = WatchRequest {
-            kind: kind.to_owned(),
-            start_revision,
-            ..WatchRequest::default()
-        };
-        Ok(self.client.clone().watch(request).await?.into_inner())
+        self.records.watch(kind, start_revision).await
     }
 }
 
-fn key(kind: &str, namespace: &str, name: &str) -> ResourceKey {
-    ResourceKey {
-        kind: kind.to_owned(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
+impl From<WriteOutcome> for WriteError {
+    fn from(outcome: WriteOutcome) -> Self {
+        match outcome {
+            WriteOutcome::Exists => WriteError::Exists,
+            WriteOutcome::Conflict => WriteError::Conflict,
+            WriteOutcome::NotFound => WriteError::NotFound,
+            WriteOutcome::LeaseGone => WriteError::LeaseGone,
+            WriteOutcome::Failed(failure) => WriteError::Failed(failed(failure)),
+        }
     }
 }
 
 fn resource<T: Spec>(namespace: &str, name: &str, value: &T, lease: i64) -> Resource {
-    Resource {
-        kind: T::KIND.to_owned(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        spec: Some(prost_types::Any {
-            type_url: format!("type.googleapis.com/{}", T::MESSAGE),
-            value: value.to_proto().encode_to_vec(),
-        }),
-        lease_id: lease,
-        ..Resource::default()
-    }
+    new_resource(
+        T::KIND,
+        namespace,
+        name,
+        T::MESSAGE,
+        value.to_proto().encode_to_vec(),
+        lease,
+    )
 }
 
 /// The stored record after a write: metadata from the gateway, value as written.
-fn stored<T: Spec + Clone>(
-    resource: Option<Resource>,
-    value: &T,
-) -> Result<Versioned<T>, WriteError> {
-    let resource = resource.ok_or_else(|| {
-        WriteError::Failed(IpamError::Internal(
-            "the datastore answered a write without the resource".into(),
-        ))
-    })?;
-    Ok(Versioned {
+fn with_value<T: Spec>(resource: Resource, value: &T) -> Versioned<T> {
+    Versioned {
         value: value.clone(),
         name: resource.name,
         revision: resource.revision,
         create_revision: resource.create_revision,
         lease: resource.lease_id,
-    })
+    }
 }
 
 /// Decodes a stored resource as `T`, checking its message type.
 pub fn decode<T: Spec>(resource: &Resource) -> Result<Versioned<T>, IpamError> {
     let unreadable = |why: String| {
         IpamError::Internal(format!(
-            "stored {} {}/{} is unreadable: {why}; was it written by something other than kino-ipam?",
+            "{why}; was it written by something other than kino-ipam?"
+        ))
+    };
+    let bytes = spec_bytes(resource, T::MESSAGE).map_err(unreadable)?;
+    let named = |why: String| {
+        unreadable(format!(
+            "stored {} {}/{} is unreadable: {why}",
             resource.kind, resource.namespace, resource.name
         ))
     };
-    let spec = resource
-        .spec
-        .as_ref()
-        .ok_or_else(|| unreadable("it has no spec".into()))?;
-    let message = spec.type_url.rsplit('/').next().unwrap_or_default();
-    if message != T::MESSAGE {
-        return Err(unreadable(format!(
-            "its spec is a {message}, expected a {}",
-            T::MESSAGE
-        )));
-    }
-    let proto = T::Proto::decode(spec.value.as_slice()).map_err(|e| unreadable(e.to_string()))?;
-    let value = T::from_proto(proto).map_err(unreadable)?;
+    let proto = T::Proto::decode(bytes).map_err(|e| named(e.to_string()))?;
+    let value = T::from_proto(proto).map_err(named)?;
     Ok(Versioned {
         value,
         name: resource.name.clone(),
@@ -400,31 +346,12 @@ pub fn decode<T: Spec>(resource: &Resource) -> Result<Versioned<T>, IpamError> {
     })
 }
 
-fn write_error<T: Spec>(namespace: &str, name: &str, status: Status) -> WriteError {
-    match status.code() {
-        Code::AlreadyExists => WriteError::Exists,
-        Code::Aborted => WriteError::Conflict,
-        Code::NotFound if status.message().starts_with("lease ") => WriteError::LeaseGone,
-        Code::NotFound => WriteError::NotFound,
-        _ => WriteError::Failed(failed(T::KIND, namespace, name, &status)),
-    }
-}
-
 /// A datastore failure as an error naming the record.
-fn failed(kind: &str, namespace: &str, name: &str, status: &Status) -> IpamError {
-    let what = format!("{kind} {namespace}/{name}");
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            IpamError::Unavailable(format!(
-                "{what}: {:?}: {} (is kino-datastore-gateway running and reachable at --datastore?)",
-                status.code(),
-                status.message()
-            ))
-        }
-        code => IpamError::Internal(format!(
-            "the datastore refused {what}: {code:?}: {}",
-            status.message()
-        )),
+fn failed(failure: RecordFailure) -> IpamError {
+    if failure.is_unavailable() {
+        IpamError::Unavailable(failure.unavailable_message())
+    } else {
+        IpamError::Internal(failure.refused_message())
     }
 }
 

@@ -13,7 +13,8 @@
 //! - [`stream`]: revisioned deltas for agents (WatchEndpointPolicy).
 //! - [`trace`]: verdicts explained (TracePolicy).
 //! - [`store`], [`sync`]: the datastore client and the watches feeding the view.
-//! - [`service`]: the domain behind the API; [`grpc`] translates.
+//! - [`service`]: the domain behind the API; [`grpc`] translates; [`metrics`] reports it to
+//!   Prometheus.
 
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod identity;
 pub mod ipcache;
 pub mod labels;
+pub mod metrics;
 pub mod policy;
 pub mod policy_map;
 pub mod reference;

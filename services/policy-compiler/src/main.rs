@@ -12,6 +12,7 @@ use kino_policy_compiler::service::{PolicyService, ServiceOptions};
 use kino_policy_compiler::store::Store;
 use kino_service_kit::{ClientTlsArgs, ListenAddr, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
+use kino_telemetry::metrics::MetricsAddress;
 
 /// Policies and security identities, compiled into per-endpoint rule sets for the agents.
 #[derive(Parser, Debug)]
@@ -40,6 +41,13 @@ struct Config {
     /// Steps of change history kept so agents can resume their policy streams.
     #[arg(long, env = "KINO_POLICY_HISTORY", default_value_t = 10_000)]
     history: usize,
+    /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
+    #[arg(
+        long,
+        env = "KINO_POLICY_METRICS_ADDRESS",
+        default_value = "127.0.0.1:9403"
+    )]
+    metrics_address: MetricsAddress,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
@@ -87,6 +95,9 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(kino_policy_compiler::sync::collect_identities(
         service.clone(),
     ));
+    kino_policy_compiler::metrics::install(service.clone());
+    let _metrics =
+        kino_telemetry::metrics::serve("kino-policy-compiler", config.metrics_address).await?;
     tracing::info!(
         datastore = %config.datastore,
         mode = ?config.enforcement_mode,

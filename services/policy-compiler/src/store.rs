@@ -1,12 +1,11 @@
 //! The compiler's records in the datastore, through the gateway's `kino.datastore.v1` API:
 //! typed get / create / compare-and-swap update / delete / list / watch of protobuf specs.
 
-use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
-use kino_api::datastore::{
-    CreateRequest, DeleteRequest, GetRequest, ListRequest, Resource, ResourceKey, UpdateRequest,
-    WatchRequest, WatchResponse,
-};
+use kino_api::datastore::{Resource, WatchResponse};
 use kino_service_kit::TracedChannel;
+use kino_service_kit::records::{
+    RecordClient, RecordFailure, WriteOutcome, new_resource, spec_bytes,
+};
 use prost::Message;
 use tonic::{Code, Status};
 
@@ -21,7 +20,7 @@ pub const KIND_ENDPOINT: &str = "Endpoint";
 /// Kind of node records (written by agents).
 pub const KIND_NODE: &str = "Node";
 /// Largest page the gateway serves.
-pub const MAX_PAGE: i32 = 5000;
+pub use kino_service_kit::records::MAX_PAGE;
 
 /// A protobuf message stored as a resource spec.
 pub trait Spec: Message + Default + Clone {
@@ -98,15 +97,14 @@ impl WriteError {
 /// The datastore client.
 #[derive(Clone, Debug)]
 pub struct Store {
-    client: DatastoreServiceClient<TracedChannel>,
+    records: RecordClient,
 }
 
 impl Store {
     /// Uses `channel` to the gateway.
     pub fn new(channel: TracedChannel) -> Store {
         Store {
-            client: DatastoreServiceClient::new(channel)
-                .max_decoding_message_size(64 * 1024 * 1024),
+            records: RecordClient::new(channel),
         }
     }
 
@@ -117,13 +115,10 @@ impl Store {
         namespace: &str,
         name: &str,
     ) -> Result<Option<Stored<T>>, PolicyError> {
-        let request = GetRequest {
-            key: Some(key(kind, namespace, name)),
-        };
-        match self.client.clone().get(request).await {
-            Ok(response) => decode(&response.into_inner().resource.unwrap_or_default()).map(Some),
-            Err(status) if status.code() == Code::NotFound => Ok(None),
-            Err(status) => Err(failed(kind, namespace, name, &status)),
+        match self.records.get(kind, namespace, name).await {
+            Ok(Some(resource)) => decode(&resource).map(Some),
+            Ok(None) => Ok(None),
+            Err(failure) => Err(failed(failure)),
         }
     }
 
@@ -135,13 +130,11 @@ impl Store {
         name: &str,
         value: &T,
     ) -> Result<Stored<T>, WriteError> {
-        let request = CreateRequest {
-            resource: Some(resource(kind, namespace, name, value)),
-        };
-        match self.client.clone().create(request).await {
-            Ok(response) => Ok(stored(response.into_inner().resource, value)),
-            Err(status) => Err(write_error(kind, namespace, name, status)),
-        }
+        self.records
+            .create(resource(kind, namespace, name, value))
+            .await
+            .map(|stored| with_value(stored, value))
+            .map_err(WriteError::from)
     }
 
     /// Replaces a record if it is still at `expected_revision`.
@@ -153,14 +146,11 @@ impl Store {
         value: &T,
         expected_revision: i64,
     ) -> Result<Stored<T>, WriteError> {
-        let request = UpdateRequest {
-            resource: Some(resource(kind, namespace, name, value)),
-            expected_revision,
-        };
-        match self.client.clone().update(request).await {
-            Ok(response) => Ok(stored(response.into_inner().resource, value)),
-            Err(status) => Err(write_error(kind, namespace, name, status)),
-        }
+        self.records
+            .update(resource(kind, namespace, name, value), expected_revision)
+            .await
+            .map(|stored| with_value(stored, value))
+            .map_err(WriteError::from)
     }
 
     /// Deletes a record (only at `expected_revision` when > 0); returns it as it was and
@@ -172,17 +162,10 @@ impl Store {
         name: &str,
         expected_revision: i64,
     ) -> Result<(Resource, i64), WriteError> {
-        let request = DeleteRequest {
-            key: Some(key(kind, namespace, name)),
-            expected_revision,
-        };
-        match self.client.clone().delete(request).await {
-            Ok(response) => {
-                let response = response.into_inner();
-                Ok((response.resource.unwrap_or_default(), response.revision))
-            }
-            Err(status) => Err(write_error(kind, namespace, name, status)),
-        }
+        self.records
+            .delete(kind, namespace, name, expected_revision)
+            .await
+            .map_err(WriteError::from)
     }
 
     /// Every resource of `kind` in `namespace` ("" = every namespace), and the revision
@@ -192,33 +175,10 @@ impl Store {
         kind: &str,
         namespace: &str,
     ) -> Result<(Vec<Resource>, i64), PolicyError> {
-        let mut out = Vec::new();
-        let mut token = String::new();
-        let mut revision = 0;
-        loop {
-            let request = ListRequest {
-                kind: kind.to_owned(),
-                namespace: namespace.to_owned(),
-                name_prefix: String::new(),
-                limit: MAX_PAGE,
-                page_token: token.clone(),
-            };
-            let response = self
-                .client
-                .clone()
-                .list(request)
-                .await
-                .map_err(|s| failed(kind, namespace, "*", &s))?
-                .into_inner();
-            if revision == 0 {
-                revision = response.revision;
-            }
-            out.extend(response.resources);
-            if response.next_page_token.is_empty() {
-                return Ok((out, revision));
-            }
-            token = response.next_page_token;
-        }
+        self.records
+            .list_all(kind, namespace, "", |_| false)
+            .await
+            .map_err(failed)
     }
 
     /// Streams changes of `kind` from `start_revision` (0 = from now).
@@ -227,38 +187,27 @@ impl Store {
         kind: &str,
         start_revision: i64,
     ) -> Result<tonic::Streaming<WatchResponse>, Status> {
-        let request = WatchRequest {
-            kind: kind.to_owned(),
-            start_revision,
-            ..WatchRequest::default()
-        };
-        Ok(self.client.clone().watch(request).await?.into_inner())
+        self.records.watch(kind, start_revision).await
     }
 }
 
-fn key(kind: &str, namespace: &str, name: &str) -> ResourceKey {
-    ResourceKey {
-        kind: kind.to_owned(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
+impl From<WriteOutcome> for WriteError {
+    fn from(outcome: WriteOutcome) -> Self {
+        match outcome {
+            WriteOutcome::Exists => WriteError::Exists,
+            WriteOutcome::Conflict => WriteError::Conflict,
+            // The compiler writes no record on a lease.
+            WriteOutcome::NotFound | WriteOutcome::LeaseGone => WriteError::NotFound,
+            WriteOutcome::Failed(failure) => WriteError::Failed(failed(failure)),
+        }
     }
 }
 
 fn resource<T: Spec>(kind: &str, namespace: &str, name: &str, value: &T) -> Resource {
-    Resource {
-        kind: kind.to_owned(),
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        spec: Some(prost_types::Any {
-            type_url: format!("type.googleapis.com/{}", T::MESSAGE),
-            value: value.encode_to_vec(),
-        }),
-        ..Resource::default()
-    }
+    new_resource(kind, namespace, name, T::MESSAGE, value.encode_to_vec(), 0)
 }
 
-fn stored<T: Spec>(resource: Option<Resource>, value: &T) -> Stored<T> {
-    let resource = resource.unwrap_or_default();
+fn with_value<T: Spec>(resource: Resource, value: &T) -> Stored<T> {
     Stored {
         value: value.clone(),
         namespace: resource.namespace,
@@ -269,24 +218,13 @@ fn stored<T: Spec>(resource: Option<Resource>, value: &T) -> Stored<T> {
 
 /// Decodes a stored resource's spec as `T`, checking its message type.
 pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, PolicyError> {
-    let unreadable = |why: String| {
+    let bytes = spec_bytes(resource, T::MESSAGE).map_err(PolicyError::Internal)?;
+    let value = T::decode(bytes).map_err(|e| {
         PolicyError::Internal(format!(
-            "stored {} {}/{} is unreadable: {why}",
+            "stored {} {}/{} is unreadable: {e}",
             resource.kind, resource.namespace, resource.name
         ))
-    };
-    let spec = resource
-        .spec
-        .as_ref()
-        .ok_or_else(|| unreadable("it has no spec".into()))?;
-    let message = spec.type_url.rsplit('/').next().unwrap_or_default();
-    if message != T::MESSAGE {
-        return Err(unreadable(format!(
-            "its spec is a {message}, expected a {}",
-            T::MESSAGE
-        )));
-    }
-    let value = T::decode(spec.value.as_slice()).map_err(|e| unreadable(e.to_string()))?;
+    })?;
     Ok(Stored {
         value,
         namespace: resource.namespace.clone(),
@@ -295,30 +233,13 @@ pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, PolicyError> {
     })
 }
 
-fn write_error(kind: &str, namespace: &str, name: &str, status: Status) -> WriteError {
-    match status.code() {
-        Code::AlreadyExists => WriteError::Exists,
-        Code::Aborted => WriteError::Conflict,
-        Code::NotFound => WriteError::NotFound,
-        _ => WriteError::Failed(failed(kind, namespace, name, &status)),
-    }
-}
-
 /// A datastore failure as an error naming the record.
-fn failed(kind: &str, namespace: &str, name: &str, status: &Status) -> PolicyError {
-    let what = format!("{kind} {namespace}/{name}");
-    match status.code() {
-        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown => {
-            PolicyError::Unavailable(format!(
-                "{what}: {:?}: {} (is kino-datastore-gateway running and reachable at --datastore?)",
-                status.code(),
-                status.message()
-            ))
-        }
-        Code::InvalidArgument => PolicyError::invalid(what, status.message().to_owned()),
-        code => PolicyError::Internal(format!(
-            "the datastore refused {what}: {code:?}: {}",
-            status.message()
-        )),
+fn failed(failure: RecordFailure) -> PolicyError {
+    if failure.is_unavailable() {
+        PolicyError::Unavailable(failure.unavailable_message())
+    } else if failure.status.code() == Code::InvalidArgument {
+        PolicyError::invalid(failure.what, failure.status.message().to_owned())
+    } else {
+        PolicyError::Internal(failure.refused_message())
     }
 }

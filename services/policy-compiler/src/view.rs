@@ -14,6 +14,7 @@ use crate::compile::{Compiler, CompilerConfig, IdentityChange};
 use crate::identity;
 use crate::ipcache::{EndpointRef, Ipcache, IpcacheChange, IpcacheEntry, IpcacheSource};
 use crate::labels::Labels;
+use crate::metrics::COMPILE;
 use crate::policy::{Policy, PolicyKey};
 use crate::policy_map::NumericIdentity;
 
@@ -211,9 +212,13 @@ impl View {
             }
         }
         self.publish_cidrs();
+        let compiling = std::time::Instant::now();
+        let policies = self.compiler.recompile();
+        COMPILE.seconds.observe(compiling.elapsed().as_secs_f64());
+        COMPILE.changed_identities.inc_by(policies.len() as f64);
         let record = Record {
             revision: self.revision.max(revision),
-            policies: self.compiler.recompile(),
+            policies,
             ipcache: self.ipcache.take_changes(),
             interest,
         };

@@ -16,6 +16,7 @@ mod connect;
 mod drain;
 mod error;
 mod listen;
+pub mod records;
 mod serve;
 mod signal;
 mod tls;

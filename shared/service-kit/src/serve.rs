@@ -5,6 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
+use kino_telemetry::RpcOutcomeLayer;
 use tokio::sync::watch;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::server::NamedService;
@@ -171,7 +172,8 @@ impl ServeSpec {
 ///
 /// Adds grpc.health.v1 (overall `""` and every named service SERVING; NOT_SERVING once
 /// shutdown starts), gRPC reflection v1 and v1alpha, a `grpc.request` span per request that
-/// continues the caller's W3C trace, and TLS/mTLS if configured. At shutdown, new
+/// continues the caller's W3C trace, per-RPC metrics and span status
+/// ([`kino_telemetry::RpcOutcomeLayer`]), and TLS/mTLS if configured. At shutdown, new
 /// connections are refused, idle response streams end with UNAVAILABLE, in-flight RPCs get
 /// the grace period to finish, and a unix socket file is removed.
 pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
@@ -227,7 +229,14 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
             .map_err(|e| ServiceError::TlsConfig(error_chain(&e)))?;
     }
     let draining = Draining::new(drain.subscribe());
+    let known_services = serving.iter().map(String::as_str).chain([
+        HEALTH_SERVICE,
+        REFLECTION_V1_SERVICE,
+        REFLECTION_V1ALPHA_SERVICE,
+    ]);
+    // Outermost, so that it also sees the UNAVAILABLE with which draining ends streams.
     let router = builder
+        .layer(RpcOutcomeLayer::new(known_services))
         .layer(EndStreamsLayer::new(draining.clone()))
         .add_routes(routes);
     let stop_accepting = {

@@ -41,4 +41,16 @@ pub enum TelemetryError {
         "telemetry is already initialised in this process (kino_telemetry::init called twice?)"
     )]
     AlreadyInitialised(#[source] tracing_subscriber::util::TryInitError),
+
+    /// The `/metrics` endpoint could not listen on its address.
+    #[error(
+        "cannot serve metrics on {addr} (--metrics-address): {source}; pick a free port or pass `--metrics-address off`"
+    )]
+    MetricsBind {
+        /// The configured address.
+        addr: std::net::SocketAddr,
+        /// The bind error.
+        #[source]
+        source: std::io::Error,
+    },
 }

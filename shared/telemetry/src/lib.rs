@@ -8,6 +8,10 @@
 //!   the current span's context travels as a `traceparent` header; every server passes
 //!   [`grpc_server_span`] to `tonic::transport::Server::builder().trace_fn(..)` so the request
 //!   span continues the caller's trace. Handlers do nothing themselves.
+//! - [`RpcOutcomeLayer`] (installed by every server) counts each RPC by service, method and
+//!   status code, times it, and puts its status on the request span.
+//! - [`metrics`] holds the process's Prometheus registry, metrics computed at scrape time and
+//!   the `/metrics` endpoint behind each service's `--metrics-address`.
 
 #![warn(missing_docs)]
 
@@ -15,6 +19,8 @@ mod args;
 mod client;
 mod error;
 mod init;
+pub mod metrics;
+mod outcome;
 mod propagation;
 mod server;
 
@@ -22,5 +28,6 @@ pub use args::{LogArgs, LogFormat};
 pub use client::{TraceContextLayer, TraceContextService, TracedChannel, traced};
 pub use error::TelemetryError;
 pub use init::{OTLP_ENDPOINT_ENV, TelemetryGuard, init};
+pub use outcome::{RpcOutcome, RpcOutcomeLayer};
 pub use propagation::{current_context, extract_context, inject_context};
 pub use server::grpc_server_span;

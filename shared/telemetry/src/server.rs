@@ -18,6 +18,10 @@ pub fn grpc_server_span(request: &http::Request<()>) -> tracing::Span {
         rpc.system = "grpc",
         rpc.service = service,
         rpc.method = method,
+        // Filled in by `RpcOutcomeLayer` when the RPC fails.
+        rpc.grpc.status_code = tracing::field::Empty,
+        rpc.grpc.status_message = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
     );
     let parent = extract_context(request.headers());
     if parent.span().span_context().is_valid() {

@@ -1,14 +1,24 @@
 //! Loads the datapath object (compiled by build.rs, embedded here) with aya, pins its maps
-//! under `/sys/fs/bpf/kino/<node>/`, attaches its programs to lxcs as pinned TCX links, and
-//! adopts what a previous agent left: pinned maps are reused as they are (their entries and
-//! counters survive) and every pinned link is switched atomically to the freshly loaded
-//! program, so traffic keeps flowing across an agent restart (even `kill -9`).
+//! under `/sys/fs/bpf/kino/<node>/`, attaches its programs to lxcs as direct-action `bpf`
+//! filters on their `clsact` qdisc (netlink tc, [`AttachMode::Tc`]), and adopts what a
+//! previous agent left: pinned maps are reused as they are (their entries and counters
+//! survive), the filters of each known lxc are kept when they run the same program over the
+//! same maps and switched atomically otherwise, and the pinned TCX links of agents from
+//! before the switch to tc ([`AttachMode::Tcx`]) are switched atomically to the freshly
+//! loaded program and kept. Traffic keeps flowing across an agent restart (even `kill -9`).
 //!
-//! Attaching resolves interface names in the calling thread's network namespace: call
-//! [`Datapath::load`] and [`Datapath::attach_endpoint`] from the node's namespace.
+//! Why tc and not TCX for lxcs: creating (and releasing) a TCX link waits for an RCU grace
+//! period under `rtnl_lock` — 11-16 ms per program here, the largest part of a CNI ADD —
+//! where a filter change does not wait. Filters live with the device, so they need no pins:
+//! deleting the lxc removes them.
+//!
+//! TCX pins resolve interface names in the calling thread's network namespace: call
+//! [`Datapath::load`] from the node's namespace, and attach through a [`Netlink`] opened
+//! there.
 
 use std::fs;
 use std::io;
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use aya::programs::links::{FdLink, PinnedLink};
@@ -22,6 +32,7 @@ use super::conntrack::{CT_MAP, ConntrackError, ConntrackMap};
 use super::ipcache::{IPCACHE_MAP, IpcacheError, IpcacheMap};
 use super::maps::{ALL_MAPS, ENDPOINTS_MAP, EndpointMaps, LXC_MAP, METRICS_MAP, MapOpError};
 use super::policy::{EP_POLICY_MAP, POLICY_MAP, PolicyMapError, PolicyMaps};
+use crate::netlink::{Netlink, NetlinkError, TcHook};
 
 /// The datapath object, as compiled by build.rs from `bpf/datapath.bpf.c`.
 pub static DATAPATH_OBJECT: &[u8] =
@@ -31,8 +42,13 @@ pub static DATAPATH_OBJECT: &[u8] =
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
 /// Default root of the agent's pins; a node's pins live in `<root>/<node>/`.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/kino";
-/// Sub-directory of the node's pin directory holding the TCX link pins.
+/// Sub-directory of the node's pin directory holding the TCX link pins (of lxcs attached by
+/// agents from before the switch to tc).
 pub const LINKS_DIR: &str = "links";
+/// Priority of the agent's tc filters on an lxc (runs before any other filter).
+pub const TC_PRIORITY: u16 = 1;
+/// Handle of the agent's tc filters within [`TC_PRIORITY`].
+pub const TC_HANDLE: u32 = 1;
 
 /// A program of the datapath and where it hooks on an lxc.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -55,10 +71,26 @@ impl Hook {
         }
     }
 
+    /// The name of its tc filter on an lxc (`TCA_BPF_NAME`): how a restarted agent
+    /// recognises its filters.
+    pub fn filter_name(self) -> &'static str {
+        match self {
+            Hook::FromContainer => "kino_from_container",
+            Hook::ToContainer => "kino_to_container",
+        }
+    }
+
     fn attach_type(self) -> TcAttachType {
         match self {
             Hook::FromContainer => TcAttachType::Ingress,
             Hook::ToContainer => TcAttachType::Egress,
+        }
+    }
+
+    fn tc_hook(self) -> TcHook {
+        match self {
+            Hook::FromContainer => TcHook::Ingress,
+            Hook::ToContainer => TcHook::Egress,
         }
     }
 
@@ -143,6 +175,19 @@ pub enum DatapathError {
         #[source]
         source: nix::Error,
     },
+    /// Reading, adding or replacing a tc filter failed.
+    #[error("{op} {program} on {interface}: {source}")]
+    Filter {
+        /// What was being done.
+        op: &'static str,
+        /// The program's name.
+        program: &'static str,
+        /// The interface.
+        interface: String,
+        /// The netlink error.
+        #[source]
+        source: Box<NetlinkError>,
+    },
     /// Attaching, replacing or pinning a TCX link failed.
     #[error("{op} {program} on {interface}: {reason}")]
     Link {
@@ -168,15 +213,141 @@ pub struct Adoption {
     pub stale_links_removed: Vec<String>,
 }
 
-/// The programs of one lxc, as pinned links.
+/// How a program sits on an lxc.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum AttachMode {
+    /// A direct-action `bpf` filter on the lxc's `clsact` qdisc, set over netlink: how the
+    /// agent attaches. Lives with the device; nothing pinned.
+    Tc,
+    /// A TCX link pinned in `links/`, as agents before the switch to tc attached. Adopted
+    /// (its program replaced) and kept until the lxc goes.
+    Tcx,
+}
+
+impl AttachMode {
+    /// `tc` or `tcx`, as `kino bpf endpoint list` shows it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AttachMode::Tc => "tc",
+            AttachMode::Tcx => "tcx",
+        }
+    }
+}
+
+/// Where a hook's program is attached.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AttachPoint {
+    /// A tc filter (`tc filter show dev <lxc> ingress|egress`).
+    Filter {
+        /// Its priority.
+        priority: u16,
+        /// Its handle.
+        handle: u32,
+    },
+    /// A pinned TCX link.
+    Link {
+        /// The pin.
+        pin: PathBuf,
+    },
+}
+
+/// What attaching did to a hook.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachChange {
+    /// Nothing was there: the program was attached.
+    Attached,
+    /// Another program was there (another build, or other maps): switched atomically.
+    Replaced,
+    /// The same program over the same maps was already there: left alone.
+    Kept,
+}
+
+/// One hook's program on an lxc.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HookAttachment {
+    /// The hook.
+    pub hook: Hook,
+    /// Where it is attached.
+    pub point: AttachPoint,
+    /// The id of the program running there.
+    pub program_id: u32,
+    /// What the call that returned this did; `None` in a listing.
+    pub change: Option<AttachChange>,
+}
+
+impl HookAttachment {
+    /// How it is attached.
+    pub fn mode(&self) -> AttachMode {
+        match self.point {
+            AttachPoint::Filter { .. } => AttachMode::Tc,
+            AttachPoint::Link { .. } => AttachMode::Tcx,
+        }
+    }
+}
+
+/// The programs of one lxc.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LxcAttachment {
     /// The lxc's name.
     pub lxc_name: String,
-    /// Its ifindex when attached.
+    /// Its ifindex.
     pub ifindex: u32,
-    /// The pinned link of each hook.
-    pub pins: Vec<(Hook, PathBuf)>,
+    /// Each attached hook, in [`Hook::ALL`] order (a hook missing here has no program).
+    pub hooks: Vec<HookAttachment>,
+}
+
+impl LxcAttachment {
+    /// The attach mode of its hooks: `tc`, `tcx`, `tc+tcx` when they differ (an lxc a
+    /// TCX-era agent attached only half of), `none` when nothing is attached.
+    pub fn mode(&self) -> &'static str {
+        let tc = self.hooks.iter().any(|h| h.mode() == AttachMode::Tc);
+        let tcx = self.hooks.iter().any(|h| h.mode() == AttachMode::Tcx);
+        match (tc, tcx) {
+            (true, true) => "tc+tcx",
+            (true, false) => "tc",
+            (false, true) => "tcx",
+            (false, false) => "none",
+        }
+    }
+
+    /// Whether both programs are attached.
+    pub fn complete(&self) -> bool {
+        Hook::ALL
+            .iter()
+            .all(|hook| self.hooks.iter().any(|h| h.hook == *hook))
+    }
+}
+
+/// What identifies a loaded program for adoption: two programs with the same tag over the
+/// same pinned maps behave the same. (Maps that are not pinned — per-CPU scratch space — are
+/// each load's own and hold nothing the agent writes, so they do not count.)
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct ProgramIdentity {
+    id: u32,
+    tag: [u8; 8],
+    /// The ids of the pinned maps it uses, sorted.
+    pinned_maps: Vec<u32>,
+}
+
+/// Of the maps `ids`, those that are one of the node's pinned maps (by name, as the kernel
+/// keeps it: at most 15 bytes), sorted.
+fn pinned_maps(ids: &[u32]) -> Vec<u32> {
+    let pinned = |name: &str| {
+        ALL_MAPS
+            .iter()
+            .any(|m| m.as_bytes()[..m.len().min(15)] == *name.as_bytes())
+    };
+    let mut ids: Vec<u32> = ids
+        .iter()
+        .copied()
+        .filter(|id| {
+            aya::maps::MapInfo::from_id(*id)
+                .ok()
+                .is_some_and(|info| info.name_as_str().is_some_and(pinned))
+        })
+        .collect();
+    ids.sort_unstable();
+    ids
 }
 
 /// Capacities of the maps that grow with policy, for [`Datapath::load_with`]. They apply
@@ -190,6 +361,9 @@ pub struct MapCapacities {
     pub ipcache: u32,
     /// Connections in `kino_ct` (preallocated: about 150 bytes each).
     pub conntrack: u32,
+    /// Bytes of the flow event ring buffer `kino_events` (a power of two, at least a page;
+    /// an event takes 104).
+    pub events: u32,
 }
 
 impl Default for MapCapacities {
@@ -198,6 +372,7 @@ impl Default for MapCapacities {
             policy: super::policy::POLICY_MAX_ENTRIES,
             ipcache: super::ipcache::IPCACHE_MAX_ENTRIES,
             conntrack: super::conntrack::CT_MAX_ENTRIES,
+            events: super::events::EVENTS_RING_BYTES,
         }
     }
 }
@@ -212,6 +387,11 @@ pub struct Datapath {
     ipcache: IpcacheMap,
     conntrack: ConntrackMap,
     adoption: Adoption,
+    /// Each hook's loaded program, to tell it from a previous agent's.
+    identities: Vec<(Hook, ProgramIdentity)>,
+    /// [`Datapath::same_program`]'s answers by (hook, program id): a previous agent's
+    /// program sits on every lxc, and finding its maps walks every program of the machine.
+    same_program_seen: std::sync::Mutex<std::collections::HashMap<(Hook, u32), bool>>,
 }
 
 /// Mounts bpffs at `path` unless a bpffs is already there; `Ok(true)` if it mounted one.
@@ -315,18 +495,31 @@ impl Datapath {
             .map_max_entries(POLICY_MAP, capacities.policy)
             .map_max_entries(IPCACHE_MAP, capacities.ipcache)
             .map_max_entries(CT_MAP, capacities.conntrack)
+            .map_max_entries(super::events::EVENTS_MAP, capacities.events)
             .load(DATAPATH_OBJECT)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.clone(),
                 source: Box::new(source),
             })?;
+        let mut identities = Vec::new();
         for hook in Hook::ALL {
-            program_mut(&mut ebpf, hook)?
-                .load()
-                .map_err(|source| DatapathError::Program {
-                    program: hook.program(),
-                    source: Box::new(source),
-                })?;
+            let program = program_mut(&mut ebpf, hook)?;
+            let program_error = |source| DatapathError::Program {
+                program: hook.program(),
+                source: Box::new(source),
+            };
+            program.load().map_err(program_error)?;
+            let info = program.info().map_err(program_error)?;
+            identities.push((
+                hook,
+                ProgramIdentity {
+                    id: info.id(),
+                    tag: info.tag().to_be_bytes(),
+                    pinned_maps: pinned_maps(
+                        &info.map_ids().map_err(program_error)?.unwrap_or_default(),
+                    ),
+                },
+            ));
         }
         let mut take =
             |name: &'static str| ebpf.take_map(name).ok_or(DatapathError::MissingMap(name));
@@ -346,6 +539,8 @@ impl Datapath {
                 maps_reused,
                 ..Adoption::default()
             },
+            identities,
+            same_program_seen: Default::default(),
         };
         datapath.adopt_links()?;
         Ok(datapath)
@@ -476,12 +671,327 @@ impl Datapath {
         Ok(())
     }
 
+    /// Attaches both programs to the NEW lxc `lxc_name` (`ifindex`, in the namespace of
+    /// `netlink`) as tc filters: its `clsact` qdisc, then one direct-action filter per hook
+    /// at [`TC_PRIORITY`]/[`TC_HANDLE`] — three netlink round trips, none waiting for an RCU
+    /// grace period. A filter already there is an error (use [`Datapath::adopt_endpoint`]
+    /// for an lxc of a previous run). Nothing to undo on failure beyond deleting the lxc,
+    /// which removes its qdisc and filters.
+    pub async fn attach_endpoint(
+        &self,
+        netlink: &Netlink,
+        lxc_name: &str,
+        ifindex: u32,
+    ) -> Result<LxcAttachment, DatapathError> {
+        netlink
+            .ensure_clsact(ifindex)
+            .await
+            .map_err(|source| DatapathError::Filter {
+                op: "add the clsact qdisc for",
+                program: Hook::FromContainer.program(),
+                interface: lxc_name.to_owned(),
+                source: Box::new(source),
+            })?;
+        let mut hooks = Vec::new();
+        for hook in Hook::ALL {
+            self.set_filter(
+                netlink,
+                lxc_name,
+                ifindex,
+                hook,
+                TC_PRIORITY,
+                TC_HANDLE,
+                false,
+            )
+            .await?;
+            hooks.push(HookAttachment {
+                hook,
+                point: AttachPoint::Filter {
+                    priority: TC_PRIORITY,
+                    handle: TC_HANDLE,
+                },
+                program_id: self.identity(hook).id,
+                change: Some(AttachChange::Attached),
+            });
+        }
+        Ok(LxcAttachment {
+            lxc_name: lxc_name.to_owned(),
+            ifindex,
+            hooks,
+        })
+    }
+
+    /// Makes the programs of this load run on the lxc `lxc_name` (`ifindex`) of a previous
+    /// run, hook by hook, without a gap:
+    ///
+    /// - a TCX link pinned for this lxc and ifindex (an agent from before tc): its program is
+    ///   replaced atomically (`bpf_link_update`) and the link kept — TCX runs before the
+    ///   clsact hook and decides every packet, so the two are never combined on one hook;
+    /// - our tc filter (by [`Hook::filter_name`]): kept when it runs the same program (same
+    ///   tag) over the same maps, else replaced in place atomically;
+    /// - nothing: attached as a tc filter (qdisc first, if missing).
+    ///
+    /// Idempotent; each hook's [`HookAttachment::change`] says what was done.
+    pub async fn adopt_endpoint(
+        &mut self,
+        netlink: &Netlink,
+        lxc_name: &str,
+        ifindex: u32,
+    ) -> Result<LxcAttachment, DatapathError> {
+        let pins = self.link_pins()?;
+        let mut hooks = Vec::new();
+        let mut have_qdisc = false;
+        for hook in Hook::ALL {
+            let pinned = pins
+                .iter()
+                .find(|(_, lxc, index, h)| lxc == lxc_name && *index == ifindex && *h == hook);
+            if let Some((file, ..)) = pinned {
+                let pin = self.links_dir().join(file);
+                // Load already switched live pins to our program (adopt_links).
+                let change = if pinned_program(&pin) == Some(self.identity(hook).id) {
+                    AttachChange::Kept
+                } else {
+                    self.replace_program(&pin, lxc_name, hook)?;
+                    AttachChange::Replaced
+                };
+                hooks.push(HookAttachment {
+                    hook,
+                    point: AttachPoint::Link { pin },
+                    program_id: self.identity(hook).id,
+                    change: Some(change),
+                });
+                continue;
+            }
+            let filters = self.filters(netlink, lxc_name, ifindex, hook).await?;
+            have_qdisc |= !filters.is_empty();
+            let ours = filters.iter().find(|f| f.name == hook.filter_name());
+            let (priority, handle, change) = match ours {
+                Some(f) if self.same_program(hook, f.program_id, &f.tag) => {
+                    hooks.push(HookAttachment {
+                        hook,
+                        point: AttachPoint::Filter {
+                            priority: f.priority,
+                            handle: f.handle,
+                        },
+                        program_id: f.program_id,
+                        change: Some(AttachChange::Kept),
+                    });
+                    continue;
+                }
+                Some(f) => (f.priority, f.handle, AttachChange::Replaced),
+                None => {
+                    if !have_qdisc {
+                        netlink.ensure_clsact(ifindex).await.map_err(|source| {
+                            DatapathError::Filter {
+                                op: "add the clsact qdisc for",
+                                program: hook.program(),
+                                interface: lxc_name.to_owned(),
+                                source: Box::new(source),
+                            }
+                        })?;
+                        have_qdisc = true;
+                    }
+                    (TC_PRIORITY, TC_HANDLE, AttachChange::Attached)
+                }
+            };
+            let replace = change == AttachChange::Replaced;
+            self.set_filter(netlink, lxc_name, ifindex, hook, priority, handle, replace)
+                .await?;
+            hooks.push(HookAttachment {
+                hook,
+                point: AttachPoint::Filter { priority, handle },
+                program_id: self.identity(hook).id,
+                change: Some(change),
+            });
+        }
+        Ok(LxcAttachment {
+            lxc_name: lxc_name.to_owned(),
+            ifindex,
+            hooks,
+        })
+    }
+
+    /// The programs on the lxc `lxc_name` (`ifindex`): its pinned TCX links and our tc
+    /// filters, as the kernel has them now.
+    pub async fn attachment(
+        &self,
+        netlink: &Netlink,
+        lxc_name: &str,
+        ifindex: u32,
+    ) -> Result<LxcAttachment, DatapathError> {
+        let pins = self.link_pins()?;
+        let mut hooks = Vec::new();
+        for hook in Hook::ALL {
+            let pinned = pins
+                .iter()
+                .find(|(_, lxc, index, h)| lxc == lxc_name && *index == ifindex && *h == hook);
+            if let Some((file, ..)) = pinned {
+                let pin = self.links_dir().join(file);
+                let program_id = pinned_program(&pin).unwrap_or(0);
+                hooks.push(HookAttachment {
+                    hook,
+                    point: AttachPoint::Link { pin },
+                    program_id,
+                    change: None,
+                });
+                continue;
+            }
+            let filters = self.filters(netlink, lxc_name, ifindex, hook).await?;
+            if let Some(f) = filters.iter().find(|f| f.name == hook.filter_name()) {
+                hooks.push(HookAttachment {
+                    hook,
+                    point: AttachPoint::Filter {
+                        priority: f.priority,
+                        handle: f.handle,
+                    },
+                    program_id: f.program_id,
+                    change: None,
+                });
+            }
+        }
+        Ok(LxcAttachment {
+            lxc_name: lxc_name.to_owned(),
+            ifindex,
+            hooks,
+        })
+    }
+
+    /// Every lxc of `netlink`'s namespace with at least one of our programs, sorted by name.
+    pub async fn attachments(
+        &self,
+        netlink: &Netlink,
+    ) -> Result<Vec<LxcAttachment>, DatapathError> {
+        let links = netlink
+            .links()
+            .await
+            .map_err(|source| DatapathError::Filter {
+                op: "list the links to find",
+                program: Hook::FromContainer.program(),
+                interface: "lxc*".to_owned(),
+                source: Box::new(source),
+            })?;
+        let mut lxcs: Vec<_> = links
+            .into_iter()
+            .filter(|l| l.name.starts_with(crate::endpoint::veth::LXC_PREFIX))
+            .collect();
+        lxcs.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut attachments = Vec::new();
+        for lxc in lxcs {
+            let attachment = self.attachment(netlink, &lxc.name, lxc.index).await?;
+            if !attachment.hooks.is_empty() {
+                attachments.push(attachment);
+            }
+        }
+        Ok(attachments)
+    }
+
+    fn identity(&self, hook: Hook) -> &ProgramIdentity {
+        &self
+            .identities
+            .iter()
+            .find(|(h, _)| *h == hook)
+            .expect("load records every hook's program")
+            .1
+    }
+
+    /// Whether the program `id` (tag `tag`) does what ours of `hook` does: it is ours, or the
+    /// same instructions over the same pinned maps (a previous agent of this build with the
+    /// pins it left). Another build, or maps created anew, differ.
+    fn same_program(&self, hook: Hook, id: u32, tag: &[u8; 8]) -> bool {
+        let ours = self.identity(hook);
+        if id == ours.id {
+            return true;
+        }
+        if *tag != ours.tag {
+            return false;
+        }
+        let mut seen = self
+            .same_program_seen
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        *seen.entry((hook, id)).or_insert_with(|| {
+            aya::programs::loaded_programs()
+                .flatten()
+                .find(|p| p.id() == id)
+                .and_then(|p| p.map_ids().ok().flatten())
+                .is_some_and(|maps| pinned_maps(&maps) == ours.pinned_maps)
+        })
+    }
+
+    async fn filters(
+        &self,
+        netlink: &Netlink,
+        lxc: &str,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Result<Vec<crate::netlink::BpfFilter>, DatapathError> {
+        netlink
+            .bpf_filters(ifindex, hook.tc_hook())
+            .await
+            .map_err(|source| DatapathError::Filter {
+                op: "list the filters of",
+                program: hook.program(),
+                interface: lxc.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn set_filter(
+        &self,
+        netlink: &Netlink,
+        lxc: &str,
+        ifindex: u32,
+        hook: Hook,
+        priority: u16,
+        handle: u32,
+        replace: bool,
+    ) -> Result<(), DatapathError> {
+        let program = self
+            .ebpf
+            .program(hook.program())
+            .ok_or_else(|| DatapathError::Program {
+                program: hook.program(),
+                source: Box::new(ProgramError::UnexpectedProgramType),
+            })?;
+        let program: &SchedClassifier =
+            program
+                .try_into()
+                .map_err(|source| DatapathError::Program {
+                    program: hook.program(),
+                    source: Box::new(source),
+                })?;
+        let fd = program.fd().map_err(|source| DatapathError::Program {
+            program: hook.program(),
+            source: Box::new(source),
+        })?;
+        netlink
+            .set_bpf_filter(
+                ifindex,
+                hook.tc_hook(),
+                priority,
+                handle,
+                fd.as_fd(),
+                hook.filter_name(),
+                replace,
+            )
+            .await
+            .map_err(|source| DatapathError::Filter {
+                op: if replace { "replace" } else { "attach" },
+                program: hook.program(),
+                interface: lxc.to_owned(),
+                source: Box::new(source),
+            })
+    }
+
     /// Attaches both programs to the lxc `lxc_name` (in this thread's network namespace) as
-    /// pinned TCX links. Already attached: the programs are replaced by ours (idempotent).
-    /// On failure the links this call created are removed again.
-    pub fn attach_endpoint(&mut self, lxc_name: &str) -> Result<LxcAttachment, DatapathError> {
+    /// pinned TCX links, as agents before the switch to tc did; already attached: the
+    /// programs are replaced by ours. Not used by the agent any more: it makes the lxcs of an
+    /// older agent for the tests of [`Datapath::adopt_endpoint`]. On failure the links this
+    /// call created are removed again.
+    pub fn attach_endpoint_tcx(&mut self, lxc_name: &str) -> Result<LxcAttachment, DatapathError> {
         let ifindex = ifindex_of(lxc_name)?;
-        let mut pins = Vec::new();
+        let mut hooks = Vec::new();
         let mut created = Vec::new();
         for hook in Hook::ALL {
             let path = self
@@ -489,22 +999,32 @@ impl Datapath {
                 .join(link_pin_name(lxc_name, ifindex, hook));
             let result = if path.exists() {
                 self.replace_program(&path, lxc_name, hook)
+                    .map(|()| AttachChange::Replaced)
             } else {
-                self.attach_new(lxc_name, hook, &path)
-                    .map(|()| created.push(path.clone()))
+                self.attach_new(lxc_name, hook, &path).map(|()| {
+                    created.push(path.clone());
+                    AttachChange::Attached
+                })
             };
-            if let Err(e) = result {
-                for pinned in &created {
-                    let _ = remove_pin(pinned);
+            match result {
+                Ok(change) => hooks.push(HookAttachment {
+                    hook,
+                    point: AttachPoint::Link { pin: path },
+                    program_id: self.identity(hook).id,
+                    change: Some(change),
+                }),
+                Err(e) => {
+                    for pinned in &created {
+                        let _ = remove_pin(pinned);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
-            pins.push((hook, path));
         }
         Ok(LxcAttachment {
             lxc_name: lxc_name.to_owned(),
             ifindex,
-            pins,
+            hooks,
         })
     }
 
@@ -536,9 +1056,9 @@ impl Datapath {
         Ok(())
     }
 
-    /// Detaches both programs from the lxc `lxc_name` by removing its link pins (whatever
-    /// ifindex they recorded, so this works after the lxc is gone). Returns how many pins were
-    /// removed; 0 when it was not attached.
+    /// Removes the TCX link pins of the lxc `lxc_name` (whatever ifindex they recorded, so
+    /// this works after the lxc is gone), which detaches those programs. Returns how many
+    /// pins were removed; 0 for an lxc attached by tc, whose filters go with the device.
     pub fn detach_endpoint(&mut self, lxc_name: &str) -> Result<usize, DatapathError> {
         let mut removed = 0;
         for (file, lxc, _, _) in self.link_pins()? {
@@ -548,25 +1068,6 @@ impl Datapath {
             }
         }
         Ok(removed)
-    }
-
-    /// Every lxc with pinned links, sorted by name.
-    pub fn attachments(&self) -> Result<Vec<LxcAttachment>, DatapathError> {
-        let mut attachments: Vec<LxcAttachment> = Vec::new();
-        for (file, lxc, ifindex, hook) in self.link_pins()? {
-            let path = self.links_dir().join(file);
-            match attachments.last_mut() {
-                Some(last) if last.lxc_name == lxc && last.ifindex == ifindex => {
-                    last.pins.push((hook, path));
-                }
-                _ => attachments.push(LxcAttachment {
-                    lxc_name: lxc,
-                    ifindex,
-                    pins: vec![(hook, path)],
-                }),
-            }
-        }
-        Ok(attachments)
     }
 
     /// Removes every pin of `node` under `pin_root` (links first, which detaches the programs,
@@ -598,6 +1099,12 @@ fn chain(error: &dyn std::error::Error) -> String {
         source = cause.source();
     }
     text
+}
+
+/// The id of the program behind the pinned link at `pin`.
+fn pinned_program(pin: &Path) -> Option<u32> {
+    let link = PinnedLink::from_pin(pin).ok()?;
+    FdLink::from(link).info().ok().map(|info| info.program_id())
 }
 
 fn program_mut(ebpf: &mut Ebpf, hook: Hook) -> Result<&mut SchedClassifier, DatapathError> {

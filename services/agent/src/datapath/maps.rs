@@ -17,7 +17,7 @@ pub const LXC_MAP: &str = "kino_lxc";
 /// Name of the per-CPU endpoint id → counters map.
 pub const METRICS_MAP: &str = "kino_metrics";
 /// Every map of the datapath, in the order they are pinned.
-pub const ALL_MAPS: [&str; 7] = [
+pub const ALL_MAPS: [&str; 9] = [
     ENDPOINTS_MAP,
     LXC_MAP,
     METRICS_MAP,
@@ -25,6 +25,8 @@ pub const ALL_MAPS: [&str; 7] = [
     super::policy::POLICY_MAP,
     super::policy::EP_POLICY_MAP,
     super::conntrack::CT_MAP,
+    super::events::EVENTS_MAP,
+    super::events::EVENT_COUNTERS_MAP,
 ];
 
 /// `KINO_MAX_ENDPOINTS`: capacity of each map.
@@ -348,7 +350,16 @@ impl EndpointMaps {
 
     /// The endpoint holding `ip`, if any.
     pub fn get(&self, ip: Ipv4Addr) -> Result<Option<EndpointEntry>, MapOpError> {
-        match self.endpoints.get(&EndpointKeyRaw::ipv4(ip), 0) {
+        self.get_ip(ip.into())
+    }
+
+    /// The endpoint holding `ip` (IPv4 or IPv6), if any.
+    pub fn get_ip(&self, ip: std::net::IpAddr) -> Result<Option<EndpointEntry>, MapOpError> {
+        let key = match ip {
+            std::net::IpAddr::V4(v4) => EndpointKeyRaw::ipv4(v4),
+            std::net::IpAddr::V6(v6) => EndpointKeyRaw::ipv6(v6),
+        };
+        match self.endpoints.get(&key, 0) {
             Ok(raw) => Ok(Some(EndpointEntry::from_raw(&raw))),
             Err(e) if is_missing_key(&e) => Ok(None),
             Err(e) => Err(map_err(ENDPOINTS_MAP, format!("lookup {ip}"))(e)),
@@ -455,13 +466,13 @@ impl EndpointMaps {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::mem::offset_of;
 
     /// A minimal reader of BTF (the kernel's format, little endian): struct and union names,
     /// sizes and member offsets — all this test needs.
-    mod btf {
+    pub(crate) mod btf {
         use std::collections::HashMap;
 
         pub struct Member {
@@ -536,7 +547,7 @@ mod tests {
         }
     }
 
-    fn object_btf() -> std::collections::HashMap<String, btf::Composite> {
+    pub(crate) fn object_btf() -> std::collections::HashMap<String, btf::Composite> {
         use object::{Object, ObjectSection};
         let file = object::File::parse(super::super::loader::DATAPATH_OBJECT)
             .expect("the embedded object is ELF");
@@ -546,7 +557,7 @@ mod tests {
         btf::structs(section.data().expect("BTF section data"))
     }
 
-    fn assert_layout(
+    pub(crate) fn assert_layout(
         structs: &std::collections::HashMap<String, btf::Composite>,
         name: &str,
         size: usize,

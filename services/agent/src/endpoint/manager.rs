@@ -5,7 +5,7 @@
 //! deletion keeps going past errors and reports all of them.
 
 use std::collections::BTreeMap;
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -31,8 +31,10 @@ use kino_service_kit::TracedChannel;
 use prost::Message;
 use tokio::sync::Mutex;
 
+use super::veth::validate_mtu;
 use super::{
-    EndpointError, EndpointSpec, VethRequest, create_endpoint, delete_endpoint, list_lxcs, lxc_name,
+    EndpointError, EndpointSpec, VethRequest, create_endpoint, delete_endpoint,
+    delete_endpoint_with, list_lxcs, lxc_name,
 };
 use crate::datapath::ipcache::IDENTITY_HOST;
 use crate::datapath::{
@@ -49,6 +51,8 @@ pub use labels::{LabelsUpdated, edit_labels};
 
 /// Largest endpoint id handed out (ids are per node).
 pub const MAX_ENDPOINT_ID: u32 = 65_535;
+/// MTU of a veth when none is set (the kernel's default).
+pub const DEFAULT_MTU: u32 = 1500;
 
 /// Why an endpoint operation failed; each maps onto one gRPC code (and so one CNI code).
 #[derive(Debug, thiserror::Error)]
@@ -138,6 +142,9 @@ impl ManagerError {
 pub struct NodeNetwork {
     /// Gateway of the node's IPv4 block (held by `kino_host`).
     pub gateway_v4: Ipv4Addr,
+    /// Gateway of the node's IPv6 block (also on `kino_host`) when the pool is dual-stack
+    /// and the node has IPv6: endpoints then get an IPv6 address too.
+    pub gateway_v6: Option<Ipv6Addr>,
     /// Every pod CIDR of the node (all families).
     pub pod_cidrs: Vec<String>,
 }
@@ -149,7 +156,8 @@ pub struct ManagerConfig {
     pub node: String,
     /// IPAM pool used when a request names none.
     pub pool: String,
-    /// MTU of endpoint veths (0 keeps the kernel default).
+    /// MTU of endpoint veths when the CNI config sets none (0 keeps the kernel's
+    /// [`DEFAULT_MTU`]).
     pub mtu: u32,
     /// The IPAM service's address, for messages.
     pub ipam_target: String,
@@ -233,6 +241,21 @@ impl Inner {
     fn next_id(&self) -> Option<u32> {
         (1..=MAX_ENDPOINT_ID).find(|id| !self.endpoints.contains_key(id))
     }
+}
+
+fn ipv6_of(endpoint: &Endpoint) -> Option<Ipv6Addr> {
+    endpoint
+        .networking
+        .as_ref()
+        .and_then(|n| n.addressing.as_ref())
+        .and_then(|a| a.ipv6.parse().ok())
+}
+
+/// Every address of an endpoint (IPv4, then IPv6 if it has one).
+fn addresses_of(endpoint: &Endpoint) -> Vec<IpAddr> {
+    let mut addresses: Vec<IpAddr> = ipv4_of(endpoint).map(IpAddr::from).into_iter().collect();
+    addresses.extend(ipv6_of(endpoint).map(IpAddr::from));
+    addresses
 }
 
 fn ipv4_of(endpoint: &Endpoint) -> Option<Ipv4Addr> {
@@ -376,6 +399,19 @@ impl EndpointManager {
         }
     }
 
+    /// The MTU of a new endpoint's veth: the CNI config's `mtu` when set (`requested`), else
+    /// the agent's default; `None` keeps the kernel's. Checked against the pod's families.
+    fn endpoint_mtu(&self, requested: u32) -> Result<Option<u32>, ManagerError> {
+        let (mtu, source) = match (requested, self.config.mtu) {
+            (0, 0) => return Ok(None),
+            (0, default) => (default, "the agent's --endpoint-mtu"),
+            (requested, _) => (requested, "\"mtu\" of the CNI network config"),
+        };
+        validate_mtu(mtu, self.network.gateway_v6.is_some())
+            .map_err(|e| ManagerError::Invalid(format!("invalid {source}: {e}")))?;
+        Ok(Some(mtu))
+    }
+
     /// CNI ADD: IP from IPAM, veth + datapath, datastore record, checkpoint — all or nothing.
     /// A retry of an ADD that succeeded returns the same endpoint.
     pub async fn create(
@@ -403,12 +439,8 @@ impl EndpointManager {
                 ManagerError::Invalid(format!("requested MAC {mac:?} is invalid: {e}"))
             })?),
         };
-        if request.mtu != 0 && request.mtu != 1500 {
-            return Err(ManagerError::Invalid(format!(
-                "mtu {} was asked for, but kino-agent does not set veth MTUs yet (they stay 1500); remove \"mtu\" from the CNI config",
-                request.mtu
-            )));
-        }
+        // Before anything is allocated: a bad MTU leaves nothing to undo.
+        self.endpoint_mtu(request.mtu)?;
         if let Some(existing) = self.existing(&request).await? {
             return Ok(self.response(&existing));
         }
@@ -438,56 +470,103 @@ impl EndpointManager {
         } else {
             request.ipam_pool.clone()
         };
-        // The security identity first: nothing to undo if the compiler cannot give one.
-        // Without any label (no pod, no CNI labels) no policy can select the endpoint: it
-        // keeps identity 0 (unknown).
+        // The security identity (and its policy) and the address do not depend on each
+        // other: both are asked for at once, which takes one of the two round trips off
+        // every ADD. Without any label (no pod, no CNI labels) no policy can select the
+        // endpoint: it keeps identity 0 (unknown).
         let labels = endpoint_labels(request.labels.as_ref(), pod.as_ref());
-        let identity = if labels.labels.is_empty() {
-            0
-        } else {
-            let identity = self
-                .policy
-                .clone()
-                .allocate_identity(AllocateIdentityRequest {
-                    labels: Some(labels.clone()),
-                })
-                .await
-                .map_err(|s| self.policy_err(s))?
-                .into_inner()
-                .identity
-                .map(|i| i.id)
-                .filter(|id| *id != 0)
-                .ok_or_else(|| {
-                    ManagerError::Internal("the policy-compiler returned no identity".into())
-                })?;
-            tracing::info!(container = %request.container_id, identity, "identity allocated");
-            identity
+        let identity = async {
+            let identity = if labels.labels.is_empty() {
+                0
+            } else {
+                let identity = self
+                    .policy
+                    .clone()
+                    .allocate_identity(AllocateIdentityRequest {
+                        labels: Some(labels.clone()),
+                    })
+                    .await
+                    .map_err(|s| self.policy_err(s))?
+                    .into_inner()
+                    .identity
+                    .map(|i| i.id)
+                    .filter(|id| *id != 0)
+                    .ok_or_else(|| {
+                        ManagerError::Internal("the policy-compiler returned no identity".into())
+                    })?;
+                tracing::info!(container = %request.container_id, identity, "identity allocated");
+                identity
+            };
+            // Its policy before the endpoint exists: it starts enforced as compiled.
+            self.prefetch_policy(identity).await?;
+            Ok::<_, ManagerError>(identity)
         };
-        // Its policy before the endpoint exists: it starts enforced as compiled.
-        self.prefetch_policy(identity).await?;
-        let allocation = self
-            .ipam
-            .clone()
-            .allocate(AllocateRequest {
+        // One address per family of the node (claims are per family: the two allocations
+        // do not contend).
+        let allocate = |family: IpFamily, requested: &str| {
+            let request = AllocateRequest {
                 node: self.config.node.clone(),
                 pool: pool.clone(),
-                family: IpFamily::Ipv4 as i32,
+                family: family as i32,
                 owner: Some(owner.clone()),
-                requested_address: request.requested_ipv4.clone(),
-            })
-            .await
-            .map_err(|s| self.ipam_err(s))?
-            .into_inner()
-            .allocation
-            .ok_or_else(|| ManagerError::Internal("IPAM returned no allocation".into()))?;
+                requested_address: requested.to_owned(),
+            };
+            async move {
+                self.ipam
+                    .clone()
+                    .allocate(request)
+                    .await
+                    .map_err(|s| self.ipam_err(s))?
+                    .into_inner()
+                    .allocation
+                    .ok_or_else(|| {
+                        ManagerError::Internal(format!(
+                            "IPAM returned no {} allocation",
+                            family.as_str_name()
+                        ))
+                    })
+            }
+        };
+        let address_v4 = allocate(IpFamily::Ipv4, &request.requested_ipv4);
+        // Dual-stack: an IPv6 address too.
+        let address_v6 = async {
+            match self.network.gateway_v6 {
+                None => Ok(None),
+                Some(_) => allocate(IpFamily::Ipv6, &request.requested_ipv6)
+                    .await
+                    .map(Some),
+            }
+        };
+        let (identity, allocation, allocation_v6) = tokio::join!(identity, address_v4, address_v6);
+        let (identity, allocation, allocation_v6) = match (identity, allocation, allocation_v6) {
+            (Ok(identity), Ok(allocation), Ok(allocation_v6)) => {
+                (identity, allocation, allocation_v6)
+            }
+            (identity, allocation, allocation_v6) => {
+                // Release what was allocated (both families) and report the first failure.
+                if allocation.is_ok() || matches!(allocation_v6, Ok(Some(_))) {
+                    self.release(&owner).await;
+                }
+                let error = [identity.err(), allocation.err(), allocation_v6.err()]
+                    .into_iter()
+                    .flatten()
+                    .next();
+                return Err(error.unwrap_or_else(|| {
+                    ManagerError::Internal("allocation failed without an error".into())
+                }));
+            }
+        };
         tracing::info!(container = %request.container_id, ip = %allocation.address, "address allocated");
+        if let Some(allocation) = &allocation_v6 {
+            tracing::info!(container = %request.container_id, ip = %allocation.address, "IPv6 address allocated");
+        }
         match self
             .create_with_address(
                 &request,
                 pod,
                 (labels, identity),
                 &pool,
-                &allocation,
+                (&allocation, allocation_v6.as_ref()),
                 requested_mac,
             )
             .await
@@ -529,7 +608,10 @@ impl EndpointManager {
         pod: Option<PodRef>,
         (labels, identity): (Labels, u32),
         pool: &str,
-        allocation: &kino_api::ipam::IpAllocation,
+        (allocation, allocation_v6): (
+            &kino_api::ipam::IpAllocation,
+            Option<&kino_api::ipam::IpAllocation>,
+        ),
         mac: Option<MacAddr>,
     ) -> Result<Endpoint, ManagerError> {
         let ipv4: Ipv4Addr = allocation.address.parse().map_err(|e| {
@@ -542,6 +624,21 @@ impl EndpointManager {
             .gateway
             .parse()
             .unwrap_or(self.network.gateway_v4);
+        let (ipv6, gateway_v6) = match (allocation_v6, self.network.gateway_v6) {
+            (Some(allocation), Some(node_gateway)) => {
+                let ipv6: Ipv6Addr = allocation.address.parse().map_err(|e| {
+                    ManagerError::Internal(format!(
+                        "IPAM gave an invalid IPv6 address {:?}: {e}",
+                        allocation.address
+                    ))
+                })?;
+                (
+                    Some(ipv6),
+                    Some(allocation.gateway.parse().unwrap_or(node_gateway)),
+                )
+            }
+            _ => (None, None),
+        };
         let mut inner = self.inner.lock().await;
         if inner
             .by_attachment(&request.container_id, &request.ifname)
@@ -563,10 +660,11 @@ impl EndpointManager {
                 ifname: request.ifname.clone(),
                 netns: PathBuf::from(&request.netns_path),
                 ipv4,
-                ipv6: None,
+                ipv6,
                 gateway_v4,
-                gateway_v6: None,
+                gateway_v6,
                 mac,
+                mtu: self.endpoint_mtu(request.mtu)?,
             },
         };
         let Inner {
@@ -599,16 +697,15 @@ impl EndpointManager {
                 host_mac: kernel.veth.lxc_mac.to_string(),
                 addressing: Some(EndpointAddressing {
                     ipv4: ipv4.to_string(),
-                    ipv6: String::new(),
+                    ipv6: ipv6.map(|ip| ip.to_string()).unwrap_or_default(),
                     ipv4_gateway: gateway_v4.to_string(),
-                    ipv6_gateway: String::new(),
+                    ipv6_gateway: gateway_v6.map(|ip| ip.to_string()).unwrap_or_default(),
                     ipam_pool: pool.to_owned(),
                 }),
                 container_interface_name: kernel.veth.pod_ifname.clone(),
                 container_interface_index: kernel.veth.pod_ifindex,
                 netns_path: request.netns_path.clone(),
-                // Setting a veth MTU is not supported yet: both ends keep the kernel's 1500.
-                mtu: 1500,
+                mtu: spec.veth.mtu.unwrap_or(DEFAULT_MTU),
             }),
             policy: Some(EndpointPolicyStatus {
                 enforcement: Some(PolicyEnforcement {
@@ -632,49 +729,26 @@ impl EndpointManager {
         if let Err(e) = recorded {
             // Undo in reverse: datastore record, kernel (the caller releases the address).
             self.unpublish(id).await.ok();
-            if let Err(undo) =
-                delete_endpoint(netlink, datapath, &kernel.veth.lxc_name, Some(ipv4)).await
+            if let Err(undo) = delete_endpoint_with(
+                netlink,
+                datapath,
+                &kernel.veth.lxc_name,
+                &addresses_of(&endpoint),
+            )
+            .await
             {
                 tracing::warn!(error = %undo, "rolling back a failed ADD");
             }
             return Err(e);
         }
         inner.endpoints.insert(id, endpoint.clone());
-        tracing::info!(id, lxc = %kernel.veth.lxc_name, ip = %ipv4, "endpoint created");
+        tracing::info!(id, lxc = %kernel.veth.lxc_name, ip = %ipv4, ipv6 = ?ipv6, "endpoint created");
         Ok(endpoint)
     }
 
     /// The CNI-facing answer for an endpoint.
     fn response(&self, endpoint: &Endpoint) -> CreateEndpointResponse {
-        let net = endpoint.networking.clone().unwrap_or_default();
-        let addressing = net.addressing.clone().unwrap_or_default();
-        CreateEndpointResponse {
-            endpoint: Some(endpoint.clone()),
-            interfaces: vec![
-                CniInterface {
-                    name: net.interface_name.clone(),
-                    mac: net.host_mac.clone(),
-                    sandbox: String::new(),
-                    mtu: net.mtu,
-                },
-                CniInterface {
-                    name: net.container_interface_name.clone(),
-                    mac: net.mac.clone(),
-                    sandbox: net.netns_path.clone(),
-                    mtu: net.mtu,
-                },
-            ],
-            ips: vec![CniIpConfig {
-                address: format!("{}/32", addressing.ipv4),
-                gateway: addressing.ipv4_gateway.clone(),
-                interface: 1,
-            }],
-            routes: vec![CniRoute {
-                destination: "0.0.0.0/0".into(),
-                gateway: addressing.ipv4_gateway,
-            }],
-            dns: None,
-        }
+        cni_response(endpoint)
     }
 
     fn key(&self, id: u32) -> ResourceKey {
@@ -830,14 +904,24 @@ impl EndpointManager {
         let Inner {
             netlink, datapath, ..
         } = &mut *inner;
-        if let Err(e) = delete_endpoint(netlink, datapath, &lxc_of(&found), ipv4_of(&found)).await {
+        // The kernel teardown (its longest step, deleting the veth, waits for RCU grace
+        // periods in the kernel), the address release and the record delete are independent,
+        // so they run at once. Releasing the address before the lxc is gone is safe: only
+        // this node's ADDs can get it back, and they wait for this lock before touching the
+        // kernel.
+        let (lxc, addresses, owner) = (lxc_of(&found), addresses_of(&found), owner_of(&found));
+        let (kernel, released, unpublished) = tokio::join!(
+            delete_endpoint_with(netlink, datapath, &lxc, &addresses),
+            self.release_owner(&owner),
+            self.unpublish(found.id),
+        );
+        if let Err(e) = kernel {
             errors.push(e.to_string());
         }
-        if let Err(e) = self.release_owner(&owner_of(&found)).await {
-            errors.push(e.to_string());
-        }
-        if let Err(e) = self.unpublish(found.id).await {
-            errors.push(e.to_string());
+        for result in [released, unpublished] {
+            if let Err(e) = result {
+                errors.push(e.to_string());
+            }
         }
         if let Err(e) = self.state.remove(found.id) {
             errors.push(e.to_string());
@@ -885,26 +969,33 @@ impl EndpointManager {
                 endpoint.id
             )));
         };
-        let ip = ipv4_of(&endpoint).unwrap_or(Ipv4Addr::UNSPECIFIED);
-        match inner.datapath.maps().get(ip) {
-            Ok(Some(entry)) if entry.lxc_ifindex == link.index => {}
-            Ok(_) => {
-                return Err(ManagerError::CheckFailed(format!(
-                    "endpoint {}: the datapath has no entry for {ip} on {lxc}",
-                    endpoint.id
-                )));
-            }
-            Err(e) => return Err(ManagerError::Internal(e.to_string())),
+        let mut addresses = addresses_of(&endpoint);
+        if addresses.is_empty() {
+            addresses.push(Ipv4Addr::UNSPECIFIED.into());
         }
-        let mine = format!("{ip}/32");
-        if let Some(other) = request
-            .expected_addresses
+        for ip in &addresses {
+            match inner.datapath.maps().get_ip(*ip) {
+                Ok(Some(entry)) if entry.lxc_ifindex == link.index => {}
+                Ok(_) => {
+                    return Err(ManagerError::CheckFailed(format!(
+                        "endpoint {}: the datapath has no entry for {ip} on {lxc}",
+                        endpoint.id
+                    )));
+                }
+                Err(e) => return Err(ManagerError::Internal(e.to_string())),
+            }
+        }
+        let mine: Vec<String> = addresses
             .iter()
-            .find(|a| a.as_str() != mine && !a.starts_with(&format!("{ip}/")))
-        {
+            .map(|ip| format!("{ip}/{}", if ip.is_ipv4() { 32 } else { 128 }))
+            .collect();
+        if let Some(other) = request.expected_addresses.iter().find(|a| {
+            !mine.contains(a) && !addresses.iter().any(|ip| a.starts_with(&format!("{ip}/")))
+        }) {
             return Err(ManagerError::CheckFailed(format!(
-                "endpoint {} has {mine}, the previous result says {other}",
-                endpoint.id
+                "endpoint {} has {}, the previous result says {other}",
+                endpoint.id,
+                mine.join(" and ")
             )));
         }
         let mac = endpoint
@@ -986,14 +1077,36 @@ impl EndpointManager {
         self.inner.lock().await.endpoints.len()
     }
 
-    /// The datapath's endpoint map, for `kino bpf endpoint list`.
-    pub async fn bpf_endpoints(&self) -> Result<Vec<EndpointEntry>, ManagerError> {
+    /// The datapath's endpoint map, one row per key (an endpoint's IPv4 and IPv6 address),
+    /// for `kino bpf endpoint list`.
+    pub async fn bpf_endpoints(&self) -> Result<Vec<(IpAddr, EndpointEntry)>, ManagerError> {
         let inner = self.inner.lock().await;
         inner
             .datapath
             .maps()
-            .list()
+            .list_ips()
             .map_err(|e| ManagerError::Internal(e.to_string()))
+    }
+
+    /// How the programs sit on each endpoint's lxc (`tc`, `tcx`, `tc+tcx`, `none`), by lxc
+    /// ifindex, for `kino bpf endpoint list`.
+    pub async fn bpf_attach_modes(
+        &self,
+    ) -> Result<std::collections::HashMap<u32, &'static str>, ManagerError> {
+        let inner = self.inner.lock().await;
+        let mut modes = std::collections::HashMap::new();
+        for endpoint in inner.endpoints.values() {
+            let Some(net) = endpoint.networking.as_ref() else {
+                continue;
+            };
+            let attachment = inner
+                .datapath
+                .attachment(&inner.netlink, &net.interface_name, net.interface_index)
+                .await
+                .map_err(|e| ManagerError::Internal(e.to_string()))?;
+            modes.insert(net.interface_index, attachment.mode());
+        }
+        Ok(modes)
     }
 
     /// An endpoint's policy map as the datapath holds it, for `kino bpf policy list`.
@@ -1052,6 +1165,7 @@ impl EndpointManager {
             .await
             .map_err(|e| internal(&e))?;
         addresses.push(self.network.gateway_v4.into());
+        addresses.extend(self.network.gateway_v6.map(IpAddr::from));
         let wanted: Vec<IpPrefix> = addresses.into_iter().map(IpPrefix::host).collect();
         let ipcache = inner.datapath.ipcache_mut();
         for entry in ipcache.list().map_err(|e| internal(&e))? {
@@ -1200,28 +1314,43 @@ impl EndpointManager {
                     id: endpoint.id,
                     identity: endpoint.identity,
                     ipv4: ip,
-                    ipv6: None,
+                    ipv6: ipv6_of(&endpoint),
                     lxc_ifindex: link.index,
                     lxc_mac: link.mac,
                     pod_mac: net.mac.parse().unwrap_or(link.mac),
                 };
-                let Inner { datapath, .. } = &mut *inner;
+                let Inner {
+                    datapath, netlink, ..
+                } = &mut *inner;
                 if datapath.maps().get(ip).ok().flatten().as_ref() != Some(&entry) {
                     datapath
                         .maps_mut()
                         .upsert(&entry)
                         .map_err(|e| ManagerError::Internal(e.to_string()))?;
                 }
-                datapath
-                    .ipcache_mut()
-                    .upsert(&IpcacheEntry::new(
-                        IpPrefix::host(ip.into()),
-                        endpoint.identity,
-                    ))
+                for address in addresses_of(&endpoint) {
+                    datapath
+                        .ipcache_mut()
+                        .upsert(&IpcacheEntry::new(
+                            IpPrefix::host(address),
+                            endpoint.identity,
+                        ))
+                        .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                }
+                let attachment = datapath
+                    .adopt_endpoint(netlink, &lxc, link.index)
+                    .await
                     .map_err(|e| ManagerError::Internal(e.to_string()))?;
-                datapath
-                    .attach_endpoint(&lxc)
-                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                for hook in &attachment.hooks {
+                    tracing::info!(
+                        id = endpoint.id,
+                        %lxc,
+                        program = hook.hook.program(),
+                        mode = hook.mode().as_str(),
+                        change = ?hook.change,
+                        "programs adopted"
+                    );
+                }
                 endpoint.state = EndpointState::Ready as i32;
                 if let Some(n) = endpoint.networking.as_mut() {
                     n.interface_index = link.index;
@@ -1241,8 +1370,13 @@ impl EndpointManager {
                 let Inner {
                     netlink, datapath, ..
                 } = &mut *inner;
-                if let Err(e) =
-                    delete_endpoint(netlink, datapath, &lxc_of(&endpoint), ipv4_of(&endpoint)).await
+                if let Err(e) = delete_endpoint_with(
+                    netlink,
+                    datapath,
+                    &lxc_of(&endpoint),
+                    &addresses_of(&endpoint),
+                )
+                .await
                 {
                     tracing::warn!(error = %e, "cleaning up a vanished endpoint");
                 }
@@ -1441,6 +1575,54 @@ impl EndpointManager {
     }
 }
 
+/// The CNI-facing answer for an endpoint: its interfaces (lxc, then the pod side), its
+/// addresses (IPv4 /32 first, then the IPv6 /128 when it has one) and default routes.
+pub fn cni_response(endpoint: &Endpoint) -> CreateEndpointResponse {
+    let net = endpoint.networking.clone().unwrap_or_default();
+    let addressing = net.addressing.clone().unwrap_or_default();
+    // IPv4 first (what single-stack consumers read), then IPv6 when the pod has it.
+    let mut ips = vec![CniIpConfig {
+        address: format!("{}/32", addressing.ipv4),
+        gateway: addressing.ipv4_gateway.clone(),
+        interface: 1,
+    }];
+    let mut routes = vec![CniRoute {
+        destination: "0.0.0.0/0".into(),
+        gateway: addressing.ipv4_gateway.clone(),
+    }];
+    if !addressing.ipv6.is_empty() {
+        ips.push(CniIpConfig {
+            address: format!("{}/128", addressing.ipv6),
+            gateway: addressing.ipv6_gateway.clone(),
+            interface: 1,
+        });
+        routes.push(CniRoute {
+            destination: "::/0".into(),
+            gateway: addressing.ipv6_gateway.clone(),
+        });
+    }
+    CreateEndpointResponse {
+        endpoint: Some(endpoint.clone()),
+        interfaces: vec![
+            CniInterface {
+                name: net.interface_name.clone(),
+                mac: net.host_mac.clone(),
+                sandbox: String::new(),
+                mtu: net.mtu,
+            },
+            CniInterface {
+                name: net.container_interface_name.clone(),
+                mac: net.mac.clone(),
+                sandbox: net.netns_path.clone(),
+                mtu: net.mtu,
+            },
+        ],
+        ips,
+        routes,
+        dns: None,
+    }
+}
+
 /// Whether the policy stream must leave an ipcache prefix alone: a local endpoint's /32 or
 /// a host entry the agent wrote.
 fn protected(inner: &Inner, prefix: &IpPrefix) -> bool {
@@ -1451,13 +1633,15 @@ fn protected(inner: &Inner, prefix: &IpPrefix) -> bool {
     if inner
         .endpoints
         .values()
-        .any(|e| ipv4_of(e).map(IpAddr::from) == Some(addr))
+        .any(|e| addresses_of(e).contains(&addr))
     {
         return true;
     }
+    // One kernel lookup (not a dump of the map: this runs once per streamed /32). Only the
+    // agent writes the host identity, and only for host addresses.
     matches!(
-        inner.datapath.ipcache().get(prefix),
-        Ok(Some(entry)) if entry.identity == IDENTITY_HOST
+        inner.datapath.ipcache().identity_of(addr),
+        Ok(identity) if identity == IDENTITY_HOST
     )
 }
 
@@ -1563,6 +1747,59 @@ mod tests {
                 "container:namespace=default",
                 "container:pod=web-1",
                 "k8s:tier=front"
+            ]
+        );
+    }
+
+    #[test]
+    fn cni_results_carry_ipv6_after_ipv4_when_the_endpoint_has_it() {
+        let mut endpoint = Endpoint {
+            networking: Some(EndpointNetworking {
+                addressing: Some(EndpointAddressing {
+                    ipv4: "10.0.1.23".into(),
+                    ipv4_gateway: "10.0.1.1".into(),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        };
+        let v4_only = cni_response(&endpoint);
+        assert_eq!(v4_only.ips.len(), 1);
+        assert_eq!(v4_only.routes.len(), 1);
+        assert_eq!(addresses_of(&endpoint), [IpAddr::from([10, 0, 1, 23])]);
+
+        let addressing = endpoint
+            .networking
+            .as_mut()
+            .and_then(|n| n.addressing.as_mut())
+            .expect("addressing");
+        addressing.ipv6 = "fd00::117".into();
+        addressing.ipv6_gateway = "fd00::101".into();
+        let dual = cni_response(&endpoint);
+        let ips: Vec<(&str, &str, u32)> = dual
+            .ips
+            .iter()
+            .map(|ip| (ip.address.as_str(), ip.gateway.as_str(), ip.interface))
+            .collect();
+        assert_eq!(
+            ips,
+            [
+                ("10.0.1.23/32", "10.0.1.1", 1),
+                ("fd00::117/128", "fd00::101", 1)
+            ]
+        );
+        let routes: Vec<(&str, &str)> = dual
+            .routes
+            .iter()
+            .map(|r| (r.destination.as_str(), r.gateway.as_str()))
+            .collect();
+        assert_eq!(routes, [("0.0.0.0/0", "10.0.1.1"), ("::/0", "fd00::101")]);
+        assert_eq!(
+            addresses_of(&endpoint),
+            [
+                IpAddr::from([10, 0, 1, 23]),
+                "fd00::117".parse::<IpAddr>().expect("v6")
             ]
         );
     }

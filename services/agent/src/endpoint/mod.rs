@@ -8,12 +8,13 @@ pub mod manager;
 pub mod state;
 pub mod veth;
 
-use std::net::Ipv4Addr;
+use std::collections::BTreeSet;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::PathBuf;
 
 use crate::datapath::{
-    Datapath, DatapathError, EndpointEntry, IpPrefix, IpcacheEntry, IpcacheError, LxcAttachment,
-    MapOpError, PolicyMapError,
+    ConntrackError, Datapath, DatapathError, EndpointEntry, IpPrefix, IpcacheEntry, IpcacheError,
+    LxcAttachment, MapOpError, PolicyMapError,
 };
 use crate::netlink::NetlinkError;
 use crate::netns::NetnsError;
@@ -70,6 +71,15 @@ pub enum EndpointError {
         #[source]
         source: std::io::Error,
     },
+    /// A sysctl of the pod side could not be written (IPv6 turned off in the kernel?).
+    #[error("cannot write {path}: {source}; does the kernel have IPv6?")]
+    Sysctl {
+        /// The /proc/sys path.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
+    },
     /// Entering the pod's namespace failed (it does not exist, or no privilege).
     #[error(transparent)]
     Netns(#[from] NetnsError),
@@ -88,6 +98,9 @@ pub enum EndpointError {
     /// Clearing the endpoint's policy failed.
     #[error(transparent)]
     Policy(#[from] PolicyMapError),
+    /// Removing the endpoint's connections from conntrack failed.
+    #[error(transparent)]
+    Conntrack(#[from] ConntrackError),
 }
 
 /// Deleting an endpoint met errors; every step was tried anyway.
@@ -119,7 +132,7 @@ pub struct EndpointDatapath {
     pub veth: EndpointVeth,
     /// Its map entry.
     pub entry: EndpointEntry,
-    /// Its programs' pinned links.
+    /// Its programs (tc filters on the lxc).
     pub attachment: LxcAttachment,
 }
 
@@ -148,10 +161,16 @@ pub async fn create_endpoint(
         pod_mac: veth.pod_mac,
     };
     let attached = match write_entries(datapath, &entry) {
-        Ok(()) => datapath.attach_endpoint(&veth.lxc_name).map_err(|e| {
-            remove_entries(datapath, &entry, &veth.lxc_name);
-            EndpointError::from(e)
-        }),
+        Ok(()) => match datapath
+            .attach_endpoint(netlink, &veth.lxc_name, veth.lxc_ifindex)
+            .await
+        {
+            Ok(attachment) => Ok(attachment),
+            Err(e) => {
+                remove_entries(datapath, &entry, &veth.lxc_name);
+                Err(EndpointError::from(e))
+            }
+        },
         Err(e) => {
             remove_entries(datapath, &entry, &veth.lxc_name);
             Err(e)
@@ -172,40 +191,67 @@ pub async fn create_endpoint(
     }
 }
 
-/// The ipcache entry of an endpoint's address.
-fn ipcache_entry(entry: &EndpointEntry) -> IpcacheEntry {
-    IpcacheEntry::new(IpPrefix::host(entry.ipv4.into()), entry.identity)
+/// The addresses of an endpoint: its IPv4 and, if it has one, its IPv6.
+pub fn endpoint_addresses(entry: &EndpointEntry) -> Vec<IpAddr> {
+    let mut addresses = vec![IpAddr::from(entry.ipv4)];
+    addresses.extend(entry.ipv6.map(IpAddr::from));
+    addresses
+}
+
+/// The ipcache entries of an endpoint's addresses (a /32 and a /128).
+fn ipcache_entries(entry: &EndpointEntry) -> Vec<IpcacheEntry> {
+    endpoint_addresses(entry)
+        .into_iter()
+        .map(|ip| IpcacheEntry::new(IpPrefix::host(ip), entry.identity))
+        .collect()
 }
 
 /// The endpoint's map entries, its policy reset (a previous holder of the id may have left
-/// some) and its ipcache entry.
+/// some) and its ipcache entries.
 fn write_entries(datapath: &mut Datapath, entry: &EndpointEntry) -> Result<(), EndpointError> {
     datapath.policy_mut().clear(entry.id)?;
     datapath.maps_mut().upsert(entry)?;
-    datapath.ipcache_mut().upsert(&ipcache_entry(entry))?;
+    for ipcache in ipcache_entries(entry) {
+        datapath.ipcache_mut().upsert(&ipcache)?;
+    }
     Ok(())
 }
 
 /// Undoes [`write_entries`] as far as it got, logging what cannot be undone.
 fn remove_entries(datapath: &mut Datapath, entry: &EndpointEntry, lxc: &str) {
-    if let Err(undo) = datapath.ipcache_mut().remove(&ipcache_entry(entry).prefix) {
-        tracing::warn!(lxc, error = %undo, "rolling back: cannot remove the ipcache entry");
+    for ipcache in ipcache_entries(entry) {
+        if let Err(undo) = datapath.ipcache_mut().remove(&ipcache.prefix) {
+            tracing::warn!(lxc, error = %undo, "rolling back: cannot remove an ipcache entry");
+        }
     }
     if let Err(undo) = datapath.maps_mut().remove_entry(entry) {
         tracing::warn!(lxc, error = %undo, "rolling back: cannot remove map entries");
     }
 }
 
-/// Deletes the endpoint whose host side is `lxc`: detaches its programs, removes its map
-/// entries (those of its lxc, and those of `ipv4` when given — the only way to find them once
-/// the lxc is gone), its policy and its ipcache entry, and deletes the lxc. Idempotent; works
-/// when the pod's namespace (and so the lxc) is already gone. Every step is tried even if one
-/// fails.
+/// Deletes the endpoint whose host side is `lxc`: removes its map entries (those of its lxc,
+/// and those of `ipv4` when given — the only way to find them once the lxc is gone), its
+/// policy, its ipcache entries and the conntrack entries of its addresses, and deletes the
+/// lxc (which takes its tc filters; TCX link pins of an older agent are removed). Idempotent;
+/// works when the pod's namespace (and so the lxc) is already gone. Every step is tried even
+/// if one fails.
 pub async fn delete_endpoint(
     netlink: &crate::netlink::Netlink,
     datapath: &mut Datapath,
     lxc: &str,
     ipv4: Option<Ipv4Addr>,
+) -> Result<(), TeardownError> {
+    let addresses: Vec<IpAddr> = ipv4.map(IpAddr::from).into_iter().collect();
+    delete_endpoint_with(netlink, datapath, lxc, &addresses).await
+}
+
+/// [`delete_endpoint`] given every address the endpoint had (IPv4 and IPv6, from its
+/// record): also their ipcache entries go when its map entries are already gone.
+pub async fn delete_endpoint_with(
+    netlink: &crate::netlink::Netlink,
+    datapath: &mut Datapath,
+    lxc: &str,
+    addresses: &[IpAddr],
 ) -> Result<(), TeardownError> {
     let mut errors: Vec<EndpointError> = Vec::new();
     if let Err(e) = datapath.detach_endpoint(lxc) {
@@ -226,8 +272,8 @@ pub async fn delete_endpoint(
             Err(e) => errors.push(e.into()),
         }
     }
-    if let Some(ip) = ipv4 {
-        match datapath.maps().get(ip) {
+    for ip in addresses {
+        match datapath.maps().get_ip(*ip) {
             Ok(Some(entry)) if !found.contains(&entry) => found.push(entry),
             Ok(_) => {}
             Err(e) => errors.push(e.into()),
@@ -241,18 +287,39 @@ pub async fn delete_endpoint(
             errors.push(e.into());
         }
     }
-    // The address's ipcache entry, if it is still this endpoint's (a /32 of a local
-    // endpoint; never a prefix the compiler sent).
-    let addresses = found.iter().map(|e| e.ipv4).chain(ipv4);
-    for ip in addresses.collect::<std::collections::BTreeSet<_>>() {
-        if let Err(e) = datapath.ipcache_mut().remove(&IpPrefix::host(ip.into())) {
+    // The addresses' ipcache entries (a /32 or /128 of a local endpoint; never a prefix
+    // the compiler sent).
+    let hosts = found
+        .iter()
+        .flat_map(endpoint_addresses)
+        .chain(addresses.iter().copied());
+    let hosts: Vec<IpAddr> = hosts.collect::<BTreeSet<_>>().into_iter().collect();
+    for ip in &hosts {
+        if let Err(e) = datapath.ipcache_mut().remove(&IpPrefix::host(*ip)) {
             errors.push(e.into());
         }
     }
+    // Its connections, before its addresses can go to another pod (this node's ADDs wait
+    // for the caller's lock): a reply or verdict cache must not carry over. Its map
+    // entries are gone, so its own points make no new ones. The scan of the conntrack map
+    // (tens of ms when it is full) runs on a blocking thread while the kernel unregisters
+    // the lxc (which waits for RCU grace periods): a DEL pays the longer, not the sum.
+    let purge = datapath.conntrack().try_clone().map(|mut conntrack| {
+        let hosts = hosts.clone();
+        tokio::task::spawn_blocking(move || conntrack.remove_addresses(&hosts))
+    });
     if let Some(link) = link
         && let Err(e) = netlink.delete_link(link.index).await
     {
         errors.push(e.into());
+    }
+    match purge {
+        Ok(task) => match task.await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => errors.push(e.into()),
+            Err(e) => errors.push(ConntrackError::task(&e).into()),
+        },
+        Err(e) => errors.push(e.into()),
     }
     if errors.is_empty() {
         Ok(())

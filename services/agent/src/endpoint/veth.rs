@@ -39,6 +39,8 @@ pub struct VethRequest {
     pub gateway_v6: Option<Ipv6Addr>,
     /// A MAC for the pod side (CNI `MAC=`), else the kernel picks one.
     pub mac: Option<MacAddr>,
+    /// MTU of both ends, else the kernel's default (1500); see [`validate_mtu`].
+    pub mtu: Option<u32>,
 }
 
 /// The veth pair built for an endpoint.
@@ -69,8 +71,33 @@ pub fn lxc_name(container_id: &str, ifname: &str) -> String {
     format!("{LXC_PREFIX}{:012x}", hash >> 16)
 }
 
+/// Smallest MTU the kernel takes for an IPv4 interface (RFC 791).
+pub const MIN_MTU_V4: u32 = 68;
+/// Smallest MTU of an interface with IPv6 (RFC 8200): below it the kernel drops the
+/// interface's IPv6 addresses.
+pub const MIN_MTU_V6: u32 = 1280;
+/// Largest MTU of a veth.
+pub const MAX_MTU: u32 = 65_535;
+
+/// Checks an endpoint MTU: [`MIN_MTU_V4`]..=[`MAX_MTU`], at least [`MIN_MTU_V6`] when the
+/// pod has IPv6. The error says which bound was broken (callers prefix where the value came
+/// from).
+pub fn validate_mtu(mtu: u32, has_ipv6: bool) -> Result<(), String> {
+    let min = if has_ipv6 { MIN_MTU_V6 } else { MIN_MTU_V4 };
+    if (min..=MAX_MTU).contains(&mtu) {
+        return Ok(());
+    }
+    let family = if has_ipv6 { " for a pod with IPv6" } else { "" };
+    Err(format!(
+        "mtu {mtu} is out of range: it must be between {min} and {MAX_MTU}{family}"
+    ))
+}
+
 fn validate(request: &VethRequest) -> Result<(), EndpointError> {
     let invalid = |reason: String| Err(EndpointError::InvalidRequest(reason));
+    if let Some(mtu) = request.mtu {
+        validate_mtu(mtu, request.ipv6.is_some()).map_err(EndpointError::InvalidRequest)?;
+    }
     if request.container_id.is_empty() {
         return invalid("the container id is empty".to_owned());
     }
@@ -107,7 +134,13 @@ pub async fn create_veth(
     }
     let netns = open_netns(&request.netns)?;
     if let Err(e) = netlink
-        .add_veth(&lxc, &request.ifname, Some(netns.as_fd()), request.mac)
+        .add_veth(
+            &lxc,
+            &request.ifname,
+            Some(netns.as_fd()),
+            request.mac,
+            request.mtu,
+        )
         .await
     {
         // The lxc did not exist a moment ago, so the name that clashed is the pod's.
@@ -150,6 +183,12 @@ async fn finish_veth(
         run_in_netns(&request.netns.clone(), move || configure_pod(request)).await??
     };
 
+    if request.ipv6.is_some() {
+        // The node resolves the pod by NDP from the lxc's link-local address, which duplicate
+        // address detection would keep "tentative" (unusable) for up to 2 s after the lxc
+        // comes up: the node could not answer the pod's first packets.
+        set_ipv6_sysctl(lxc, "accept_dad", "0")?;
+    }
     netlink.set_up(host.index).await?;
     netlink
         .add_route_v4(request.ipv4, 32, host.index, None, None, true)
@@ -183,11 +222,16 @@ async fn configure_pod(request: VethRequest) -> Result<LinkDetails, EndpointErro
         .link_by_name(&request.ifname)
         .await?
         .ok_or_else(missing)?;
+    if request.ipv6.is_some() {
+        configure_pod_ipv6(&request.ifname)?;
+    }
     netlink
         .add_address(link.index, request.ipv4.into(), 32)
         .await?;
     if let Some(ipv6) = request.ipv6 {
-        netlink.add_address(link.index, ipv6.into(), 128).await?;
+        // No duplicate address detection: the address is the pod's alone (IPAM), and
+        // usable at once rather than "tentative" for a second.
+        netlink.add_address_v6_nodad(link.index, ipv6, 128).await?;
     }
     netlink.set_up(link.index).await?;
     if let Some(lo) = netlink.link_by_name("lo").await? {
@@ -218,6 +262,23 @@ async fn configure_pod(request: VethRequest) -> Result<LinkDetails, EndpointErro
             .map_err(|e| default_route_error(e, &request))?;
     }
     netlink.link_by_index(link.index).await?.ok_or_else(missing)
+}
+
+/// IPv6 on the pod side before it goes up: on even where the runtime turned it off by
+/// default, and no router advertisements or SLAAC (the node sends none, and the pod's only
+/// router is its gateway, set by route). Runs inside the pod's namespace, whose sysctls
+/// `/proc/sys/net` shows to this thread.
+fn configure_pod_ipv6(ifname: &str) -> Result<(), EndpointError> {
+    for (name, value) in [("disable_ipv6", "0"), ("accept_ra", "0"), ("autoconf", "0")] {
+        set_ipv6_sysctl(ifname, name, value)?;
+    }
+    Ok(())
+}
+
+/// Writes `net.ipv6.conf.<ifname>.<name>` in the calling thread's network namespace.
+fn set_ipv6_sysctl(ifname: &str, name: &str, value: &str) -> Result<(), EndpointError> {
+    let path = PathBuf::from(format!("/proc/sys/net/ipv6/conf/{ifname}/{name}"));
+    std::fs::write(&path, value).map_err(|source| EndpointError::Sysctl { path, source })
 }
 
 fn default_route_error(e: NetlinkError, request: &VethRequest) -> EndpointError {
@@ -277,6 +338,7 @@ mod tests {
             gateway_v4: Ipv4Addr::new(10, 0, 0, 1),
             gateway_v6: None,
             mac: None,
+            mtu: Some(9000),
         };
         assert!(validate(&ok).is_ok());
         for (ifname, container_id) in [
@@ -296,5 +358,27 @@ mod tests {
                 "{ifname:?} {container_id:?}"
             );
         }
+        let v6 = Some(Ipv6Addr::LOCALHOST);
+        for (mtu, ipv6, valid) in [
+            (68, None, true),
+            (65_535, None, true),
+            (1280, v6, true),
+            (67, None, false),
+            (0, None, false),
+            (65_536, None, false),
+            (1279, v6, false),
+        ] {
+            let request = VethRequest {
+                mtu: Some(mtu),
+                ipv6,
+                ..ok.clone()
+            };
+            assert_eq!(validate(&request).is_ok(), valid, "mtu {mtu} ipv6 {ipv6:?}");
+        }
+        let message = validate_mtu(1000, true).expect_err("below the IPv6 minimum");
+        assert_eq!(
+            message,
+            "mtu 1000 is out of range: it must be between 1280 and 65535 for a pod with IPv6"
+        );
     }
 }

@@ -17,6 +17,7 @@ use kino_api::agent::{
 };
 use kino_api::types::{IpFamily, PolicyEnforcement, PolicyEnforcementMode, RoutingMode};
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 use crate::datapath::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use crate::endpoint::manager::EndpointManager;
@@ -74,20 +75,41 @@ fn component(name: &str, message: String) -> ComponentHealth {
 
 #[tonic::async_trait]
 impl AgentService for AgentGrpc {
-    #[tracing::instrument(skip_all, fields(container_id = %request.get_ref().container_id, pod = ?request.get_ref().pod.as_ref().map(|p| &p.name)))]
     async fn create_endpoint(
         &self,
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
-        let response = self
-            .manager
-            .create(request.into_inner())
-            .await
-            .map_err(|e| e.to_status())?;
-        if let Some(e) = &response.endpoint {
-            tracing::Span::current().record("endpoint_id", e.id);
+        let request = request.into_inner();
+        // The ADD's own span: the IPAM, policy-compiler and datastore calls are its children.
+        let pod = request.pod.clone().unwrap_or_default();
+        let span = tracing::info_span!(
+            "endpoint.create",
+            otel.name = "create endpoint",
+            container.id = %request.container_id,
+            k8s.pod.name = %pod.name,
+            k8s.namespace.name = %pod.namespace,
+            k8s.node.name = %self.manager.node(),
+            endpoint.id = tracing::field::Empty,
+            endpoint.ips = tracing::field::Empty,
+            endpoint.identity = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        match self.manager.create(request).instrument(span.clone()).await {
+            Ok(response) => {
+                if let Some(e) = &response.endpoint {
+                    span.record("endpoint.id", e.id);
+                    span.record("endpoint.identity", e.identity);
+                }
+                let ips: Vec<&str> = response.ips.iter().map(|ip| ip.address.as_str()).collect();
+                span.record("endpoint.ips", ips.join(",").as_str());
+                Ok(Response::new(response))
+            }
+            Err(e) => {
+                let status = e.to_status();
+                span.record("otel.status_description", status.message());
+                Err(status)
+            }
         }
-        Ok(Response::new(response))
     }
 
     async fn delete_endpoint(
@@ -203,7 +225,16 @@ impl AgentService for AgentGrpc {
                 component("datapath", self.info.datapath_detail.clone()),
                 component(
                     "devices",
-                    format!("kino_host holds the pods' gateway {}", network.gateway_v4),
+                    match network.gateway_v6 {
+                        Some(v6) => format!(
+                            "kino_host holds the pods' gateways {} and {v6}",
+                            network.gateway_v4
+                        ),
+                        None => format!(
+                            "kino_host holds the pods' gateway {} (IPv4 only)",
+                            network.gateway_v4
+                        ),
+                    },
                 ),
                 component("endpoints", format!("{count} endpoints")),
             ],
@@ -234,17 +265,23 @@ impl AgentService for AgentGrpc {
             .bpf_endpoints()
             .await
             .map_err(|e| e.to_status())?;
+        let modes = self
+            .manager
+            .bpf_attach_modes()
+            .await
+            .map_err(|e| e.to_status())?;
         Ok(Response::new(ListBpfEndpointsResponse {
             entries: entries
                 .into_iter()
-                .map(|e| BpfEndpointEntry {
-                    ip: e.ipv4.to_string(),
+                .map(|(ip, e)| BpfEndpointEntry {
+                    ip: ip.to_string(),
                     endpoint_id: e.id,
                     ifindex: e.lxc_ifindex,
                     mac: e.pod_mac.to_string(),
                     node_mac: e.lxc_mac.to_string(),
                     identity: e.identity,
-                    flags: 0,
+                    flags: e.to_raw().flags,
+                    attach_mode: modes.get(&e.lxc_ifindex).copied().unwrap_or("").to_owned(),
                 })
                 .collect(),
         }))

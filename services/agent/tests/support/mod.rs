@@ -6,16 +6,20 @@
 #![allow(dead_code)]
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::time::Duration;
 
+use kino_agent::datapath::ipcache::IDENTITY_HOST;
 use kino_agent::datapath::loader::{DEFAULT_PIN_ROOT, ensure_bpffs};
 use kino_agent::datapath::{Datapath, EndpointCounters};
-use kino_agent::devices::{NodeDevicesConfig, ensure_node_devices};
+use kino_agent::datapath::{IpPrefix, IpcacheEntry};
+use kino_agent::devices::{
+    NodeDevicesConfig, NodeIpv6Config, ensure_node_devices, ensure_node_ipv6,
+};
 use kino_agent::endpoint::{EndpointSpec, VethRequest, create_endpoint};
 use kino_agent::netlink::Netlink;
 
@@ -23,6 +27,8 @@ static NEXT_WORLD: AtomicU32 = AtomicU32::new(0);
 
 /// The pods' gateway in every test world.
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
+/// The pods' IPv6 gateway in every dual-stack test world (an address inside the world).
+pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 1);
 /// How long a connection attempt or an answer may take before it counts as dropped.
 pub const TIMEOUT: Duration = Duration::from_millis(400);
 
@@ -239,13 +245,28 @@ impl Pod {
                 gateway_v4: GATEWAY,
                 gateway_v6: None,
                 mac: None,
+                mtu: None,
             },
         }
     }
 
+    /// Its IPv6 address in a dual-stack world: `fd00:244::<last octet of its IPv4>`.
+    pub fn ip6(&self) -> Ipv6Addr {
+        let [.., last] = self.ip.octets();
+        Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, u16::from(last))
+    }
+
+    /// The endpoint to create with an IPv6 address too ([`Pod::ip6`], gateway [`GATEWAY_V6`]).
+    pub fn dual_stack_spec(&self) -> EndpointSpec {
+        let mut spec = self.spec();
+        spec.veth.ipv6 = Some(self.ip6());
+        spec.veth.gateway_v6 = Some(GATEWAY_V6);
+        spec
+    }
+
     /// Pings `to` (2 packets, 0.2 s apart) from `from` if given; true if answered.
-    pub fn ping(&self, to: Ipv4Addr) -> bool {
-        ping_from_ns(&self.ns_name, to, None)
+    pub fn ping(&self, to: impl Into<IpAddr>) -> bool {
+        ping_ip_from_ns(&self.ns_name, to.into(), None)
     }
 
     /// An echo server on `port` (TCP and UDP) in this pod.
@@ -253,19 +274,30 @@ impl Pod {
         EchoServer::start(&self.netns, ports)
     }
 
+    /// An echo server on `port` (TCP and UDP) on the pod's IPv4 (any) and IPv6 addresses.
+    pub fn serve_dual_stack(&self, ports: &[u16]) -> EchoServer {
+        let addresses = [Ipv4Addr::UNSPECIFIED.into(), self.ip6().into()];
+        EchoServer::start_on(&self.netns, &addresses, ports)
+    }
+
     /// A TCP connection to `to:port` from this pod that exchanges one byte; true if it did.
-    pub fn tcp(&self, to: Ipv4Addr, port: u16) -> bool {
+    pub fn tcp(&self, to: impl Into<IpAddr>, port: u16) -> bool {
         tcp_exchange(&self.netns, to, port)
     }
 
     /// A UDP socket of this pod connected to `to:port`.
-    pub fn udp(&self, to: Ipv4Addr, port: u16) -> UdpFlow {
+    pub fn udp(&self, to: impl Into<IpAddr>, port: u16) -> UdpFlow {
         UdpFlow::connect(&self.netns, to, port)
     }
 }
 
 /// `ping` from namespace `ns` (from the address `source` when given).
 pub fn ping_from_ns(ns: &str, to: Ipv4Addr, source: Option<Ipv4Addr>) -> bool {
+    ping_ip_from_ns(ns, to.into(), source.map(IpAddr::from))
+}
+
+/// [`ping_from_ns`] for either family.
+pub fn ping_ip_from_ns(ns: &str, to: IpAddr, source: Option<IpAddr>) -> bool {
     let to = to.to_string();
     let source = source.map(|s| s.to_string());
     let mut args = vec![
@@ -300,6 +332,34 @@ pub async fn node_with_pods(node_name: &str, pods: &[Pod]) -> (Netlink, Datapath
     (netlink, datapath)
 }
 
+/// [`node_with_pods`] on a dual-stack node: `kino_host` also holds [`GATEWAY_V6`] and routes
+/// `fd00:244::/120`, the pods get IPv6 addresses too, and both gateways are host (1) in the
+/// ipcache (as the agent's start-up puts them).
+pub async fn node_with_dual_stack_pods(node_name: &str, pods: &[Pod]) -> (Netlink, Datapath) {
+    let (netlink, mut datapath) = node_with_pods(node_name, &[]).await;
+    ensure_node_ipv6(
+        &netlink,
+        &NodeIpv6Config {
+            gateway: GATEWAY_V6,
+            pod_cidr: Some("fd00:244::/120".parse().expect("cidr")),
+        },
+    )
+    .await
+    .expect("node IPv6");
+    for gateway in [IpAddr::from(GATEWAY), IpAddr::from(GATEWAY_V6)] {
+        datapath
+            .ipcache_mut()
+            .upsert(&IpcacheEntry::new(IpPrefix::host(gateway), IDENTITY_HOST))
+            .expect("host entry");
+    }
+    for pod in pods {
+        create_endpoint(&netlink, &mut datapath, &pod.dual_stack_spec())
+            .await
+            .unwrap_or_else(|e| panic!("creating dual-stack endpoint {}: {e}", pod.id));
+    }
+    (netlink, datapath)
+}
+
 /// An endpoint's counters.
 pub fn counters(datapath: &Datapath, id: u32) -> EndpointCounters {
     datapath.maps().counters(id).expect("reading counters")
@@ -314,15 +374,24 @@ pub struct EchoServer {
 impl EchoServer {
     /// Listens on `ports` (TCP and UDP, all addresses) inside the namespace at `netns`.
     pub fn start(netns: &Path, ports: &[u16]) -> Self {
-        let ports = ports.to_vec();
+        Self::start_on(netns, &[Ipv4Addr::UNSPECIFIED.into()], ports)
+    }
+
+    /// Listens on `ports` (TCP and UDP) of each of `addresses` inside the namespace at
+    /// `netns` (0.0.0.0 and an IPv6 address: both families without a dual-stack socket).
+    pub fn start_on(netns: &Path, addresses: &[IpAddr], ports: &[u16]) -> Self {
+        let binds: Vec<SocketAddr> = addresses
+            .iter()
+            .flat_map(|a| ports.iter().map(move |p| SocketAddr::new(*a, *p)))
+            .collect();
         let (tcp, udp): (Vec<TcpListener>, Vec<UdpSocket>) = in_netns(netns, move || {
-            let tcp = ports
+            let tcp = binds
                 .iter()
-                .map(|p| TcpListener::bind(("0.0.0.0", *p)).expect("tcp listen"))
+                .map(|b| TcpListener::bind(b).unwrap_or_else(|e| panic!("tcp listen {b}: {e}")))
                 .collect();
-            let udp = ports
+            let udp = binds
                 .iter()
-                .map(|p| UdpSocket::bind(("0.0.0.0", *p)).expect("udp bind"))
+                .map(|b| UdpSocket::bind(b).unwrap_or_else(|e| panic!("udp bind {b}: {e}")))
                 .collect();
             (tcp, udp)
         });
@@ -394,7 +463,7 @@ fn echo_tcp(mut stream: TcpStream, stop: &AtomicBool) {
 }
 
 /// Connects from the namespace at `netns` to `to:port`, sends a byte and reads it back.
-pub fn tcp_exchange(netns: &Path, to: Ipv4Addr, port: u16) -> bool {
+pub fn tcp_exchange(netns: &Path, to: impl Into<IpAddr>, port: u16) -> bool {
     let Some(mut stream) = tcp_connect(netns, to, port) else {
         return false;
     };
@@ -402,7 +471,8 @@ pub fn tcp_exchange(netns: &Path, to: Ipv4Addr, port: u16) -> bool {
 }
 
 /// A TCP connection from the namespace at `netns`, or `None` if it cannot be opened in time.
-pub fn tcp_connect(netns: &Path, to: Ipv4Addr, port: u16) -> Option<TcpStream> {
+pub fn tcp_connect(netns: &Path, to: impl Into<IpAddr>, port: u16) -> Option<TcpStream> {
+    let to = to.into();
     let stream = in_netns(netns, move || {
         TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT).ok()
     })?;
@@ -424,9 +494,15 @@ pub struct UdpFlow {
 
 impl UdpFlow {
     /// Opens the socket in the namespace at `netns`, connected to `to:port`.
-    pub fn connect(netns: &Path, to: Ipv4Addr, port: u16) -> Self {
+    pub fn connect(netns: &Path, to: impl Into<IpAddr>, port: u16) -> Self {
+        let to = to.into();
         let socket = in_netns(netns, move || {
-            let socket = UdpSocket::bind(("0.0.0.0", 0)).expect("udp bind");
+            let any: IpAddr = if to.is_ipv4() {
+                Ipv4Addr::UNSPECIFIED.into()
+            } else {
+                Ipv6Addr::UNSPECIFIED.into()
+            };
+            let socket = UdpSocket::bind((any, 0)).expect("udp bind");
             socket.connect((to, port)).expect("udp connect");
             socket
         });

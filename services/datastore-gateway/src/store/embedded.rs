@@ -665,6 +665,24 @@ impl Store for EmbeddedStore {
         .await
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read().map_err(storage_err)?;
+            let table = txn.open_table(KV).map_err(storage_err)?;
+            let mut count = 0;
+            for entry in table.range(prefix.as_str()..).map_err(storage_err)? {
+                let (k, _) = entry.map_err(storage_err)?;
+                if !k.value().starts_with(prefix.as_str()) {
+                    break;
+                }
+                count += 1;
+            }
+            Ok(count)
+        })
+        .await
+    }
+
     async fn create(
         &self,
         key: &str,

@@ -175,6 +175,21 @@ impl Store for EtcdStore {
         })
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, StoreError> {
+        let full_prefix = self.full(prefix);
+        let range_end = prefix_end(&full_prefix);
+        let resp = self
+            .client
+            .clone()
+            .get(
+                full_prefix,
+                Some(GetOptions::new().with_range(range_end).with_count_only()),
+            )
+            .await
+            .map_err(etcd_err)?;
+        Ok(resp.count().max(0) as u64)
+    }
+
     async fn create(
         &self,
         key: &str,
