@@ -71,6 +71,39 @@ impl Cidr {
         other.len >= self.len && self.contains(other.addr)
     }
 
+    /// The prefix of length `len` (at most this one's) containing this one.
+    pub fn supernet(&self, len: u8) -> Cidr {
+        let len = len.min(self.len);
+        Cidr {
+            addr: mask(self.addr, len),
+            len,
+        }
+    }
+
+    /// The smallest and the largest prefix (in [`Ord`] order) that this one covers: every
+    /// prefix it covers lies between them, inclusive.
+    pub fn covered_bounds(&self) -> (Cidr, Cidr) {
+        let last = match self.addr {
+            IpAddr::V4(a) => {
+                let host = if self.len >= 32 {
+                    0
+                } else {
+                    u32::MAX >> self.len
+                };
+                IpAddr::V4((u32::from(a) | host).into())
+            }
+            IpAddr::V6(a) => {
+                let host = if self.len >= 128 {
+                    0
+                } else {
+                    u128::MAX >> self.len
+                };
+                IpAddr::V6((u128::from(a) | host).into())
+            }
+        };
+        (*self, Cidr::host(last))
+    }
+
     /// The datastore name of the prefix: '/' written '-' (`10.0.1.23-32`).
     pub fn name(&self) -> String {
         format!("{}-{}", self.addr, self.len)
@@ -179,5 +212,23 @@ mod tests {
                 .contains("1.2.3.4".parse().unwrap())
         );
         assert_eq!("10.0.1.0/24".parse::<Cidr>().unwrap().name(), "10.0.1.0-24");
+        let p: Cidr = "10.1.2.3/32".parse().unwrap();
+        assert_eq!(p.supernet(8).to_string(), "10.0.0.0/8");
+        assert_eq!(p.supernet(0).to_string(), "0.0.0.0/0");
+        assert_eq!(p.supernet(40), p);
+        let (lo, hi) = c.covered_bounds();
+        assert_eq!(
+            (lo.to_string(), hi.to_string()),
+            ("10.0.0.0/8".into(), "10.255.255.255/32".into())
+        );
+        let (lo, hi) = p.covered_bounds();
+        assert_eq!((lo, hi), (p, p));
+        let (_, hi) = "0.0.0.0/0".parse::<Cidr>().unwrap().covered_bounds();
+        assert_eq!(hi.to_string(), "255.255.255.255/32");
+        let (_, hi) = "fd00::/8".parse::<Cidr>().unwrap().covered_bounds();
+        assert_eq!(
+            hi.to_string(),
+            "fdff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128"
+        );
     }
 }

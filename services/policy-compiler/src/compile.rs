@@ -29,8 +29,12 @@
 //! Incremental: a policy change touches the identities its old and new rules select, plus
 //! the subjects of rules whose peer selectors gain or lose identities (e.g. new CIDR
 //! identities); an identity change touches itself and the subjects of rules whose peer
-//! selectors match it. Only those identities are recompiled.
+//! selectors match it. Only those identities are recompiled. A CIDR identity can only be
+//! matched by the CIDR selectors whose CIDR covers its prefix and by entities, so those are
+//! looked up (CIDR selectors indexed by CIDR, CIDR identities by prefix) rather than every
+//! selector tried against every identity.
 
+use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
@@ -598,8 +602,27 @@ pub struct Compiler {
     subjects: BTreeMap<RuleId, BTreeSet<NumericIdentity>>,
     rules_by_subject: BTreeMap<NumericIdentity, BTreeSet<RuleId>>,
     selectors: BTreeMap<PeerSelector, CachedSelector>,
+    /// The CIDR selectors of `selectors` by their CIDR (not their exceptions), so the
+    /// selectors of a CIDR identity are found by looking up its prefix's supernets.
+    cidr_selectors: BTreeMap<Cidr, BTreeSet<PeerSelector>>,
+    /// The CIDR identities of `identities` by prefix, so the identities of a CIDR selector
+    /// are found by a range of prefixes.
+    cidr_prefixes: BTreeMap<Cidr, NumericIdentity>,
     compiled: BTreeMap<NumericIdentity, Arc<CompiledPolicy>>,
     dirty: BTreeSet<NumericIdentity>,
+}
+
+/// The entity selectors: with the CIDR selectors, the only selectors that can match a CIDR
+/// identity (endpoint and NetworkPolicy selectors match endpoint identities only).
+fn entity_selectors() -> [PeerSelector; 5] {
+    [
+        Entity::Host,
+        Entity::RemoteNode,
+        Entity::World,
+        Entity::Cluster,
+        Entity::All,
+    ]
+    .map(PeerSelector::Entity)
 }
 
 impl Compiler {
@@ -614,6 +637,8 @@ impl Compiler {
             subjects: BTreeMap::new(),
             rules_by_subject: BTreeMap::new(),
             selectors: BTreeMap::new(),
+            cidr_selectors: BTreeMap::new(),
+            cidr_prefixes: BTreeMap::new(),
             compiled: BTreeMap::new(),
             dirty: BTreeSet::new(),
         };
@@ -734,6 +759,14 @@ impl Compiler {
                     cached.users.remove(&id);
                     if cached.users.is_empty() {
                         self.selectors.remove(selector);
+                        if let PeerSelector::Cidr(rule) = selector
+                            && let Some(set) = self.cidr_selectors.get_mut(&rule.cidr)
+                        {
+                            set.remove(selector);
+                            if set.is_empty() {
+                                self.cidr_selectors.remove(&rule.cidr);
+                            }
+                        }
                     }
                 }
             }
@@ -757,18 +790,41 @@ impl Compiler {
         }
         self.subjects.insert(id.clone(), subjects);
         for selector in rule.selectors() {
-            let identities = &self.identities;
-            let cached = self
-                .selectors
-                .entry(selector.clone())
-                .or_insert_with(|| CachedSelector {
-                    matches: identities
-                        .values()
-                        .filter(|info| selector.matches(info))
-                        .map(|info| info.id)
-                        .collect(),
-                    users: BTreeSet::new(),
-                });
+            let cached = match self.selectors.entry(selector.clone()) {
+                Entry::Occupied(entry) => entry.into_mut(),
+                Entry::Vacant(entry) => {
+                    let identities = &self.identities;
+                    let matches = match selector {
+                        // Only CIDR identities, and only those whose prefix lies in the
+                        // CIDR's range of prefixes, can match.
+                        PeerSelector::Cidr(cidr_rule) => {
+                            let (lo, hi) = cidr_rule.cidr.covered_bounds();
+                            self.cidr_prefixes
+                                .range(lo..=hi)
+                                .map(|(_, id)| *id)
+                                .filter(|id| {
+                                    identities.get(id).is_some_and(|i| selector.matches(i))
+                                })
+                                .collect()
+                        }
+                        _ => identities
+                            .values()
+                            .filter(|info| selector.matches(info))
+                            .map(|info| info.id)
+                            .collect(),
+                    };
+                    if let PeerSelector::Cidr(cidr_rule) = selector {
+                        self.cidr_selectors
+                            .entry(cidr_rule.cidr)
+                            .or_default()
+                            .insert(selector.clone());
+                    }
+                    entry.insert(CachedSelector {
+                        matches,
+                        users: BTreeSet::new(),
+                    })
+                }
+            };
             cached.users.insert(id.clone());
         }
         self.rules.insert(id, Arc::new(rule));
@@ -788,12 +844,42 @@ impl Compiler {
                 }
             }
         }
-        for (selector, cached) in self.selectors.iter_mut() {
-            if selector.matches(&info) {
-                cached.matches.insert(id);
-                for user in &cached.users {
-                    self.dirty
-                        .extend(self.subjects.get(user).into_iter().flatten().copied());
+        if let IdentityClass::Cidr(prefix) = &info.class {
+            // Only the CIDR selectors whose CIDR is a supernet of the prefix and the entity
+            // selectors can match: look those up instead of trying every selector.
+            let mut visit = |selector: &PeerSelector| {
+                if let Some(cached) = self.selectors.get_mut(selector)
+                    && selector.matches(&info)
+                {
+                    cached.matches.insert(id);
+                    for user in &cached.users {
+                        self.dirty
+                            .extend(self.subjects.get(user).into_iter().flatten().copied());
+                    }
+                }
+            };
+            for len in 0..=prefix.prefix_len() {
+                for selector in self
+                    .cidr_selectors
+                    .get(&prefix.supernet(len))
+                    .into_iter()
+                    .flatten()
+                {
+                    visit(selector);
+                }
+            }
+            for selector in &entity_selectors() {
+                visit(selector);
+            }
+            self.cidr_prefixes.insert(*prefix, id);
+        } else {
+            for (selector, cached) in self.selectors.iter_mut() {
+                if selector.matches(&info) {
+                    cached.matches.insert(id);
+                    for user in &cached.users {
+                        self.dirty
+                            .extend(self.subjects.get(user).into_iter().flatten().copied());
+                    }
                 }
             }
         }
@@ -801,7 +887,7 @@ impl Compiler {
     }
 
     fn remove_identity(&mut self, id: NumericIdentity) {
-        let Some(_info) = self.identities.remove(&id) else {
+        let Some(info) = self.identities.remove(&id) else {
             return;
         };
         self.dirty.insert(id);
@@ -809,6 +895,36 @@ impl Compiler {
             if let Some(set) = self.subjects.get_mut(&rule_id) {
                 set.remove(&id);
             }
+        }
+        if let IdentityClass::Cidr(prefix) = &info.class {
+            // The selectors holding the identity are those matching it (see add_identity).
+            let mut visit = |selector: &PeerSelector| {
+                if let Some(cached) = self.selectors.get_mut(selector)
+                    && cached.matches.remove(&id)
+                {
+                    for user in &cached.users {
+                        self.dirty
+                            .extend(self.subjects.get(user).into_iter().flatten().copied());
+                    }
+                }
+            };
+            for len in 0..=prefix.prefix_len() {
+                for selector in self
+                    .cidr_selectors
+                    .get(&prefix.supernet(len))
+                    .into_iter()
+                    .flatten()
+                {
+                    visit(selector);
+                }
+            }
+            for selector in &entity_selectors() {
+                visit(selector);
+            }
+            if self.cidr_prefixes.get(prefix) == Some(&id) {
+                self.cidr_prefixes.remove(prefix);
+            }
+            return;
         }
         for cached in self.selectors.values_mut() {
             if cached.matches.remove(&id) {
@@ -828,6 +944,10 @@ impl Compiler {
             .keys()
             .flat_map(PeerSelector::prefixes)
             .collect();
+        // The numbering is a function of the set alone: an unchanged set keeps it.
+        if prefixes.iter().eq(self.cidr_ids.keys()) {
+            return;
+        }
         let wanted = identity::cidr_identities(&prefixes);
         if wanted == self.cidr_ids {
             return;
@@ -995,5 +1115,115 @@ spec:
         c.recompile();
         assert!(c.policy(300).unwrap().entries.is_empty());
         assert!(c.cidr_identities().is_empty());
+    }
+
+    #[test]
+    fn cidr_identities_are_selected_by_cidr_and_entity_rules() {
+        let mut c = Compiler::new(CompilerConfig::default());
+        c.upsert_identity(300, labels("container:namespace=shop,container:app=web"));
+        c.upsert_identity(301, labels("container:namespace=shop,container:app=lb"));
+        c.upsert_policy(policy(
+            r#"
+apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: web}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  ingress:
+  - fromCIDRSet: [{cidr: 10.0.0.0/8, except: [10.1.0.0/16]}]
+    toPorts: [{ports: [{port: "80", protocol: TCP}]}]
+  - fromEntities: [world]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+  egress:
+  - toCIDR: [192.168.0.0/16]
+"#,
+        ));
+        c.recompile();
+        // Prefixes named later, by another policy, get CIDR identities that the rules
+        // above select when their CIDR covers them (and no exception does); world selects
+        // every CIDR identity.
+        c.upsert_policy(policy(
+            r#"
+apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: lb}
+spec:
+  endpointSelector: {matchLabels: {app: lb}}
+  egress:
+  - toCIDR: [10.2.3.4/32, 10.1.5.0/24, 192.168.1.1/32, 172.16.0.0/12]
+"#,
+        ));
+        c.recompile();
+        let id = |p: &str| c.cidr_identities()[&p.parse::<Cidr>().unwrap()];
+        let (host, in8, except, in16, other) = (
+            id("10.2.3.4/32"),
+            id("10.1.5.0/24"),
+            id("10.1.0.0/16"),
+            id("192.168.1.1/32"),
+            id("172.16.0.0/12"),
+        );
+        let has = |c: &Compiler, entry: String| entries(c, 300).contains(&entry);
+        assert!(has(&c, format!("ingress {host} 80/TCP Allow")));
+        assert!(!has(&c, format!("ingress {in8} 80/TCP Allow")));
+        assert!(!has(&c, format!("ingress {except} 80/TCP Allow")));
+        assert!(!has(&c, format!("ingress {other} 80/TCP Allow")));
+        for world in [host, in8, except, in16, other, identity::WORLD] {
+            assert!(has(&c, format!("ingress {world} 443/TCP Allow")), "{world}");
+        }
+        assert!(has(&c, format!("egress {in16} */ANY Allow")));
+        assert!(!has(&c, format!("egress {host} */ANY Allow")));
+        // A selector added after the CIDR identities exist finds them too.
+        c.upsert_policy(policy(
+            r#"
+apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: web-more}
+spec:
+  endpointSelector: {matchLabels: {app: web}}
+  egress:
+  - toCIDRSet: [{cidr: 10.0.0.0/14, except: [10.2.0.0/16]}]
+"#,
+        ));
+        c.recompile();
+        assert!(has(&c, format!("egress {in8} */ANY Allow")));
+        assert!(!has(&c, format!("egress {host} */ANY Allow")));
+        // The incremental state equals a compilation from scratch.
+        let mut scratch = Compiler::new(CompilerConfig::default());
+        scratch.upsert_identity(300, labels("container:namespace=shop,container:app=web"));
+        scratch.upsert_identity(301, labels("container:namespace=shop,container:app=lb"));
+        for p in c.policies().values() {
+            scratch.upsert_policy((**p).clone());
+        }
+        scratch.recompile();
+        assert_eq!(scratch.compiled(), c.compiled());
+        // Prefixes no policy names any more leave every selector.
+        c.delete_policy(&PolicyKey {
+            namespace: "shop".into(),
+            name: "lb".into(),
+        });
+        c.recompile();
+        assert!(!c.cidr_identities().values().any(|i| *i == host));
+        assert!(
+            !entries(&c, 300)
+                .iter()
+                .any(|e| e.contains(&host.to_string()))
+        );
+        assert!(has(
+            &c,
+            format!("egress {} */ANY Allow", id_of(&c, "10.0.0.0/14"))
+        ));
+        let world: Vec<u32> = c.selectors[&PeerSelector::Entity(Entity::World)]
+            .matches
+            .iter()
+            .copied()
+            .collect();
+        let mut expected: Vec<u32> = c.cidr_identities().values().copied().collect();
+        expected.push(identity::WORLD);
+        expected.sort();
+        assert_eq!(world, expected);
+    }
+
+    fn id_of(c: &Compiler, prefix: &str) -> u32 {
+        c.cidr_identities()[&prefix.parse::<Cidr>().unwrap()]
     }
 }

@@ -134,13 +134,25 @@ pub fn is_endpoint_range(id: NumericIdentity) -> bool {
 /// Bits of the CIDR identity hash.
 const CIDR_SLOTS: u32 = 1 << 24;
 
-fn fnv1a(text: &str) -> u32 {
-    let mut hash: u32 = 0x811c_9dc5;
-    for byte in text.bytes() {
-        hash ^= byte as u32;
-        hash = hash.wrapping_mul(0x0100_0193);
+/// FNV-1a over the text written to it.
+struct Fnv1a(u32);
+
+impl std::fmt::Write for Fnv1a {
+    fn write_str(&mut self, text: &str) -> std::fmt::Result {
+        for byte in text.bytes() {
+            self.0 ^= byte as u32;
+            self.0 = self.0.wrapping_mul(0x0100_0193);
+        }
+        Ok(())
     }
-    hash
+}
+
+/// FNV-1a of the prefix's text (`10.0.0.0/8`), without building the string.
+fn prefix_hash(prefix: &Cidr) -> u32 {
+    use std::fmt::Write;
+    let mut hash = Fnv1a(0x811c_9dc5);
+    let _ = write!(hash, "{prefix}");
+    hash.0
 }
 
 /// The CIDR identity of every prefix: `LOCAL_SCOPE | slot`, the slot being the prefix's
@@ -154,7 +166,7 @@ fn cidr_identities_in(prefixes: &BTreeSet<Cidr>, slots: u32) -> BTreeMap<Cidr, N
     let mut taken = BTreeSet::new();
     let mut out = BTreeMap::new();
     for prefix in prefixes {
-        let mut slot = fnv1a(&prefix.to_string()) % slots;
+        let mut slot = prefix_hash(prefix) % slots;
         while !taken.insert(slot) {
             slot = (slot + 1) % slots;
         }
@@ -177,6 +189,27 @@ mod tests {
         assert!(reserved(7).is_none());
         let world = Labels::parse_list("reserved:world").unwrap();
         assert_eq!(reserved_by_labels(&world).unwrap().id, WORLD);
+    }
+
+    #[test]
+    fn prefix_hash_is_fnv1a_of_the_text() {
+        let fnv1a = |text: &str| {
+            let mut hash: u32 = 0x811c_9dc5;
+            for byte in text.bytes() {
+                hash ^= byte as u32;
+                hash = hash.wrapping_mul(0x0100_0193);
+            }
+            hash
+        };
+        for p in ["10.0.0.0/8", "100.64.1.2/32", "fd00::/104", "0.0.0.0/0"] {
+            let cidr: Cidr = p.parse().unwrap();
+            assert_eq!(prefix_hash(&cidr), fnv1a(p));
+        }
+        let one: BTreeSet<Cidr> = ["10.0.0.0/8".parse().unwrap()].into();
+        assert_eq!(
+            cidr_identities(&one).values().next(),
+            Some(&(LOCAL_SCOPE | (fnv1a("10.0.0.0/8") % CIDR_SLOTS)))
+        );
     }
 
     #[test]

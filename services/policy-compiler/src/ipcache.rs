@@ -131,21 +131,35 @@ impl Ipcache {
         {
             return;
         }
-        for old in self.by_owner.remove(&owner).unwrap_or_default() {
-            if let Some(c) = self.candidates.get_mut(&old.prefix) {
+        // Only the prefixes whose entry of this owner changes are touched, so replacing a
+        // large set that changed in one prefix costs no change of the others.
+        let old = self.by_owner.remove(&owner).unwrap_or_default();
+        // Within one owner a later entry of a prefix replaces an earlier one.
+        let old_by_prefix: BTreeMap<Cidr, &IpcacheEntry> =
+            old.iter().map(|e| (e.prefix, e)).collect();
+        let new_by_prefix: BTreeMap<Cidr, &IpcacheEntry> =
+            entries.iter().map(|e| (e.prefix, e)).collect();
+        for prefix in old_by_prefix.keys() {
+            if new_by_prefix.contains_key(prefix) {
+                continue;
+            }
+            if let Some(c) = self.candidates.get_mut(prefix) {
                 c.remove(&owner);
                 if c.is_empty() {
-                    self.candidates.remove(&old.prefix);
+                    self.candidates.remove(prefix);
                 }
             }
-            self.touched.insert(old.prefix);
+            self.touched.insert(*prefix);
         }
-        for entry in &entries {
+        for (prefix, entry) in &new_by_prefix {
+            if old_by_prefix.get(prefix) == Some(entry) {
+                continue;
+            }
             self.candidates
-                .entry(entry.prefix)
+                .entry(*prefix)
                 .or_default()
-                .insert(owner.clone(), entry.clone());
-            self.touched.insert(entry.prefix);
+                .insert(owner.clone(), (*entry).clone());
+            self.touched.insert(*prefix);
         }
         if !entries.is_empty() {
             self.by_owner.insert(owner, entries);

@@ -294,21 +294,27 @@ pub fn resolve(raw: &[RawEntry]) -> BTreeMap<MapKey, MapEntry> {
         if entries.is_empty() {
             continue;
         }
-        let remotes: BTreeSet<NumericIdentity> = entries.iter().map(|e| e.remote).collect();
-        for remote in remotes
-            .iter()
-            .copied()
-            .chain(std::iter::once(WILDCARD_IDENTITY))
-        {
-            if remote == WILDCARD_IDENTITY && !remotes.contains(&WILDCARD_IDENTITY) {
-                continue;
-            }
-            // The group of `remote` sees its own entries and the wildcard ones.
-            let group: Vec<&RawEntry> = entries
-                .iter()
-                .copied()
-                .filter(|e| e.remote == remote || e.remote == WILDCARD_IDENTITY)
-                .collect();
+        // Positions (in `entries`) of each remote's own entries, so a group is built from
+        // its own entries and the wildcard ones without scanning every entry per remote.
+        let mut by_remote: BTreeMap<NumericIdentity, Vec<usize>> = BTreeMap::new();
+        for (i, e) in entries.iter().enumerate() {
+            by_remote.entry(e.remote).or_default().push(i);
+        }
+        let wildcard: Vec<usize> = by_remote
+            .get(&WILDCARD_IDENTITY)
+            .cloned()
+            .unwrap_or_default();
+        for (&remote, own) in &by_remote {
+            // The group of `remote` sees its own entries and the wildcard ones, in the
+            // order of `entries`.
+            let group: Vec<&RawEntry> = if remote == WILDCARD_IDENTITY {
+                own.iter().map(|&i| entries[i]).collect()
+            } else {
+                merge_positions(own, &wildcard)
+                    .into_iter()
+                    .map(|i| entries[i])
+                    .collect()
+            };
             let protocols: BTreeSet<u8> = group.iter().map(|e| e.protocol).collect();
             for protocol in protocols {
                 let sub: Vec<&RawEntry> = group
@@ -320,6 +326,24 @@ pub fn resolve(raw: &[RawEntry]) -> BTreeMap<MapKey, MapEntry> {
             }
         }
     }
+    out
+}
+
+/// The union of two ascending, disjoint position lists, ascending.
+fn merge_positions(a: &[usize], b: &[usize]) -> Vec<usize> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] < b[j] {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
     out
 }
 
