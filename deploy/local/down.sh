@@ -39,14 +39,14 @@ node=""
 if [ -f "$run/node" ]; then node=$(cat "$run/node"); fi
 if [ -n "$node" ]; then
   for lxc in $(ip -o link show type veth | awk -F': ' '{print $2}' | cut -d@ -f1 | grep '^lxc'); do
-    if tc filter show dev "$lxc" ingress 2>/dev/null | grep -q kino_from_container; then
+    if tc filter show dev "$lxc" ingress 2>/dev/null | grep kino_from_container >/dev/null; then
       ip link del dev "$lxc" && echo "removed $lxc"
     fi
   done
   pins=/sys/fs/bpf/kino/$node
   for pin in "$pins"/links/lxc*; do
     IFS=- read -r lxc ifindex _ <<<"$(basename "$pin")"
-    if ip -o link show dev "$lxc" 2>/dev/null | grep -q "^$ifindex: "; then
+    if ip -o link show dev "$lxc" 2>/dev/null | grep "^$ifindex: " >/dev/null; then
       ip link del dev "$lxc" && echo "removed $lxc"
     fi
   done

@@ -73,7 +73,7 @@ if ! "$bin/kino" status; then
 fi
 
 for port in 9401 9402 9403 9404; do
-  if ! curl -sf "http://127.0.0.1:$port/metrics" | grep -q '^kino_build_info'; then
+  if ! curl -sf "http://127.0.0.1:$port/metrics" | grep '^kino_build_info' >/dev/null; then
     echo "no Prometheus metrics on 127.0.0.1:$port; the logs are in $logs/" >&2
     exit 1
   fi

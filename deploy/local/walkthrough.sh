@@ -107,7 +107,7 @@ create_pod() { # pod
   pod_ip=$(printf '%s' "$result" | jq -r '.ips[0].address // empty' | cut -d/ -f1)
   [ -n "$pod_ip" ] || fail "the ADD result of $pod has no address"
   show ip -n "$ns" -4 addr show dev eth0
-  ip -n "$ns" -4 -o addr show dev eth0 | grep -q "inet $pod_ip/32" ||
+  ip -n "$ns" -4 -o addr show dev eth0 | grep "inet $pod_ip/32" >/dev/null ||
     fail "$pod's eth0 does not hold $pod_ip/32"
   ok "pod default/$pod has IP $pod_ip"
 }
@@ -136,20 +136,20 @@ ok "endpoint $id is bound to $lxc (ifindex $ifindex)"
 
 heading "[4/6] On the node, ip link shows that lxc: the pod <-> NIC mapping is confirmed"
 show ip link show dev "$lxc"
-ip -o link show dev "$lxc" | grep -q "^$ifindex: $lxc@" ||
+ip -o link show dev "$lxc" | grep "^$ifindex: $lxc@" >/dev/null ||
   fail "ip link has no $lxc with ifindex $ifindex"
 peer=$(ip netns exec "${netns_prefix}testpod" cat /sys/class/net/eth0/iflink)
 [ "$peer" = "$ifindex" ] || fail "testpod's eth0 is paired with ifindex $peer, not $lxc ($ifindex)"
 ok "$lxc is ifindex $ifindex, and testpod's eth0 is its peer"
 show ip route get "$ip1"
-ip route get "$ip1" | grep -q " dev $lxc " || fail "the node does not route $ip1 to $lxc"
+ip route get "$ip1" | grep " dev $lxc " >/dev/null || fail "the node does not route $ip1 to $lxc"
 ok "the node routes $ip1 to $lxc (never to an uplink)"
 
 heading "[5/6] A second pod; the two ping each other through the eBPF datapath"
 create_pod testpod-2
 ip2=$pod_ip
 lxc2=$(kino -o json endpoint get "$ip2" | jq -r '.networking.interfaceName')
-ip route get "$ip2" | grep -q " dev $lxc2 " || fail "the node does not route $ip2 to its lxc"
+ip route get "$ip2" | grep " dev $lxc2 " >/dev/null || fail "the node does not route $ip2 to its lxc"
 show ip netns exec "${netns_prefix}testpod-2" ping -c 3 -i 0.2 -W 1 "$ip1" ||
   fail "testpod-2 cannot ping testpod"
 show ip netns exec "${netns_prefix}testpod" ping -c 3 -i 0.2 -W 1 "$ip2" ||
