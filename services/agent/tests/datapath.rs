@@ -8,11 +8,9 @@
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
-use kino_agent::datapath::loader::{DEFAULT_PIN_ROOT, ensure_bpffs};
+use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::datapath::{AttachChange, Datapath, DropReason, EndpointCounters};
 use kino_agent::devices::{HOST_DEVICE, NET_DEVICE, NodeDevicesConfig, ensure_node_devices};
 use kino_agent::endpoint::{
@@ -20,150 +18,9 @@ use kino_agent::endpoint::{
 };
 use kino_agent::netlink::Netlink;
 
-static NEXT_WORLD: AtomicU32 = AtomicU32::new(0);
+mod support;
 
-/// Whether this machine can run kernel tests; skips (or fails under CI) saying why not.
-fn kernel_tests_possible(test: &str) -> bool {
-    let missing = if unsafe { libc::geteuid() } != 0 {
-        Some("not running as root".to_owned())
-    } else if Command::new("ip").arg("-V").output().is_err() {
-        Some("`ip` (iproute2) is not installed".to_owned())
-    } else if Command::new("ping").arg("-V").output().is_err() {
-        Some("`ping` (iputils-ping) is not installed".to_owned())
-    } else if let Err(e) = ensure_bpffs(Path::new("/sys/fs/bpf")) {
-        Some(format!("no bpffs: {e}"))
-    } else {
-        None
-    };
-    match missing {
-        None => true,
-        Some(why) if std::env::var("CI").is_ok_and(|v| v == "true") => {
-            panic!("{test}: kernel tests must run in CI, but {why}")
-        }
-        Some(why) => {
-            eprintln!("SKIPPED {test}: {why} (run as root with iproute2, iputils-ping and bpffs)");
-            false
-        }
-    }
-}
-
-fn run(args: &[&str]) -> Output {
-    Command::new(args[0])
-        .args(&args[1..])
-        .output()
-        .unwrap_or_else(|e| panic!("running {args:?}: {e}"))
-}
-
-fn run_ok(args: &[&str]) {
-    let out = run(args);
-    assert!(
-        out.status.success(),
-        "{args:?} failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// A network namespace made by this test, deleted on drop.
-struct Netns {
-    name: String,
-}
-
-impl Netns {
-    fn new(name: String) -> Self {
-        run_ok(&["ip", "netns", "add", &name]);
-        let ns = Self { name };
-        ns.exec_ok(&["ip", "link", "set", "lo", "up"]);
-        ns
-    }
-
-    fn path(&self) -> PathBuf {
-        PathBuf::from(format!("/run/netns/{}", self.name))
-    }
-
-    fn exec(&self, args: &[&str]) -> Output {
-        let mut full = vec!["ip", "netns", "exec", &self.name];
-        full.extend_from_slice(args);
-        run(&full)
-    }
-
-    fn exec_ok(&self, args: &[&str]) {
-        let out = self.exec(args);
-        assert!(
-            out.status.success(),
-            "{args:?} in {} failed: {}",
-            self.name,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    fn delete(&self) {
-        let _ = run(&["ip", "netns", "del", &self.name]);
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        self.delete();
-    }
-}
-
-/// The pins of the test's node, removed on drop (the links first, which detaches them).
-struct Pins {
-    node: String,
-}
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        if let Err(e) = Datapath::remove_pins(Path::new(DEFAULT_PIN_ROOT), &self.node) {
-            eprintln!("cleanup: removing pins of {}: {e}", self.node);
-        }
-        // Only if no other node (test or agent) pins there.
-        let _ = std::fs::remove_dir(DEFAULT_PIN_ROOT);
-    }
-}
-
-/// Names of one test's world: unique per process and test.
-struct World {
-    prefix: String,
-    node: String,
-}
-
-impl World {
-    fn new() -> Self {
-        let n = NEXT_WORLD.fetch_add(1, Ordering::Relaxed);
-        let pid = std::process::id();
-        Self {
-            prefix: format!("kt{pid}x{n}"),
-            node: format!("kt-{pid}-{n}"),
-        }
-    }
-
-    fn netns(&self, role: &str) -> Netns {
-        Netns::new(format!("{}-{role}", self.prefix))
-    }
-}
-
-/// Runs `scenario` on a thread inside the node's namespace with its own runtime; its panic
-/// (a failed assertion) is re-raised here after the thread is gone, so guards still clean up.
-fn in_node<F, Fut>(node: &Netns, scenario: F)
-where
-    F: FnOnce() -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    let path = node.path();
-    let thread = std::thread::spawn(move || {
-        kino_agent::netns::enter_netns(&path).expect("entering the node's netns");
-        tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime")
-            .block_on(scenario());
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
+use support::{Pins, World, counters, in_node, kernel_tests_possible, run, run_ok};
 
 struct Pod {
     netns: PathBuf,
@@ -207,10 +64,6 @@ impl Pod {
         args.push(&to);
         run(&args).status.success()
     }
-}
-
-fn counters(datapath: &Datapath, id: u32) -> EndpointCounters {
-    datapath.maps().counters(id).expect("reading counters")
 }
 
 async fn wait_until_gone(netlink: &Netlink, lxc: &str) {
