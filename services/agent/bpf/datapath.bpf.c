@@ -183,6 +183,12 @@ static __always_inline int ipv6_equal(const struct in6_addr *a, const __u8 *b)
 #define TCP_FLAG_ACK 0x10
 #define ICMP_ECHO_REPLY   0
 #define ICMP_ECHO_REQUEST 8
+/* ICMP error messages: they quote (the start of) the packet that caused them. */
+#define ICMP_DEST_UNREACH   3
+#define ICMP_TIME_EXCEEDED  11
+#define ICMP_PARAMETERPROB  12
+/* The length of an ICMP(v6) error header before the quoted packet. */
+#define ICMP_ERROR_HLEN     8
 
 /* What conntrack and policy need of an IPv4 packet. */
 struct flow4 {
@@ -193,6 +199,7 @@ struct flow4 {
 	__be16 policy_port; /* the destination port policy matches: dport for TCP/UDP/SCTP, else 0 */
 	__u8 protocol;
 	__u8 tcp_flags;
+	__u16 icmp_quote;   /* ICMP(v6) error: offset of the quoted packet's IP header; else 0 */
 	__u32 len;
 };
 
@@ -232,6 +239,7 @@ static __always_inline int parse_flow4(struct __sk_buff *skb, const struct iphdr
 	f->dport = 0;
 	f->policy_port = 0;
 	f->tcp_flags = 0;
+	f->icmp_quote = 0;
 	f->len = skb->len;
 	if (ip4->ihl < 5)
 		return -1;
@@ -253,6 +261,9 @@ static __always_inline int parse_flow4(struct __sk_buff *skb, const struct iphdr
 			__builtin_memcpy(&f->sport, &icmp[4], 2);
 		else if (icmp[0] == ICMP_ECHO_REPLY)
 			__builtin_memcpy(&f->dport, &icmp[4], 2);
+		else if (icmp[0] == ICMP_DEST_UNREACH || icmp[0] == ICMP_TIME_EXCEEDED ||
+			 icmp[0] == ICMP_PARAMETERPROB)
+			f->icmp_quote = off + ICMP_ERROR_HLEN;
 		return 0;
 	}
 	default:
@@ -263,6 +274,10 @@ static __always_inline int parse_flow4(struct __sk_buff *skb, const struct iphdr
 /* ---- IPv6 -------------------------------------------------------------------------------- */
 
 /* ICMPv6 types (RFC 4443, 4861, 2710, 3810). */
+#define ICMPV6_DEST_UNREACH      1
+#define ICMPV6_PKT_TOOBIG        2
+#define ICMPV6_TIME_EXCEED       3
+#define ICMPV6_PARAMPROB         4
 #define ICMPV6_ECHO_REQUEST      128
 #define ICMPV6_ECHO_REPLY        129
 #define ICMPV6_MLD_QUERY         130
@@ -367,6 +382,8 @@ static __always_inline int parse_flow6(struct __sk_buff *skb, const struct ipv6h
 			__builtin_memcpy(&f->l4.sport, &icmp[4], 2);
 		else if (icmp[0] == ICMPV6_ECHO_REPLY)
 			__builtin_memcpy(&f->l4.dport, &icmp[4], 2);
+		else if (icmp[0] >= ICMPV6_DEST_UNREACH && icmp[0] <= ICMPV6_PARAMPROB)
+			f->l4.icmp_quote = off + ICMP_ERROR_HLEN;
 		return 0;
 	}
 	default:
@@ -432,6 +449,7 @@ static __always_inline __u32 ipcache_identity6(const union kino_addr *addr)
 #define CT_NEW         0
 #define CT_ESTABLISHED 1
 #define CT_REPLY       2
+#define CT_RELATED     3 /* an ICMP(v6) error about a tracked connection's packet */
 
 static __always_inline __u32 now_seconds(void)
 {
@@ -600,7 +618,7 @@ static __always_inline __u64 ct_policy_cache(__u32 generation, __u32 remote)
 
 /* An enforcement point's outcome: conntrack status, and what the verdict was based on. */
 struct point {
-	int ct;              /* CT_NEW / CT_ESTABLISHED / CT_REPLY */
+	int ct;              /* CT_NEW / CT_ESTABLISHED / CT_REPLY / CT_RELATED */
 	__u32 generation;    /* the endpoint's policy generation, read before the lookup */
 	__u32 remote;        /* the peer's identity */
 	__u8 match;          /* KINO_MATCH_*: which kind of entry decided (flow events) */
@@ -731,7 +749,7 @@ static __always_inline int enforce_point(const struct endpoint_info *ep, __u8 di
 	pt->remote = remote;
 	pt->generation = 0;
 	pt->match = KINO_MATCH_NONE;
-	if (pt->ct == CT_REPLY)
+	if (pt->ct == CT_REPLY || pt->ct == CT_RELATED)
 		return 1;
 	__u32 id = ep->endpoint_id;
 	struct endpoint_policy *p = bpf_map_lookup_elem(&kino_ep_policy, &id);
@@ -761,24 +779,109 @@ static __always_inline int enforce_point(const struct endpoint_info *ep, __u8 di
 	return 1;
 }
 
-/* enforce_point for an IPv4 packet. */
-static __always_inline int enforce4(const struct endpoint_info *ep, __u8 direction, __u32 remote,
-				    const struct flow4 *f, struct point *pt)
+/*
+ * Whether the quoted packet of an ICMP error (its header at `off`) is one of a tracked
+ * connection's. The quoted packet went the other way through this endpoint: it was seen at
+ * its point of the opposite direction, either as the connection's original direction (the
+ * quoted tuple as it is) or as a reply (the tuple reversed, under this direction) — the two
+ * lookups ct_classify makes. The ports (ICMP echo identifier) are read as parse_flow4 /
+ * parse_flow6 read them. Subprograms, so their frames do not add to the callers' stacks.
+ */
+static __always_inline int ct_related(struct ct_key *key)
+{
+	__u32 now = now_seconds();
+
+	if (ct_live(key, now))
+		return 1;
+	ct_key_reverse(key);
+	return ct_live(key, now) != NULL;
+}
+
+/* The ports of a quoted packet's L4 header at `off` into the key; -1 if truncated. */
+static __always_inline int quoted_ports(struct __sk_buff *skb, __u32 off, __u8 protocol,
+					__u8 echo_request, __u8 echo_reply, struct ct_key *key)
+{
+	__u8 l4[6]; /* TCP/UDP/SCTP: ports; ICMP(v6): type, code, checksum, identifier */
+
+	if (bpf_skb_load_bytes(skb, off, l4, sizeof(l4)) < 0)
+		return -1;
+	if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP) {
+		__builtin_memcpy(&key->sport, &l4[0], 2);
+		__builtin_memcpy(&key->dport, &l4[2], 2);
+	} else if (l4[0] == echo_request) {
+		__builtin_memcpy(&key->sport, &l4[4], 2);
+	} else if (l4[0] == echo_reply) {
+		__builtin_memcpy(&key->dport, &l4[4], 2);
+	}
+	return 0;
+}
+
+static __noinline int ct_related4(struct __sk_buff *skb, __u32 off, __u32 direction)
+{
+	struct iphdr ip;
+	struct ct_key key = {};
+
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ip.ihl < 5)
+		return 0;
+	key.saddr.ip4 = ip.saddr;
+	key.daddr.ip4 = ip.daddr;
+	key.protocol = ip.protocol;
+	key.family = KINO_FAMILY_IPV4;
+	key.direction = direction == KINO_DIR_EGRESS ? KINO_DIR_INGRESS : KINO_DIR_EGRESS;
+	if (!(ip.frag_off & bpf_htons(0x1fff)) &&
+	    quoted_ports(skb, off + ip.ihl * 4, ip.protocol, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY,
+			 &key) < 0)
+		return 0;
+	return ct_related(&key);
+}
+
+/* ct_related4 for IPv6; a quoted packet with extension headers is not matched. */
+static __noinline int ct_related6(struct __sk_buff *skb, __u32 off, __u32 direction)
+{
+	struct ipv6hdr ip;
+	struct ct_key key = {};
+
+	if (bpf_skb_load_bytes(skb, off, &ip, sizeof(ip)) < 0 || ipv6_ext_header(ip.nexthdr))
+		return 0;
+	__builtin_memcpy(key.saddr.ip6, &ip.saddr, sizeof(key.saddr.ip6));
+	__builtin_memcpy(key.daddr.ip6, &ip.daddr, sizeof(key.daddr.ip6));
+	key.protocol = ip.nexthdr;
+	key.family = KINO_FAMILY_IPV6;
+	key.direction = direction == KINO_DIR_EGRESS ? KINO_DIR_INGRESS : KINO_DIR_EGRESS;
+	if (quoted_ports(skb, off + sizeof(ip), ip.nexthdr, ICMPV6_ECHO_REQUEST,
+			 ICMPV6_ECHO_REPLY, &key) < 0)
+		return 0;
+	return ct_related(&key);
+}
+
+/* enforce_point for an IPv4 packet. An ICMP error about a tracked connection is RELATED:
+ * it passes as a reply does (path MTU discovery, unreachable ports); any other is a new
+ * ICMP packet for the policy. */
+static __always_inline int enforce4(struct __sk_buff *skb, const struct endpoint_info *ep,
+				    __u8 direction, __u32 remote, const struct flow4 *f,
+				    struct point *pt)
 {
 	struct ct_entry *e = NULL;
 
-	pt->ct = ct_lookup4(f, direction, &e);
+	if (f->icmp_quote && ct_related4(skb, f->icmp_quote, direction))
+		pt->ct = CT_RELATED;
+	else
+		pt->ct = ct_lookup4(f, direction, &e);
 	return enforce_point(ep, direction, remote, f, e, pt);
 }
 
 /* enforce_point for an IPv6 packet: the same policy map (it is keyed by identity, protocol
- * and port, not by address), IPv6 conntrack keys. */
-static __always_inline int enforce6(const struct endpoint_info *ep, __u8 direction, __u32 remote,
-				    const struct flow6 *f, struct point *pt)
+ * and port, not by address), IPv6 conntrack keys; ICMPv6 errors as in enforce4. */
+static __always_inline int enforce6(struct __sk_buff *skb, const struct endpoint_info *ep,
+				    __u8 direction, __u32 remote, const struct flow6 *f,
+				    struct point *pt)
 {
 	struct ct_entry *e = NULL;
 
-	pt->ct = ct_lookup6(f, direction, &e);
+	if (f->l4.icmp_quote && ct_related6(skb, f->l4.icmp_quote, direction))
+		pt->ct = CT_RELATED;
+	else
+		pt->ct = ct_lookup6(f, direction, &e);
 	return enforce_point(ep, direction, remote, &f->l4, e, pt);
 }
 
@@ -995,12 +1098,12 @@ static __always_inline int deliver_local_ipv4(struct __sk_buff *skb, struct ethh
 		return -1;
 	struct point egress, ingress;
 
-	if (!enforce4(src, KINO_DIR_EGRESS, dst->identity, f, &egress))
+	if (!enforce4(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress))
 		return drop_policy(skb, src_metrics, KINO_DROP_POLICY_DENIED, src, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &egress);
 	struct endpoint_metrics *dst_metrics = metrics_of(dst->endpoint_id);
 
-	if (!enforce4(dst, KINO_DIR_INGRESS, src->identity, f, &ingress))
+	if (!enforce4(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress))
 		return drop_policy(skb, dst_metrics, KINO_DROP_POLICY_DENIED_INGRESS, dst,
 				   KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	/* Recorded (and reported) only once both points allowed it. */
@@ -1040,12 +1143,12 @@ static __always_inline int deliver_local_ipv6(struct __sk_buff *skb, struct ethh
 		return -1;
 	struct point egress, ingress;
 
-	if (!enforce6(src, KINO_DIR_EGRESS, dst->identity, f, &egress))
+	if (!enforce6(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress))
 		return drop_policy(skb, src_metrics, KINO_DROP_POLICY_DENIED, src, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &egress);
 	struct endpoint_metrics *dst_metrics = metrics_of(dst->endpoint_id);
 
-	if (!enforce6(dst, KINO_DIR_INGRESS, src->identity, f, &ingress))
+	if (!enforce6(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress))
 		return drop_policy(skb, dst_metrics, KINO_DROP_POLICY_DENIED_INGRESS, dst,
 				   KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	if (egress.ct == CT_NEW) {
@@ -1223,7 +1326,7 @@ static __always_inline int from_container_ipv6(struct __sk_buff *skb, struct eth
 		return ret;
 	struct point pt;
 
-	if (!enforce6(ep, KINO_DIR_EGRESS, ipcache_identity6(&f->daddr), f, &pt))
+	if (!enforce6(skb, ep, KINO_DIR_EGRESS, ipcache_identity6(&f->daddr), f, &pt))
 		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &pt);
 	if (pt.ct == CT_NEW) {
@@ -1253,7 +1356,7 @@ static __always_inline int to_container_ipv6(struct __sk_buff *skb,
 		return -1;
 	__u32 remote = ipcache_identity6(&f.saddr);
 
-	if (!enforce6(ep, KINO_DIR_INGRESS, remote, &f, &pt))
+	if (!enforce6(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt))
 		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
 				   KINO_OBS_TO_ENDPOINT, &pt);
 	if (pt.ct == CT_NEW) {
@@ -1306,7 +1409,7 @@ int from_container(struct __sk_buff *skb)
 		/* The node (kino_host's gateway IP) or beyond: the stack routes it. */
 		struct point pt;
 
-		if (!enforce4(ep, KINO_DIR_EGRESS, ipcache_identity4(f.daddr), &f, &pt))
+		if (!enforce4(skb, ep, KINO_DIR_EGRESS, ipcache_identity4(f.daddr), &f, &pt))
 			return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
 					   KINO_OBS_FROM_ENDPOINT, &pt);
 		if (pt.ct == CT_NEW) {
@@ -1368,7 +1471,7 @@ int to_container(struct __sk_buff *skb)
 					  KINO_EVENT_F_DST_IDENTITY);
 		__u32 remote = ipcache_identity4(f.saddr);
 
-		if (!enforce4(ep, KINO_DIR_INGRESS, remote, &f, &pt))
+		if (!enforce4(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt))
 			return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep,
 					   KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
 		if (pt.ct == CT_NEW) {

@@ -347,3 +347,62 @@ fn endpoint_mtu_is_set_on_both_ends_and_bad_ones_leave_nothing() {
         assert_eq!(mtu_of(&node_ns, &lxc(c)), 68);
     });
 }
+
+/// A pinned map an agent of another version left with another layout (here: `kino_policy`
+/// with the 12-byte key data of before its alignment pad) is not reused — the programs would
+/// misread it — but unpinned and created anew; the other pins are reused.
+#[test]
+fn a_pinned_map_of_another_layout_is_replaced() {
+    if !kernel_tests_possible("a_pinned_map_of_another_layout_is_replaced") {
+        return;
+    }
+    let world = World::new();
+    let node = world.netns("node");
+    let _pins = world.pins();
+    let node_name = world.node.clone();
+    in_node(&node, move || async move {
+        let root = Path::new(DEFAULT_PIN_ROOT);
+        // A full set of pins from a first load ...
+        drop(Datapath::load(root, &node_name).expect("first load"));
+        let pin_dir = kino_agent::datapath::loader::node_pin_dir(root, &node_name).expect("dir");
+        let policy_pin = pin_dir.join(kino_agent::datapath::policy::POLICY_MAP);
+        // ... whose policy map is swapped for one of the old layout.
+        std::fs::remove_file(&policy_pin).expect("unpinning kino_policy");
+        run_ok(&[
+            "bpftool",
+            "map",
+            "create",
+            policy_pin.to_str().expect("utf-8 path"),
+            "type",
+            "lpm_trie",
+            "key",
+            "16",
+            "value",
+            "24",
+            "entries",
+            "16",
+            "name",
+            "kino_policy",
+            "flags",
+            "1",
+        ]);
+
+        let datapath = Datapath::load(root, &node_name).expect("loading over the old pin");
+        let adoption = datapath.adoption();
+        assert_eq!(adoption.maps_replaced, ["kino_policy"], "{adoption:?}");
+        assert!(
+            !adoption.maps_reused.contains(&"kino_policy"),
+            "{adoption:?}"
+        );
+        assert_eq!(
+            adoption.maps_reused.len(),
+            kino_agent::datapath::maps::ALL_MAPS.len() - 1,
+            "{adoption:?}"
+        );
+        let info = aya::maps::MapInfo::from_pin(&policy_pin).expect("the new pin");
+        assert_eq!(
+            info.key_size(),
+            4 + std::mem::size_of::<kino_agent::datapath::policy::PolicyKeyRaw>() as u32
+        );
+    });
+}

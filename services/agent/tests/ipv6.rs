@@ -618,3 +618,135 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
         assert!(ca.dropped(DropReason::PolicyDeniedIngress) >= 2, "{ca:?}");
     });
 }
+
+/// Sends one UDP datagram from the pod's namespace to `to` over a connected socket and
+/// waits up to 2 s for what comes back: `Err(ConnectionRefused)` when the ICMP(v6) port
+/// unreachable reached the socket, `Err(WouldBlock/TimedOut)` when nothing did.
+fn udp_to_closed_port(pod: &Pod, to: std::net::SocketAddr) -> std::io::Result<usize> {
+    in_netns(&pod.netns, move || {
+        let bind: std::net::SocketAddr = if to.is_ipv4() {
+            "0.0.0.0:0".parse().expect("addr")
+        } else {
+            "[::]:0".parse().expect("addr")
+        };
+        let socket = std::net::UdpSocket::bind(bind)?;
+        socket.connect(to)?;
+        socket.set_read_timeout(Some(std::time::Duration::from_secs(2)))?;
+        socket.send(b"x")?;
+        let mut buf = [0u8; 16];
+        socket.recv(&mut buf)
+    })
+}
+
+/// Sends from the pod's namespace an ICMP "port unreachable" to `to` quoting a UDP datagram
+/// `to:sport -> quoted_dst:dport` that was never sent (a raw ICMP socket: the kernel adds the
+/// outer IPv4 header).
+fn forged_port_unreachable(pod: &Pod, to: std::net::Ipv4Addr, quoted_dst: std::net::Ipv4Addr) {
+    in_netns(&pod.netns, move || {
+        let mut quoted = vec![0x45, 0, 0, 29, 0, 1, 0, 0, 64, 17, 0, 0];
+        quoted.extend_from_slice(&to.octets());
+        quoted.extend_from_slice(&quoted_dst.octets());
+        let ip_sum = !(ones_complement_sum(0, &quoted) as u16);
+        quoted[10..12].copy_from_slice(&ip_sum.to_be_bytes());
+        quoted.extend_from_slice(&[0x10, 0x92, 0x1e, 0x61, 0, 9, 0, 0]); // 4242 -> 7777
+        let mut message = vec![3, 3, 0, 0, 0, 0, 0, 0];
+        message.extend_from_slice(&quoted);
+        let sum = !(ones_complement_sum(0, &message) as u16);
+        message[2..4].copy_from_slice(&sum.to_be_bytes());
+        // SAFETY: plain socket calls on a descriptor owned here; the address struct is
+        // initialised and its size given.
+        unsafe {
+            let fd = libc::socket(libc::AF_INET, libc::SOCK_RAW, libc::IPPROTO_ICMP);
+            assert!(fd >= 0, "raw socket: {}", std::io::Error::last_os_error());
+            let fd = OwnedFd::from_raw_fd(fd);
+            let mut addr: libc::sockaddr_in = std::mem::zeroed();
+            addr.sin_family = libc::AF_INET as libc::sa_family_t;
+            addr.sin_addr.s_addr = u32::from_ne_bytes(to.octets());
+            let sent = libc::sendto(
+                fd.as_raw_fd(),
+                message.as_ptr().cast(),
+                message.len(),
+                0,
+                (&raw const addr).cast(),
+                std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+            );
+            assert_eq!(
+                sent,
+                message.len() as isize,
+                "sendto: {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    })
+}
+
+/// ICMP and ICMPv6 errors about a tracked connection's packet are RELATED: they pass both
+/// enforcement points as replies do although no rule allows ICMP (a port unreachable reaches
+/// the sender's socket as ECONNREFUSED; path MTU discovery works the same way). An error
+/// quoting a packet no connection sent is a new ICMP packet for the policy: dropped.
+#[test]
+fn icmp_errors_about_tracked_connections_pass_as_related() {
+    if !kernel_tests_possible("icmp_errors_about_tracked_connections_pass_as_related") {
+        return;
+    }
+    let world = World::new();
+    let node = world.netns("node");
+    let ns = [world.netns("a"), world.netns("b")];
+    let _pins = world.pins();
+    let pods = [
+        Pod::new(&world, &ns[0], 0, A),
+        Pod::new(&world, &ns[1], 1, B),
+    ];
+    let node_name = world.node.clone();
+    in_node(&node, move || async move {
+        let (_netlink, mut datapath) = node_with_dual_stack_pods(&node_name, &pods).await;
+        let (a, b) = (&pods[0], &pods[1]);
+        let both = Enforcement {
+            ingress: true,
+            egress: true,
+        };
+        // Only UDP from a to b: nothing (no ICMP) into a, nothing out of b.
+        let udp = |direction, remote| (PolicyKey::any_port(direction, remote, UDP), Verdict::Allow);
+        set(&mut datapath, a.id, both, &[udp(Direction::Egress, B)]);
+        set(&mut datapath, b.id, both, &[udp(Direction::Ingress, A)]);
+        let before = (counters(&datapath, a.id), counters(&datapath, b.id));
+
+        for to in [IpAddr::from(b.ip), IpAddr::from(b.ip6())] {
+            let outcome = udp_to_closed_port(a, std::net::SocketAddr::new(to, 9));
+            assert_eq!(
+                outcome.as_ref().map_err(std::io::Error::kind),
+                Err(std::io::ErrorKind::ConnectionRefused),
+                "the port unreachable from {to} did not reach a's socket: {outcome:?}"
+            );
+        }
+        let after = (counters(&datapath, a.id), counters(&datapath, b.id));
+        assert_eq!(
+            after.0.dropped(DropReason::PolicyDeniedIngress),
+            before.0.dropped(DropReason::PolicyDeniedIngress),
+            "{:?}",
+            after.0
+        );
+        assert_eq!(
+            after.1.dropped(DropReason::PolicyDenied),
+            before.1.dropped(DropReason::PolicyDenied),
+            "{:?}",
+            after.1
+        );
+
+        // An error about a datagram a never sent: not related, so b's egress (which allows
+        // nothing) drops it.
+        forged_port_unreachable(b, a.ip, b.ip);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while counters(&datapath, b.id).dropped(DropReason::PolicyDenied)
+            == after.1.dropped(DropReason::PolicyDenied)
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            counters(&datapath, b.id).dropped(DropReason::PolicyDenied),
+            after.1.dropped(DropReason::PolicyDenied) + 1,
+            "the forged port unreachable was not dropped at b's egress"
+        );
+    });
+}

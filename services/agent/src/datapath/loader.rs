@@ -207,6 +207,11 @@ pub enum DatapathError {
 pub struct Adoption {
     /// Maps that were already pinned and are reused with their contents.
     pub maps_reused: Vec<&'static str>,
+    /// Pinned maps of another layout (key or value size) than this agent's object — left by
+    /// an agent of another version — unpinned and created anew (empty). The agent refills
+    /// them: endpoints from its checkpoint, policy and ipcache from the compiler's stream;
+    /// conntrack starts over (running connections are looked up as new).
+    pub maps_replaced: Vec<&'static str>,
     /// Link pins whose program was replaced by the newly loaded one (file names).
     pub links_adopted: Vec<String>,
     /// Link pins of lxcs that no longer exist, removed.
@@ -427,6 +432,51 @@ pub fn is_bpffs(path: &Path) -> bool {
     statfs(path).is_ok_and(|s| s.filesystem_type() == BPF_FS_MAGIC)
 }
 
+/// Unpins the node's maps whose key or value size differs from the object's definition of
+/// them, so the loader creates them anew instead of reusing a map whose layout the programs
+/// would misread (aya reuses a pin by name without looking at it). Returns their names.
+fn remove_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, DatapathError> {
+    let pinned: Vec<&'static str> = ALL_MAPS
+        .into_iter()
+        .filter(|name| pin_dir.join(name).exists())
+        .collect();
+    if pinned.is_empty() {
+        return Ok(Vec::new());
+    }
+    let object = aya_obj::Object::parse(DATAPATH_OBJECT).map_err(|e| DatapathError::Load {
+        pin_dir: pin_dir.to_owned(),
+        source: Box::new(aya::EbpfError::ParseError(e)),
+    })?;
+    let mut replaced = Vec::new();
+    for name in pinned {
+        let Some(def) = object.maps.get(name) else {
+            return Err(DatapathError::MissingMap(name));
+        };
+        let path = pin_dir.join(name);
+        let info = aya::maps::MapInfo::from_pin(&path).map_err(|source| MapOpError {
+            map: name,
+            op: format!("reading the layout of the pinned map {}", path.display()),
+            source,
+        })?;
+        if info.key_size() != def.key_size() || info.value_size() != def.value_size() {
+            tracing::warn!(
+                map = name,
+                pinned_key_size = info.key_size(),
+                pinned_value_size = info.value_size(),
+                key_size = def.key_size(),
+                value_size = def.value_size(),
+                "pinned map has another layout (left by another agent version): replacing it"
+            );
+            fs::remove_file(&path).map_err(|source| DatapathError::PinPath {
+                path: path.clone(),
+                source,
+            })?;
+            replaced.push(name);
+        }
+    }
+    Ok(replaced)
+}
+
 /// The pin directory of `node` under `pin_root`.
 pub fn node_pin_dir(pin_root: &Path, node: &str) -> Result<PathBuf, DatapathError> {
     crate::node::validate_node_name(node).map_err(|_| DatapathError::NodeName(node.to_owned()))?;
@@ -483,6 +533,7 @@ impl Datapath {
         if !is_bpffs(&pin_dir) {
             return Err(DatapathError::NotBpffs { path: pin_dir });
         }
+        let maps_replaced = remove_incompatible_pins(&pin_dir)?;
         let maps_reused = ALL_MAPS
             .into_iter()
             .filter(|name| pin_dir.join(name).exists())
@@ -537,6 +588,7 @@ impl Datapath {
             conntrack,
             adoption: Adoption {
                 maps_reused,
+                maps_replaced,
                 ..Adoption::default()
             },
             identities,

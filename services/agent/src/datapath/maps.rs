@@ -712,6 +712,7 @@ pub(crate) mod tests {
                 ("direction", LPM + offset_of!(PolicyKeyRaw, direction)),
                 ("protocol", LPM + offset_of!(PolicyKeyRaw, protocol)),
                 ("dport", LPM + offset_of!(PolicyKeyRaw, dport)),
+                ("pad", LPM + offset_of!(PolicyKeyRaw, pad)),
             ],
         );
         assert_layout(

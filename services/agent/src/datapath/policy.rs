@@ -65,6 +65,10 @@ pub struct PolicyKeyRaw {
     pub protocol: u8,
     /// Destination port, network byte order as stored in memory.
     pub dport: [u8; 2],
+    /// Zero; never matched. Makes the key data 16 bytes so the trie stores the value (with
+    /// its u64 counters the datapath adds to atomically) 8-byte aligned — see
+    /// `struct policy_key`.
+    pub pad: [u8; 4],
 }
 
 /// `struct policy_entry`.
@@ -108,7 +112,14 @@ unsafe impl aya::Pod for PolicyEntryRaw {}
 // SAFETY: as above.
 unsafe impl aya::Pod for EndpointPolicyRaw {}
 
-const _: () = assert!(size_of::<PolicyKeyRaw>() == 12);
+const _: () = assert!(size_of::<PolicyKeyRaw>() == 16);
+// The trie stores a value right after the node header and the key data (not the prefixlen):
+// key data of a multiple of 8 bytes keeps the value's u64 counters aligned, so the
+// datapath's atomic adds on them never straddle a cache line (a split lock per packet).
+const _: () = assert!(
+    size_of::<PolicyKeyRaw>().is_multiple_of(8),
+    "policy_key data must be a multiple of 8 bytes (see struct policy_key)"
+);
 const _: () = assert!(size_of::<PolicyEntryRaw>() == 24);
 const _: () = assert!(size_of::<EndpointPolicyRaw>() == 16);
 
@@ -316,6 +327,7 @@ impl PolicyKey {
             direction: self.direction.raw(),
             protocol,
             dport: port.to_be_bytes(),
+            pad: [0; 4],
         };
         if self.protocol == 0 {
             return vec![Key::new(PREFIX_ANY_PROTO, raw(0, 0))];
