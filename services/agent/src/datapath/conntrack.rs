@@ -2,8 +2,8 @@
 //! recorded at each enforcement point that allowed its first packet — the egress of its source
 //! endpoint, the ingress of its destination endpoint) and reads it to let replies through;
 //! the agent lists it (`kino bpf ct list`), removes the connections of a deleted endpoint's
-//! addresses, and a GC task removes expired entries. Expiry times are CLOCK_MONOTONIC seconds
-//! on both sides: the datapath's `bpf_ktime_get_ns()` is that clock.
+//! addresses, and a GC task removes expired entries. Expiry times are CLOCK_MONOTONIC_COARSE
+//! seconds on both sides: the datapath's `bpf_ktime_get_coarse_ns()` is that clock.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -63,7 +63,7 @@ pub struct CtEntryRaw {
     pub rx_packets: u64,
     /// Bytes in the reply direction.
     pub rx_bytes: u64,
-    /// CLOCK_MONOTONIC second at which the entry lapses.
+    /// CLOCK_MONOTONIC_COARSE second at which the entry lapses.
     pub expires: u32,
     /// `KINO_CT_F_*`.
     pub flags: u32,
@@ -178,14 +178,14 @@ impl ConntrackError {
     }
 }
 
-/// The CLOCK_MONOTONIC second, the datapath's clock (`bpf_ktime_get_ns`).
+/// The CLOCK_MONOTONIC_COARSE second, the datapath's clock (`bpf_ktime_get_coarse_ns`).
 pub fn monotonic_seconds() -> u32 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
     };
     // SAFETY: clock_gettime writes the timespec we own.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC_COARSE, &mut ts) };
     ts.tv_sec as u32
 }
 
