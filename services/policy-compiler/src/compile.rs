@@ -26,27 +26,44 @@
 //! - allow-localhost (on by default, as Cilium's `--allow-localhost=auto`): enforced ingress
 //!   always allows the local host (identity 1) unless a deny rule matches it.
 //!
-//! Incremental: a policy change touches the identities its old and new rules select, plus
-//! the subjects of rules whose peer selectors gain or lose identities (e.g. new CIDR
-//! identities); an identity change touches itself and the subjects of rules whose peer
-//! selectors match it. Only those identities are recompiled. A CIDR identity can only be
-//! matched by the CIDR selectors whose CIDR covers its prefix and by entities, so those are
-//! looked up (CIDR selectors indexed by CIDR, CIDR identities by prefix) rather than every
-//! selector tried against every identity.
+//! Incremental, at the grain of policy-map groups: a change costs what it touches, not what
+//! is installed (100 000 CIDR entries beside a one-rule change cost that rule).
+//! - Per endpoint identity the compiler keeps the raw contributions of the rules selecting
+//!   it, grouped by `(direction, remote identity)` (`contributions`). A rule added or
+//!   removed adds or removes its contributions (only the rules of a policy that differ from
+//!   its stored version are replaced); a peer selector gaining or losing a remote adds or
+//!   removes that remote's contributions in the subjects of the blocks using it.
+//! - Only the groups whose contributions changed are re-resolved
+//!   ([`policy_map::resolve_group`]) and compared with what the group held; the result is
+//!   the delta itself ([`IdentityChange`]), never a comparison of whole policies. Wildcard
+//!   contributions, the built-in allow-all and enforcement changes reach every group of the
+//!   direction, so those re-resolve it whole.
+//! - A CIDR identity can only be matched by the CIDR selectors whose CIDR covers its prefix
+//!   and by entities, so those are looked up (CIDR selectors indexed by CIDR, CIDR
+//!   identities by prefix) rather than every selector tried against every identity; an
+//!   endpoint identity only by the other selectors. Prefixes are counted by the selectors
+//!   naming them: one that comes gets a CIDR identity, one that goes loses it, the others
+//!   keep theirs ([`CidrIdentities`]).
+//! - [`Work`] counts what a change visits, so tests check these bounds without timings.
 
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
+mod contributions;
+
+use contributions::{Contribution, IdentityState, block_contributions};
+
 use crate::cidr::Cidr;
-use crate::identity::{self, IdentityClass, IdentityInfo};
+use crate::identity::{self, CidrIdentities, IdentityClass, IdentityInfo};
 use crate::labels::Labels;
 use crate::policy::model::{
     CidrRule, Direction, Entity, K8sPeer, K8sRule, PeerRule, Policy, PolicyKey, PolicyKind,
     PolicySpec, PortRule, Protocol, RuleRef,
 };
 use crate::policy_map::{
-    self, CompiledPolicy, Enforcement, NumericIdentity, RawEntry, Verdict, WILDCARD_IDENTITY,
+    self, CompiledPolicy, Enforcement, EntryChange, MapEntry, MapKey, NumericIdentity, RawEntry,
+    Verdict, WILDCARD_IDENTITY,
 };
 use crate::selector::Selector;
 
@@ -219,7 +236,7 @@ pub struct PeerBlock {
     pub verdict: Verdict,
     /// Every peer (identity 0).
     pub wildcard: bool,
-    /// Peer selectors.
+    /// Peer selectors, each once.
     pub selectors: Vec<PeerSelector>,
     /// Ports; empty = every protocol and port.
     pub ports: Vec<PortRule>,
@@ -256,14 +273,6 @@ impl Rule {
             Direction::Ingress => self.ingress.as_ref(),
             Direction::Egress => self.egress.as_ref(),
         }
-    }
-
-    fn selectors(&self) -> impl Iterator<Item = &PeerSelector> {
-        [&self.ingress, &self.egress]
-            .into_iter()
-            .flatten()
-            .flat_map(|d| d.blocks.iter())
-            .flat_map(|b| b.selectors.iter())
     }
 }
 
@@ -401,15 +410,10 @@ fn kino_block(
     verdict: Verdict,
     namespace: &Option<String>,
 ) -> PeerBlock {
-    let mut block = PeerBlock {
-        rule: r,
-        verdict,
-        wildcard: rule.has_no_peer() && !rule.ports.is_empty(),
-        selectors: Vec::new(),
-        ports: rule.ports.clone(),
-    };
+    let mut wildcard = rule.has_no_peer() && !rule.ports.is_empty();
+    let mut selectors = Vec::new();
     for selector in &rule.endpoints {
-        block.selectors.push(PeerSelector::Endpoints {
+        selectors.push(PeerSelector::Endpoints {
             selector: selector.clone(),
             namespace: if selector.names_namespace() {
                 None
@@ -419,42 +423,59 @@ fn kino_block(
         });
     }
     for cidr in &rule.cidrs {
-        block.selectors.push(PeerSelector::Cidr(CidrRule {
+        selectors.push(PeerSelector::Cidr(CidrRule {
             cidr: *cidr,
             except: Vec::new(),
         }));
     }
     for set in &rule.cidr_sets {
-        block.selectors.push(PeerSelector::Cidr(set.clone()));
+        selectors.push(PeerSelector::Cidr(set.clone()));
     }
     for entity in &rule.entities {
         match entity {
-            Entity::All => block.wildcard = true,
-            e => block.selectors.push(PeerSelector::Entity(*e)),
+            Entity::All => wildcard = true,
+            e => selectors.push(PeerSelector::Entity(*e)),
         }
     }
-    block
+    PeerBlock {
+        rule: r,
+        verdict,
+        wildcard,
+        selectors: distinct(selectors),
+        ports: rule.ports.clone(),
+    }
 }
 
 fn k8s_block(rule: &K8sRule, r: Arc<RuleRef>, namespace: &str) -> PeerBlock {
-    let mut block = PeerBlock {
-        rule: r,
-        verdict: Verdict::Allow,
-        wildcard: rule.peers.is_empty(),
-        selectors: Vec::new(),
-        ports: rule.ports.clone(),
-    };
-    for peer in &rule.peers {
-        block.selectors.push(match peer {
+    let selectors = rule
+        .peers
+        .iter()
+        .map(|peer| match peer {
             K8sPeer::Selectors { pod, namespace: ns } => PeerSelector::K8s {
                 pod: pod.clone(),
                 namespace_selector: ns.clone(),
                 policy_namespace: namespace.to_owned(),
             },
             K8sPeer::IpBlock(cidr) => PeerSelector::Cidr(cidr.clone()),
-        });
+        })
+        .collect();
+    PeerBlock {
+        rule: r,
+        verdict: Verdict::Allow,
+        wildcard: rule.peers.is_empty(),
+        selectors: distinct(selectors),
+        ports: rule.ports.clone(),
     }
-    block
+}
+
+/// The selectors without repeats, in their first order: a peer named twice in a block is
+/// one peer (the selector cache counts each block's use of a selector once).
+fn distinct(selectors: Vec<PeerSelector>) -> Vec<PeerSelector> {
+    let mut seen = BTreeSet::new();
+    selectors
+        .into_iter()
+        .filter(|s| seen.insert(s.clone()))
+        .collect()
 }
 
 /// The (protocol, port range) keys of a port rule; ANY with a port expands to TCP, UDP
@@ -573,22 +594,76 @@ pub fn raw_entries<'r>(
     raw
 }
 
-/// A cached peer selector: the identities it matches and the rules using it.
+/// A cached peer selector: the identities it matches and the blocks using it.
 #[derive(Clone, Debug, Default)]
 struct CachedSelector {
     matches: BTreeSet<NumericIdentity>,
-    users: BTreeSet<RuleId>,
+    users: BTreeSet<BlockId>,
 }
 
-/// The change of one identity's compiled policy.
-#[derive(Clone, Debug)]
+/// One allow or deny block: its rule, direction and index among the direction's blocks.
+pub type BlockId = (RuleId, Direction, usize);
+
+/// The change of one identity's compiled policy: what a stream needs to bring a client
+/// from the policy before to the policy after, without either whole policy.
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdentityChange {
     /// The identity.
     pub identity: NumericIdentity,
-    /// The policy before (None: it had none).
-    pub old: Option<Arc<CompiledPolicy>>,
-    /// The policy after (None: the identity is gone).
-    pub new: Option<Arc<CompiledPolicy>>,
+    /// It had a compiled policy before.
+    pub existed: bool,
+    /// It has one after (false: the identity is gone).
+    pub exists: bool,
+    /// Enforcement before (default when it did not exist).
+    pub old_enforcement: Enforcement,
+    /// Enforcement after (default when it is gone).
+    pub new_enforcement: Enforcement,
+    /// The entries that changed, by key, each with its value before and after. A policy
+    /// that appears or disappears lists all its entries.
+    pub entries: Vec<EntryChange>,
+}
+
+impl IdentityChange {
+    /// Applies the change to a copy of the entries before; gives the entries after.
+    pub fn apply_to(&self, entries: &mut BTreeMap<MapKey, MapEntry>) {
+        for change in &self.entries {
+            match &change.new {
+                Some(entry) => entries.insert(change.key, entry.clone()),
+                None => entries.remove(&change.key),
+            };
+        }
+    }
+}
+
+/// Units of work the compiler did, counted so tests can check that a change costs what it
+/// touches and not what is installed (deterministic, unlike timings).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Work {
+    /// Raw contributions added or removed.
+    pub contributions: u64,
+    /// `(direction, remote)` groups resolved.
+    pub groups: u64,
+    /// Raw entries resolved and policy-map keys visited.
+    pub keys: u64,
+    /// Identities, selectors and prefixes looked at to find what a change touches.
+    pub scanned: u64,
+}
+
+impl Work {
+    /// Everything counted.
+    pub fn total(&self) -> u64 {
+        self.contributions + self.groups + self.keys + self.scanned
+    }
+
+    /// The work done since `earlier`.
+    pub fn since(&self, earlier: &Work) -> Work {
+        Work {
+            contributions: self.contributions - earlier.contributions,
+            groups: self.groups - earlier.groups,
+            keys: self.keys - earlier.keys,
+            scanned: self.scanned - earlier.scanned,
+        }
+    }
 }
 
 /// The incremental compiler: the state of every input and every identity's policy.
@@ -597,19 +672,34 @@ pub struct Compiler {
     config: CompilerConfig,
     policies: BTreeMap<PolicyKey, Arc<Policy>>,
     identities: BTreeMap<NumericIdentity, IdentityInfo>,
-    cidr_ids: BTreeMap<Cidr, NumericIdentity>,
+    cidr_ids: CidrIdentities,
+    /// Cached CIDR selectors naming each prefix (as CIDR or exception); a prefix has a
+    /// CIDR identity while it is named.
+    prefix_refs: BTreeMap<Cidr, usize>,
+    /// Prefixes whose count came to or left zero since the last refresh.
+    pending_prefixes: BTreeSet<Cidr>,
+    /// Prefixes whose CIDR identity came or went since the ipcache last took them.
+    cidr_changes: BTreeSet<Cidr>,
     rules: BTreeMap<RuleId, Arc<Rule>>,
     subjects: BTreeMap<RuleId, BTreeSet<NumericIdentity>>,
     rules_by_subject: BTreeMap<NumericIdentity, BTreeSet<RuleId>>,
     selectors: BTreeMap<PeerSelector, CachedSelector>,
+    /// The selectors of `selectors` other than CIDR ones: those that can match endpoint
+    /// and reserved identities.
+    identity_selectors: BTreeSet<PeerSelector>,
     /// The CIDR selectors of `selectors` by their CIDR (not their exceptions), so the
     /// selectors of a CIDR identity are found by looking up its prefix's supernets.
     cidr_selectors: BTreeMap<Cidr, BTreeSet<PeerSelector>>,
     /// The CIDR identities of `identities` by prefix, so the identities of a CIDR selector
     /// are found by a range of prefixes.
     cidr_prefixes: BTreeMap<Cidr, NumericIdentity>,
+    /// The raw contributions of every endpoint identity.
+    states: BTreeMap<NumericIdentity, IdentityState>,
     compiled: BTreeMap<NumericIdentity, Arc<CompiledPolicy>>,
+    /// Entries summed over `compiled`.
+    compiled_entries: usize,
     dirty: BTreeSet<NumericIdentity>,
+    work: Work,
 }
 
 /// The entity selectors: with the CIDR selectors, the only selectors that can match a CIDR
@@ -625,6 +715,79 @@ fn entity_selectors() -> [PeerSelector; 5] {
     .map(PeerSelector::Entity)
 }
 
+/// The blocks of a rule with their ids.
+fn blocks(rule: &Rule) -> impl Iterator<Item = (BlockId, &PeerBlock)> {
+    Direction::BOTH.into_iter().flat_map(move |direction| {
+        rule.direction(direction)
+            .into_iter()
+            .flat_map(|part| part.blocks.iter().enumerate())
+            .map(move |(i, block)| ((rule.id.clone(), direction, i), block))
+    })
+}
+
+/// Counts a rule in (`delta` 1) or out (-1) of the contributions of a subject `identity`:
+/// its parts, and each block's contributions to every remote its selectors match now.
+fn account_rule(
+    config: &CompilerConfig,
+    selectors: &BTreeMap<PeerSelector, CachedSelector>,
+    state: &mut IdentityState,
+    rule: &Rule,
+    delta: isize,
+    work: &mut Work,
+) {
+    state.account_policy(&rule.id.0, delta);
+    for direction in Direction::BOTH {
+        let Some(part) = rule.direction(direction) else {
+            continue;
+        };
+        state.account_part(
+            config,
+            direction,
+            part.default_deny,
+            &part.default_deny_ref,
+            delta,
+        );
+        for block in &part.blocks {
+            let contributions = block_contributions(block);
+            let wildcard = block.wildcard.then_some(WILDCARD_IDENTITY);
+            let matched = block
+                .selectors
+                .iter()
+                .filter_map(|s| selectors.get(s))
+                .flat_map(|cached| cached.matches.iter().copied());
+            for remote in wildcard.into_iter().chain(matched) {
+                for contribution in &contributions {
+                    state.contribute(direction, remote, contribution, delta, work);
+                }
+            }
+        }
+    }
+}
+
+/// Where a selector's match of a remote contributes: each subject of each block using the
+/// selector, with the block's direction and contributions.
+fn match_targets(
+    rules: &BTreeMap<RuleId, Arc<Rule>>,
+    subjects: &BTreeMap<RuleId, BTreeSet<NumericIdentity>>,
+    users: &BTreeSet<BlockId>,
+) -> Vec<(NumericIdentity, Direction, Vec<Contribution>)> {
+    let mut targets = Vec::new();
+    for (rule_id, direction, index) in users {
+        let Some(block) = rules
+            .get(rule_id)
+            .and_then(|r| r.direction(*direction))
+            .and_then(|part| part.blocks.get(*index))
+        else {
+            continue;
+        };
+        let contributions = block_contributions(block);
+        for subject in subjects.get(rule_id).into_iter().flatten() {
+            targets.push((*subject, *direction, contributions.clone()));
+        }
+    }
+    targets
+}
+
 impl Compiler {
     /// A compiler knowing only the reserved identities.
     pub fn new(config: CompilerConfig) -> Compiler {
@@ -632,15 +795,22 @@ impl Compiler {
             config,
             policies: BTreeMap::new(),
             identities: BTreeMap::new(),
-            cidr_ids: BTreeMap::new(),
+            cidr_ids: CidrIdentities::new(),
+            prefix_refs: BTreeMap::new(),
+            pending_prefixes: BTreeSet::new(),
+            cidr_changes: BTreeSet::new(),
             rules: BTreeMap::new(),
             subjects: BTreeMap::new(),
             rules_by_subject: BTreeMap::new(),
             selectors: BTreeMap::new(),
+            identity_selectors: BTreeSet::new(),
             cidr_selectors: BTreeMap::new(),
             cidr_prefixes: BTreeMap::new(),
+            states: BTreeMap::new(),
             compiled: BTreeMap::new(),
+            compiled_entries: 0,
             dirty: BTreeSet::new(),
+            work: Work::default(),
         };
         for info in identity::all_reserved() {
             compiler.add_identity(info);
@@ -658,9 +828,25 @@ impl Compiler {
         &self.identities
     }
 
+    /// The reserved and endpoint identities (not the CIDR ones, which sort after them).
+    fn non_cidr_identities(&self) -> impl Iterator<Item = &IdentityInfo> {
+        self.identities
+            .range(..identity::LOCAL_SCOPE)
+            .map(|(_, info)| info)
+    }
+
     /// The CIDR identity of every prefix named by a policy.
     pub fn cidr_identities(&self) -> &BTreeMap<Cidr, NumericIdentity> {
-        &self.cidr_ids
+        self.cidr_ids.all()
+    }
+
+    /// The prefixes whose CIDR identity came, changed or went since the last call, with
+    /// their identity now (None: gone).
+    pub fn take_cidr_changes(&mut self) -> Vec<(Cidr, Option<NumericIdentity>)> {
+        std::mem::take(&mut self.cidr_changes)
+            .into_iter()
+            .map(|prefix| (prefix, self.cidr_ids.get(&prefix)))
+            .collect()
     }
 
     /// Every stored policy.
@@ -683,6 +869,16 @@ impl Compiler {
         &self.compiled
     }
 
+    /// Policy-map entries summed over every compiled policy.
+    pub fn compiled_entries(&self) -> usize {
+        self.compiled_entries
+    }
+
+    /// The work done so far (see [`Work`]).
+    pub fn work(&self) -> Work {
+        self.work
+    }
+
     /// The rules selecting an identity.
     pub fn rules_selecting(&self, identity: NumericIdentity) -> Vec<&Rule> {
         self.rules_by_subject
@@ -693,17 +889,35 @@ impl Compiler {
             .collect()
     }
 
-    /// Adds or replaces a policy.
+    /// Adds or replaces a policy. Only the rules that differ from the stored version's
+    /// are replaced.
     pub fn upsert_policy(&mut self, policy: Policy) {
         let key = policy.key.clone();
         if self.policies.get(&key).is_some_and(|p| **p == policy) {
             return;
         }
-        self.remove_rules(&key);
         let policy = Arc::new(policy);
-        for rule in rules_of(&policy) {
-            self.add_rule(rule);
+        let mut new_rules = rules_of(&policy);
+        let old_ids: Vec<RuleId> = self
+            .rules
+            .range((key.clone(), 0)..=(key.clone(), usize::MAX))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in old_ids {
+            let same = new_rules
+                .get(id.1)
+                .is_some_and(|new| Some(new) == self.rules.get(&id).map(|r| r.as_ref()));
+            if !same {
+                self.remove_rule(&id);
+            }
         }
+        for rule in new_rules.drain(..) {
+            if !self.rules.contains_key(&rule.id) {
+                self.add_rule(rule);
+            }
+        }
+        // The subjects' `selected_by` names the policy; nothing else changes when the
+        // rules are the same.
         self.policies.insert(key, policy);
         self.refresh_cidr_identities();
     }
@@ -711,7 +925,14 @@ impl Compiler {
     /// Removes a policy.
     pub fn delete_policy(&mut self, key: &PolicyKey) {
         if self.policies.remove(key).is_some() {
-            self.remove_rules(key);
+            let ids: Vec<RuleId> = self
+                .rules
+                .range((key.clone(), 0)..=(key.clone(), usize::MAX))
+                .map(|(id, _)| id.clone())
+                .collect();
+            for id in ids {
+                self.remove_rule(&id);
+            }
             self.refresh_cidr_identities();
         }
     }
@@ -738,48 +959,145 @@ impl Compiler {
         }
     }
 
-    fn remove_rules(&mut self, key: &PolicyKey) {
-        let ids: Vec<RuleId> = self
-            .rules
-            .range((key.clone(), 0)..=(key.clone(), usize::MAX))
-            .map(|(id, _)| id.clone())
-            .collect();
-        for id in ids {
-            let Some(rule) = self.rules.remove(&id) else {
-                continue;
-            };
-            for subject in self.subjects.remove(&id).unwrap_or_default() {
-                self.dirty.insert(subject);
-                if let Some(set) = self.rules_by_subject.get_mut(&subject) {
-                    set.remove(&id);
+    fn remove_rule(&mut self, id: &RuleId) {
+        let Some(rule) = self.rules.remove(id) else {
+            return;
+        };
+        // Out of its subjects first, while the selectors still hold their matches.
+        for subject in self.subjects.remove(id).unwrap_or_default() {
+            self.dirty.insert(subject);
+            if let Some(set) = self.rules_by_subject.get_mut(&subject) {
+                set.remove(id);
+                if set.is_empty() {
+                    self.rules_by_subject.remove(&subject);
                 }
             }
-            for selector in rule.selectors() {
-                if let Some(cached) = self.selectors.get_mut(selector) {
-                    cached.users.remove(&id);
-                    if cached.users.is_empty() {
-                        self.selectors.remove(selector);
-                        if let PeerSelector::Cidr(rule) = selector
-                            && let Some(set) = self.cidr_selectors.get_mut(&rule.cidr)
-                        {
+            if let Some(state) = self.states.get_mut(&subject) {
+                account_rule(
+                    &self.config,
+                    &self.selectors,
+                    state,
+                    &rule,
+                    -1,
+                    &mut self.work,
+                );
+            }
+        }
+        for (block_id, block) in blocks(&rule) {
+            for selector in &block.selectors {
+                let Some(cached) = self.selectors.get_mut(selector) else {
+                    continue;
+                };
+                cached.users.remove(&block_id);
+                if !cached.users.is_empty() {
+                    continue;
+                }
+                self.selectors.remove(selector);
+                match selector {
+                    PeerSelector::Cidr(cidr_rule) => {
+                        if let Some(set) = self.cidr_selectors.get_mut(&cidr_rule.cidr) {
                             set.remove(selector);
                             if set.is_empty() {
-                                self.cidr_selectors.remove(&rule.cidr);
+                                self.cidr_selectors.remove(&cidr_rule.cidr);
                             }
                         }
+                        for prefix in selector.prefixes() {
+                            self.unref_prefix(prefix);
+                        }
+                    }
+                    _ => {
+                        self.identity_selectors.remove(selector);
                     }
                 }
             }
         }
     }
 
+    fn unref_prefix(&mut self, prefix: Cidr) {
+        if let Some(count) = self.prefix_refs.get_mut(&prefix) {
+            *count -= 1;
+            if *count == 0 {
+                self.prefix_refs.remove(&prefix);
+                self.pending_prefixes.insert(prefix);
+            }
+        }
+    }
+
     fn add_rule(&mut self, rule: Rule) {
         let id = rule.id.clone();
+        // Selectors first, so the subjects see every remote they match.
+        for (block_id, block) in blocks(&rule) {
+            for selector in &block.selectors {
+                let cached = match self.selectors.entry(selector.clone()) {
+                    Entry::Occupied(entry) => entry.into_mut(),
+                    Entry::Vacant(entry) => {
+                        let identities = &self.identities;
+                        let scanned = &mut self.work.scanned;
+                        let matches: BTreeSet<NumericIdentity> = match selector {
+                            // Only CIDR identities, and only those whose prefix lies in the
+                            // CIDR's range of prefixes, can match.
+                            PeerSelector::Cidr(cidr_rule) => {
+                                let (lo, hi) = cidr_rule.cidr.covered_bounds();
+                                self.cidr_prefixes
+                                    .range(lo..=hi)
+                                    .inspect(|_| *scanned += 1)
+                                    .map(|(_, id)| *id)
+                                    .filter(|id| {
+                                        identities.get(id).is_some_and(|i| selector.matches(i))
+                                    })
+                                    .collect()
+                            }
+                            // World matches every CIDR identity too; the other entities and
+                            // the endpoint selectors match reserved and endpoint identities
+                            // only.
+                            PeerSelector::Entity(Entity::World | Entity::All) => identities
+                                .range(..identity::LOCAL_SCOPE)
+                                .inspect(|_| *scanned += 1)
+                                .filter(|(_, info)| selector.matches(info))
+                                .map(|(id, _)| *id)
+                                .chain(self.cidr_prefixes.values().copied())
+                                .collect(),
+                            _ => identities
+                                .range(..identity::LOCAL_SCOPE)
+                                .inspect(|_| *scanned += 1)
+                                .filter(|(_, info)| selector.matches(info))
+                                .map(|(id, _)| *id)
+                                .collect(),
+                        };
+                        match selector {
+                            PeerSelector::Cidr(cidr_rule) => {
+                                self.cidr_selectors
+                                    .entry(cidr_rule.cidr)
+                                    .or_default()
+                                    .insert(selector.clone());
+                                for prefix in selector.prefixes() {
+                                    let count = self.prefix_refs.entry(prefix).or_default();
+                                    *count += 1;
+                                    if *count == 1 {
+                                        self.pending_prefixes.insert(prefix);
+                                    }
+                                }
+                            }
+                            _ => {
+                                self.identity_selectors.insert(selector.clone());
+                            }
+                        }
+                        entry.insert(CachedSelector {
+                            matches,
+                            users: BTreeSet::new(),
+                        })
+                    }
+                };
+                cached.users.insert(block_id.clone());
+            }
+        }
+        let scanned = &mut self.work.scanned;
         let subjects: BTreeSet<NumericIdentity> = self
             .identities
-            .values()
-            .filter(|info| rule.subject.matches(info))
-            .map(|info| info.id)
+            .range(..identity::LOCAL_SCOPE)
+            .inspect(|_| *scanned += 1)
+            .filter(|(_, info)| rule.subject.matches(info))
+            .map(|(id, _)| *id)
             .collect();
         for subject in &subjects {
             self.dirty.insert(*subject);
@@ -787,53 +1105,68 @@ impl Compiler {
                 .entry(*subject)
                 .or_default()
                 .insert(id.clone());
+            if let Some(state) = self.states.get_mut(subject) {
+                account_rule(
+                    &self.config,
+                    &self.selectors,
+                    state,
+                    &rule,
+                    1,
+                    &mut self.work,
+                );
+            }
         }
         self.subjects.insert(id.clone(), subjects);
-        for selector in rule.selectors() {
-            let cached = match self.selectors.entry(selector.clone()) {
-                Entry::Occupied(entry) => entry.into_mut(),
-                Entry::Vacant(entry) => {
-                    let identities = &self.identities;
-                    let matches = match selector {
-                        // Only CIDR identities, and only those whose prefix lies in the
-                        // CIDR's range of prefixes, can match.
-                        PeerSelector::Cidr(cidr_rule) => {
-                            let (lo, hi) = cidr_rule.cidr.covered_bounds();
-                            self.cidr_prefixes
-                                .range(lo..=hi)
-                                .map(|(_, id)| *id)
-                                .filter(|id| {
-                                    identities.get(id).is_some_and(|i| selector.matches(i))
-                                })
-                                .collect()
-                        }
-                        _ => identities
-                            .values()
-                            .filter(|info| selector.matches(info))
-                            .map(|info| info.id)
-                            .collect(),
-                    };
-                    if let PeerSelector::Cidr(cidr_rule) = selector {
-                        self.cidr_selectors
-                            .entry(cidr_rule.cidr)
-                            .or_default()
-                            .insert(selector.clone());
-                    }
-                    entry.insert(CachedSelector {
-                        matches,
-                        users: BTreeSet::new(),
-                    })
-                }
-            };
-            cached.users.insert(id.clone());
-        }
         self.rules.insert(id, Arc::new(rule));
+    }
+
+    /// The cached selectors that may match a CIDR identity of `prefix`: the CIDR selectors
+    /// whose CIDR is a supernet of it, and the entities.
+    fn selectors_of_prefix(&mut self, prefix: &Cidr) -> Vec<PeerSelector> {
+        let mut out: Vec<PeerSelector> = Vec::new();
+        for len in 0..=prefix.prefix_len() {
+            self.work.scanned += 1;
+            if let Some(set) = self.cidr_selectors.get(&prefix.supernet(len)) {
+                out.extend(set.iter().cloned());
+            }
+        }
+        out.extend(entity_selectors());
+        out
+    }
+
+    /// The selectors that could match an identity: for a CIDR identity those of its prefix's
+    /// supernets and the entities, for any other the non-CIDR selectors.
+    fn candidate_selectors(&mut self, info: &IdentityInfo) -> Vec<PeerSelector> {
+        match &info.class {
+            IdentityClass::Cidr(prefix) => self.selectors_of_prefix(prefix),
+            _ => {
+                self.work.scanned += self.identity_selectors.len() as u64;
+                self.identity_selectors.iter().cloned().collect()
+            }
+        }
     }
 
     fn add_identity(&mut self, info: IdentityInfo) {
         let id = info.id;
+        // As a remote first (in the selectors' matches and their subjects' contributions),
+        // then as a subject, so a rule selecting the identity on both sides counts it once.
+        let candidates = self.candidate_selectors(&info);
+        for selector in candidates {
+            let Some(cached) = self.selectors.get_mut(&selector) else {
+                continue;
+            };
+            if selector.matches(&info) && cached.matches.insert(id) {
+                let targets = match_targets(&self.rules, &self.subjects, &cached.users);
+                self.account_match(targets, id, 1);
+            }
+        }
+        if let IdentityClass::Cidr(prefix) = &info.class {
+            self.cidr_prefixes.insert(*prefix, id);
+        }
         if info.is_endpoint() {
             self.dirty.insert(id);
+            let mut state = IdentityState::new();
+            self.work.scanned += self.rules.len() as u64;
             for rule in self.rules.values() {
                 if rule.subject.matches(&info) {
                     self.subjects.entry(rule.id.clone()).or_default().insert(id);
@@ -841,47 +1174,17 @@ impl Compiler {
                         .entry(id)
                         .or_default()
                         .insert(rule.id.clone());
+                    account_rule(
+                        &self.config,
+                        &self.selectors,
+                        &mut state,
+                        rule,
+                        1,
+                        &mut self.work,
+                    );
                 }
             }
-        }
-        if let IdentityClass::Cidr(prefix) = &info.class {
-            // Only the CIDR selectors whose CIDR is a supernet of the prefix and the entity
-            // selectors can match: look those up instead of trying every selector.
-            let mut visit = |selector: &PeerSelector| {
-                if let Some(cached) = self.selectors.get_mut(selector)
-                    && selector.matches(&info)
-                {
-                    cached.matches.insert(id);
-                    for user in &cached.users {
-                        self.dirty
-                            .extend(self.subjects.get(user).into_iter().flatten().copied());
-                    }
-                }
-            };
-            for len in 0..=prefix.prefix_len() {
-                for selector in self
-                    .cidr_selectors
-                    .get(&prefix.supernet(len))
-                    .into_iter()
-                    .flatten()
-                {
-                    visit(selector);
-                }
-            }
-            for selector in &entity_selectors() {
-                visit(selector);
-            }
-            self.cidr_prefixes.insert(*prefix, id);
-        } else {
-            for (selector, cached) in self.selectors.iter_mut() {
-                if selector.matches(&info) {
-                    cached.matches.insert(id);
-                    for user in &cached.users {
-                        self.dirty
-                            .extend(self.subjects.get(user).into_iter().flatten().copied());
-                    }
-                }
-            }
+            self.states.insert(id, state);
         }
         self.identities.insert(id, info);
     }
@@ -890,119 +1193,141 @@ impl Compiler {
         let Some(info) = self.identities.remove(&id) else {
             return;
         };
-        self.dirty.insert(id);
-        for rule_id in self.rules_by_subject.remove(&id).unwrap_or_default() {
-            if let Some(set) = self.subjects.get_mut(&rule_id) {
-                set.remove(&id);
+        // As a subject first (its own contributions go with it), then as a remote.
+        if info.is_endpoint() {
+            self.dirty.insert(id);
+            self.states.remove(&id);
+            for rule_id in self.rules_by_subject.remove(&id).unwrap_or_default() {
+                if let Some(set) = self.subjects.get_mut(&rule_id) {
+                    set.remove(&id);
+                }
             }
         }
-        if let IdentityClass::Cidr(prefix) = &info.class {
-            // The selectors holding the identity are those matching it (see add_identity).
-            let mut visit = |selector: &PeerSelector| {
-                if let Some(cached) = self.selectors.get_mut(selector)
-                    && cached.matches.remove(&id)
-                {
-                    for user in &cached.users {
-                        self.dirty
-                            .extend(self.subjects.get(user).into_iter().flatten().copied());
-                    }
-                }
+        // The selectors holding the identity are among those that could match it (see
+        // add_identity).
+        let candidates = self.candidate_selectors(&info);
+        for selector in candidates {
+            let Some(cached) = self.selectors.get_mut(&selector) else {
+                continue;
             };
-            for len in 0..=prefix.prefix_len() {
-                for selector in self
-                    .cidr_selectors
-                    .get(&prefix.supernet(len))
-                    .into_iter()
-                    .flatten()
-                {
-                    visit(selector);
-                }
-            }
-            for selector in &entity_selectors() {
-                visit(selector);
-            }
-            if self.cidr_prefixes.get(prefix) == Some(&id) {
-                self.cidr_prefixes.remove(prefix);
-            }
-            return;
-        }
-        for cached in self.selectors.values_mut() {
             if cached.matches.remove(&id) {
-                for user in &cached.users {
-                    self.dirty
-                        .extend(self.subjects.get(user).into_iter().flatten().copied());
+                let targets = match_targets(&self.rules, &self.subjects, &cached.users);
+                self.account_match(targets, id, -1);
+            }
+        }
+        if let IdentityClass::Cidr(prefix) = &info.class
+            && self.cidr_prefixes.get(prefix) == Some(&id)
+        {
+            self.cidr_prefixes.remove(prefix);
+        }
+    }
+
+    /// Counts a selector's match of `remote` in (`delta` 1) or out (-1) of the
+    /// contributions of its targets (see [`match_targets`]).
+    fn account_match(
+        &mut self,
+        targets: Vec<(NumericIdentity, Direction, Vec<Contribution>)>,
+        remote: NumericIdentity,
+        delta: isize,
+    ) {
+        for (subject, direction, contributions) in targets {
+            if let Some(state) = self.states.get_mut(&subject) {
+                self.dirty.insert(subject);
+                for contribution in &contributions {
+                    state.contribute(direction, remote, contribution, delta, &mut self.work);
                 }
             }
         }
     }
 
-    /// Gives every prefix named by a policy its CIDR identity, adding and removing CIDR
-    /// identities as prefixes come and go.
+    /// Gives the prefixes newly named by a policy their CIDR identity and takes it from
+    /// those no longer named. Prefixes that stay keep their number (see
+    /// [`CidrIdentities`]); only the prefixes whose naming changed are looked at.
     fn refresh_cidr_identities(&mut self) {
-        let prefixes: BTreeSet<Cidr> = self
-            .selectors
-            .keys()
-            .flat_map(PeerSelector::prefixes)
-            .collect();
-        // The numbering is a function of the set alone: an unchanged set keeps it.
-        if prefixes.iter().eq(self.cidr_ids.keys()) {
-            return;
-        }
-        let wanted = identity::cidr_identities(&prefixes);
-        if wanted == self.cidr_ids {
-            return;
-        }
-        let old = std::mem::take(&mut self.cidr_ids);
-        for (prefix, id) in &old {
-            if wanted.get(prefix) != Some(id) {
-                self.remove_identity(*id);
+        let pending = std::mem::take(&mut self.pending_prefixes);
+        let mut added = Vec::new();
+        for prefix in pending {
+            self.work.scanned += 1;
+            let named = self.prefix_refs.contains_key(&prefix);
+            match (named, self.cidr_ids.get(&prefix)) {
+                (false, Some(id)) => {
+                    self.cidr_ids.release(&prefix);
+                    self.remove_identity(id);
+                    self.cidr_changes.insert(prefix);
+                }
+                (true, None) => added.push(prefix),
+                _ => {}
             }
         }
-        for (prefix, id) in &wanted {
-            if old.get(prefix) != Some(id) {
-                self.add_identity(IdentityInfo::cidr(*id, *prefix));
-            }
+        // In sorted order, so prefixes named together get the numbers a fresh compiler
+        // gives them.
+        for prefix in added {
+            let id = self.cidr_ids.allocate(prefix);
+            self.add_identity(IdentityInfo::cidr(id, prefix));
+            self.cidr_changes.insert(prefix);
         }
-        self.cidr_ids = wanted;
     }
 
-    /// Recompiles the identities touched since the last call; returns what changed.
+    /// Recompiles what changed since the last call; returns the identities whose compiled
+    /// policy changed, with the entries that changed.
     pub fn recompile(&mut self) -> Vec<IdentityChange> {
         let dirty = std::mem::take(&mut self.dirty);
         let mut changes = Vec::new();
         for id in dirty {
-            let old = self.compiled.get(&id).cloned();
-            let new = match self.identities.get(&id) {
-                Some(info) if info.is_endpoint() => {
-                    let rules = self.rules_selecting(id);
-                    let selectors = &self.selectors;
-                    let remotes = |s: &PeerSelector| -> Vec<NumericIdentity> {
-                        selectors
-                            .get(s)
-                            .map(|c| c.matches.iter().copied().collect())
-                            .unwrap_or_default()
-                    };
-                    Some(compile_identity(
-                        &self.config,
-                        id,
-                        rules.into_iter(),
-                        &remotes,
-                    ))
+            let Some(state) = self.states.get_mut(&id) else {
+                // Gone: every entry goes.
+                if let Some(old) = self.compiled.remove(&id) {
+                    self.compiled_entries -= old.entries.len();
+                    self.work.keys += old.entries.len() as u64;
+                    changes.push(IdentityChange {
+                        identity: id,
+                        existed: true,
+                        exists: false,
+                        old_enforcement: old.enforcement,
+                        new_enforcement: Enforcement::default(),
+                        entries: old
+                            .entries
+                            .iter()
+                            .map(|(key, entry)| EntryChange {
+                                key: *key,
+                                old: Some(entry.clone()),
+                                new: None,
+                            })
+                            .collect(),
+                    });
                 }
-                _ => None,
+                continue;
             };
-            if old.as_deref() == new.as_ref() {
+            let existed = self.compiled.contains_key(&id);
+            let arc = self.compiled.entry(id).or_insert_with(|| {
+                Arc::new(CompiledPolicy {
+                    identity: id,
+                    ..CompiledPolicy::default()
+                })
+            });
+            // Copies the policy only if a reader still holds this version.
+            let policy = Arc::make_mut(arc);
+            let before = policy.enforcement;
+            let entries_before = policy.entries.len();
+            let mut entries =
+                state.apply_dirty(&self.config, before, &mut policy.entries, &mut self.work);
+            policy.enforcement = state.enforcement(&self.config);
+            let selected_by = state.selected_by();
+            let selected_by_changed = policy.selected_by != selected_by;
+            policy.selected_by = selected_by;
+            self.compiled_entries = self.compiled_entries - entries_before + policy.entries.len();
+            if existed && entries.is_empty() && before == policy.enforcement && !selected_by_changed
+            {
                 continue;
             }
-            let new = new.map(Arc::new);
-            match &new {
-                Some(policy) => self.compiled.insert(id, policy.clone()),
-                None => self.compiled.remove(&id),
-            };
+            entries.sort_by_key(|change| change.key);
             changes.push(IdentityChange {
                 identity: id,
-                old,
-                new,
+                existed,
+                exists: true,
+                old_enforcement: before,
+                new_enforcement: policy.enforcement,
+                entries,
             });
         }
         changes
@@ -1021,7 +1346,28 @@ impl Compiler {
 
     /// The identity whose labels are exactly `labels` (reserved or endpoint).
     pub fn identity_by_labels(&self, labels: &Labels) -> Option<&IdentityInfo> {
-        self.identities.values().find(|i| &i.labels == labels)
+        self.non_cidr_identities().find(|i| &i.labels == labels)
+    }
+
+    /// An identity's policy compiled from scratch, from the rules selecting it and the
+    /// selector cache (what the incremental state must equal; for tests and checks).
+    pub fn compile_from_scratch(&self, identity: NumericIdentity) -> Option<CompiledPolicy> {
+        if !self.identities.get(&identity)?.is_endpoint() {
+            return None;
+        }
+        let rules = self.rules_selecting(identity);
+        let remotes = |s: &PeerSelector| -> Vec<NumericIdentity> {
+            self.selectors
+                .get(s)
+                .map(|c| c.matches.iter().copied().collect())
+                .unwrap_or_default()
+        };
+        Some(compile_identity(
+            &self.config,
+            identity,
+            rules.into_iter(),
+            &remotes,
+        ))
     }
 }
 
@@ -1225,5 +1571,142 @@ spec:
 
     fn id_of(c: &Compiler, prefix: &str) -> u32 {
         c.cidr_identities()[&prefix.parse::<Cidr>().unwrap()]
+    }
+
+    /// bench-policy's setup: client → server, and `n` /32 CIDRs allowed in (server) and out
+    /// (client) in policies of 5 000, plus the prober.
+    fn with_cidrs(n: usize) -> Compiler {
+        let mut c = Compiler::new(CompilerConfig::default());
+        for (id, app) in [(300, "client"), (301, "server"), (302, "prober")] {
+            c.upsert_identity(
+                id,
+                labels(&format!("container:namespace=shop,container:app={app}")),
+            );
+        }
+        c.upsert_policy(policy(
+            r#"
+apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: base}
+specs:
+- endpointSelector: {matchLabels: {app: server}}
+  ingress: [{fromEndpoints: [{matchLabels: {app: client}}]}]
+- endpointSelector: {matchLabels: {app: client}}
+  egress: [{toEndpoints: [{matchLabels: {app: server}}]}]
+"#,
+        ));
+        for (k, first) in (0..n).step_by(5000).enumerate() {
+            let cidrs: Vec<String> = (first..n.min(first + 5000))
+                .map(|i| {
+                    format!(
+                        "\"{}/32\"",
+                        std::net::Ipv4Addr::from(0x6440_0000 + i as u32)
+                    )
+                })
+                .collect();
+            let cidrs = cidrs.join(",");
+            c.upsert_policy(policy(&format!(
+                r#"{{"apiVersion": "kino.io/v1", "kind": "KinoNetworkPolicy",
+                    "metadata": {{"name": "cidrs-{k}"}}, "specs": [
+                    {{"endpointSelector": {{"matchLabels": {{"app": "server"}}}},
+                      "ingress": [{{"fromCIDR": [{cidrs}]}}]}},
+                    {{"endpointSelector": {{"matchLabels": {{"app": "client"}}}},
+                      "egress": [{{"toCIDR": [{cidrs}]}}]}}]}}"#
+            )));
+        }
+        c.recompile();
+        assert_eq!(
+            c.policy(301).unwrap().entries.len(),
+            n + 2,
+            "N + client + host"
+        );
+        c
+    }
+
+    /// The work of one change and what it changed, checking the incremental result against
+    /// a compilation from scratch.
+    fn change(c: &mut Compiler, f: impl FnOnce(&mut Compiler)) -> (Work, Vec<IdentityChange>) {
+        let before = c.work();
+        f(c);
+        let changes = c.recompile();
+        let work = c.work().since(&before);
+        for id in [300, 301, 302] {
+            assert_eq!(
+                c.compile_from_scratch(id).as_ref(),
+                c.policy(id).map(|p| p.as_ref()),
+                "identity {id}"
+            );
+        }
+        (work, changes)
+    }
+
+    #[test]
+    fn a_change_costs_what_it_touches_not_what_is_installed() {
+        const PROBE: &str = r#"
+apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: probe}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromEndpoints: [{matchLabels: {app: prober}}]
+"#;
+        const ONE_CIDR: &str = r#"
+apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: one-more}
+spec:
+  endpointSelector: {matchLabels: {app: server}}
+  ingress:
+  - fromCIDR: [198.51.100.7/32]
+    toPorts: [{ports: [{port: "443", protocol: TCP}]}]
+"#;
+        let key = |name: &str| PolicyKey {
+            namespace: "shop".into(),
+            name: name.into(),
+        };
+        // The same changes beside 10 000 entries and beside none: the work differs by at
+        // most a few looked-up prefixes and selectors, never by the entries.
+        let mut works = Vec::new();
+        for n in [0, 10_000] {
+            let mut c = with_cidrs(n);
+            let mut work = Vec::new();
+            let (w, changes) = change(&mut c, |c| c.upsert_policy(policy(PROBE)));
+            assert_eq!(changes.len(), 1);
+            assert_eq!(changes[0].identity, 301);
+            assert_eq!(changes[0].entries.len(), 1, "the prober's entry");
+            work.push(w);
+            let (w, changes) = change(&mut c, |c| c.delete_policy(&key("probe")));
+            assert_eq!(changes[0].entries.len(), 1);
+            work.push(w);
+            // A new prefix: a CIDR identity and its entry, without renumbering or revisiting
+            // the other prefixes.
+            let ids = c.cidr_identities().clone();
+            let (w, changes) = change(&mut c, |c| c.upsert_policy(policy(ONE_CIDR)));
+            assert_eq!(changes[0].entries.len(), 1, "{changes:?}");
+            assert_eq!(c.cidr_identities().len(), ids.len() + 1);
+            assert!(ids.iter().all(|(p, id)| c.cidr_identities()[p] == *id));
+            work.push(w);
+            let (w, changes) = change(&mut c, |c| c.delete_policy(&key("one-more")));
+            assert_eq!(changes[0].entries.len(), 1);
+            assert_eq!(c.cidr_identities(), &ids);
+            work.push(w);
+            // The prober's labels change: it is re-resolved whole (it has no entry), the
+            // server's policy is not touched.
+            let (w, changes) = change(&mut c, |c| {
+                c.upsert_identity(
+                    302,
+                    labels("container:namespace=shop,container:app=prober,container:v=2"),
+                )
+            });
+            assert_eq!(changes.len(), 0);
+            work.push(w);
+            works.push(work);
+        }
+        for (small, large) in works[0].iter().zip(&works[1]) {
+            // A prefix's 33 supernets and the 5 entities are the largest part.
+            assert!(large.total() <= 64, "{large:?}");
+            assert!(large.total() <= small.total() + 16, "{small:?} → {large:?}");
+        }
     }
 }

@@ -5,13 +5,16 @@
 //! - Endpoint identities, 256 ..= 65535, allocated cluster-wide through the datastore
 //!   ([`allocator`]): one per distinct set of endpoint labels.
 //! - CIDR identities, `1 << 24 | hash`, one per prefix named by a policy (`cidr:<prefix>`).
-//!   They are local to the compiler's output (ipcache and policy maps, like Cilium's local
-//!   identities), never stored, and computed from the set of prefixes alone ([`cidr_identities`])
-//!   so every compiler replica gives a prefix the same number.
+//!   They are local to the compiler process's output (ipcache and policy maps, like
+//!   Cilium's local identities) and never stored: a stream resumes only within the process
+//!   that numbered them (its epoch), any other gets a snapshot. A prefix keeps its number
+//!   while policies name it, so one new prefix renumbers nothing ([`CidrIdentities`]);
+//!   numbers come from the prefix's hash, so replicas agree on every prefix except the
+//!   rare ones whose hash collided in a different order.
 
 pub mod allocator;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 
 use crate::cidr::Cidr;
 use crate::labels::{Label, Labels, SOURCE_CIDR, SOURCE_RESERVED};
@@ -155,24 +158,85 @@ fn prefix_hash(prefix: &Cidr) -> u32 {
     hash.0
 }
 
-/// The CIDR identity of every prefix: `LOCAL_SCOPE | slot`, the slot being the prefix's
-/// hash, or on a collision the next free slot, taking prefixes in sorted order. A pure
-/// function of the set, so replicas agree and a prefix keeps its number while it stays.
+/// The CIDR identities of a process: `LOCAL_SCOPE | slot`, the slot being the prefix's
+/// hash or, when another prefix holds it, the next free one. A prefix keeps its number
+/// until it is released; allocating and releasing cost O(log n) whatever the number of
+/// prefixes, so a policy change renumbers nothing and touches only its own prefixes.
+#[derive(Clone, Debug)]
+pub struct CidrIdentities {
+    slots: u32,
+    by_prefix: BTreeMap<Cidr, NumericIdentity>,
+    taken: HashSet<u32>,
+}
+
+impl Default for CidrIdentities {
+    fn default() -> Self {
+        CidrIdentities::new()
+    }
+}
+
+impl CidrIdentities {
+    /// No prefix numbered yet.
+    pub fn new() -> CidrIdentities {
+        CidrIdentities::with_slots(CIDR_SLOTS)
+    }
+
+    fn with_slots(slots: u32) -> CidrIdentities {
+        CidrIdentities {
+            slots,
+            by_prefix: BTreeMap::new(),
+            taken: HashSet::new(),
+        }
+    }
+
+    /// The identity of a prefix, if it has one.
+    pub fn get(&self, prefix: &Cidr) -> Option<NumericIdentity> {
+        self.by_prefix.get(prefix).copied()
+    }
+
+    /// Every numbered prefix.
+    pub fn all(&self) -> &BTreeMap<Cidr, NumericIdentity> {
+        &self.by_prefix
+    }
+
+    /// The identity of a prefix, numbering it if it has none.
+    pub fn allocate(&mut self, prefix: Cidr) -> NumericIdentity {
+        if let Some(id) = self.get(&prefix) {
+            return id;
+        }
+        assert!(
+            (self.taken.len() as u64) < u64::from(self.slots),
+            "every CIDR identity slot is taken"
+        );
+        let mut slot = prefix_hash(&prefix) % self.slots;
+        while !self.taken.insert(slot) {
+            slot = (slot + 1) % self.slots;
+        }
+        let id = LOCAL_SCOPE | slot;
+        self.by_prefix.insert(prefix, id);
+        id
+    }
+
+    /// Frees a prefix's identity; returns it.
+    pub fn release(&mut self, prefix: &Cidr) -> Option<NumericIdentity> {
+        let id = self.by_prefix.remove(prefix)?;
+        self.taken.remove(&(id & !LOCAL_SCOPE));
+        Some(id)
+    }
+}
+
+/// The CIDR identities a set of prefixes gets when numbered together (in sorted order):
+/// what a compiler given these prefixes at once (e.g. after a restart) holds.
 pub fn cidr_identities(prefixes: &BTreeSet<Cidr>) -> BTreeMap<Cidr, NumericIdentity> {
     cidr_identities_in(prefixes, CIDR_SLOTS)
 }
 
 fn cidr_identities_in(prefixes: &BTreeSet<Cidr>, slots: u32) -> BTreeMap<Cidr, NumericIdentity> {
-    let mut taken = BTreeSet::new();
-    let mut out = BTreeMap::new();
+    let mut ids = CidrIdentities::with_slots(slots);
     for prefix in prefixes {
-        let mut slot = prefix_hash(prefix) % slots;
-        while !taken.insert(slot) {
-            slot = (slot + 1) % slots;
-        }
-        out.insert(*prefix, LOCAL_SCOPE | slot);
+        ids.allocate(*prefix);
     }
-    out
+    ids.by_prefix
 }
 
 #[cfg(test)]
@@ -231,5 +295,40 @@ mod tests {
         let tiny = cidr_identities_in(&more, 4);
         let distinct: BTreeSet<_> = tiny.values().collect();
         assert_eq!(distinct.len(), 4);
+    }
+
+    #[test]
+    fn numbers_stay_while_prefixes_come_and_go() {
+        // Four slots: every prefix collides with another one.
+        let mut ids = CidrIdentities::with_slots(4);
+        let p = |s: &str| s.parse::<Cidr>().unwrap();
+        let prefixes = [
+            "10.0.0.0/8",
+            "10.1.0.0/16",
+            "fd00::/8",
+            "192.168.0.0/16",
+            "172.16.0.0/12",
+        ]
+        .map(p);
+        let mut held: BTreeMap<Cidr, NumericIdentity> = BTreeMap::new();
+        for prefix in &prefixes[..4] {
+            held.insert(*prefix, ids.allocate(*prefix));
+        }
+        let freed = ids.release(&prefixes[0]).unwrap();
+        held.remove(&prefixes[0]);
+        held.insert(prefixes[4], ids.allocate(prefixes[4]));
+        // Those that stayed kept their number; the newcomer took the only free slot.
+        for (prefix, id) in &held {
+            assert_eq!(ids.get(prefix), Some(*id), "{prefix}");
+        }
+        assert_eq!(ids.get(&prefixes[4]), Some(freed));
+        assert_eq!(ids.allocate(prefixes[1]), held[&prefixes[1]], "idempotent");
+        // Numbered together, a set gets the numbers of `cidr_identities`.
+        let set: BTreeSet<Cidr> = prefixes[1..].iter().copied().collect();
+        let mut together = CidrIdentities::with_slots(4);
+        for prefix in &set {
+            together.allocate(*prefix);
+        }
+        assert_eq!(together.all(), &cidr_identities_in(&set, 4));
     }
 }

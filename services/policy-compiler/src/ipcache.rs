@@ -88,7 +88,7 @@ pub type Owner = (IpcacheSource, String);
 /// The ipcache, with the changes not yet taken.
 #[derive(Clone, Debug)]
 pub struct Ipcache {
-    by_owner: BTreeMap<Owner, Vec<IpcacheEntry>>,
+    by_owner: BTreeMap<Owner, BTreeMap<Cidr, IpcacheEntry>>,
     candidates: BTreeMap<Cidr, BTreeMap<Owner, IpcacheEntry>>,
     current: BTreeMap<Cidr, IpcacheEntry>,
     touched: BTreeSet<Cidr>,
@@ -124,46 +124,64 @@ impl Ipcache {
         cache
     }
 
-    /// Replaces every entry of `owner` by `entries`.
+    /// Replaces every entry of `owner` by `entries` (a later entry of a prefix replaces an
+    /// earlier one). Only the prefixes whose entry of this owner changes are touched, so
+    /// replacing a set that changed in one prefix costs no change of the others.
     pub fn set_owner(&mut self, owner: Owner, entries: Vec<IpcacheEntry>) {
-        if self.by_owner.get(&owner).is_some_and(|old| *old == entries)
-            || (entries.is_empty() && !self.by_owner.contains_key(&owner))
-        {
+        let new: BTreeMap<Cidr, IpcacheEntry> =
+            entries.into_iter().map(|e| (e.prefix, e)).collect();
+        let old = self.by_owner.get(&owner);
+        if old.map_or(new.is_empty(), |old| *old == new) {
             return;
         }
-        // Only the prefixes whose entry of this owner changes are touched, so replacing a
-        // large set that changed in one prefix costs no change of the others.
-        let old = self.by_owner.remove(&owner).unwrap_or_default();
-        // Within one owner a later entry of a prefix replaces an earlier one.
-        let old_by_prefix: BTreeMap<Cidr, &IpcacheEntry> =
-            old.iter().map(|e| (e.prefix, e)).collect();
-        let new_by_prefix: BTreeMap<Cidr, &IpcacheEntry> =
-            entries.iter().map(|e| (e.prefix, e)).collect();
-        for prefix in old_by_prefix.keys() {
-            if new_by_prefix.contains_key(prefix) {
-                continue;
+        let gone: Vec<Cidr> = old
+            .into_iter()
+            .flat_map(|old| old.keys())
+            .filter(|prefix| !new.contains_key(prefix))
+            .copied()
+            .collect();
+        for prefix in gone {
+            self.set_entry(&owner, prefix, None);
+        }
+        for (prefix, entry) in new {
+            self.set_entry(&owner, prefix, Some(entry));
+        }
+    }
+
+    /// Sets (`Some`) or removes (`None`) the entry `owner` gives `prefix`: a change of one
+    /// prefix, whatever the number of the owner's others.
+    pub fn set_entry(&mut self, owner: &Owner, prefix: Cidr, entry: Option<IpcacheEntry>) {
+        let held = self.by_owner.get(owner).and_then(|m| m.get(&prefix));
+        if held == entry.as_ref() {
+            return;
+        }
+        match entry {
+            Some(entry) => {
+                self.candidates
+                    .entry(prefix)
+                    .or_default()
+                    .insert(owner.clone(), entry.clone());
+                self.by_owner
+                    .entry(owner.clone())
+                    .or_default()
+                    .insert(prefix, entry);
             }
-            if let Some(c) = self.candidates.get_mut(prefix) {
-                c.remove(&owner);
-                if c.is_empty() {
-                    self.candidates.remove(prefix);
+            None => {
+                if let Some(c) = self.candidates.get_mut(&prefix) {
+                    c.remove(owner);
+                    if c.is_empty() {
+                        self.candidates.remove(&prefix);
+                    }
+                }
+                if let Some(m) = self.by_owner.get_mut(owner) {
+                    m.remove(&prefix);
+                    if m.is_empty() {
+                        self.by_owner.remove(owner);
+                    }
                 }
             }
-            self.touched.insert(*prefix);
         }
-        for (prefix, entry) in &new_by_prefix {
-            if old_by_prefix.get(prefix) == Some(entry) {
-                continue;
-            }
-            self.candidates
-                .entry(*prefix)
-                .or_default()
-                .insert(owner.clone(), (*entry).clone());
-            self.touched.insert(*prefix);
-        }
-        if !entries.is_empty() {
-            self.by_owner.insert(owner, entries);
-        }
+        self.touched.insert(prefix);
     }
 
     /// Applies pending changes; returns each changed prefix with its entry before and
@@ -271,5 +289,33 @@ mod tests {
         let node = entry("192.0.2.1/32", identity::REMOTE_NODE, IpcacheSource::Node);
         assert_eq!(node.for_node(Some("n1")).identity, identity::HOST);
         assert_eq!(node.for_node(Some("n2")).identity, identity::REMOTE_NODE);
+    }
+
+    #[test]
+    fn one_entry_of_an_owner_changes_alone() {
+        let mut cache = Ipcache::new();
+        let owner = (IpcacheSource::PolicyCidr, "policies".to_owned());
+        let a = entry("10.0.0.0/8", 100, IpcacheSource::PolicyCidr);
+        let b = entry("10.1.0.0/16", 101, IpcacheSource::PolicyCidr);
+        cache.set_owner(owner.clone(), vec![a.clone()]);
+        cache.take_changes();
+        cache.set_entry(&owner, b.prefix, Some(b.clone()));
+        let changes = cache.take_changes();
+        assert_eq!(changes.len(), 1);
+        assert_eq!(changes[0].new.as_ref(), Some(&b));
+        // Setting what is there is no change; removing one leaves the other.
+        cache.set_entry(&owner, b.prefix, Some(b.clone()));
+        assert!(cache.take_changes().is_empty());
+        cache.set_entry(&owner, a.prefix, None);
+        let changes = cache.take_changes();
+        assert_eq!((changes.len(), changes[0].prefix), (1, a.prefix));
+        assert_eq!(cache.lookup("10.1.2.3".parse().unwrap()), Some(&b));
+        assert_eq!(
+            cache.lookup("10.2.0.1".parse().unwrap()).unwrap().identity,
+            identity::WORLD
+        );
+        // The owner's set is what set_entry left: replacing it by the same is no change.
+        cache.set_owner(owner, vec![b]);
+        assert!(cache.take_changes().is_empty());
     }
 }

@@ -8,7 +8,7 @@ use kino_telemetry::metrics::{gauge, gauge_vec, on_scrape};
 use prometheus::{Counter, Gauge, GaugeVec, Histogram, HistogramOpts, Opts};
 
 use crate::compile::kind_name;
-use crate::identity::IdentityClass;
+use crate::identity::{IdentityClass, LOCAL_SCOPE};
 use crate::policy_map::CompiledPolicy;
 use crate::service::PolicyService;
 
@@ -105,17 +105,26 @@ pub fn install(service: Arc<PolicyService>) {
             let gauges = &*VIEW;
             let view = service.view();
             let compiler = view.compiler();
-            gauges.identities.reset();
-            for class in ["endpoint", "cidr", "reserved"] {
-                gauges.identities.with_label_values(&[class]).set(0.0);
+            // Counted without walking the CIDR identities (one per prefix policies name):
+            // a scrape holds the view's read lock, which the compiler waits for.
+            let cidr = compiler.cidr_identities().len();
+            let (mut endpoint, mut reserved) = (0usize, 0usize);
+            for info in compiler.identities().range(..LOCAL_SCOPE).map(|(_, i)| i) {
+                match info.class {
+                    IdentityClass::Endpoint => endpoint += 1,
+                    IdentityClass::Reserved => reserved += 1,
+                    IdentityClass::Cidr(_) => {}
+                }
             }
-            for info in compiler.identities().values() {
-                let class = match info.class {
-                    IdentityClass::Endpoint => "endpoint",
-                    IdentityClass::Cidr(_) => "cidr",
-                    IdentityClass::Reserved => "reserved",
-                };
-                gauges.identities.with_label_values(&[class]).inc();
+            for (class, count) in [
+                ("endpoint", endpoint),
+                ("cidr", cidr),
+                ("reserved", reserved),
+            ] {
+                gauges
+                    .identities
+                    .with_label_values(&[class])
+                    .set(count as f64);
             }
             gauges.policies.reset();
             for policy in compiler.policies().values() {
@@ -125,15 +134,15 @@ pub fn install(service: Arc<PolicyService>) {
                     .inc();
             }
             gauges.compiled_identities.reset();
-            let mut entries = 0usize;
             for policy in compiler.compiled().values() {
-                entries += policy.entries.len();
                 gauges
                     .compiled_identities
                     .with_label_values(&[enforcement(policy)])
                     .inc();
             }
-            gauges.compiled_entries.set(entries as f64);
+            gauges
+                .compiled_entries
+                .set(compiler.compiled_entries() as f64);
             gauges.endpoints.set(view.endpoints().count() as f64);
             gauges.revision.set(view.revision() as f64);
         }

@@ -315,18 +315,31 @@ pub fn resolve(raw: &[RawEntry]) -> BTreeMap<MapKey, MapEntry> {
                     .map(|i| entries[i])
                     .collect()
             };
-            let protocols: BTreeSet<u8> = group.iter().map(|e| e.protocol).collect();
-            for protocol in protocols {
-                let sub: Vec<&RawEntry> = group
-                    .iter()
-                    .copied()
-                    .filter(|e| e.protocol == protocol || e.protocol == ANY_PROTOCOL)
-                    .collect();
-                resolve_ports(direction, remote, protocol, &sub, &mut out);
-            }
+            resolve_group(direction, remote, &group, &mut out);
         }
     }
     out
+}
+
+/// Resolves the group of one `{direction, remote}`: `entries` are the remote's own raw
+/// entries plus (for a remote other than the wildcard) the wildcard's. The keys it gives
+/// all have that direction and remote, and depend on nothing else, so the compiler
+/// re-resolves only the groups whose entries changed.
+pub fn resolve_group(
+    direction: Direction,
+    remote: NumericIdentity,
+    entries: &[&RawEntry],
+    out: &mut BTreeMap<MapKey, MapEntry>,
+) {
+    let protocols: BTreeSet<u8> = entries.iter().map(|e| e.protocol).collect();
+    for protocol in protocols {
+        let sub: Vec<&RawEntry> = entries
+            .iter()
+            .copied()
+            .filter(|e| e.protocol == protocol || e.protocol == ANY_PROTOCOL)
+            .collect();
+        resolve_ports(direction, remote, protocol, &sub, out);
+    }
 }
 
 /// The union of two ascending, disjoint position lists, ascending.
@@ -472,6 +485,17 @@ impl PolicyDelta {
     pub fn is_empty(&self) -> bool {
         self.upserts.is_empty() && self.deletes.is_empty()
     }
+}
+
+/// The change of one entry: its value before and after (`None`: absent).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryChange {
+    /// The key.
+    pub key: MapKey,
+    /// The entry before.
+    pub old: Option<MapEntry>,
+    /// The entry after.
+    pub new: Option<MapEntry>,
 }
 
 /// The entries to delete and upsert to turn `old` into `new`.

@@ -5,19 +5,21 @@
 //! revision it is synced at. Each step ([`Subscriber::catch_up`]) turns that into the
 //! current state: identities that became of interest get their full entry set (`replace`),
 //! those that stopped being of interest are `removed`, the others get the net difference
-//! between the policy the client holds (the `old` side of the first history record after
-//! its revision) and the current one; likewise for ipcache prefixes. Live streaming and
-//! resuming are the same code: a client resuming from revision R (with the epoch it was
-//! given) is a subscriber synced at R whose held identities are the node's identities at R
-//! (rebuilt from history). When the history no longer reaches R, or the epoch is another
-//! compiler process's, the client gets a full snapshot (`reset`).
+//! between the policy the client holds and the current one, over just the entries that the
+//! history records after its revision changed (the value the client holds of a key is the
+//! `old` side of the first record changing it), so a step costs what changed, not the size
+//! of the policies; likewise for ipcache prefixes. Live streaming and resuming are the
+//! same code: a client resuming from revision R (with the epoch it was given) is a
+//! subscriber synced at R whose held identities are the node's identities at R (rebuilt
+//! from history). When the history no longer reaches R, or the epoch is another compiler
+//! process's, the client gets a full snapshot (`reset`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use crate::cidr::Cidr;
 use crate::ipcache::IpcacheEntry;
-use crate::policy_map::{self, CompiledPolicy, Enforcement, MapEntry, MapKey, NumericIdentity};
+use crate::policy_map::{CompiledPolicy, Enforcement, MapEntry, MapKey, NumericIdentity};
 use crate::view::{Record, View};
 
 /// Updates per message at most; a larger step spans several messages of one revision.
@@ -144,7 +146,7 @@ impl Subscriber {
                 for record in records {
                     for change in &record.policies {
                         if ids.contains(&change.identity) && seen.insert(change.identity) {
-                            if change.old.is_some() {
+                            if change.existed {
                                 then.insert(change.identity);
                             } else {
                                 then.remove(&change.identity);
@@ -188,15 +190,27 @@ impl Subscriber {
                 for id in self.held.difference(&now) {
                     updates.push(removed(*id));
                 }
-                // What the client holds of each identity changed since its revision.
-                let mut before: BTreeMap<NumericIdentity, Option<Arc<CompiledPolicy>>> =
-                    BTreeMap::new();
+                // What the client holds of each identity changed since its revision (and
+                // that it still follows): whether it had a policy, its enforcement and the
+                // value of every entry changed since.
+                let mut before: BTreeMap<NumericIdentity, Held> = BTreeMap::new();
                 let mut prefixes: BTreeMap<Cidr, Option<IpcacheEntry>> = BTreeMap::new();
                 for record in &records {
                     for change in &record.policies {
-                        before
-                            .entry(change.identity)
-                            .or_insert_with(|| change.old.clone());
+                        if !self.held.contains(&change.identity) || !now.contains(&change.identity)
+                        {
+                            continue;
+                        }
+                        let held = before.entry(change.identity).or_insert_with(|| Held {
+                            existed: change.existed,
+                            enforcement: change.old_enforcement,
+                            entries: BTreeMap::new(),
+                        });
+                        for entry in &change.entries {
+                            held.entries
+                                .entry(entry.key)
+                                .or_insert_with(|| entry.old.clone());
+                        }
                     }
                     for change in &record.ipcache {
                         prefixes
@@ -212,25 +226,41 @@ impl Subscriber {
                         }
                         continue;
                     }
-                    let Some(old) = before.get(id) else { continue };
-                    match (old, current) {
-                        (Some(old), Some(new)) => {
-                            let delta = policy_map::diff(&old.entries, &new.entries);
-                            if !delta.is_empty() || old.enforcement != new.enforcement {
+                    let Some(held) = before.remove(id) else {
+                        continue;
+                    };
+                    match (held.existed, current) {
+                        (true, Some(new)) => {
+                            let mut upserts = Vec::new();
+                            let mut deletes = Vec::new();
+                            for (key, old) in held.entries {
+                                let entry = new.entries.get(&key);
+                                if old.as_ref() == entry {
+                                    continue;
+                                }
+                                match entry {
+                                    Some(entry) => upserts.push((key, entry.clone())),
+                                    None => deletes.push(key),
+                                }
+                            }
+                            if !upserts.is_empty()
+                                || !deletes.is_empty()
+                                || held.enforcement != new.enforcement
+                            {
                                 updates.push(PolicyUpdate {
                                     identity: *id,
                                     removed: false,
                                     replace: false,
                                     enforcement: new.enforcement,
-                                    upserts: delta.upserts,
-                                    deletes: delta.deletes,
+                                    upserts,
+                                    deletes,
                                 });
                             }
                         }
-                        (None, Some(new)) => updates.push(replace(new)),
+                        (false, Some(new)) => updates.push(replace(new)),
                         // The identity is gone while an endpoint still names it: forget it.
-                        (Some(_), None) => updates.push(removed(*id)),
-                        (None, None) => {}
+                        (true, None) => updates.push(removed(*id)),
+                        (false, None) => {}
                     }
                 }
                 let mut deletes = Vec::new();
@@ -257,6 +287,14 @@ impl Subscriber {
         self.revision = Some(revision);
         chunk(revision, reset, updates, ipcache_deletes, ipcache_upserts)
     }
+}
+
+/// What a client held of an identity at its revision, as far as changes since touched it.
+struct Held {
+    existed: bool,
+    enforcement: Enforcement,
+    /// Each changed key's entry then (None: absent).
+    entries: BTreeMap<MapKey, Option<MapEntry>>,
 }
 
 fn view_counts(view: &View, node: &str) -> BTreeMap<NumericIdentity, i64> {
@@ -343,6 +381,76 @@ fn chunk(
     messages
 }
 
+/// What a stream's client holds after applying its messages in order — identity →
+/// (enforcement, entries), the ipcache, the last synced revision: the model the tests (unit
+/// and property) compare with the view, and the semantics an agent implements.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Replica {
+    /// Compiled policy per identity.
+    pub policies: BTreeMap<NumericIdentity, (Enforcement, BTreeMap<MapKey, MapEntry>)>,
+    /// The ipcache as the client's node sees it.
+    pub ipcache: BTreeMap<Cidr, IpcacheEntry>,
+    /// The revision of the last `synced` message.
+    pub revision: i64,
+}
+
+impl Replica {
+    /// Applies messages as a client does: `reset` starts over, `removed` drops an identity,
+    /// `replace` clears its entries before the upserts, deletes go before upserts.
+    pub fn apply(&mut self, messages: &[StreamMessage]) {
+        for m in messages {
+            if m.reset {
+                *self = Replica::default();
+            }
+            for u in &m.policy_updates {
+                if u.removed {
+                    self.policies.remove(&u.identity);
+                    continue;
+                }
+                let held = self.policies.entry(u.identity).or_default();
+                if u.replace {
+                    held.1.clear();
+                }
+                held.0 = u.enforcement;
+                for k in &u.deletes {
+                    held.1.remove(k);
+                }
+                for (k, e) in &u.upserts {
+                    held.1.insert(*k, e.clone());
+                }
+            }
+            for p in &m.ipcache_deletes {
+                self.ipcache.remove(p);
+            }
+            for e in &m.ipcache_upserts {
+                self.ipcache.insert(e.prefix, e.clone());
+            }
+            if m.synced {
+                self.revision = m.revision;
+            }
+        }
+    }
+
+    /// What a client of `node` must hold once synced to the view's revision.
+    pub fn of(view: &View, node: &str) -> Replica {
+        let mut replica = Replica {
+            revision: view.revision(),
+            ..Replica::default()
+        };
+        for id in view.node_identities(node) {
+            if let Some(p) = view.compiler().policy(id) {
+                replica
+                    .policies
+                    .insert(id, (p.enforcement, p.entries.clone()));
+            }
+        }
+        for (prefix, e) in view.ipcache().entries() {
+            replica.ipcache.insert(*prefix, e.for_node(Some(node)));
+        }
+        replica
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -372,65 +480,6 @@ mod tests {
 
     const DENY_ALL: &str = "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {name: deny}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress: [{}]\n";
 
-    /// Applies messages to a client-side model: identity → (enforcement, entries).
-    #[derive(Default, Debug, PartialEq)]
-    struct Client {
-        policies: BTreeMap<u32, (Enforcement, BTreeMap<MapKey, MapEntry>)>,
-        ipcache: BTreeMap<Cidr, IpcacheEntry>,
-        revision: i64,
-    }
-
-    impl Client {
-        fn apply(&mut self, messages: &[StreamMessage]) {
-            for m in messages {
-                if m.reset {
-                    *self = Client::default();
-                }
-                for u in &m.policy_updates {
-                    if u.removed {
-                        self.policies.remove(&u.identity);
-                        continue;
-                    }
-                    let entry = self.policies.entry(u.identity).or_default();
-                    if u.replace {
-                        entry.1.clear();
-                    }
-                    entry.0 = u.enforcement;
-                    for k in &u.deletes {
-                        entry.1.remove(k);
-                    }
-                    for (k, e) in &u.upserts {
-                        entry.1.insert(*k, e.clone());
-                    }
-                }
-                for p in &m.ipcache_deletes {
-                    self.ipcache.remove(p);
-                }
-                for e in &m.ipcache_upserts {
-                    self.ipcache.insert(e.prefix, e.clone());
-                }
-                if m.synced {
-                    self.revision = m.revision;
-                }
-            }
-        }
-
-        fn expected(view: &View, node: &str) -> Client {
-            let mut c = Client {
-                revision: view.revision(),
-                ..Client::default()
-            };
-            for id in view.node_identities(node) {
-                let p = view.compiler().policy(id).unwrap();
-                c.policies.insert(id, (p.enforcement, p.entries.clone()));
-            }
-            for (prefix, e) in view.ipcache().entries() {
-                c.ipcache.insert(*prefix, e.for_node(Some(node)));
-            }
-            c
-        }
-    }
-
     #[test]
     fn live_and_resumed_streams_converge() {
         let mut view = View::new(CompilerConfig::default(), 100);
@@ -450,20 +499,20 @@ mod tests {
         );
         view.reset_history();
         let mut live = Subscriber::new(Interest::Node("n1".into()), None, &view);
-        let mut client = Client::default();
+        let mut client = Replica::default();
         let first = live.catch_up(&view);
         assert!(first[0].reset && first.last().unwrap().synced);
         client.apply(&first);
-        assert_eq!(client, Client::expected(&view, "n1"));
+        assert_eq!(client, Replica::of(&view, "n1"));
         let resume_at = client.revision;
-        let snapshot_client = Client::expected(&view, "n1");
+        let snapshot_client = Replica::of(&view, "n1");
 
         view.apply(11, vec![policy(DENY_ALL)]);
         let step = live.catch_up(&view);
         assert!(!step[0].reset);
         assert_eq!(step[0].policy_updates.len(), 1);
         client.apply(&step);
-        assert_eq!(client, Client::expected(&view, "n1"));
+        assert_eq!(client, Replica::of(&view, "n1"));
         assert!(live.catch_up(&view).is_empty());
 
         view.apply(
@@ -482,7 +531,7 @@ mod tests {
         );
         view.apply(14, vec![Change::DeleteEndpoint("n1".into(), 1)]);
         client.apply(&live.catch_up(&view));
-        assert_eq!(client, Client::expected(&view, "n1"));
+        assert_eq!(client, Replica::of(&view, "n1"));
 
         // A client that disconnected at `resume_at` resumes without a reset.
         let mut resumed = Subscriber::new(Interest::Node("n1".into()), Some(resume_at), &view);
@@ -490,7 +539,7 @@ mod tests {
         let messages = resumed.catch_up(&view);
         assert!(!messages[0].reset, "{messages:?}");
         old_client.apply(&messages);
-        assert_eq!(old_client, Client::expected(&view, "n1"));
+        assert_eq!(old_client, Replica::of(&view, "n1"));
 
         // A revision the history does not reach gets a snapshot.
         let mut stale = Subscriber::new(Interest::Node("n1".into()), Some(5), &view);

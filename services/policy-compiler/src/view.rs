@@ -66,7 +66,8 @@ pub enum Change {
 pub struct Record {
     /// The view's revision after the step.
     pub revision: i64,
-    /// Compiled policies that changed.
+    /// Compiled policies that changed, with the entries that changed (not whole policies:
+    /// a record costs what the step changed, whatever the size of the policies).
     pub policies: Vec<IdentityChange>,
     /// ipcache prefixes that changed.
     pub ipcache: Vec<IpcacheChange>,
@@ -331,21 +332,19 @@ impl View {
             .set_owner((IpcacheSource::Node, node.name.clone()), entries);
     }
 
+    /// The ipcache entries of the prefixes whose CIDR identity came, changed or went.
     fn publish_cidrs(&mut self) {
-        let entries = self
-            .compiler
-            .cidr_identities()
-            .iter()
-            .map(|(prefix, id)| IpcacheEntry {
-                prefix: *prefix,
-                identity: *id,
+        let owner = (IpcacheSource::PolicyCidr, "policies".to_owned());
+        for (prefix, identity) in self.compiler.take_cidr_changes() {
+            let entry = identity.map(|identity| IpcacheEntry {
+                prefix,
+                identity,
                 host_ip: None,
                 node_name: String::new(),
                 endpoint: None,
                 source: IpcacheSource::PolicyCidr,
-            })
-            .collect();
-        self.ipcache
-            .set_owner((IpcacheSource::PolicyCidr, "policies".into()), entries);
+            });
+            self.ipcache.set_entry(&owner, prefix, entry);
+        }
     }
 }

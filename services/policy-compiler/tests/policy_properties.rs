@@ -4,6 +4,10 @@
 //! then the policy map's first-hit lookup), must give the reference evaluator's verdict;
 //! and the incremental compiler must end in the same state as a compilation from scratch.
 //! TracePolicy's verdict for each side is checked against the reference as well.
+//! Random histories of policy, identity and endpoint changes check the deltas: each step's
+//! record, applied to the state before, gives the state after; a stream client following
+//! them (live, or resuming) holds what the view holds; and the end state is a fresh
+//! compiler's.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -16,8 +20,10 @@ use kino_policy_compiler::policy::model::{
     CidrRule, DefaultDeny, Direction, Entity, K8sPeer, K8sPolicy, K8sRule, KinoPolicy, KinoRule,
     PeerRule, Policy, PolicyKey, PolicyKind, PolicySpec, PortRule, Protocol, SourceFormat,
 };
+use kino_policy_compiler::policy_map::{Enforcement, MapEntry, MapKey};
 use kino_policy_compiler::reference::{self, Peer, Question};
 use kino_policy_compiler::selector::{Operator, Requirement, Selector, SelectorKey};
+use kino_policy_compiler::stream::{Interest, Replica, Subscriber};
 use kino_policy_compiler::trace::{self, TraceSubject};
 use kino_policy_compiler::view::{Change, EndpointRecord, NodeRecord, View};
 use proptest::prelude::*;
@@ -567,6 +573,123 @@ fn check_flows(
     Ok(checked)
 }
 
+// ---- histories ---------------------------------------------------------------------------
+
+/// Endpoints (and identities) of the histories: endpoint i is on n1 for even i, n2 else.
+const HISTORY_ENDPOINTS: u32 = 4;
+
+/// One step of a random history.
+#[derive(Clone, Debug)]
+enum Step {
+    /// Store a policy (new, or a new version of one with the same name and namespace).
+    Policy(Policy),
+    /// Delete the i-th stored policy (modulo their number), if any.
+    DeletePolicy(usize),
+    /// Store an identity: new, or new labels for an existing one.
+    Identity(u32, Labels),
+    /// Delete an identity (endpoints may still name it).
+    DeleteIdentity(u32),
+    /// Give an endpoint another identity.
+    Endpoint(u32, u32),
+}
+
+fn history_identity() -> impl Strategy<Value = u32> {
+    (0..HISTORY_ENDPOINTS).prop_map(|i| 256 + i)
+}
+
+fn step() -> impl Strategy<Value = Step> {
+    prop_oneof![
+        4 => (0..4usize).prop_flat_map(policy).prop_map(Step::Policy),
+        1 => any::<usize>().prop_map(Step::DeletePolicy),
+        2 => (history_identity(), endpoint_labels()).prop_map(|(id, l)| Step::Identity(id, l)),
+        1 => history_identity().prop_map(Step::DeleteIdentity),
+        1 => (0..HISTORY_ENDPOINTS, history_identity()).prop_map(|(e, id)| Step::Endpoint(e, id)),
+    ]
+}
+
+fn history_endpoint(index: u32, identity: u32) -> EndpointRecord {
+    EndpointRecord {
+        key: EndpointRef {
+            node_name: if index.is_multiple_of(2) {
+                LOCAL_NODE
+            } else {
+                "n2"
+            }
+            .into(),
+            endpoint_id: index + 1,
+            ..EndpointRef::default()
+        },
+        identity,
+        addresses: vec![format!("10.0.0.{}", index + 1).parse().unwrap()],
+    }
+}
+
+/// The inputs a history ended with.
+#[derive(Clone, Debug, Default)]
+struct Inputs {
+    policies: BTreeMap<PolicyKey, Policy>,
+    identities: BTreeMap<u32, Labels>,
+    endpoints: BTreeMap<u32, u32>,
+}
+
+impl Inputs {
+    /// The change a step means, noted in the inputs; None when it changes nothing.
+    fn change(&mut self, step: Step) -> Option<Change> {
+        Some(match step {
+            Step::Policy(p) => {
+                self.policies.insert(p.key.clone(), p.clone());
+                Change::UpsertPolicy(Box::new(p))
+            }
+            Step::DeletePolicy(i) => {
+                let key = self
+                    .policies
+                    .keys()
+                    .nth(i % self.policies.len().max(1))?
+                    .clone();
+                self.policies.remove(&key);
+                Change::DeletePolicy(key)
+            }
+            Step::Identity(id, labels) => {
+                self.identities.insert(id, labels.clone());
+                Change::UpsertIdentity(id, labels)
+            }
+            Step::DeleteIdentity(id) => {
+                self.identities.remove(&id);
+                Change::DeleteIdentity(id)
+            }
+            Step::Endpoint(e, id) => {
+                self.endpoints.insert(e, id);
+                Change::UpsertEndpoint(history_endpoint(e, id))
+            }
+        })
+    }
+
+    /// Everything at once, as a compiler starting now would load it.
+    fn all(&self) -> Vec<Change> {
+        let mut changes = vec![node(LOCAL_NODE, HOST_IP), node("n2", REMOTE_NODE_IP)];
+        for (id, labels) in &self.identities {
+            changes.push(Change::UpsertIdentity(*id, labels.clone()));
+        }
+        for (e, id) in &self.endpoints {
+            changes.push(Change::UpsertEndpoint(history_endpoint(*e, *id)));
+        }
+        for p in self.policies.values() {
+            changes.push(Change::UpsertPolicy(Box::new(p.clone())));
+        }
+        changes
+    }
+}
+
+type Policies = BTreeMap<u32, (Enforcement, BTreeMap<MapKey, MapEntry>)>;
+
+fn policies_of(view: &View) -> Policies {
+    view.compiler()
+        .compiled()
+        .iter()
+        .map(|(id, p)| (*id, (p.enforcement, p.entries.clone())))
+        .collect()
+}
+
 fn cases() -> u32 {
     std::env::var("KINO_PROPTEST_CASES")
         .ok()
@@ -635,5 +758,94 @@ proptest! {
         prop_assert_eq!(incremental.compiler().compiled(), scratch.compiler().compiled());
         prop_assert_eq!(incremental.ipcache().entries(), scratch.ipcache().entries());
         check_flows(&incremental, &w, &config, &policies)?;
+    }
+
+    /// A random history of policy, identity and endpoint changes, one per step: each
+    /// step's record, applied to the compiled policies and ipcache before it, gives those
+    /// after it (its `old` sides being what was there); a live stream client and one
+    /// resuming from the middle hold what the view holds; and the end state is that of a
+    /// fresh compiler given the final inputs at once.
+    #[test]
+    fn deltas_replay_to_the_state_and_end_where_a_fresh_compiler_starts(
+        config in config(),
+        labels in proptest::collection::vec(endpoint_labels(), HISTORY_ENDPOINTS as usize),
+        steps in proptest::collection::vec(step(), 1..24),
+    ) {
+        let mut inputs = Inputs::default();
+        for (i, l) in labels.iter().enumerate() {
+            inputs.identities.insert(256 + i as u32, l.clone());
+            inputs.endpoints.insert(i as u32, 256 + i as u32);
+        }
+        let mut view = View::new(config, 1000);
+        view.apply(1, inputs.all());
+        view.reset_history();
+        let mut policies = policies_of(&view);
+        let mut ipcache = view.ipcache().entries().clone();
+        let mut live = Subscriber::new(Interest::Node(LOCAL_NODE.into()), None, &view);
+        let mut client = Replica::default();
+        client.apply(&live.catch_up(&view));
+        let middle = steps.len() / 2;
+        let mut resumed_client = None;
+        for (i, step) in steps.into_iter().enumerate() {
+            if i == middle {
+                resumed_client = Some(client.clone());
+            }
+            let Some(change) = inputs.change(step) else { continue };
+            let revision = i as i64 + 2;
+            if let Some(record) = view.apply(revision, vec![change.clone()]) {
+                for c in &record.policies {
+                    let held = policies.get(&c.identity);
+                    prop_assert_eq!(c.existed, held.is_some(), "{:?}", change);
+                    prop_assert_eq!(c.old_enforcement, held.map(|h| h.0).unwrap_or_default());
+                    if !c.exists {
+                        prop_assert_eq!(c.entries.len(), held.map_or(0, |h| h.1.len()));
+                        policies.remove(&c.identity);
+                        continue;
+                    }
+                    let held = policies.entry(c.identity).or_default();
+                    for e in &c.entries {
+                        prop_assert_eq!(held.1.get(&e.key), e.old.as_ref(), "{:?}: {}", change, e.key);
+                    }
+                    c.apply_to(&mut held.1);
+                    held.0 = c.new_enforcement;
+                }
+                for c in &record.ipcache {
+                    prop_assert_eq!(ipcache.get(&c.prefix), c.old.as_ref());
+                    match &c.new {
+                        Some(e) => ipcache.insert(c.prefix, e.clone()),
+                        None => ipcache.remove(&c.prefix),
+                    };
+                }
+            }
+            prop_assert_eq!(&policies, &policies_of(&view), "after {:?}", change);
+            prop_assert_eq!(&ipcache, view.ipcache().entries(), "after {:?}", change);
+            for id in view.compiler().compiled().keys() {
+                let scratch = view.compiler().compile_from_scratch(*id);
+                prop_assert_eq!(
+                    scratch.as_ref(),
+                    view.compiler().policy(*id).map(|p| p.as_ref()),
+                    "identity {} after {:?}", id, change
+                );
+            }
+            client.apply(&live.catch_up(&view));
+            prop_assert_eq!(&client, &Replica::of(&view, LOCAL_NODE), "after {:?}", change);
+        }
+        if let Some(mut resumed_client) = resumed_client {
+            let mut resumed = Subscriber::new(
+                Interest::Node(LOCAL_NODE.into()),
+                Some(resumed_client.revision),
+                &view,
+            );
+            let messages = resumed.catch_up(&view);
+            prop_assert!(messages.iter().all(|m| !m.reset), "resumed within the history");
+            resumed_client.apply(&messages);
+            prop_assert_eq!(&resumed_client, &Replica::of(&view, LOCAL_NODE));
+        }
+
+        let mut fresh = View::new(config, 1000);
+        fresh.apply(1, inputs.all());
+        prop_assert_eq!(view.compiler().compiled(), fresh.compiler().compiled());
+        prop_assert_eq!(view.compiler().cidr_identities(), fresh.compiler().cidr_identities());
+        prop_assert_eq!(view.ipcache().entries(), fresh.ipcache().entries());
     }
 }
