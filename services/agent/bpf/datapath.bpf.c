@@ -564,25 +564,48 @@ static __always_inline void ct_key_reverse(struct ct_key *key)
 	key->direction = key->direction == KINO_DIR_EGRESS ? KINO_DIR_INGRESS : KINO_DIR_EGRESS;
 }
 
-/* Classifies a packet whose tuple at a point is `key` (either family; reversed in place to
+/*
+ * Classifies a packet whose tuple at a point is `key` (either family; reversed in place to
  * look for the reply entry) and accounts it; *established is the connection's entry for an
- * ESTABLISHED packet. `f` gives the L4 fields. */
+ * ESTABLISHED packet. `f` gives the L4 fields. `reply_likely`: the caller expects a reply
+ * (the other point of the same packet found one), so the reply entry is looked up first.
+ *
+ * The order of the two lookups only saves hash lookups (misses cost as much as hits): a
+ * SYN-ACK is a reply, so its reply entry is looked up first; a bare SYN opens a connection,
+ * so it is never taken as a reply (a SYN that would match a reply entry is a simultaneous
+ * open: it goes through the policy as new).
+ */
 static __always_inline int ct_classify(struct ct_key *key, const struct flow4 *f,
-				       struct ct_entry **established)
+				       struct ct_entry **established, int reply_likely)
 {
 	__u32 now = now_seconds();
-	struct ct_entry *e = ct_live(key, now);
+	__u8 syn_ack = 0;
+	struct ct_entry *e;
 
+	if (f->protocol == IPPROTO_TCP)
+		syn_ack = f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK);
+	int syn = syn_ack == TCP_FLAG_SYN;
+
+	if (reply_likely || syn_ack == (TCP_FLAG_SYN | TCP_FLAG_ACK)) {
+		ct_key_reverse(key);
+		e = ct_live(key, now);
+		if (e) {
+			ct_account(e, f, 1, now);
+			return CT_REPLY;
+		}
+		ct_key_reverse(key);
+	}
+	e = ct_live(key, now);
 	if (e) {
 		/* A SYN on a closing (FIN or RST seen) connection opens a new one on its tuple. */
-		if (f->protocol == IPPROTO_TCP &&
-		    (f->tcp_flags & (TCP_FLAG_SYN | TCP_FLAG_ACK)) == TCP_FLAG_SYN &&
-		    (e->flags & (KINO_CT_F_TX_CLOSING | KINO_CT_F_RX_CLOSING)))
+		if (syn && (e->flags & (KINO_CT_F_TX_CLOSING | KINO_CT_F_RX_CLOSING)))
 			return CT_NEW;
 		ct_account(e, f, 0, now);
 		*established = e;
 		return CT_ESTABLISHED;
 	}
+	if (reply_likely || syn || syn_ack == (TCP_FLAG_SYN | TCP_FLAG_ACK))
+		return CT_NEW; /* a bare SYN, or the reply entry was looked up first */
 	ct_key_reverse(key);
 	e = ct_live(key, now);
 	if (e) {
@@ -595,22 +618,22 @@ static __always_inline int ct_classify(struct ct_key *key, const struct flow4 *f
 /* Classifies a packet at an enforcement point of direction `direction` and accounts it;
  * *established is the connection's entry for an ESTABLISHED packet. */
 static __always_inline int ct_lookup4(const struct flow4 *f, __u8 direction,
-				      struct ct_entry **established)
+				      struct ct_entry **established, int reply_likely)
 {
 	struct ct_key key = {};
 
 	ct_key4(&key, f, direction, 0);
-	return ct_classify(&key, f, established);
+	return ct_classify(&key, f, established, reply_likely);
 }
 
 /* ct_lookup4 for IPv6. */
 static __always_inline int ct_lookup6(const struct flow6 *f, __u8 direction,
-				      struct ct_entry **established)
+				      struct ct_entry **established, int reply_likely)
 {
 	struct ct_key key = {};
 
 	ct_key6(&key, f, direction);
-	return ct_classify(&key, &f->l4, established);
+	return ct_classify(&key, &f->l4, established, reply_likely);
 }
 
 /* The verdict cache of an entry as one 8-byte value (generation low, identity high). */
@@ -862,14 +885,14 @@ static __noinline int ct_related6(struct __sk_buff *skb, __u32 off, __u32 direct
  * ICMP packet for the policy. */
 static __always_inline int enforce4(struct __sk_buff *skb, const struct endpoint_info *ep,
 				    __u8 direction, __u32 remote, const struct flow4 *f,
-				    struct point *pt)
+				    struct point *pt, int reply_likely)
 {
 	struct ct_entry *e = NULL;
 
 	if (f->icmp_quote && ct_related4(skb, f->icmp_quote, direction))
 		pt->ct = CT_RELATED;
 	else
-		pt->ct = ct_lookup4(f, direction, &e);
+		pt->ct = ct_lookup4(f, direction, &e, reply_likely);
 	return enforce_point(ep, direction, remote, f, e, pt);
 }
 
@@ -877,14 +900,14 @@ static __always_inline int enforce4(struct __sk_buff *skb, const struct endpoint
  * and port, not by address), IPv6 conntrack keys; ICMPv6 errors as in enforce4. */
 static __always_inline int enforce6(struct __sk_buff *skb, const struct endpoint_info *ep,
 				    __u8 direction, __u32 remote, const struct flow6 *f,
-				    struct point *pt)
+				    struct point *pt, int reply_likely)
 {
 	struct ct_entry *e = NULL;
 
 	if (f->l4.icmp_quote && ct_related6(skb, f->l4.icmp_quote, direction))
 		pt->ct = CT_RELATED;
 	else
-		pt->ct = ct_lookup6(f, direction, &e);
+		pt->ct = ct_lookup6(f, direction, &e, reply_likely);
 	return enforce_point(ep, direction, remote, &f->l4, e, pt);
 }
 
@@ -1101,12 +1124,13 @@ static __always_inline int deliver_local_ipv4(struct __sk_buff *skb, struct ethh
 		return -1;
 	struct point egress, ingress;
 
-	if (!enforce4(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress))
+	if (!enforce4(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress, 0))
 		return drop_policy(skb, src_metrics, KINO_DROP_POLICY_DENIED, src, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &egress);
 	struct endpoint_metrics *dst_metrics = metrics_of(dst->endpoint_id);
 
-	if (!enforce4(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress))
+	if (!enforce4(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress,
+		      egress.ct == CT_REPLY))
 		return drop_policy(skb, dst_metrics, KINO_DROP_POLICY_DENIED_INGRESS, dst,
 				   KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	/* Recorded (and reported) only once both points allowed it. */
@@ -1146,12 +1170,13 @@ static __always_inline int deliver_local_ipv6(struct __sk_buff *skb, struct ethh
 		return -1;
 	struct point egress, ingress;
 
-	if (!enforce6(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress))
+	if (!enforce6(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress, 0))
 		return drop_policy(skb, src_metrics, KINO_DROP_POLICY_DENIED, src, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &egress);
 	struct endpoint_metrics *dst_metrics = metrics_of(dst->endpoint_id);
 
-	if (!enforce6(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress))
+	if (!enforce6(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress,
+		      egress.ct == CT_REPLY))
 		return drop_policy(skb, dst_metrics, KINO_DROP_POLICY_DENIED_INGRESS, dst,
 				   KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	if (egress.ct == CT_NEW) {
@@ -1329,7 +1354,7 @@ static __always_inline int from_container_ipv6(struct __sk_buff *skb, struct eth
 		return ret;
 	struct point pt;
 
-	if (!enforce6(skb, ep, KINO_DIR_EGRESS, ipcache_identity6(&f->daddr), f, &pt))
+	if (!enforce6(skb, ep, KINO_DIR_EGRESS, ipcache_identity6(&f->daddr), f, &pt, 0))
 		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &pt);
 	if (pt.ct == CT_NEW) {
@@ -1359,7 +1384,7 @@ static __always_inline int to_container_ipv6(struct __sk_buff *skb,
 		return -1;
 	__u32 remote = ipcache_identity6(&f.saddr);
 
-	if (!enforce6(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt))
+	if (!enforce6(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt, 0))
 		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
 				   KINO_OBS_TO_ENDPOINT, &pt);
 	if (pt.ct == CT_NEW) {
@@ -1412,7 +1437,7 @@ int from_container(struct __sk_buff *skb)
 		/* The node (kino_host's gateway IP) or beyond: the stack routes it. */
 		struct point pt;
 
-		if (!enforce4(skb, ep, KINO_DIR_EGRESS, ipcache_identity4(f.daddr), &f, &pt))
+		if (!enforce4(skb, ep, KINO_DIR_EGRESS, ipcache_identity4(f.daddr), &f, &pt, 0))
 			return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
 					   KINO_OBS_FROM_ENDPOINT, &pt);
 		if (pt.ct == CT_NEW) {
@@ -1474,7 +1499,7 @@ int to_container(struct __sk_buff *skb)
 					  KINO_EVENT_F_DST_IDENTITY);
 		__u32 remote = ipcache_identity4(f.saddr);
 
-		if (!enforce4(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt))
+		if (!enforce4(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt, 0))
 			return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep,
 					   KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
 		if (pt.ct == CT_NEW) {
