@@ -89,6 +89,19 @@ struct Config {
     /// kino_ct (the datapath ignores them, but they take LRU slots); 0 turns it off.
     #[arg(long, env = "KINO_CONNTRACK_GC_INTERVAL", default_value_t = 30)]
     conntrack_gc_interval: u64,
+    /// Connections kino_ct holds (both enforcement points of a connection take one each;
+    /// preallocated, ~150 bytes per entry). When it is full the least recently used entry
+    /// goes; under very high connection churn (tens of thousands of new connections per
+    /// second) that can be a young one, and a reply of it is then looked up as new — raise
+    /// it for such nodes. Changing it recreates the map (running connections are looked up
+    /// as new once).
+    #[arg(
+        long,
+        env = "KINO_CONNTRACK_MAX",
+        default_value_t = kino_agent::datapath::conntrack::CT_MAX_ENTRIES,
+        value_parser = clap::value_parser!(u32).range(1024..=16_777_216)
+    )]
+    conntrack_max: u32,
     /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
     #[arg(
         long,
@@ -276,12 +289,17 @@ async fn main() -> anyhow::Result<()> {
                 }
             },
         };
-        let datapath = Datapath::load(&config.bpf_pin_root, &node).with_context(|| {
-            format!(
-                "loading the eBPF datapath (pins under {})",
-                config.bpf_pin_root.display()
-            )
-        })?;
+        let capacities = kino_agent::datapath::MapCapacities {
+            conntrack: config.conntrack_max,
+            ..Default::default()
+        };
+        let datapath =
+            Datapath::load_with(&config.bpf_pin_root, &node, capacities).with_context(|| {
+                format!(
+                    "loading the eBPF datapath (pins under {})",
+                    config.bpf_pin_root.display()
+                )
+            })?;
         let adoption = datapath.adoption().clone();
         if config.conntrack_gc_interval > 0 {
             // Its own handle on the pinned map: a pass never holds up endpoint changes.

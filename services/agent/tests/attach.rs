@@ -350,7 +350,8 @@ fn endpoint_mtu_is_set_on_both_ends_and_bad_ones_leave_nothing() {
 
 /// A pinned map an agent of another version left with another layout (here: `kino_policy`
 /// with the 12-byte key data of before its alignment pad) is not reused — the programs would
-/// misread it — but unpinned and created anew; the other pins are reused.
+/// misread it — but unpinned and created anew; the other pins are reused. So is a map whose
+/// capacity the operator changed.
 #[test]
 fn a_pinned_map_of_another_layout_is_replaced() {
     if !kernel_tests_possible("a_pinned_map_of_another_layout_is_replaced") {
@@ -404,5 +405,21 @@ fn a_pinned_map_of_another_layout_is_replaced() {
             info.key_size(),
             4 + std::mem::size_of::<kino_agent::datapath::policy::PolicyKeyRaw>() as u32
         );
+        drop(datapath);
+
+        // Another conntrack capacity (`--conntrack-max`): that map is made anew with it.
+        let capacities = kino_agent::datapath::MapCapacities {
+            conntrack: 4096,
+            ..Default::default()
+        };
+        let datapath =
+            Datapath::load_with(root, &node_name, capacities).expect("loading with 4096");
+        assert_eq!(datapath.adoption().maps_replaced, ["kino_ct"]);
+        let ct_pin = pin_dir.join(kino_agent::datapath::conntrack::CT_MAP);
+        let info = aya::maps::MapInfo::from_pin(&ct_pin).expect("the new ct pin");
+        assert_eq!(info.max_entries(), 4096);
+        drop(datapath);
+        let datapath = Datapath::load_with(root, &node_name, capacities).expect("reloading");
+        assert!(datapath.adoption().maps_replaced.is_empty());
     });
 }

@@ -208,9 +208,10 @@ pub struct Adoption {
     /// Maps that were already pinned and are reused with their contents.
     pub maps_reused: Vec<&'static str>,
     /// Pinned maps of another layout (key or value size) than this agent's object — left by
-    /// an agent of another version — unpinned and created anew (empty). The agent refills
-    /// them: endpoints from its checkpoint, policy and ipcache from the compiler's stream;
-    /// conntrack starts over (running connections are looked up as new).
+    /// an agent of another version — or of another capacity than configured, unpinned and
+    /// created anew (empty). The agent refills them: endpoints from its checkpoint, policy
+    /// and ipcache from the compiler's stream; conntrack starts over (running connections
+    /// are looked up as new).
     pub maps_replaced: Vec<&'static str>,
     /// Link pins whose program was replaced by the newly loaded one (file names).
     pub links_adopted: Vec<String>,
@@ -434,8 +435,12 @@ pub fn is_bpffs(path: &Path) -> bool {
 
 /// Unpins the node's maps whose key or value size differs from the object's definition of
 /// them, so the loader creates them anew instead of reusing a map whose layout the programs
-/// would misread (aya reuses a pin by name without looking at it). Returns their names.
-fn remove_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, DatapathError> {
+/// would misread (aya reuses a pin by name without looking at it), and those whose capacity
+/// is not the one asked for (an operator changed it). Returns their names.
+fn remove_incompatible_pins(
+    pin_dir: &Path,
+    capacities: &MapCapacities,
+) -> Result<Vec<&'static str>, DatapathError> {
     let pinned: Vec<&'static str> = ALL_MAPS
         .into_iter()
         .filter(|name| pin_dir.join(name).exists())
@@ -458,14 +463,27 @@ fn remove_incompatible_pins(pin_dir: &Path) -> Result<Vec<&'static str>, Datapat
             op: format!("reading the layout of the pinned map {}", path.display()),
             source,
         })?;
-        if info.key_size() != def.key_size() || info.value_size() != def.value_size() {
+        let max_entries = match name {
+            POLICY_MAP => capacities.policy,
+            IPCACHE_MAP => capacities.ipcache,
+            CT_MAP => capacities.conntrack,
+            super::events::EVENTS_MAP => capacities.events,
+            _ => def.max_entries(),
+        };
+        if info.key_size() != def.key_size()
+            || info.value_size() != def.value_size()
+            || info.max_entries() != max_entries
+        {
             tracing::warn!(
                 map = name,
                 pinned_key_size = info.key_size(),
                 pinned_value_size = info.value_size(),
+                pinned_max_entries = info.max_entries(),
                 key_size = def.key_size(),
                 value_size = def.value_size(),
-                "pinned map has another layout (left by another agent version): replacing it"
+                max_entries,
+                "pinned map has another layout or capacity (another agent version or \
+                 configuration): replacing it"
             );
             fs::remove_file(&path).map_err(|source| DatapathError::PinPath {
                 path: path.clone(),
@@ -533,7 +551,7 @@ impl Datapath {
         if !is_bpffs(&pin_dir) {
             return Err(DatapathError::NotBpffs { path: pin_dir });
         }
-        let maps_replaced = remove_incompatible_pins(&pin_dir)?;
+        let maps_replaced = remove_incompatible_pins(&pin_dir, &capacities)?;
         let maps_reused = ALL_MAPS
             .into_iter()
             .filter(|name| pin_dir.join(name).exists())
