@@ -8,7 +8,7 @@
 //! - [`policy_map`]: the compiled form and the datapath's lookup (the contract with agents).
 //! - [`compile`]: the incremental compiler.
 //! - [`ipcache`]: prefix → identity, what the agents' ipcache map holds.
-//! - [`reference`]: the obviously-correct evaluator the compiler is tested against.
+//! - [`reference`](mod@reference): the obviously-correct evaluator the compiler is tested against.
 //! - [`view`]: the compiler's view of the datastore at a revision, with change history.
 //! - [`stream`]: revisioned deltas for agents (WatchEndpointPolicy).
 //! - [`trace`]: verdicts explained (TracePolicy).

@@ -1,5 +1,5 @@
 //! Policy trace: the verdict of a flow and the rules behind it, computed with the
-//! compiler's own code ([`compile::compile_identity`] and [`CompiledPolicy::decide`]),
+//! compiler's own code ([`compile::compile_identity`] and [`CompiledPolicy::decide`](crate::policy_map::CompiledPolicy::decide)),
 //! restricted to the one remote identity asked about.
 
 use std::collections::BTreeSet;
