@@ -792,3 +792,116 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
         );
     });
 }
+
+/// A snapshot of the policy stream (after a compiler restart: new epoch) does not take the
+/// streamed ipcache away while it arrives — a CIDR peer stays what it was until the snapshot
+/// says otherwise — and at its synced message the prefixes it did not name are gone.
+#[test]
+fn a_policy_snapshot_keeps_streamed_prefixes_until_it_is_synced() {
+    if !kernel_tests_possible("a_policy_snapshot_keeps_streamed_prefixes_until_it_is_synced") {
+        return;
+    }
+    use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork, Peers};
+    use kino_api::policy::{IpCacheEntry, WatchEndpointPolicyResponse};
+    let world = World::new();
+    let node = world.netns("node");
+    let _pins = world.pins();
+    let node_name = world.node.clone();
+    in_node(&node, move || async move {
+        let (netlink, datapath) = node_with_pods(&node_name, &[]).await;
+        let state = tempfile::tempdir().expect("state dir");
+        // Nothing here calls another service: lazy clients of an address nobody serves.
+        let lazy = || {
+            kino_service_kit::connect_lazy("http://127.0.0.1:9", &Default::default())
+                .expect("lazy channel")
+        };
+        let peers = Peers {
+            ipam: kino_api::ipam::ipam_service_client::IpamServiceClient::new(lazy()),
+            datastore: kino_api::datastore::datastore_service_client::DatastoreServiceClient::new(
+                lazy(),
+            ),
+            policy: kino_api::policy::policy_service_client::PolicyServiceClient::new(lazy()),
+            lease: Default::default(),
+        };
+        let manager = EndpointManager::new(
+            ManagerConfig {
+                node: node_name.clone(),
+                pool: "default".into(),
+                mtu: 0,
+                ipam_target: "none".into(),
+                datastore_target: "none".into(),
+                policy_target: "none".into(),
+            },
+            NodeNetwork {
+                gateway_v4: GATEWAY,
+                gateway_v6: None,
+                pod_cidrs: vec!["10.244.0.0/24".into()],
+            },
+            peers,
+            state.path(),
+            netlink,
+            datapath,
+        )
+        .expect("manager");
+        let cidr = |prefix: &str, identity: u32| IpCacheEntry {
+            prefix: prefix.into(),
+            identity,
+            ..Default::default()
+        };
+        let identity_of = |prefix: &str| {
+            let manager = &manager;
+            let prefix: kino_agent::datapath::IpPrefix = prefix.parse().expect("prefix");
+            async move {
+                manager
+                    .bpf_ipcache()
+                    .await
+                    .expect("ipcache")
+                    .into_iter()
+                    .find(|e| e.prefix == prefix)
+                    .map(|e| e.identity)
+            }
+        };
+        // First stream: two CIDRs.
+        manager
+            .apply_policy_message(&WatchEndpointPolicyResponse {
+                reset: true,
+                synced: true,
+                revision: 5,
+                ipcache_upserts: vec![
+                    cidr("100.64.0.0/24", CIDR_ID),
+                    cidr("100.64.1.0/24", CIDR_ID + 1),
+                ],
+                ..Default::default()
+            })
+            .await
+            .expect("first snapshot");
+        assert_eq!(identity_of("100.64.0.0/24").await, Some(CIDR_ID));
+        assert_eq!(identity_of("100.64.1.0/24").await, Some(CIDR_ID + 1));
+
+        // A new stream's snapshot, in two messages: the first names only the second CIDR
+        // (renumbered); the first CIDR keeps its entry meanwhile.
+        manager
+            .apply_policy_message(&WatchEndpointPolicyResponse {
+                reset: true,
+                revision: 9,
+                ipcache_upserts: vec![cidr("100.64.1.0/24", CIDR_ID + 7)],
+                ..Default::default()
+            })
+            .await
+            .expect("snapshot, part 1");
+        assert_eq!(identity_of("100.64.0.0/24").await, Some(CIDR_ID));
+        assert_eq!(identity_of("100.64.1.0/24").await, Some(CIDR_ID + 7));
+        // Its end: what it did not name is gone.
+        manager
+            .apply_policy_message(&WatchEndpointPolicyResponse {
+                synced: true,
+                revision: 9,
+                ..Default::default()
+            })
+            .await
+            .expect("snapshot, synced");
+        assert_eq!(identity_of("100.64.0.0/24").await, None);
+        assert_eq!(identity_of("100.64.1.0/24").await, Some(CIDR_ID + 7));
+        assert_eq!(manager.realized_revision().await, 9);
+    });
+}

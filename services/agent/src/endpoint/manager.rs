@@ -208,6 +208,10 @@ struct Inner {
     /// A snapshot (reset) is being received: identities it does not name are cleared at
     /// its synced message.
     in_snapshot: bool,
+    /// During a snapshot, the streamed prefixes it has not named yet: they keep their old
+    /// entries (a CIDR peer does not turn into world mid-snapshot) and those still here at
+    /// its synced message are removed.
+    unconfirmed_prefixes: std::collections::BTreeSet<IpPrefix>,
 }
 
 /// One identity's compiled policy as the stream delivered it.
@@ -364,6 +368,7 @@ impl EndpointManager {
                 streamed_prefixes: Default::default(),
                 realized_revision: 0,
                 in_snapshot: false,
+                unconfirmed_prefixes: Default::default(),
             }),
         })
     }
@@ -1445,15 +1450,9 @@ impl EndpointManager {
         if message.reset {
             inner.identity_policies.clear();
             inner.in_snapshot = true;
-            for prefix in std::mem::take(&mut inner.streamed_prefixes) {
-                if !protected(inner, &prefix) {
-                    inner
-                        .datapath
-                        .ipcache_mut()
-                        .remove(&prefix)
-                        .map_err(|e| internal(&e))?;
-                }
-            }
+            // (Extended, not replaced: a snapshot may restart before the last one synced.)
+            let streamed = std::mem::take(&mut inner.streamed_prefixes);
+            inner.unconfirmed_prefixes.extend(streamed);
         }
         for (identity, update) in updates {
             let local: Vec<u32> = inner
@@ -1500,6 +1499,7 @@ impl EndpointManager {
         }
         for prefix in deletes {
             inner.streamed_prefixes.remove(&prefix);
+            inner.unconfirmed_prefixes.remove(&prefix);
             if !protected(inner, &prefix) {
                 inner
                     .datapath
@@ -1509,6 +1509,7 @@ impl EndpointManager {
             }
         }
         for entry in upserts {
+            inner.unconfirmed_prefixes.remove(&entry.prefix);
             if protected(inner, &entry.prefix) {
                 continue;
             }
@@ -1550,6 +1551,18 @@ impl EndpointManager {
                             .map_err(|e| internal(&e))?;
                     }
                     None => {}
+                }
+            }
+            if inner.in_snapshot {
+                // Streamed before the snapshot and not in it: gone.
+                for prefix in std::mem::take(&mut inner.unconfirmed_prefixes) {
+                    if !protected(inner, &prefix) {
+                        inner
+                            .datapath
+                            .ipcache_mut()
+                            .remove(&prefix)
+                            .map_err(|e| internal(&e))?;
+                    }
                 }
             }
             inner.in_snapshot = false;
