@@ -657,6 +657,10 @@ static __always_inline void ct_insert(const struct ct_key *key, const struct flo
 {
 	struct ct_entry e = {};
 
+	/* An ICMP(v6) error is not a connection: tracking it would let any non-echo ICMP back
+	 * through as its reply. */
+	if (f->icmp_quote)
+		return;
 	e.tx_packets = 1;
 	e.tx_bytes = f->len;
 	e.flags = ct_tcp_flags(f, KINO_CT_F_TX_CLOSING);

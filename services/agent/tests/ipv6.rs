@@ -683,7 +683,8 @@ fn forged_port_unreachable(pod: &Pod, to: std::net::Ipv4Addr, quoted_dst: std::n
 /// ICMP and ICMPv6 errors about a tracked connection's packet are RELATED: they pass both
 /// enforcement points as replies do although no rule allows ICMP (a port unreachable reaches
 /// the sender's socket as ECONNREFUSED; path MTU discovery works the same way). An error
-/// quoting a packet no connection sent is a new ICMP packet for the policy: dropped.
+/// quoting a packet no connection sent is a new ICMP packet for the policy: dropped, and
+/// when allowed, passed without being tracked as a connection.
 #[test]
 fn icmp_errors_about_tracked_connections_pass_as_related() {
     if !kernel_tests_possible("icmp_errors_about_tracked_connections_pass_as_related") {
@@ -748,5 +749,43 @@ fn icmp_errors_about_tracked_connections_pass_as_related() {
             after.1.dropped(DropReason::PolicyDenied) + 1,
             "the forged port unreachable was not dropped at b's egress"
         );
+
+        // With ICMP allowed from b to a, the forged error passes the policy, but an error is
+        // not a connection: no conntrack entry is made for it (one would let any non-echo
+        // ICMP from a back to b through as its reply).
+        let icmp =
+            |direction, remote| (PolicyKey::any_port(direction, remote, ICMP), Verdict::Allow);
+        set(
+            &mut datapath,
+            a.id,
+            both,
+            &[udp(Direction::Egress, B), icmp(Direction::Ingress, B)],
+        );
+        set(
+            &mut datapath,
+            b.id,
+            both,
+            &[udp(Direction::Ingress, A), icmp(Direction::Egress, A)],
+        );
+        let redirected = counters(&datapath, b.id).local_redirect_packets;
+        forged_port_unreachable(b, a.ip, b.ip);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while counters(&datapath, b.id).local_redirect_packets == redirected
+            && std::time::Instant::now() < deadline
+        {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!(
+            counters(&datapath, b.id).local_redirect_packets,
+            redirected + 1,
+            "the allowed forged error was not delivered to a"
+        );
+        let listing = datapath.conntrack().list(10_000, None).expect("ct list");
+        let tracked: Vec<_> = listing
+            .entries
+            .iter()
+            .filter(|e| e.protocol == ICMP && e.source == IpAddr::from(b.ip))
+            .collect();
+        assert!(tracked.is_empty(), "ICMP error tracked: {tracked:?}");
     });
 }
