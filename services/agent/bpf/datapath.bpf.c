@@ -1109,6 +1109,25 @@ static __always_inline void verdict_event(struct __sk_buff *skb, const struct en
 	emit_event(skb, &known);
 }
 
+/* The end of a local delivery, both families: the L2 header the destination pod expects
+ * (its MAC, from its lxc's), counters, and straight into the destination pod's netns —
+ * skipping the node's stack and the lxc egress. */
+static __always_inline int redirect_to_pod(struct __sk_buff *skb, struct ethhdr *eth,
+					   const struct endpoint_info *dst,
+					   struct endpoint_metrics *src_metrics,
+					   struct endpoint_metrics *dst_metrics)
+{
+	__builtin_memcpy(eth->h_dest, dst->mac, ETH_ALEN);
+	__builtin_memcpy(eth->h_source, dst->node_mac, ETH_ALEN);
+	if (dst_metrics) {
+		dst_metrics->to_container_packets++;
+		dst_metrics->to_container_bytes += skb->len;
+	}
+	if (src_metrics)
+		src_metrics->local_redirect_packets++;
+	return bpf_redirect_peer(dst->ifindex, 0);
+}
+
 /*
  * Delivers an IPv4 packet to a pod on this node after the source's egress and the
  * destination's ingress policy; returns -1 when the destination is not a local pod. Both
@@ -1147,16 +1166,7 @@ static __always_inline int deliver_local_ipv4(struct __sk_buff *skb, struct ethh
 		verdict_event(skb, dst, KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	}
 
-	__builtin_memcpy(eth->h_dest, dst->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, dst->node_mac, ETH_ALEN);
-	if (dst_metrics) {
-		dst_metrics->to_container_packets++;
-		dst_metrics->to_container_bytes += skb->len;
-	}
-	if (src_metrics)
-		src_metrics->local_redirect_packets++;
-	/* Straight into the destination pod's netns: skips the node's stack and the lxc egress. */
-	return bpf_redirect_peer(dst->ifindex, 0);
+	return redirect_to_pod(skb, eth, dst, src_metrics, dst_metrics);
 }
 
 /* deliver_local_ipv4 for IPv6: the destination's IPv6 address in kino_endpoints. */
@@ -1192,15 +1202,7 @@ static __always_inline int deliver_local_ipv6(struct __sk_buff *skb, struct ethh
 		verdict_event(skb, dst, KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	}
 
-	__builtin_memcpy(eth->h_dest, dst->mac, ETH_ALEN);
-	__builtin_memcpy(eth->h_source, dst->node_mac, ETH_ALEN);
-	if (dst_metrics) {
-		dst_metrics->to_container_packets++;
-		dst_metrics->to_container_bytes += skb->len;
-	}
-	if (src_metrics)
-		src_metrics->local_redirect_packets++;
-	return bpf_redirect_peer(dst->ifindex, 0);
+	return redirect_to_pod(skb, eth, dst, src_metrics, dst_metrics);
 }
 
 /* ---- Neighbour discovery: the NA responder -------------------------------------------------- */

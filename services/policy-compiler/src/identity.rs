@@ -14,7 +14,7 @@
 
 pub mod allocator;
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use crate::cidr::Cidr;
 use crate::labels::{Label, Labels, SOURCE_CIDR, SOURCE_RESERVED};
@@ -225,23 +225,28 @@ impl CidrIdentities {
     }
 }
 
-/// The CIDR identities a set of prefixes gets when numbered together (in sorted order):
-/// what a compiler given these prefixes at once (e.g. after a restart) holds.
-pub fn cidr_identities(prefixes: &BTreeSet<Cidr>) -> BTreeMap<Cidr, NumericIdentity> {
-    cidr_identities_in(prefixes, CIDR_SLOTS)
-}
-
-fn cidr_identities_in(prefixes: &BTreeSet<Cidr>, slots: u32) -> BTreeMap<Cidr, NumericIdentity> {
-    let mut ids = CidrIdentities::with_slots(slots);
-    for prefix in prefixes {
-        ids.allocate(*prefix);
-    }
-    ids.by_prefix
-}
-
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// The CIDR identities a set of prefixes gets when numbered together (in sorted order):
+    /// what a compiler given these prefixes at once (e.g. after a restart) holds.
+    fn cidr_identities(prefixes: &BTreeSet<Cidr>) -> BTreeMap<Cidr, NumericIdentity> {
+        cidr_identities_in(prefixes, CIDR_SLOTS)
+    }
+
+    fn cidr_identities_in(
+        prefixes: &BTreeSet<Cidr>,
+        slots: u32,
+    ) -> BTreeMap<Cidr, NumericIdentity> {
+        let mut ids = CidrIdentities::with_slots(slots);
+        for prefix in prefixes {
+            ids.allocate(*prefix);
+        }
+        ids.by_prefix
+    }
 
     #[test]
     fn reserved_identities() {

@@ -471,22 +471,6 @@ fn resolve_ports(
     }
 }
 
-/// The change from one compiled policy to the next.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PolicyDelta {
-    /// Entries added or changed.
-    pub upserts: Vec<(MapKey, MapEntry)>,
-    /// Keys removed.
-    pub deletes: Vec<MapKey>,
-}
-
-impl PolicyDelta {
-    /// True when nothing changed.
-    pub fn is_empty(&self) -> bool {
-        self.upserts.is_empty() && self.deletes.is_empty()
-    }
-}
-
 /// The change of one entry: its value before and after (`None`: absent).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EntryChange {
@@ -496,22 +480,6 @@ pub struct EntryChange {
     pub old: Option<MapEntry>,
     /// The entry after.
     pub new: Option<MapEntry>,
-}
-
-/// The entries to delete and upsert to turn `old` into `new`.
-pub fn diff(old: &BTreeMap<MapKey, MapEntry>, new: &BTreeMap<MapKey, MapEntry>) -> PolicyDelta {
-    let mut delta = PolicyDelta::default();
-    for key in old.keys() {
-        if !new.contains_key(key) {
-            delta.deletes.push(*key);
-        }
-    }
-    for (key, entry) in new {
-        if old.get(key) != Some(entry) {
-            delta.upserts.push((*key, entry.clone()));
-        }
-    }
-    delta
 }
 
 #[cfg(test)]
@@ -612,15 +580,5 @@ mod tests {
                 );
             }
         }
-    }
-
-    #[test]
-    fn diff_lists_changes() {
-        let a = resolve(&[raw(300, 6, Some((80, 80)), Verdict::Allow)]);
-        let b = resolve(&[raw(300, 6, Some((443, 443)), Verdict::Allow)]);
-        let d = diff(&a, &b);
-        assert_eq!(d.deletes.len(), 1);
-        assert_eq!(d.upserts.len(), 1);
-        assert!(diff(&a, &a).is_empty());
     }
 }

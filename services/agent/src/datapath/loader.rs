@@ -372,6 +372,19 @@ pub struct MapCapacities {
     pub events: u32,
 }
 
+impl MapCapacities {
+    /// Each sized map with its capacity (what the loader sets, and what a reused pin must
+    /// have).
+    fn sized(&self) -> [(&'static str, u32); 4] {
+        [
+            (POLICY_MAP, self.policy),
+            (IPCACHE_MAP, self.ipcache),
+            (CT_MAP, self.conntrack),
+            (super::events::EVENTS_MAP, self.events),
+        ]
+    }
+}
+
 impl Default for MapCapacities {
     fn default() -> Self {
         MapCapacities {
@@ -463,13 +476,11 @@ fn remove_incompatible_pins(
             op: format!("reading the layout of the pinned map {}", path.display()),
             source,
         })?;
-        let max_entries = match name {
-            POLICY_MAP => capacities.policy,
-            IPCACHE_MAP => capacities.ipcache,
-            CT_MAP => capacities.conntrack,
-            super::events::EVENTS_MAP => capacities.events,
-            _ => def.max_entries(),
-        };
+        let max_entries = capacities
+            .sized()
+            .into_iter()
+            .find(|(map, _)| *map == name)
+            .map_or(def.max_entries(), |(_, entries)| entries);
         if info.key_size() != def.key_size()
             || info.value_size() != def.value_size()
             || info.max_entries() != max_entries
@@ -559,12 +570,12 @@ impl Datapath {
 
         // The pin directory is ALWAYS set: without it aya pins into the bpffs root, where
         // another object's map of the same name would be silently reused.
-        let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pin_dir)
-            .map_max_entries(POLICY_MAP, capacities.policy)
-            .map_max_entries(IPCACHE_MAP, capacities.ipcache)
-            .map_max_entries(CT_MAP, capacities.conntrack)
-            .map_max_entries(super::events::EVENTS_MAP, capacities.events)
+        let mut loader = EbpfLoader::new();
+        loader.default_map_pin_directory(&pin_dir);
+        for (map, entries) in capacities.sized() {
+            loader.map_max_entries(map, entries);
+        }
+        let mut ebpf = loader
             .load(DATAPATH_OBJECT)
             .map_err(|source| DatapathError::Load {
                 pin_dir: pin_dir.clone(),
