@@ -203,6 +203,8 @@ pub struct SuiteOptions {
     /// Back the gateway with this etcd (client URLs) under a prefix of its own, removed when
     /// the suite is dropped; the embedded file when `None`.
     pub etcd_endpoints: Option<String>,
+    /// Extra flags of the agent (e.g. `--node-lease-ttl 5`), given at every (re)start.
+    pub agent_args: Vec<String>,
     /// Host loopback ports the agent reaches as `127.0.0.1:<port>` from the node namespace
     /// (e.g. an OTLP receiver of the test), relayed by [`LoopbackForward`]s set up before the
     /// agent starts.
@@ -368,6 +370,7 @@ impl Suite {
             self.pin_root.display().to_string(),
         ];
         let mut args = args;
+        args.extend(self.options.agent_args.iter().cloned());
         if let Some(metrics) = &self.metrics {
             args.extend(["--metrics-address".into(), metrics.agent.clone()]);
         }
@@ -386,6 +389,11 @@ impl Suite {
     pub fn stop_agent(&mut self, signal: &str) {
         let mut agent = self.agent.take().expect("agent not running");
         agent.signal_and_wait(signal).unwrap();
+    }
+
+    /// The running agent's process id (to signal it while another thread uses the suite).
+    pub fn agent_pid(&self) -> Option<u32> {
+        self.agent.as_ref().map(ServiceProcess::pid)
     }
 
     /// The agent's log so far.

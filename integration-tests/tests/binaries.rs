@@ -52,6 +52,8 @@ struct Server {
     address: Address,
     /// The kino service it serves.
     service: &'static str,
+    /// Other kino services the same server serves.
+    also: &'static [&'static str],
     /// A unary RPC of it called with an empty request from outside, and a field its JSON
     /// answer must have.
     call: Option<(&'static str, &'static str)>,
@@ -186,12 +188,14 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             process: 0,
             address: Address::Unix(sock("ds")),
             service: "kino.datastore.v1.DatastoreService",
+            also: &[],
             call: None,
         },
         Server {
             process: 1,
             address: Address::Unix(sock("ipam")),
             service: "kino.ipam.v1.IpamService",
+            also: &["kino.node.v1.NodeService"],
             // Implemented (issue #3): tests/ipam_replicas.rs drives it.
             call: None,
         },
@@ -199,6 +203,7 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             process: 2,
             address: Address::Unix(sock("policy")),
             service: "kino.policy.v1.PolicyService",
+            also: &[],
             // Implemented (issue #5): services/policy-compiler/tests drive it.
             call: None,
         },
@@ -206,6 +211,7 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             process: 3,
             address: Address::Unix(socket.clone()),
             service: "kino.agent.v1.AgentService",
+            also: &[],
             // Implemented (issue #4): tests/cni_e2e.rs drives it.
             call: None,
         },
@@ -213,6 +219,7 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             process: 3,
             address: Address::Unix(sock("flows")),
             service: "kino.flow.v1.FlowService",
+            also: &[],
             call: Some(("ServerStatus", "maxFlows")),
         },
     ];
@@ -242,9 +249,10 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
                 let output = run(&buf, &args);
                 let listed = String::from_utf8_lossy(&output.stdout);
                 let listed: Vec<&str> = listed.lines().map(str::trim).collect();
-                for expected in [server.service, HEALTH, REFLECTION] {
+                let every = [server.service, HEALTH, REFLECTION];
+                for expected in every.iter().chain(server.also) {
                     assert!(
-                        output.status.success() && listed.contains(&expected),
+                        output.status.success() && listed.contains(expected),
                         "{} does not list {expected}: {}\n--- log ---\n{}",
                         process.name,
                         text(&output),
@@ -254,7 +262,10 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
                 // Only what this server serves: e.g. the agent socket does not list flows.
                 let kino_services: Vec<&&str> =
                     listed.iter().filter(|s| s.starts_with("kino.")).collect();
-                assert_eq!(kino_services, [&server.service], "{}", text(&output));
+                let served: Vec<&&str> = std::iter::once(&server.service)
+                    .chain(server.also)
+                    .collect();
+                assert_eq!(kino_services, served, "{}", text(&output));
 
                 if let Some((rpc, field)) = server.call {
                     let mut args: Vec<String> =

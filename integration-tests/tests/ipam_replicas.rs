@@ -285,7 +285,7 @@ async fn node_blocks(client: &mut Client, node: &str) -> Vec<String> {
         .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
             node: node.into(),
             pool: String::new(),
-            lease_id: 0,
+            ..Default::default()
         })
         .await
         .expect("AllocateNodeCidrs")

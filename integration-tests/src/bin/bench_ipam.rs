@@ -231,7 +231,7 @@ impl Suite {
             .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
                 node: node.clone(),
                 pool: "bench".into(),
-                lease_id: 0,
+                ..Default::default()
             })
             .await?;
         let run = SystemTime::now().duration_since(UNIX_EPOCH)?.as_nanos();

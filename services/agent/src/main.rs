@@ -77,8 +77,9 @@ struct Config {
     /// bpffs directory under which this node's maps and links are pinned (<root>/<node>/).
     #[arg(long, env = "KINO_BPF_PIN_ROOT", default_value = DEFAULT_PIN_ROOT)]
     bpf_pin_root: PathBuf,
-    /// TTL of the node's datastore lease, in seconds: the node's records vanish this long
-    /// after the agent stops renewing it.
+    /// TTL of the node's liveness lease, in seconds: the node shows as unreachable this long
+    /// after the agent stops renewing it (its NodeHealth record goes; its Node and Endpoint
+    /// records and its pods' addresses stay until `kino node delete`).
     #[arg(long, env = "KINO_NODE_LEASE_TTL", default_value_t = 30)]
     node_lease_ttl: i64,
     /// MTU of both ends of every endpoint veth, unless the CNI network config sets "mtu"
@@ -242,7 +243,7 @@ async fn main() -> anyhow::Result<()> {
             let request = AllocateNodeCidrsRequest {
                 node: node.clone(),
                 pool: config.ipam_pool.clone(),
-                lease_id: 0,
+                ..Default::default()
             };
             async move { ipam.allocate_node_cidrs(request).await }
         })
@@ -332,7 +333,6 @@ async fn main() -> anyhow::Result<()> {
                 ipam: ipam.clone(),
                 datastore: datastore.clone(),
                 policy: policy.clone(),
-                lease: registration.lease(),
             },
             &config.state_dir.join(&node),
             netlink,
@@ -347,12 +347,17 @@ async fn main() -> anyhow::Result<()> {
         // The compiler's policy for this node's endpoints, applied as it streams.
         tokio::spawn(kino_agent::policy_sync::run(manager.clone()));
 
-        let republish = manager.clone();
+        let reassert = manager.clone();
         tokio::spawn(registration.keep_alive(move || {
-            let manager = republish.clone();
+            let manager = reassert.clone();
             async move {
-                if let Err(e) = manager.republish().await {
-                    tracing::warn!(error = %e, "re-publishing endpoints on the new lease");
+                match manager.reassert_all().await {
+                    Ok(0) => {}
+                    Ok(isolated) => tracing::error!(
+                        isolated,
+                        "endpoints isolated after the node registered again: their addresses belong to others now"
+                    ),
+                    Err(e) => tracing::warn!(error = %e, "re-publishing endpoints after registering again"),
                 }
             }
         }));

@@ -1,88 +1,123 @@
-//! Node registration: the node's lease and its `Node` resource in the datastore, kept alive
-//! while the agent runs. The node's endpoints hang on the same lease, so a node that is gone
-//! for longer than the TTL disappears from the cluster's view (DESIGN §3).
+//! Node registration, in two records (DESIGN §3, §6):
+//!
+//! - the node's **existence**, its `Node` resource, written on no lease: a node whose agent
+//!   is down — a crash loop, an upgrade, an OOM, a partition — keeps it, and keeps its
+//!   endpoints and their addresses (cilium#9422). Only an explicit deletion
+//!   (`kino node delete`) removes it; while one is under way (`deletion_time` set) the
+//!   agent waits instead of writing it;
+//! - the node's **liveness**, its `NodeHealth` resource, on a datastore lease of
+//!   `--node-lease-ttl` seconds that the agent keeps alive. When the agent has been gone for
+//!   longer than that, the record vanishes and the node shows as unreachable; nothing else.
+//!
+//! When the heartbeat finds its lease or its NodeHealth gone (the datastore was down longer
+//! than the TTL, someone revoked the lease, or the node was deleted under the running
+//! agent), the agent registers again and calls back so the endpoints' addresses are claimed
+//! again and their records rewritten.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::datastore::{
     CreateRequest, GetRequest, GrantLeaseRequest, KeepAliveLeaseRequest, Resource, ResourceKey,
     UpdateRequest,
 };
-use kino_api::types::{Node, NodeRouting, RoutingMode};
+use kino_api::types::{Node, NodeHealth, NodeRouting, RoutingMode};
 use kino_service_kit::TracedChannel;
 use prost::Message;
+use tonic::{Code, Status};
 
-/// The node's registration: its lease, shared with whoever writes lease-bound records.
-#[derive(Clone)]
+/// Datastore kind of a node's existence record.
+pub const NODE_KIND: &str = "Node";
+/// Datastore kind of a node's liveness record.
+pub const NODE_HEALTH_KIND: &str = "NodeHealth";
+
+/// The node's registration: its records and the lease its NodeHealth hangs on.
 pub struct Registration {
     datastore: DatastoreServiceClient<TracedChannel>,
     node: String,
     ttl_seconds: i64,
-    lease: Arc<AtomicI64>,
+    lease: i64,
     pod_cidrs: Vec<String>,
+    agent_start_time: prost_types::Timestamp,
 }
 
-fn node_key(node: &str) -> ResourceKey {
+fn key(kind: &str, node: &str) -> ResourceKey {
     ResourceKey {
-        kind: "Node".into(),
+        kind: kind.into(),
         namespace: String::new(),
         name: node.to_owned(),
     }
 }
 
+fn any<T: Message>(message_name: &str, spec: &T) -> prost_types::Any {
+    prost_types::Any {
+        type_url: format!("type.googleapis.com/{message_name}"),
+        value: spec.encode_to_vec(),
+    }
+}
+
 impl Registration {
-    /// Registers the node: reuses its lease if still alive (agent restart), else grants a
-    /// new one, and writes the `Node` resource on it.
+    /// Registers the node: writes its Node record (no lease), then its NodeHealth on its
+    /// previous lease if that is still alive (agent restart), else on a new one.
+    /// UNAVAILABLE while the node is being deleted: the caller retries.
     pub async fn register(
         datastore: DatastoreServiceClient<TracedChannel>,
         node: &str,
         ttl_seconds: i64,
         pod_cidrs: Vec<String>,
-    ) -> Result<Self, tonic::Status> {
-        let registration = Registration {
+    ) -> Result<Self, Status> {
+        let mut registration = Registration {
             datastore,
             node: node.to_owned(),
             ttl_seconds,
-            lease: Arc::new(AtomicI64::new(0)),
+            lease: 0,
             pod_cidrs,
+            agent_start_time: prost_types::Timestamp::from(SystemTime::now()),
         };
-        let mut client = registration.datastore.clone();
-        let existing = match client
-            .get(GetRequest {
-                key: Some(node_key(node)),
-            })
-            .await
-        {
-            Ok(r) => r.into_inner().resource,
-            Err(s) if s.code() == tonic::Code::NotFound => None,
-            Err(s) => return Err(s),
-        };
-        let previous = existing.as_ref().map(|r| r.lease_id).unwrap_or(0);
-        let lease = if previous != 0
-            && client
+        registration.write_node().await?;
+        let previous = registration
+            .get(NODE_HEALTH_KIND)
+            .await?
+            .map(|r| r.lease_id)
+            .unwrap_or(0);
+        let reused = previous != 0
+            && registration
+                .datastore
+                .clone()
                 .keep_alive_lease(KeepAliveLeaseRequest { lease_id: previous })
                 .await
-                .is_ok()
-        {
+                .is_ok();
+        registration.lease = if reused {
             previous
         } else {
             registration.grant().await?
         };
-        registration.lease.store(lease, Ordering::Relaxed);
-        registration.write_node().await?;
-        tracing::info!(node, lease, reused = lease == previous, "node registered");
+        registration.write_health().await?;
+        tracing::info!(
+            node,
+            lease = registration.lease,
+            reused,
+            "node registered (Node record, NodeHealth on the lease)"
+        );
         Ok(registration)
     }
 
-    /// The lease id, shared (it changes if the lease had to be granted again).
-    pub fn lease(&self) -> Arc<AtomicI64> {
-        self.lease.clone()
+    async fn get(&self, kind: &str) -> Result<Option<Resource>, Status> {
+        match self
+            .datastore
+            .clone()
+            .get(GetRequest {
+                key: Some(key(kind, &self.node)),
+            })
+            .await
+        {
+            Ok(r) => Ok(r.into_inner().resource),
+            Err(s) if s.code() == Code::NotFound => Ok(None),
+            Err(s) => Err(s),
+        }
     }
 
-    async fn grant(&self) -> Result<i64, tonic::Status> {
+    async fn grant(&self) -> Result<i64, Status> {
         Ok(self
             .datastore
             .clone()
@@ -94,8 +129,9 @@ impl Registration {
             .lease_id)
     }
 
-    /// Creates or CAS-updates the Node resource on the current lease.
-    async fn write_node(&self) -> Result<(), tonic::Status> {
+    /// Creates or CAS-updates the Node record, on no lease; refuses (UNAVAILABLE) while the
+    /// node is being deleted.
+    async fn write_node(&self) -> Result<(), Status> {
         let spec = Node {
             name: self.node.clone(),
             addresses: Vec::new(),
@@ -106,58 +142,80 @@ impl Registration {
             }),
             labels: None,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
-            register_time: Some(prost_types::Timestamp::from(std::time::SystemTime::now())),
+            register_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+            deletion_time: None,
         };
         let resource = Resource {
-            kind: "Node".into(),
+            kind: NODE_KIND.into(),
             name: self.node.clone(),
-            spec: Some(prost_types::Any {
-                type_url: "type.googleapis.com/kino.types.v1.Node".into(),
-                value: spec.encode_to_vec(),
-            }),
-            lease_id: self.lease.load(Ordering::Relaxed),
+            spec: Some(any("kino.types.v1.Node", &spec)),
             ..Default::default()
         };
+        self.upsert(resource, |current| {
+            let stored = current
+                .spec
+                .as_ref()
+                .and_then(|s| Node::decode(s.value.as_slice()).ok());
+            match stored.and_then(|n| n.deletion_time) {
+                Some(_) => Err(Status::unavailable(format!(
+                    "node {:?} is being deleted (kino node delete); the agent registers it again once that is done",
+                    current.name
+                ))),
+                None => Ok(()),
+            }
+        })
+        .await
+    }
+
+    /// Creates or CAS-updates the NodeHealth record on the current lease.
+    async fn write_health(&self) -> Result<(), Status> {
+        let spec = NodeHealth {
+            name: self.node.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            agent_start_time: Some(self.agent_start_time),
+            lease_ttl_seconds: self.ttl_seconds,
+            register_time: Some(prost_types::Timestamp::from(SystemTime::now())),
+        };
+        let resource = Resource {
+            kind: NODE_HEALTH_KIND.into(),
+            name: self.node.clone(),
+            spec: Some(any("kino.types.v1.NodeHealth", &spec)),
+            lease_id: self.lease,
+            ..Default::default()
+        };
+        self.upsert(resource, |_| Ok(())).await
+    }
+
+    /// Create, or compare-and-swap over what is stored if `may_replace` allows it.
+    async fn upsert(
+        &self,
+        resource: Resource,
+        may_replace: impl Fn(&Resource) -> Result<(), Status>,
+    ) -> Result<(), Status> {
         let mut client = self.datastore.clone();
         loop {
-            match client
-                .get(GetRequest {
-                    key: Some(node_key(&self.node)),
-                })
-                .await
-            {
-                Err(s) if s.code() == tonic::Code::NotFound => {
-                    match client
-                        .create(CreateRequest {
-                            resource: Some(resource.clone()),
-                        })
-                        .await
-                    {
-                        Ok(_) => return Ok(()),
-                        Err(s) if s.code() == tonic::Code::AlreadyExists => continue,
-                        Err(s) => return Err(s),
-                    }
-                }
-                Err(s) => return Err(s),
-                Ok(current) => {
-                    let revision = current
-                        .into_inner()
-                        .resource
-                        .map(|r| r.revision)
-                        .unwrap_or(0);
+            match self.get(&resource.kind).await? {
+                None => match client
+                    .create(CreateRequest {
+                        resource: Some(resource.clone()),
+                    })
+                    .await
+                {
+                    Ok(_) => return Ok(()),
+                    Err(s) if s.code() == Code::AlreadyExists => continue,
+                    Err(s) => return Err(s),
+                },
+                Some(current) => {
+                    may_replace(&current)?;
                     match client
                         .update(UpdateRequest {
                             resource: Some(resource.clone()),
-                            expected_revision: revision,
+                            expected_revision: current.revision,
                         })
                         .await
                     {
                         Ok(_) => return Ok(()),
-                        Err(s)
-                            if matches!(s.code(), tonic::Code::Aborted | tonic::Code::NotFound) =>
-                        {
-                            continue;
-                        }
+                        Err(s) if matches!(s.code(), Code::Aborted | Code::NotFound) => continue,
                         Err(s) => return Err(s),
                     }
                 }
@@ -165,41 +223,64 @@ impl Registration {
         }
     }
 
-    /// Keeps the lease alive every TTL/3. When the lease is lost (datastore down longer than
-    /// the TTL), grants a new one, rewrites the Node and calls `on_new_lease` so lease-bound
-    /// records are written again. Runs until the process ends.
-    pub async fn keep_alive<F, Fut>(self, on_new_lease: F)
+    /// The heartbeat: keeps the lease alive every TTL/3 and checks that the NodeHealth is
+    /// still there. When either is gone, registers again (a new lease, the NodeHealth, the
+    /// Node) and calls `on_registered_again`. Runs until the process ends.
+    pub async fn keep_alive<F, Fut>(mut self, on_registered_again: F)
     where
         F: Fn() -> Fut,
         Fut: Future<Output = ()>,
     {
         let period = Duration::from_secs((self.ttl_seconds / 3).max(1) as u64);
-        let mut client = self.datastore.clone();
         loop {
             tokio::time::sleep(period).await;
-            let lease = self.lease.load(Ordering::Relaxed);
-            match client
-                .keep_alive_lease(KeepAliveLeaseRequest { lease_id: lease })
-                .await
-            {
-                Ok(_) => {}
-                Err(s) if s.code() == tonic::Code::NotFound => {
-                    tracing::warn!(lease, "node lease expired; registering again");
-                    match self.grant().await {
-                        Ok(new) => {
-                            self.lease.store(new, Ordering::Relaxed);
-                            if let Err(e) = self.write_node().await {
-                                tracing::warn!(error = %e, "rewriting the Node resource");
-                            }
-                            on_new_lease().await;
-                        }
-                        Err(e) => tracing::warn!(error = %e, "granting a node lease"),
-                    }
+            match self.beat().await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::info!(node = %self.node, lease = self.lease, "node registered again");
+                    on_registered_again().await;
                 }
                 Err(s) => {
-                    tracing::warn!(lease, error = %s, "node lease keep-alive failed; retrying")
+                    tracing::warn!(node = %self.node, lease = self.lease, code = ?s.code(), error = %s.message(),
+                        "node heartbeat failed; retrying")
                 }
             }
         }
+    }
+
+    /// One heartbeat: `Ok(true)` when all was in place, `Ok(false)` after registering again.
+    async fn beat(&mut self) -> Result<bool, Status> {
+        let lease_alive = match self
+            .datastore
+            .clone()
+            .keep_alive_lease(KeepAliveLeaseRequest {
+                lease_id: self.lease,
+            })
+            .await
+        {
+            Ok(_) => true,
+            Err(s) if s.code() == Code::NotFound => false,
+            Err(s) => return Err(s),
+        };
+        let health = if lease_alive {
+            self.get(NODE_HEALTH_KIND).await?
+        } else {
+            tracing::warn!(node = %self.node, lease = self.lease,
+                "the node's lease has ended (revoked, or the datastore was unreachable longer than the TTL); registering again");
+            None
+        };
+        if health.as_ref().is_some_and(|h| h.lease_id == self.lease) {
+            return Ok(true);
+        }
+        if lease_alive {
+            tracing::warn!(node = %self.node, "the node's NodeHealth is gone (the node was deleted under the running agent?); registering again");
+        } else {
+            self.lease = self.grant().await?;
+        }
+        // The Node first (refused while a deletion is under way: retried at the next beat),
+        // then the liveness that says the node is back.
+        self.write_node().await?;
+        self.write_health().await?;
+        Ok(false)
     }
 }

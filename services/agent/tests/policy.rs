@@ -821,7 +821,6 @@ fn a_policy_snapshot_keeps_streamed_prefixes_until_it_is_synced() {
                 lazy(),
             ),
             policy: kino_api::policy::policy_service_client::PolicyServiceClient::new(lazy()),
-            lease: Default::default(),
         };
         let manager = EndpointManager::new(
             ManagerConfig {

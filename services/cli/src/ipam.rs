@@ -102,16 +102,7 @@ pub async fn run(
     json: bool,
 ) -> Result<String, IpamCliError> {
     let work = async {
-        let channel = kino_service_kit::connect(target, tls).await.map_err(|e| {
-            IpamCliError::Unreachable {
-                target: target.to_owned(),
-                detail: match e {
-                    kino_service_kit::ServiceError::Connect { detail, .. } => detail,
-                    e => e.to_string(),
-                },
-            }
-        })?;
-        let mut client = IpamServiceClient::new(channel);
+        let mut client = IpamServiceClient::new(connect(target, tls).await?);
         match command {
             IpamCommand::Pools { pool, node } => {
                 let pools = pool_status(&mut client, pool, node).await?;
@@ -132,6 +123,28 @@ pub async fn run(
             }
         }
     };
+    within(target, timeout, work).await
+}
+
+/// A channel to kino-ipam (its `kino.ipam.v1` and `kino.node.v1` services).
+pub async fn connect(target: &str, tls: &ClientTlsArgs) -> Result<TracedChannel, IpamCliError> {
+    kino_service_kit::connect(target, tls)
+        .await
+        .map_err(|e| IpamCliError::Unreachable {
+            target: target.to_owned(),
+            detail: match e {
+                kino_service_kit::ServiceError::Connect { detail, .. } => detail,
+                e => e.to_string(),
+            },
+        })
+}
+
+/// Runs `work` against kino-ipam at `target`, giving up after `timeout`.
+pub async fn within<T>(
+    target: &str,
+    timeout: Duration,
+    work: impl Future<Output = Result<T, IpamCliError>>,
+) -> Result<T, IpamCliError> {
     tokio::time::timeout(timeout, work)
         .await
         .unwrap_or_else(|_| {
@@ -142,7 +155,8 @@ pub async fn run(
         })
 }
 
-fn refused(status: tonic::Status) -> IpamCliError {
+/// kino-ipam's refusal, as the command's error.
+pub fn refused(status: tonic::Status) -> IpamCliError {
     IpamCliError::Refused {
         code: status.code(),
         message: status.message().to_owned(),

@@ -1,7 +1,9 @@
 //! The `kino` command-line tool: one module per command group.
 //!
 //! [`status`] (`kino status`), [`endpoint`] (`kino endpoint list/get`) and [`bpf`] (`kino bpf
-//! endpoint|ipcache|policy|ct list`), both from the agent over [`agent`], [`ipam`] (`kino ipam pools/allocations`), [`policy`] (`kino policy
+//! endpoint|ipcache|policy|ct list`), both from the agent over [`agent`], [`ipam`] (`kino ipam
+//! pools/allocations`) and [`node`] (`kino node list/get/delete`), both from kino-ipam,
+//! [`policy`] (`kino policy
 //! import/validate/get/list/delete/trace`) and [`identity`] (`kino identity list/get`, both
 //! from kino-policy-compiler over [`compiler`]) and [`observe`] (`kino observe`, flows from
 //! the agent's flow observer) are every group the design names.
@@ -15,6 +17,7 @@ pub mod endpoint;
 pub mod identity;
 pub mod ipam;
 pub mod labels;
+pub mod node;
 pub mod observe;
 pub mod policy;
 pub mod proto_json;

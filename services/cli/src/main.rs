@@ -15,7 +15,8 @@ const EXIT_FAILURE: u8 = 1;
 /// Exit status of usage errors.
 const EXIT_USAGE: u8 = 2;
 
-/// Operate a Kinocilium suite: status, endpoints, policies, identities, IPAM, BPF maps, flows.
+/// Operate a Kinocilium suite: status, endpoints, policies, identities, IPAM, nodes, BPF maps,
+/// flows.
 #[derive(Parser, Debug)]
 #[command(name = "kino", version, about)]
 struct Cli {
@@ -107,6 +108,8 @@ enum Command {
     Identity(kino_cli::identity::IdentityArgs),
     /// IP pools with their utilisation, and allocated addresses.
     Ipam(IpamArgs),
+    /// The cluster's nodes: list, get, delete (kino-ipam).
+    Node(kino_cli::node::NodeArgs),
     /// The agent's BPF maps: endpoints, ipcache, policy, conntrack.
     Bpf(kino_cli::bpf::BpfArgs),
     /// Flows seen by the agent's flow observer, filtered (Hubble's `hubble observe`).
@@ -181,6 +184,7 @@ async fn main() -> ExitCode {
             return kino_cli::identity::execute(&args, target, output_format(&cli.global)).await;
         }
         Command::Ipam(args) => return ipam(&cli.global, &args).await,
+        Command::Node(args) => return node(&cli.global, &args).await,
         Command::Bpf(args) => {
             let json = cli.global.output == Output::Json;
             let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
@@ -221,20 +225,23 @@ fn output_format(global: &GlobalArgs) -> kino_cli::policy::OutputFormat {
 
 async fn ipam(global: &GlobalArgs, args: &IpamArgs) -> ExitCode {
     let json = global.output == Output::Json;
-    match kino_cli::ipam::run(
-        &args.command,
-        &global.ipam,
-        &global.upstream_tls,
-        global.timeout,
-        json,
-    )
-    .await
-    {
+    let (target, tls, timeout) = (&global.ipam, &global.upstream_tls, global.timeout);
+    let result = kino_cli::ipam::run(&args.command, target, tls, timeout, json).await;
+    // The ipam tables end with a newline; its JSON does not.
+    print_ipam(result.map(|text| if json { text + "\n" } else { text }))
+}
+
+async fn node(global: &GlobalArgs, args: &kino_cli::node::NodeArgs) -> ExitCode {
+    let json = global.output == Output::Json;
+    let (target, tls, timeout) = (&global.ipam, &global.upstream_tls, global.timeout);
+    print_ipam(kino_cli::node::run(&args.command, target, tls, timeout, json).await)
+}
+
+/// Prints what a kino-ipam command returned, or its error.
+fn print_ipam(result: Result<String, kino_cli::ipam::IpamCliError>) -> ExitCode {
+    match result {
         Ok(text) => {
             print!("{text}");
-            if json {
-                println!();
-            }
             ExitCode::SUCCESS
         }
         Err(error) => {

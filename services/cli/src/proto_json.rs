@@ -38,6 +38,9 @@ proto_messages! {
     kino_api::agent::ListBpfConntrackResponse => "kino.agent.v1.ListBpfConntrackResponse",
     kino_api::flow::Flow => "kino.flow.v1.Flow",
     kino_api::flow::GetFlowsResponse => "kino.flow.v1.GetFlowsResponse",
+    kino_api::node::ListNodesResponse => "kino.node.v1.ListNodesResponse",
+    kino_api::node::GetNodeResponse => "kino.node.v1.GetNodeResponse",
+    kino_api::node::DeleteNodeResponse => "kino.node.v1.DeleteNodeResponse",
 }
 
 fn pool() -> &'static DescriptorPool {

@@ -6,6 +6,7 @@ use std::fmt;
 /// cannot silently create a new keyspace.
 pub const KINDS: &[&str] = &[
     "Node",
+    "NodeHealth",
     "IPPool",
     "NodeAllocation",
     "IPAllocation",

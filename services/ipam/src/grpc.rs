@@ -244,19 +244,19 @@ impl IpamService for IpamGrpc {
         let request = request.into_inner();
         required_node("node", &request.node)?;
         let pool = pool_or_default("pool", request.pool)?;
-        if request.lease_id < 0 {
+        // Deprecated: a node's blocks never hang on a lease (a lapsed lease does not mean
+        // its pods are gone); the field is still checked, then ignored.
+        #[allow(deprecated)]
+        let lease_id = request.lease_id;
+        if lease_id < 0 {
             return Err(invalid(
                 "lease_id",
-                format!("{} is negative; pass 0 for none", request.lease_id),
+                format!("{lease_id} is negative; pass 0 (the field is ignored)"),
             ));
         }
         let ipam = self.ipam.clone();
         let node = request.node;
-        let record = detached(async move {
-            ipam.allocate_node_cidrs(&pool, &node, request.lease_id)
-                .await
-        })
-        .await?;
+        let record = detached(async move { ipam.allocate_node_cidrs(&pool, &node).await }).await?;
         Ok(Response::new(pb::AllocateNodeCidrsResponse {
             allocation: Some(record.value.to_proto()),
         }))

@@ -9,8 +9,9 @@
 //! - [`records`]: the stored records as domain types and their protobuf specs.
 //! - [`persistence`]: the datastore client and record names.
 //! - [`service`]: [`service::Ipam`], the protocols over the datastore.
-//! - [`node_watch`]: gives back the blocks of deleted nodes.
-//! - [`grpc`]: the `kino.ipam.v1` adapter; [`metrics`]: what Prometheus sees.
+//! - [`node_watch`]: finishes node deletions that were interrupted.
+//! - [`grpc`]: the `kino.ipam.v1` adapter; [`node_grpc`]: the `kino.node.v1` adapter (nodes,
+//!   their health, their explicit deletion); [`metrics`]: what Prometheus sees.
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod allocator;
 pub mod error;
 pub mod grpc;
 pub mod metrics;
+pub mod node_grpc;
 pub mod node_watch;
 pub mod owner;
 pub mod persistence;

@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kino_ipam::grpc::IpamGrpc;
+use kino_ipam::node_grpc::NodeGrpc;
 use kino_ipam::persistence::Datastore;
 use kino_ipam::pool::{DEFAULT_POOL, PoolConfig, RawFamily};
 use kino_ipam::service::DefaultPoolOutcome;
@@ -143,17 +144,44 @@ async fn main() -> anyhow::Result<()> {
     if let Some(pool) = default_pool {
         tokio::spawn(ensure_default_pool(ipam.clone(), pool));
     }
-    tokio::spawn(kino_ipam::node_watch::release_deleted_nodes(ipam.clone()));
+    tokio::spawn(detach_leases(ipam.clone()));
+    tokio::spawn(kino_ipam::node_watch::finish_interrupted_deletions(
+        ipam.clone(),
+    ));
     kino_ipam::metrics::install(ipam.clone());
     let _metrics = kino_telemetry::metrics::serve("kino-ipam", config.metrics_address).await?;
     tracing::info!(datastore = %config.datastore, "kino-ipam ready");
     serve(
         ServeSpec::new("kino-ipam", config.listen)
             .with_tls(config.tls)
-            .add_service(IpamGrpc::new(ipam).into_server()),
+            .add_service(IpamGrpc::new(ipam.clone()).into_server())
+            .add_service(NodeGrpc::new(ipam).into_server()),
     )
     .await?;
     Ok(())
+}
+
+/// Moves the records an older kino-ipam attached to node leases off them, retrying while the
+/// datastore is not reachable (a lease that ends must never free a running pod's address).
+async fn detach_leases(ipam: Arc<Ipam>) {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match ipam.detach_leases().await {
+            Ok(0) => return,
+            Ok(moved) => {
+                tracing::info!(
+                    moved,
+                    "moved node records off the leases an older kino-ipam put them on"
+                );
+                return;
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in = ?delay, "cannot check for lease-bound records yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// Creates the default pool if missing, retrying while the datastore is not reachable.

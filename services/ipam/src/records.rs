@@ -1,6 +1,7 @@
 //! The records kino-ipam keeps in the datastore, as domain types, and their protobuf specs
 //! (`kino.ipam.v1` IPPool, NodeAllocation, IPAllocation, OwnerClaim). The same messages
-//! are the API's, so `grpc` reuses the `to_proto` side.
+//! are the API's, so `grpc` reuses the `to_proto` side. Also the agents' Node and NodeHealth
+//! records, which the node deletion reads and removes.
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -289,6 +290,39 @@ impl Spec for Claim {
             bound: p.bound,
             update_time: system_time(p.update_time),
         })
+    }
+}
+
+/// A node's existence (kind Node, written by its agent; read, marked for deletion and
+/// deleted here by the node deletion). The protobuf message is the domain type: kino-ipam
+/// only reads its name and `deletion_time`.
+impl Spec for kino_api::types::Node {
+    const KIND: &'static str = "Node";
+    const MESSAGE: &'static str = "kino.types.v1.Node";
+    type Proto = Self;
+
+    fn to_proto(&self) -> Self {
+        self.clone()
+    }
+
+    fn from_proto(proto: Self) -> Result<Self, String> {
+        Ok(proto)
+    }
+}
+
+/// A node's liveness (kind NodeHealth, on its agent's lease; read and, by the node deletion,
+/// deleted here).
+impl Spec for kino_api::types::NodeHealth {
+    const KIND: &'static str = "NodeHealth";
+    const MESSAGE: &'static str = "kino.types.v1.NodeHealth";
+    type Proto = Self;
+
+    fn to_proto(&self) -> Self {
+        self.clone()
+    }
+
+    fn from_proto(proto: Self) -> Result<Self, String> {
+        Ok(proto)
     }
 }
 

@@ -14,6 +14,7 @@
 
 mod addresses;
 mod node_cidrs;
+mod nodes;
 mod pools;
 mod status;
 
@@ -23,7 +24,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 pub use addresses::{AllocateArgs, Allocated, GcArgs, ReleaseTarget};
-pub use node_cidrs::LeaseChange;
+pub use nodes::{
+    BlockUsage, DeletedNode, ENDPOINT_KIND, FINISH_DELETION_AFTER, Liveness, NodeView,
+};
 pub use pools::{DefaultPoolOutcome, describe as describe_pool};
 pub use status::{AllocationPage, FamilyUsage, ListArgs, NodeUsage, PoolUsage};
 

@@ -1,18 +1,19 @@
 //! The `kino.ipam.v1` API end to end over real gRPC, on both datastore backends (embedded
-//! file and real etcd): pools, node blocks, allocation, release, GC, exhaustion, leases,
-//! deleted nodes, and the races between replicas (same owner, same blocks, dead requests).
+//! file and real etcd): pools, node blocks, allocation, release, GC, exhaustion, node
+//! releases, and the races between replicas (same owner, same blocks, dead requests).
 //! Each replica is a separate `Ipam` with its own caches, as separate processes would be.
 
 mod backends;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
-use std::time::{Duration, Instant};
 
 use backends::{Replica, World, default_pool};
 use futures::future::join_all;
+use std::time::{Duration, Instant};
+
 use kino_api::datastore::{
-    CreateRequest, DeleteRequest, GrantLeaseRequest, ListRequest, Resource, ResourceKey,
-    RevokeLeaseRequest,
+    CreateRequest, DeleteRequest, GetRequest, GrantLeaseRequest, ListRequest, Resource,
+    ResourceKey, RevokeLeaseRequest, UpdateRequest,
 };
 use kino_api::ipam as pb;
 use kino_api::types::IpFamily;
@@ -20,6 +21,7 @@ use kino_ipam::IpamOptions;
 use kino_ipam::persistence::Datastore;
 use kino_ipam::records::{Claim, NodeBlock, NodeBlocks};
 use kino_ipam::service::DefaultPoolOutcome;
+use prost::Message;
 use tonic::{Code, Status};
 
 type Client = kino_api::ipam::ipam_service_client::IpamServiceClient<tonic::transport::Channel>;
@@ -99,11 +101,11 @@ fn address_of(r: &pb::AllocateResponse) -> String {
     r.allocation.as_ref().unwrap().address.clone()
 }
 
-async fn node_cidrs(c: &mut Client, node: &str, pool: &str, lease: i64) -> pb::NodeAllocation {
+async fn node_cidrs(c: &mut Client, node: &str, pool: &str) -> pb::NodeAllocation {
     c.allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
         node: node.into(),
         pool: pool.into(),
-        lease_id: lease,
+        ..Default::default()
     })
     .await
     .unwrap_or_else(|s| panic!("AllocateNodeCidrs {node}: {s:?}"))
@@ -182,6 +184,185 @@ async fn address_records(w: &World, pool: &str) -> Vec<Resource> {
         .into_iter()
         .filter(|r| !r.name.starts_with("owner:"))
         .collect()
+}
+
+/// Every IPAM record of a node in the default pool (its node record, block claims,
+/// addresses and owner claims).
+async fn node_records(w: &World, node: &str) -> Vec<Resource> {
+    let mut out = Vec::new();
+    for resource in raw(w, "NodeAllocation", "default")
+        .await
+        .into_iter()
+        .chain(raw(w, "IPAllocation", "default").await)
+    {
+        let spec = resource.spec.as_ref().unwrap();
+        let of_node = match spec.type_url.rsplit('/').next().unwrap() {
+            "kino.ipam.v1.NodeAllocation" => {
+                pb::NodeAllocation::decode(spec.value.as_slice())
+                    .unwrap()
+                    .node
+                    == node
+            }
+            "kino.ipam.v1.IPAllocation" => {
+                pb::IpAllocation::decode(spec.value.as_slice())
+                    .unwrap()
+                    .node
+                    == node
+            }
+            "kino.ipam.v1.OwnerClaim" => {
+                pb::OwnerClaim::decode(spec.value.as_slice()).unwrap().node == node
+            }
+            other => panic!("unexpected record type {other}"),
+        };
+        if of_node {
+            out.push(resource);
+        }
+    }
+    out
+}
+
+async fn grant(w: &World) -> i64 {
+    w.datastore
+        .clone()
+        .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
+        .await
+        .unwrap()
+        .into_inner()
+        .lease_id
+}
+
+async fn revoke(w: &World, lease: i64) {
+    w.datastore
+        .clone()
+        .revoke_lease(RevokeLeaseRequest { lease_id: lease })
+        .await
+        .unwrap();
+}
+
+/// Puts records on `lease`, as a kino-ipam of before node deletions did.
+async fn attach(w: &World, records: &[Resource], lease: i64) {
+    for record in records {
+        w.datastore
+            .clone()
+            .update(UpdateRequest {
+                resource: Some(Resource {
+                    lease_id: lease,
+                    ..record.clone()
+                }),
+                expected_revision: record.revision,
+            })
+            .await
+            .unwrap_or_else(|s| panic!("attaching {} to lease {lease}: {s:?}", record.name));
+    }
+}
+
+/// Writes (creates or replaces) a raw resource.
+async fn put_raw(w: &World, resource: Resource) {
+    let mut d = w.datastore.clone();
+    let key = ResourceKey {
+        kind: resource.kind.clone(),
+        namespace: resource.namespace.clone(),
+        name: resource.name.clone(),
+    };
+    let current = d.get(GetRequest { key: Some(key) }).await;
+    match current {
+        Ok(current) => {
+            let revision = current.into_inner().resource.unwrap().revision;
+            d.update(UpdateRequest {
+                resource: Some(resource),
+                expected_revision: revision,
+            })
+            .await
+            .unwrap();
+        }
+        Err(_) => {
+            d.create(CreateRequest {
+                resource: Some(resource),
+            })
+            .await
+            .unwrap();
+        }
+    }
+}
+
+async fn delete_raw(w: &World, kind: &str, namespace: &str, name: &str) {
+    w.datastore
+        .clone()
+        .delete(DeleteRequest {
+            key: Some(ResourceKey {
+                kind: kind.into(),
+                namespace: namespace.into(),
+                name: name.into(),
+            }),
+            expected_revision: 0,
+        })
+        .await
+        .unwrap();
+}
+
+fn spec<T: Message>(message: &str, value: &T) -> Option<prost_types::Any> {
+    Some(prost_types::Any {
+        type_url: format!("type.googleapis.com/{message}"),
+        value: value.encode_to_vec(),
+    })
+}
+
+/// A Node record as an agent writes it (no lease), optionally marked for deletion.
+async fn put_node(w: &World, name: &str, deletion: Option<std::time::SystemTime>) {
+    let node = kino_api::types::Node {
+        name: name.into(),
+        deletion_time: deletion.map(Into::into),
+        ..Default::default()
+    };
+    put_raw(
+        w,
+        Resource {
+            kind: "Node".into(),
+            name: name.into(),
+            spec: spec("kino.types.v1.Node", &node),
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// A NodeHealth record as an agent writes it, on `lease`.
+async fn put_health(w: &World, name: &str, lease: i64) {
+    let health = kino_api::types::NodeHealth {
+        name: name.into(),
+        agent_version: "test".into(),
+        lease_ttl_seconds: 600,
+        ..Default::default()
+    };
+    put_raw(
+        w,
+        Resource {
+            kind: "NodeHealth".into(),
+            name: name.into(),
+            spec: spec("kino.types.v1.NodeHealth", &health),
+            lease_id: lease,
+            ..Default::default()
+        },
+    )
+    .await;
+}
+
+/// An agent's Endpoint record on `node`.
+async fn put_endpoint(w: &World, node: &str, id: &str) {
+    put_raw(
+        w,
+        Resource {
+            kind: "Endpoint".into(),
+            namespace: node.into(),
+            name: id.into(),
+            spec: spec(
+                "kino.agent.v1.Endpoint",
+                &kino_api::agent::Endpoint::default(),
+            ),
+            ..Default::default()
+        },
+    )
+    .await;
 }
 
 fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, words: &[&str]) {
@@ -387,22 +568,22 @@ mod cases {
         );
         let (mut c1, mut c2) = (r1.client.clone(), r2.client.clone());
 
-        let n1 = node_cidrs(&mut c1, "node-1", "", 0).await;
+        let n1 = node_cidrs(&mut c1, "node-1", "").await;
         assert_eq!(cidrs(&n1), ["10.0.0.0/24", "fd00::/120"]);
         assert_eq!(n1.cidrs[0].gateway, "10.0.0.1");
         assert_eq!(n1.cidrs[1].gateway, "fd00::1");
         assert_eq!(n1.pool, "default");
         assert_eq!(
-            cidrs(&node_cidrs(&mut c2, "node-1", "default", 0).await),
+            cidrs(&node_cidrs(&mut c2, "node-1", "default").await),
             cidrs(&n1)
         );
-        let n2 = node_cidrs(&mut c2, "node-2", "", 0).await;
+        let n2 = node_cidrs(&mut c2, "node-2", "").await;
         assert_eq!(cidrs(&n2), ["10.0.1.0/24", "fd00::100/120"]);
 
         // A restarted replica (fresh caches) gives the same answers.
         let mut restarted = w.replica().await.client;
         assert_eq!(
-            cidrs(&node_cidrs(&mut restarted, "node-1", "", 0).await),
+            cidrs(&node_cidrs(&mut restarted, "node-1", "").await),
             cidrs(&n1)
         );
         let got = restarted
@@ -446,7 +627,7 @@ mod cases {
             .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
                 node: "n".into(),
                 pool: "nope".into(),
-                lease_id: 0,
+                ..Default::default()
             })
             .await;
         assert_status(bad, Code::NotFound, &["pool", "\"nope\""]);
@@ -461,7 +642,7 @@ mod cases {
                 let mut client = client.clone();
                 calls.push(async move {
                     let node = format!("burst-{n}");
-                    (node.clone(), node_cidrs(&mut client, &node, "", 0).await)
+                    (node.clone(), node_cidrs(&mut client, &node, "").await)
                 });
             }
         }
@@ -806,94 +987,12 @@ mod cases {
         w.finish().await;
     }
 
-    pub async fn leases_and_deleted_nodes_give_everything_back(mut w: World) {
+    pub async fn release_node_cidrs_refuses_then_forces(mut w: World) {
         let r = w.replica().await;
         with_default_pool(&r).await;
         let mut c = r.client.clone();
-        let lease = w
-            .datastore
-            .clone()
-            .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
-            .await
-            .unwrap()
-            .into_inner()
-            .lease_id;
-        let n1 = node_cidrs(&mut c, "n1", "", lease).await;
-        allocate(&mut c, "n1", "", V4, "c1").await.unwrap();
-        allocate(&mut c, "n1", "", V6, "c1").await.unwrap();
-        for resource in raw(&w, "NodeAllocation", "default")
-            .await
-            .into_iter()
-            .chain(raw(&w, "IPAllocation", "default").await)
-        {
-            assert_eq!(
-                resource.lease_id, lease,
-                "{} hangs on the node lease",
-                resource.name
-            );
-        }
-        // The lease ends: blocks, addresses and claims are gone.
-        w.datastore
-            .clone()
-            .revoke_lease(RevokeLeaseRequest { lease_id: lease })
-            .await
-            .unwrap();
-        assert!(raw(&w, "NodeAllocation", "default").await.is_empty());
-        assert!(raw(&w, "IPAllocation", "default").await.is_empty());
-        let none = c
-            .get_node_cidrs(pb::GetNodeCidrsRequest {
-                node: "n1".into(),
-                pool: String::new(),
-            })
-            .await
-            .unwrap()
-            .into_inner()
-            .allocations;
-        assert!(none.is_empty());
-        // The replica's caches do not resurrect anything: the node gets blocks anew.
-        let fresh = allocate(&mut c, "n1", "", V4, "c2").await.unwrap();
-        assert_eq!(fresh.allocation.unwrap().node_cidr, cidrs(&n1)[0]);
-        let gone = c
-            .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
-                node: "n1".into(),
-                pool: String::new(),
-                lease_id: lease,
-            })
-            .await;
-        assert_status(gone, Code::NotFound, &["lease_id"]);
-
-        // Moving to a new lease moves every record of the node.
-        let (a, b) = {
-            let mut d = w.datastore.clone();
-            let a = d
-                .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
-                .await
-                .unwrap()
-                .into_inner()
-                .lease_id;
-            let b = d
-                .grant_lease(GrantLeaseRequest { ttl_seconds: 600 })
-                .await
-                .unwrap()
-                .into_inner()
-                .lease_id;
-            (a, b)
-        };
-        node_cidrs(&mut c, "n4", "", a).await;
-        allocate(&mut c, "n4", "", V4, "m1").await.unwrap();
-        node_cidrs(&mut c, "n4", "", b).await;
-        w.datastore
-            .clone()
-            .revoke_lease(RevokeLeaseRequest { lease_id: a })
-            .await
-            .unwrap();
-        let kept = list_all(&mut c, "n4", "").await;
-        assert_eq!(
-            kept.len(),
-            1,
-            "records moved to the new lease survive the old one"
-        );
-
+        node_cidrs(&mut c, "n1", "").await;
+        allocate(&mut c, "n1", "", V4, "c2").await.unwrap();
         // ReleaseNodeCidrs: refused while addresses are allocated, unless forced.
         let refused = c
             .release_node_cidrs(pb::ReleaseNodeCidrsRequest {
@@ -934,68 +1033,226 @@ mod cases {
             again.released.is_empty() && again.freed.is_empty(),
             "idempotent"
         );
+        w.finish().await;
+    }
 
-        // A deleted Node resource gives its blocks and addresses back (the replica watches
-        // Nodes). The replica's watch may not be established yet: repeat until it reacts.
-        let node_key = ResourceKey {
-            kind: "Node".into(),
-            namespace: String::new(),
-            name: "n3".into(),
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        'released: loop {
-            let node = Resource {
-                kind: "Node".into(),
-                name: "n3".into(),
-                spec: Some(prost_types::Any {
-                    type_url: "type.googleapis.com/kino.types.v1.Node".into(),
-                    value: Vec::new(),
-                }),
+    /// A node's existence is not its lease: nothing IPAM holds for a node hangs on one, a
+    /// lapsed lease or a vanished Node record frees nothing, records an older kino-ipam put
+    /// on a lease are moved off, a node's block goes to no other node while it holds
+    /// addresses, and only DeleteNode gives a node's blocks and addresses back.
+    pub async fn leases_free_nothing_and_only_node_deletion_does(mut w: World) {
+        let r = w.replica().await;
+        with_default_pool(&r).await;
+        let mut c = r.client.clone();
+        let mut nodes = r.nodes.clone();
+
+        // AllocateNodeCidrs' lease_id is ignored: no record hangs on it.
+        let lease = grant(&w).await;
+        #[allow(deprecated)]
+        let n1 = c
+            .allocate_node_cidrs(pb::AllocateNodeCidrsRequest {
+                node: "n1".into(),
+                lease_id: lease,
                 ..Default::default()
-            };
-            let _ = w
-                .datastore
-                .clone()
-                .create(CreateRequest {
-                    resource: Some(node),
-                })
-                .await;
-            allocate(&mut c, "n3", "", V4, "d1").await.unwrap();
-            w.datastore
-                .clone()
-                .delete(DeleteRequest {
-                    key: Some(node_key.clone()),
-                    expected_revision: 0,
-                })
-                .await
-                .unwrap();
-            let wait_until = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < wait_until {
-                let left = c
-                    .get_node_cidrs(pb::GetNodeCidrsRequest {
-                        node: "n3".into(),
-                        pool: String::new(),
-                    })
-                    .await
-                    .unwrap()
-                    .into_inner()
-                    .allocations;
-                if left.is_empty() {
-                    break 'released;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .allocation
+            .unwrap();
+        let v4 = address_of(&allocate(&mut c, "n1", "", V4, "c1").await.unwrap());
+        allocate(&mut c, "n1", "", V6, "c1").await.unwrap();
+        let held = node_records(&w, "n1").await;
+        assert_eq!(
+            held.len(),
+            1 + 2 + 2 + 2,
+            "node, 2 block claims, 2 addresses, 2 owner claims: {held:?}"
+        );
+        assert!(
+            held.iter().all(|r| r.lease_id == 0),
+            "nothing on a lease: {held:?}"
+        );
+        revoke(&w, lease).await;
+        assert_eq!(
+            node_records(&w, "n1").await.len(),
+            held.len(),
+            "revoking the lease frees nothing"
+        );
+
+        // Records an older kino-ipam attached to the node's lease: moved off at start-up ...
+        let old = grant(&w).await;
+        attach(&w, &held, old).await;
+        assert_eq!(r.ipam.detach_leases().await.unwrap(), held.len());
+        revoke(&w, old).await;
+        assert_eq!(
+            node_records(&w, "n1").await.len(),
+            held.len(),
+            "moved off before the lease ended"
+        );
+        // ... and whenever the node's blocks are next read.
+        let old = grant(&w).await;
+        attach(&w, &node_records(&w, "n1").await, old).await;
+        let r2 = w.replica().await;
+        let mut c2 = r2.client.clone();
+        allocate(&mut c2, "n1", "", V4, "c2").await.unwrap();
+        revoke(&w, old).await;
+        let after = node_records(&w, "n1").await;
+        assert_eq!(
+            after.len(),
+            held.len() + 2,
+            "c1's and c2's records all kept: {after:?}"
+        );
+
+        // A Node record that vanishes frees nothing either (it used to release the node).
+        put_node(&w, "n1", None).await;
+        delete_raw(&w, "Node", "", "n1").await;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        assert_eq!(node_records(&w, "n1").await.len(), held.len() + 2);
+
+        // The node's blocks go to no other node while they are its.
+        let n2 = node_cidrs(&mut c, "n2", "").await;
+        for block in cidrs(&n2) {
+            assert!(!cidrs(&n1).contains(&block), "n2 got n1's block {block}");
+        }
+
+        // The node as operators see it.
+        put_node(&w, "n1", None).await;
+        let health_lease = grant(&w).await;
+        put_health(&w, "n1", health_lease).await;
+        put_endpoint(&w, "n1", "7").await;
+        let got = nodes
+            .get_node(kino_api::node::GetNodeRequest { name: "n1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .node
+            .unwrap();
+        assert_eq!(got.health(), kino_api::node::NodeHealthState::Live);
+        assert_eq!(got.endpoints, 1);
+        let allocated: Vec<(String, u64)> = got
+            .pod_cidrs
+            .iter()
+            .map(|p| (p.cidr.clone(), p.allocated))
+            .collect();
+        assert_eq!(
+            allocated,
+            vec![(cidrs(&n1)[0].clone(), 2), (cidrs(&n1)[1].clone(), 1)]
+        );
+        let listed: Vec<String> = nodes
+            .list_nodes(kino_api::node::ListNodesRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .nodes
+            .into_iter()
+            .map(|n| n.name)
+            .collect();
+        assert_eq!(listed, ["n1", "n2"]);
+
+        // DeleteNode: refused while the node's agent is live, unless forced.
+        let refused = nodes
+            .delete_node(kino_api::node::DeleteNodeRequest {
+                name: "n1".into(),
+                force: false,
+            })
+            .await;
+        assert_status(
+            refused,
+            Code::FailedPrecondition,
+            &["\"n1\"", "live", "force"],
+        );
+        assert_eq!(
+            node_records(&w, "n1").await.len(),
+            held.len() + 2,
+            "a refused deletion changes nothing"
+        );
+        // The lease lapses: the node is unreachable, and still holds everything.
+        revoke(&w, health_lease).await;
+        let got = nodes
+            .get_node(kino_api::node::GetNodeRequest { name: "n1".into() })
+            .await
+            .unwrap()
+            .into_inner()
+            .node
+            .unwrap();
+        assert_eq!(got.health(), kino_api::node::NodeHealthState::Unreachable);
+        assert_eq!(got.endpoints, 1);
+        let deleted = nodes
+            .delete_node(kino_api::node::DeleteNodeRequest {
+                name: "n1".into(),
+                force: false,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(deleted.released_cidrs, cidrs(&n1));
+        assert_eq!(deleted.freed_addresses.len(), 3, "{deleted:?}");
+        assert!(deleted.freed_addresses.contains(&v4));
+        assert_eq!(deleted.deleted_endpoints, 1);
+        assert!(
+            node_records(&w, "n1").await.is_empty(),
+            "nothing of n1 is left"
+        );
+        for kind in ["Node", "NodeHealth"] {
             assert!(
-                Instant::now() < deadline,
-                "the deleted node n3 kept its blocks"
+                raw(&w, kind, "").await.iter().all(|r| r.name != "n1"),
+                "{kind} n1 left"
             );
         }
-        let (addresses, claims) = r.ipam.store().address_records("default").await.unwrap();
-        assert!(
-            addresses.iter().all(|a| a.value.node != "n3")
-                && claims.iter().all(|c| c.value.node != "n3"),
-            "the deleted node's addresses are freed"
+        assert!(raw(&w, "Endpoint", "n1").await.is_empty());
+        let gone = nodes
+            .get_node(kino_api::node::GetNodeRequest { name: "n1".into() })
+            .await;
+        assert_status(gone, Code::NotFound, &["\"n1\"", "kino node list"]);
+        let again = nodes
+            .delete_node(kino_api::node::DeleteNodeRequest {
+                name: "n1".into(),
+                force: true,
+            })
+            .await;
+        assert_status(again, Code::NotFound, &["\"n1\""]);
+        // Its addresses are free again: the next node gets its block back.
+        let n3 = node_cidrs(&mut c, "n3", "").await;
+        assert_eq!(cidrs(&n3), cidrs(&n1));
+
+        // Forced deletion of a live node.
+        put_node(&w, "n3", None).await;
+        put_health(&w, "n3", grant(&w).await).await;
+        allocate(&mut c, "n3", "", V4, "c9").await.unwrap();
+        let forced = nodes
+            .delete_node(kino_api::node::DeleteNodeRequest {
+                name: "n3".into(),
+                force: true,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            forced.node.unwrap().health(),
+            kino_api::node::NodeHealthState::Live
         );
+        assert_eq!(forced.freed_addresses.len(), 1);
+        assert!(node_records(&w, "n3").await.is_empty());
+
+        // An interrupted deletion (marked long ago, its deleter gone) is finished by the
+        // replicas' watcher.
+        node_cidrs(&mut c, "n4", "").await;
+        allocate(&mut c, "n4", "", V4, "c10").await.unwrap();
+        put_node(
+            &w,
+            "n4",
+            Some(std::time::SystemTime::now() - kino_ipam::service::FINISH_DELETION_AFTER * 2),
+        )
+        .await;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !node_records(&w, "n4").await.is_empty() {
+            assert!(
+                Instant::now() < deadline,
+                "the marked node n4 was never finished"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert!(raw(&w, "Node", "").await.iter().all(|r| r.name != "n4"));
         w.finish().await;
     }
 
@@ -1051,7 +1308,7 @@ mod cases {
         let r = w.replica().await;
         with_default_pool(&r).await;
         let mut c = r.client.clone();
-        node_cidrs(&mut c, "n1", "", 0).await;
+        node_cidrs(&mut c, "n1", "").await;
         let store = r.ipam.store().clone();
         let ghost = |container: &str, address: &str| Claim {
             owner: kino_ipam::owner::Owner {
@@ -1354,7 +1611,8 @@ suite!(
     node_cidrs_are_idempotent_across_replicas_and_restarts,
     allocate_release_and_gc,
     exhaustion_names_pool_node_and_use_and_nodes_grow,
-    leases_and_deleted_nodes_give_everything_back,
+    release_node_cidrs_refuses_then_forces,
+    leases_free_nothing_and_only_node_deletion_does,
     replicas_racing_on_one_owner_agree,
     half_done_claims_are_finished_or_taken_over,
     many_concurrent_allocations_and_releases_never_duplicate,

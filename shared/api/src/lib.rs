@@ -54,6 +54,15 @@ pub mod kino {
         }
     }
 
+    /// Package `kino.node.*`.
+    pub mod node {
+        /// `kino.node.v1`: the cluster's nodes (list, health, explicit deletion).
+        #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+        pub mod v1 {
+            tonic::include_proto!("kino.node.v1");
+        }
+    }
+
     /// Package `kino.flow.*`.
     pub mod flow {
         /// `kino.flow.v1`: the flow observer API (Hubble-like flow events).
@@ -72,6 +81,8 @@ pub use kino::datastore::v1 as datastore;
 pub use kino::flow::v1 as flow;
 /// Short alias for [`kino::ipam::v1`].
 pub use kino::ipam::v1 as ipam;
+/// Short alias for [`kino::node::v1`].
+pub use kino::node::v1 as node;
 /// Short alias for [`kino::policy::v1`].
 pub use kino::policy::v1 as policy;
 /// Short alias for [`kino::types::v1`].
@@ -92,6 +103,7 @@ mod tests {
             "kino.policy.v1",
             "kino.agent.v1",
             "kino.flow.v1",
+            "kino.node.v1",
         ] {
             assert!(
                 set.file.iter().any(|f| f.package() == package),

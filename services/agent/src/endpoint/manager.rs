@@ -1,14 +1,12 @@
 //! The endpoint manager: CNI ADD/DEL/CHECK/GC as the agent API sees them. An endpoint is an
 //! IP from IPAM, a veth pair with the datapath attached (`super::create_endpoint`), an
-//! `Endpoint` resource in the datastore (on the node's lease) and a local checkpoint (so an
-//! agent restart adopts it). Every step of a creation is undone if a later one fails; a
+//! `Endpoint` resource in the datastore (on no lease: it outlives its agent's absence) and a
+//! local checkpoint (so an agent restart adopts it, re-claiming its addresses first). Every step of a creation is undone if a later one fails; a
 //! deletion keeps going past errors and reports all of them.
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
 
 use kino_api::agent::{
     Attachment, CheckEndpointRequest, CniInterface, CniIpConfig, CniRoute, CreateEndpointRequest,
@@ -46,6 +44,7 @@ use crate::grpc::policy::{ipcache_entry_from_proto, policy_update_from_proto};
 use crate::netlink::{MacAddr, Netlink};
 
 mod labels;
+mod ownership;
 
 pub use labels::{LabelsUpdated, edit_labels};
 
@@ -167,7 +166,7 @@ pub struct ManagerConfig {
     pub policy_target: String,
 }
 
-/// The services the manager calls and the node lease its records hang on.
+/// The services the manager calls.
 #[derive(Clone)]
 pub struct Peers {
     /// kino-ipam.
@@ -176,8 +175,6 @@ pub struct Peers {
     pub datastore: DatastoreServiceClient<TracedChannel>,
     /// kino-policy-compiler (identities, policy stream).
     pub policy: PolicyServiceClient<TracedChannel>,
-    /// The node lease (0 for none).
-    pub lease: Arc<AtomicI64>,
 }
 
 /// The per-node endpoint manager.
@@ -187,8 +184,6 @@ pub struct EndpointManager {
     ipam: IpamServiceClient<TracedChannel>,
     datastore: DatastoreServiceClient<TracedChannel>,
     policy: PolicyServiceClient<TracedChannel>,
-    /// The node lease the Endpoint resources hang on (0 until registered).
-    lease: Arc<AtomicI64>,
     state: StateDir,
     inner: Mutex<Inner>,
 }
@@ -358,7 +353,6 @@ impl EndpointManager {
             ipam: peers.ipam,
             datastore: peers.datastore,
             policy: peers.policy,
-            lease: peers.lease,
             state,
             inner: Mutex::new(Inner {
                 netlink,
@@ -778,7 +772,7 @@ impl EndpointManager {
             namespace: key.namespace.clone(),
             name: key.name.clone(),
             spec: Some(spec),
-            lease_id: self.lease.load(Ordering::Relaxed),
+            // On no lease: a record outlives its agent's absence (DESIGN §3).
             ..Default::default()
         };
         let mut client = self.datastore.clone();
@@ -1285,7 +1279,8 @@ impl EndpointManager {
     }
 
     /// Adopts the endpoints of a previous agent run from the checkpoints: those whose lxc
-    /// still exists are re-entered into the maps (if missing), re-attached and re-published;
+    /// still exists are re-entered into the maps (if missing), re-attached, their addresses
+    /// claimed again in IPAM (isolated if someone else holds one) and re-published;
     /// those whose pod is gone are cleaned up (lxc, map entry, address, record). Returns
     /// (adopted, removed).
     pub async fn restore(&self) -> Result<(usize, usize), ManagerError> {
@@ -1364,8 +1359,15 @@ impl EndpointManager {
                 adopted.push(endpoint);
             }
         }
-        for endpoint in &adopted {
-            self.publish(endpoint).await?;
+        // Before any new ADD is served: IPAM confirms (or gives back) every adopted
+        // endpoint's addresses, so a new pod can never be given a running pod's address.
+        for mut endpoint in adopted.iter().cloned() {
+            match self.reassert_addresses(&endpoint).await {
+                ownership::Ownership::Held => self.publish(&endpoint).await?,
+                ownership::Ownership::Conflict(reason) => {
+                    self.isolate(&mut endpoint, reason).await;
+                }
+            }
         }
         let removed = gone.len();
         for endpoint in gone {
@@ -1567,22 +1569,6 @@ impl EndpointManager {
             }
             inner.in_snapshot = false;
             inner.realized_revision = message.revision;
-        }
-        Ok(())
-    }
-
-    /// Re-writes every endpoint's record (after the node lease changed).
-    pub async fn republish(&self) -> Result<(), ManagerError> {
-        let endpoints: Vec<Endpoint> = self
-            .inner
-            .lock()
-            .await
-            .endpoints
-            .values()
-            .cloned()
-            .collect();
-        for endpoint in &endpoints {
-            self.publish(endpoint).await?;
         }
         Ok(())
     }

@@ -1,6 +1,6 @@
 //! Local endpoint checkpoints (`<state-dir>/endpoints/<id>.pb`, a `kino.agent.v1.Endpoint`),
-//! as Cilium keeps `/var/run/cilium/state`: what a restarted agent adopts, even when the
-//! datastore record expired with the node lease while the agent was down.
+//! as Cilium keeps `/var/run/cilium/state`: what a restarted agent adopts, from its own disk,
+//! before it can reach any other service.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};

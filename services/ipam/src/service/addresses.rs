@@ -22,7 +22,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
-use super::node_cidrs::{Grow, LeaseChange};
+use super::node_cidrs::Grow;
 use super::{Ipam, MAX_ATTEMPTS, lock, pause};
 use crate::allocator::BlockAllocator;
 use crate::error::{Exhaustion, InvalidField, IpamError, Result};
@@ -603,7 +603,6 @@ impl Ipam {
                     "pool",
                     pool,
                     &args.node,
-                    LeaseChange::Keep,
                     Some(Grow {
                         family,
                         seen: blocks.len(),

@@ -1,5 +1,4 @@
-//! Node blocks: giving a node its blocks (idempotent; one more when full), moving them to a
-//! new lease, giving them back.
+//! Node blocks: giving a node its blocks (idempotent; one more when full), giving them back.
 //!
 //! A block becomes a node's by the atomic Create of its block claim (`block:<cidr>`), then
 //! the node record (`<node>`) lists it, written by Create or compare-and-swap. A block
@@ -7,6 +6,11 @@
 //! same node) is adopted by the next request for that node, or given back by Gc of the node
 //! or ReleaseNodeCidrs (see [`Ipam::collect_orphan_blocks`]). Adopting bumps the claim's
 //! revision first, so the replica that created it can no longer delete it.
+//!
+//! No record of a node hangs on a lease: a node whose agent is down keeps its blocks and its
+//! pods' addresses until it is deleted explicitly. Records an older kino-ipam attached to a
+//! lease are moved off it ([`Ipam::detach_leases`] at start-up, and whenever the node's
+//! record is next read here).
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -19,14 +23,8 @@ use crate::pool::PoolPhase;
 use crate::prefix::{Family, IpPrefix};
 use crate::records::{Allocation, Claim, NodeBlock, NodeBlocks, Pool, Spec};
 
-/// What to do with the lease of a node's records.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LeaseChange {
-    /// Keep the lease the node has (new records get it too).
-    Keep,
-    /// Move every record of the node to this lease (0 = none).
-    Set(i64),
-}
+/// The lease every record of kino-ipam is written on: none.
+const NO_LEASE: i64 = 0;
 
 /// A request for one more block of a family, made when the node's `seen` blocks of that
 /// family were all full.
@@ -42,10 +40,8 @@ impl Ipam {
         &self,
         pool: &str,
         node: &str,
-        lease: i64,
     ) -> Result<Versioned<NodeBlocks>> {
-        self.ensure_node_blocks("pool", pool, node, LeaseChange::Set(lease), None)
-            .await
+        self.ensure_node_blocks("pool", pool, node, None).await
     }
 
     /// The node's record in `pool`: cached, or made (the node gets its blocks) if missing.
@@ -54,21 +50,21 @@ impl Ipam {
         pool: &str,
         node: &str,
     ) -> Result<Versioned<NodeBlocks>> {
-        if let Some(cached) = self.cached_node(pool, node) {
+        if let Some(cached) = self.cached_node(pool, node)
+            && cached.lease == NO_LEASE
+        {
             return Ok(cached);
         }
-        self.ensure_node_blocks("pool", pool, node, LeaseChange::Keep, None)
-            .await
+        self.ensure_node_blocks("pool", pool, node, None).await
     }
 
     /// The node's record, with one block of every family of the pool (and one more of
-    /// `grow.family` if asked), claiming free blocks as needed.
+    /// `grow.family` if asked), claiming free blocks as needed; off any lease.
     pub(super) async fn ensure_node_blocks(
         &self,
         pool_field: &str,
         pool_name: &str,
         node: &str,
-        lease: LeaseChange,
         grow: Option<Grow>,
     ) -> Result<Versioned<NodeBlocks>> {
         for attempt in 0..MAX_ATTEMPTS {
@@ -104,11 +100,7 @@ impl Ipam {
                     missing.push(grow.family);
                 }
             }
-            let new_lease = match (lease, &current) {
-                (LeaseChange::Set(l), _) => l,
-                (LeaseChange::Keep, Some(c)) => c.lease,
-                (LeaseChange::Keep, None) => 0,
-            };
+            let new_lease = NO_LEASE;
             if missing.is_empty() {
                 let current =
                     current.expect("a pool has a family, so a node with none is missing one");
@@ -376,6 +368,38 @@ impl Ipam {
             }
         }
         Ok(())
+    }
+
+    /// Moves every record an older kino-ipam attached to a lease off it (run at start-up),
+    /// node records and block claims first, owner claims last (a claim never outlives the
+    /// address it names). Returns how many records it moved.
+    pub async fn detach_leases(&self) -> Result<usize> {
+        let mut moved = 0;
+        for pool in self.store.pools().await? {
+            let pool = pool.value.config.name;
+            let (nodes, blocks) = self.store.node_records(&pool).await?;
+            for record in nodes.into_iter().chain(blocks) {
+                if record.lease != NO_LEASE {
+                    self.forget_node(&pool, &record.value.node);
+                    self.relabel(&pool, NO_LEASE, record).await?;
+                    moved += 1;
+                }
+            }
+            let (addresses, claims) = self.store.address_records(&pool).await?;
+            for record in addresses {
+                if record.lease != NO_LEASE {
+                    self.relabel(&pool, NO_LEASE, record).await?;
+                    moved += 1;
+                }
+            }
+            for record in claims {
+                if record.lease != NO_LEASE {
+                    self.relabel(&pool, NO_LEASE, record).await?;
+                    moved += 1;
+                }
+            }
+        }
+        Ok(moved)
     }
 
     /// Moves one record to `lease`, re-reading it when it changed meanwhile.

@@ -7,7 +7,9 @@ use std::time::Duration;
 
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
+use kino_api::node::node_service_client::NodeServiceClient;
 use kino_ipam::grpc::IpamGrpc;
+use kino_ipam::node_grpc::NodeGrpc;
 use kino_ipam::persistence::Datastore;
 use kino_ipam::pool::{DEFAULT_POOL, PoolConfig, RawFamily};
 use kino_ipam::{Ipam, IpamOptions};
@@ -35,9 +37,12 @@ pub struct World {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// One IPAM replica: its gRPC client and its logic (for what the API does not expose).
+/// One IPAM replica: its gRPC clients and its logic (for what the API does not expose).
 pub struct Replica {
     pub client: IpamServiceClient<Channel>,
+    /// Its `kino.node.v1` service.
+    #[allow(dead_code)]
+    pub nodes: NodeServiceClient<Channel>,
     pub ipam: Arc<Ipam>,
 }
 
@@ -53,28 +58,36 @@ impl World {
         }
     }
 
-    /// Starts a replica (with the Node-deletion watcher, as kino-ipam runs it).
+    /// Starts a replica (with the watcher that finishes interrupted node deletions, as
+    /// kino-ipam runs it).
     pub async fn replica_with(&mut self, options: IpamOptions) -> Replica {
         let channel =
             kino_service_kit::connect_lazy(&self.gateway, &ClientTlsArgs::default()).unwrap();
         let ipam = Arc::new(Ipam::new(Datastore::new(channel), options));
-        self.tasks
-            .push(tokio::spawn(kino_ipam::node_watch::release_deleted_nodes(
-                ipam.clone(),
-            )));
+        self.tasks.push(tokio::spawn(
+            kino_ipam::node_watch::finish_interrupted_deletions(ipam.clone()),
+        ));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let service = IpamGrpc::new(ipam.clone()).into_server();
+        let nodes = NodeGrpc::new(ipam.clone()).into_server();
         self.tasks.push(tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
+                .add_service(nodes)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         }));
-        let client = IpamServiceClient::connect(format!("http://{addr}"))
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect()
             .await
             .unwrap();
-        Replica { client, ipam }
+        Replica {
+            client: IpamServiceClient::new(channel.clone()),
+            nodes: NodeServiceClient::new(channel),
+            ipam,
+        }
     }
 
     /// A replica with the default options, but a short claim takeover.
