@@ -4,7 +4,8 @@
 //! endpoint|ipcache|policy|ct list`), both from the agent over [`agent`], [`ipam`] (`kino ipam pools/allocations`), [`policy`] (`kino policy
 //! import/validate/get/list/delete/trace`) and [`identity`] (`kino identity list/get`, both
 //! from kino-policy-compiler over [`compiler`]) and [`observe`] (`kino observe`, flows from
-//! the agent's flow observer) are every group the design names.
+//! the agent's flow observer) are every group the design names; [`pki`] (`kino pki
+//! init|issue`) makes the certificates the suite's mTLS runs on.
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod identity;
 pub mod ipam;
 pub mod labels;
 pub mod observe;
+pub mod pki;
 pub mod policy;
 pub mod proto_json;
 pub mod status;

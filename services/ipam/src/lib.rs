@@ -10,11 +10,13 @@
 //! - [`persistence`]: the datastore client and record names.
 //! - [`service`]: [`service::Ipam`], the protocols over the datastore.
 //! - [`node_watch`]: gives back the blocks of deleted nodes.
-//! - [`grpc`]: the `kino.ipam.v1` adapter; [`metrics`]: what Prometheus sees.
+//! - [`grpc`]: the `kino.ipam.v1` adapter; [`authorization`]: who may call which method;
+//!   [`metrics`]: what Prometheus sees.
 
 #![warn(missing_docs)]
 
 pub mod allocator;
+pub mod authorization;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

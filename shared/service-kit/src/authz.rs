@@ -114,6 +114,33 @@ pub fn describe(access: &Access) -> String {
     }
 }
 
+/// The methods of `service` (fully qualified, e.g. `kino.ipam.v1.IpamService`) in kino's API
+/// that `table` does not list: a service's unit test asserts this is empty, so an RPC added
+/// to the proto without a decision about who may call it fails the build's tests rather
+/// than shipping unreachable (or, worse, guessed at).
+pub fn unlisted_methods(table: &[MethodRule], service: &str) -> Vec<String> {
+    use prost::Message;
+    let set = prost_types::FileDescriptorSet::decode(kino_api::FILE_DESCRIPTOR_SET)
+        .expect("kino's descriptor set decodes");
+    let mut methods = Vec::new();
+    for file in &set.file {
+        for described in &file.service {
+            let full = format!("{}.{}", file.package(), described.name());
+            if full != service {
+                continue;
+            }
+            for method in &described.method {
+                methods.push(format!("/{full}/{}", method.name()));
+            }
+        }
+    }
+    assert!(!methods.is_empty(), "{service} is not in kino's API");
+    methods
+        .into_iter()
+        .filter(|method| !table.iter().any(|(listed, _)| listed == method))
+        .collect()
+}
+
 /// The tower layer [`crate::serve`] installs: establishes the [`Caller`] and applies the
 /// server's [`Rules`].
 #[derive(Debug, Clone)]

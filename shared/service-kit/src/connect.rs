@@ -130,7 +130,10 @@ fn endpoint(target: &str, tls: &ClientTlsArgs) -> Result<(Endpoint, Transport), 
                 && !use_tls
                 && !target.trim().starts_with("http://")
             {
-                return Err(ServiceError::TlsConfig(format!("{target}: {reason}")));
+                return Err(ServiceError::CredentialsUnreadable {
+                    target: target.to_owned(),
+                    reason: reason.clone(),
+                });
             }
             // Our connector runs the TLS handshake, so tonic sees a plain http:// endpoint.
             let uri = match (use_tls, uri.strip_prefix("https://")) {

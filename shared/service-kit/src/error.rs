@@ -117,6 +117,15 @@ pub enum ServiceError {
         detail: String,
     },
 
+    /// A TCP target would need the default credentials, which this user cannot read.
+    #[error("cannot dial {target} with mTLS: {reason}")]
+    CredentialsUnreadable {
+        /// The target as given.
+        target: String,
+        /// Which directory and why.
+        reason: String,
+    },
+
     /// TLS was configured for a unix-socket listener.
     #[error(
         "TLS is not supported on unix:{}: access to a unix socket is controlled by its file mode (0600); drop the --tls-* flags or listen on TCP",

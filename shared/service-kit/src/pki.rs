@@ -317,7 +317,9 @@ fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), ServiceError> 
         .mode(mode)
         .open(&temporary)
         .map_err(io_error("create", &temporary))?;
-    file.write_all(bytes)
+    // Explicitly: the mode given to open() is masked by the umask.
+    file.set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(bytes))
         .and_then(|()| file.sync_all())
         .map_err(io_error("write", &temporary))?;
     std::fs::rename(&temporary, path).map_err(io_error("move into place", path))

@@ -252,6 +252,21 @@ impl ClientTlsArgs {
         self
     }
 
+    /// The identity the client certificate carries, when one is configured.
+    pub fn client_principal(&self) -> Result<Option<crate::principal::Principal>, ServiceError> {
+        let Some(cert) = &self.upstream_tls_cert else {
+            return Ok(None);
+        };
+        let chain = read_certificates("--upstream-tls-cert", cert)?;
+        crate::principal::Principal::from_certificate(&chain[0])
+            .map(Some)
+            .map_err(|reason| ServiceError::TlsPem {
+                flag: "--upstream-tls-cert",
+                path: cert.clone(),
+                reason,
+            })
+    }
+
     /// Checks the flags and reads the files now (so a bad file fails at start-up, not at the
     /// first call); `None` when TLS is off.
     pub fn check(&self) -> Result<Option<()>, ServiceError> {
