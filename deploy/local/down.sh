@@ -2,9 +2,10 @@
 # Stops what ./deploy/local/up.sh started (SIGTERM, then SIGKILL after 10 s) and removes what
 # it made in the kernel: pods left by an interrupted walkthrough (kino-wt-* namespaces), the
 # endpoints' lxc devices, kino_host/kino_net (with the pod CIDR route), the eBPF pins under
-# /sys/fs/bpf/kino/<node>/, and IPv4 and IPv6 forwarding back as they were. Keeps the datastore file and
+# /sys/fs/bpf/kino/<node>/, and IPv4 and IPv6 forwarding back as they were. Keeps the datastore file,
 # the agent's checkpoints (/var/lib/kino: the next agent cleans up after the endpoints
-# removed here) and the logs (/var/log/kino).
+# removed here), the certificates (/var/lib/kino/pki: the next up.sh reuses them) and the logs
+# (/var/log/kino).
 set -euo pipefail
 run=/run/kino
 shopt -s nullglob

@@ -4,6 +4,7 @@
 pub mod etcd;
 pub mod forward;
 pub mod otlp;
+pub mod pki;
 pub mod process;
 pub mod scrape;
 pub mod world;

@@ -25,7 +25,10 @@ impl ServiceProcess {
     /// Starts `binary` with `args`, logging into `log_dir/<name>.log`.
     ///
     /// Metrics endpoints are off unless `args` or `envs` turn them on (`--metrics-address`):
-    /// the services' default ports would collide between tests running in parallel.
+    /// the services' default ports would collide between tests running in parallel. The PKI
+    /// directory is `log_dir/pki` unless `envs` names another (`KINO_PKI_DIR`): a test never
+    /// picks up the machine's `/var/lib/kino/pki`, so a TCP listener needs the test's own
+    /// certificates ([`crate::pki::TestPki`]) or `--insecure`.
     pub fn start(
         binary: &Path,
         args: &[String],
@@ -44,6 +47,7 @@ impl ServiceProcess {
         let child = Command::new(binary)
             .args(args)
             .envs(METRICS_OFF)
+            .env("KINO_PKI_DIR", log_dir.join("pki"))
             .envs(envs.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)

@@ -1,6 +1,8 @@
 //! A test world on this machine's kernel: a "node" network namespace running kino-agent, the
-//! cluster services (datastore-gateway, ipam) on unix sockets in a temp directory, and pod
-//! namespaces created by the test. Everything is named with a unique prefix and removed on
+//! cluster services (datastore-gateway, ipam, policy-compiler) on unix sockets in a temp
+//! directory — or, with [`SuiteOptions::mtls`], on loopback TCP with mTLS and authorization,
+//! as `up.sh` runs them — and pod namespaces created by the test. Every process uses the
+//! world's own PKI ([`TestPki`]). Everything is named with a unique prefix and removed on
 //! drop — processes, namespaces (with every lxc, route and device in them) and bpffs pins —
 //! even when the test fails.
 
@@ -11,7 +13,8 @@ use std::time::{Duration, Instant};
 
 use crate::binary;
 use crate::forward::LoopbackForward;
-use crate::process::ServiceProcess;
+use crate::pki::TestPki;
+use crate::process::{ServiceProcess, wait_for_port};
 
 /// A unique, short prefix for this test's kernel objects.
 pub fn unique_prefix(tag: &str) -> String {
@@ -183,6 +186,11 @@ pub struct Suite {
     pub pin_root: PathBuf,
     /// Where each service serves `/metrics`, when [`SuiteOptions::metrics`] asked for it.
     pub metrics: Option<SuiteMetrics>,
+    /// The world's certificates (`<dir>/pki`): every service's, the node's agent, admin and
+    /// operator.
+    pub pki: TestPki,
+    /// How the services are reached.
+    pub addresses: SuiteAddresses,
     options: SuiteOptions,
     etcd_prefix: Option<String>,
     _forwards: Vec<LoopbackForward>,
@@ -209,6 +217,26 @@ pub struct SuiteOptions {
     /// (e.g. an OTLP receiver of the test), relayed by [`LoopbackForward`]s set up before the
     /// agent starts.
     pub forward_to_host: Vec<u16>,
+    /// Serve the cluster services on host loopback TCP with mTLS (the world's PKI) and
+    /// authorization, the agent reaching them through relays into its namespace and serving
+    /// its flow observer on the node namespace's `127.0.0.1` with mTLS: the deployed setup.
+    /// Unix sockets (every peer admin) when false.
+    pub mtls: bool,
+}
+
+/// Where a suite's services are, as seen from the host (the agent's API and flows are in
+/// the node namespace).
+#[derive(Debug, Clone)]
+pub struct SuiteAddresses {
+    /// datastore-gateway target: `unix:/…` or `127.0.0.1:<port>`.
+    pub datastore: String,
+    /// ipam target.
+    pub ipam: String,
+    /// policy-compiler target.
+    pub policy: String,
+    /// The agent's flow observer: `unix:/…`, or `127.0.0.1:<port>` inside the node
+    /// namespace with mTLS.
+    pub flows: String,
 }
 
 /// The agent's metrics address inside the node namespace (nothing else listens there).
@@ -264,10 +292,31 @@ impl Suite {
             .etcd_endpoints
             .as_ref()
             .map(|_| format!("/{prefix}/"));
-        let mut gateway_args: Vec<String> = vec![
-            "--listen".into(),
-            format!("unix:{}", d.join("ds.sock").display()),
-        ];
+        let pki = TestPki::create(&d.join("pki"), &node.name);
+        let pki_env = ("KINO_PKI_DIR".to_owned(), pki.dir().display().to_string());
+        // The test's own environment wins over the world's PKI.
+        let env: Vec<(&str, &str)> = [(pki_env.0.as_str(), pki_env.1.as_str())]
+            .into_iter()
+            .chain(env)
+            .collect();
+        let addresses = if options.mtls {
+            let port = || format!("127.0.0.1:{}", crate::free_port());
+            SuiteAddresses {
+                datastore: port(),
+                ipam: port(),
+                policy: port(),
+                flows: port(),
+            }
+        } else {
+            let socket = |name: &str| format!("unix:{}", d.join(name).display());
+            SuiteAddresses {
+                datastore: socket("ds.sock"),
+                ipam: socket("ipam.sock"),
+                policy: socket("policy.sock"),
+                flows: socket("flows.sock"),
+            }
+        };
+        let mut gateway_args: Vec<String> = vec!["--listen".into(), addresses.datastore.clone()];
         match (&options.etcd_endpoints, &etcd_prefix) {
             (Some(endpoints), Some(etcd_prefix)) => gateway_args.extend([
                 "--backend".into(),
@@ -286,19 +335,26 @@ impl Suite {
         let gateway =
             ServiceProcess::start(&binary("kino-datastore-gateway"), &gateway_args, &env, &d)
                 .unwrap();
-        wait_for_socket(&d.join("ds.sock"), &gateway);
+        wait_for_service(&addresses.datastore, &gateway).await;
         let mut ipam_args: Vec<String> = vec![
             "--listen".into(),
-            format!("unix:{}", d.join("ipam.sock").display()),
+            addresses.ipam.clone(),
             "--datastore".into(),
-            format!("unix:{}", d.join("ds.sock").display()),
+            addresses.datastore.clone(),
         ];
         ipam_args.extend(metrics_args(|m| &m.ipam));
         let ipam = ServiceProcess::start(&binary("kino-ipam"), &ipam_args, &env, &d).unwrap();
-        wait_for_socket(&d.join("ipam.sock"), &ipam);
-        let policy = start_policy_compiler(&d, &metrics_args(|m| &m.policy), &env);
-        let forwards = options
-            .forward_to_host
+        wait_for_service(&addresses.ipam, &ipam).await;
+        let policy =
+            start_policy_compiler(&addresses, &d, &metrics_args(|m| &m.policy), &env).await;
+        // With mTLS the agent dials the services' loopback ports from its namespace.
+        let mut forward_ports = options.forward_to_host.clone();
+        if options.mtls {
+            for target in [&addresses.datastore, &addresses.ipam, &addresses.policy] {
+                forward_ports.push(port_of(target));
+            }
+        }
+        let forwards = forward_ports
             .iter()
             .map(|port| {
                 LoopbackForward::start(&node.path(), *port)
@@ -311,6 +367,8 @@ impl Suite {
             node,
             pin_root,
             metrics,
+            pki,
+            addresses,
             options,
             etcd_prefix,
             _forwards: forwards,
@@ -328,14 +386,19 @@ impl Suite {
         self.dir.path().join("agent.sock")
     }
 
-    /// The gateway's socket, as a target (`unix:/…`).
+    /// The gateway, as a target (`unix:/…`, or `127.0.0.1:<port>` with mTLS).
     pub fn datastore_target(&self) -> String {
-        format!("unix:{}", self.dir.path().join("ds.sock").display())
+        self.addresses.datastore.clone()
     }
 
-    /// The ipam socket, as a target (`unix:/…`).
+    /// The ipam service, as a target.
     pub fn ipam_target(&self) -> String {
-        format!("unix:{}", self.dir.path().join("ipam.sock").display())
+        self.addresses.ipam.clone()
+    }
+
+    /// Client flags of the admin (what `kino` uses): the world's CA and admin certificate.
+    pub fn admin_tls(&self) -> kino_service_kit::ClientTlsArgs {
+        self.pki.client("admin")
     }
 
     /// The node's name (the node namespace's name).
@@ -357,7 +420,7 @@ impl Suite {
             "--socket".into(),
             self.agent_socket().display().to_string(),
             "--flow-listen".into(),
-            format!("unix:{}", d.join("flows.sock").display()),
+            self.addresses.flows.clone(),
             "--datastore".into(),
             self.datastore_target(),
             "--ipam".into(),
@@ -374,11 +437,15 @@ impl Suite {
         if let Some(metrics) = &self.metrics {
             args.extend(["--metrics-address".into(), metrics.agent.clone()]);
         }
-        let env: Vec<(&str, &str)> = self
+        let pki_dir = self.pki.dir().display().to_string();
+        let env = self
             .options
             .env
             .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .map(|(k, v)| (k.as_str(), v.as_str()));
+        let env: Vec<(&str, &str)> = [("KINO_PKI_DIR", pki_dir.as_str())]
+            .into_iter()
+            .chain(env)
             .collect();
         let agent = ServiceProcess::start(Path::new("/usr/bin/nsenter"), &args, &env, d).unwrap();
         wait_for_socket(&self.agent_socket(), &agent);
@@ -467,9 +534,11 @@ impl Suite {
         }
     }
 
-    /// Runs the `kino` CLI against this world.
+    /// Runs the `kino` CLI against this world (as admin, with the world's PKI).
     pub fn kino(&self, args: &[&str]) -> Output {
         Command::new(binary("kino"))
+            .arg("--pki-dir")
+            .arg(self.pki.dir())
             .arg("--agent-socket")
             .arg(self.agent_socket())
             .arg("--ipam")
@@ -546,12 +615,9 @@ impl Suite {
     pub async fn datastore_names(&self, kind: &str) -> Vec<String> {
         use kino_api::datastore::ListRequest;
         use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
-        let channel = kino_service_kit::connect(
-            &self.datastore_target(),
-            &kino_service_kit::ClientTlsArgs::default(),
-        )
-        .await
-        .expect("connecting to the suite's datastore-gateway");
+        let channel = kino_service_kit::connect(&self.datastore_target(), &self.admin_tls())
+            .await
+            .expect("connecting to the suite's datastore-gateway");
         let mut client = DatastoreServiceClient::new(channel);
         let mut names = Vec::new();
         let mut page_token = String::new();
@@ -579,24 +645,50 @@ impl Suite {
     }
 }
 
-/// Starts kino-policy-compiler on `<dir>/policy.sock` against the suite's gateway.
-fn start_policy_compiler(d: &Path, extra_args: &[String], env: &[(&str, &str)]) -> ServiceProcess {
+/// Starts kino-policy-compiler at its address against the suite's gateway.
+async fn start_policy_compiler(
+    addresses: &SuiteAddresses,
+    d: &Path,
+    extra_args: &[String],
+    env: &[(&str, &str)],
+) -> ServiceProcess {
     let mut args: Vec<String> = vec![
         "--listen".into(),
-        format!("unix:{}", d.join("policy.sock").display()),
+        addresses.policy.clone(),
         "--datastore".into(),
-        format!("unix:{}", d.join("ds.sock").display()),
+        addresses.datastore.clone(),
     ];
     args.extend_from_slice(extra_args);
     let policy = ServiceProcess::start(&binary("kino-policy-compiler"), &args, env, d).unwrap();
-    wait_for_socket(&d.join("policy.sock"), &policy);
+    wait_for_service(&addresses.policy, &policy).await;
     policy
 }
 
+/// Waits up to 30 s for a service at `target` (`unix:/…` or `host:port`) to accept
+/// connections, failing with the process's log.
+async fn wait_for_service(target: &str, process: &ServiceProcess) {
+    match target.strip_prefix("unix:") {
+        Some(path) => wait_for_socket(Path::new(path), process),
+        None => {
+            if let Err(e) = wait_for_port(target, Duration::from_secs(30)).await {
+                panic!("{}: {e}; its log:\n{}", process.name, process.log_text());
+            }
+        }
+    }
+}
+
+/// The port of a `127.0.0.1:<port>` target.
+fn port_of(target: &str) -> u16 {
+    target
+        .rsplit_once(':')
+        .and_then(|(_, port)| port.parse().ok())
+        .unwrap_or_else(|| panic!("{target} has no port"))
+}
+
 impl Suite {
-    /// The policy-compiler's socket, as a target (`unix:/…`).
+    /// The policy-compiler, as a target.
     pub fn policy_target(&self) -> String {
-        format!("unix:{}", self.dir.path().join("policy.sock").display())
+        self.addresses.policy.clone()
     }
 
     /// The policy-compiler's log so far.

@@ -10,12 +10,14 @@ use kino_api::datastore::{
     CreateRequest, DeleteRequest, EventType, GrantLeaseRequest, KeepAliveLeaseRequest, ListRequest,
     Resource, ResourceKey, StatusRequest, UpdateRequest, WatchRequest,
 };
+use kino_integration_tests::pki::TestPki;
 use kino_integration_tests::process::{ServiceProcess, wait_for_port};
 use kino_integration_tests::{binary, free_port};
-use tonic::transport::Channel;
+use kino_service_kit::TracedChannel;
 
-type Client = DatastoreServiceClient<Channel>;
+type Client = DatastoreServiceClient<TracedChannel>;
 
+/// The gateway with mTLS from the test's PKI (as deployed); its log in `dir`.
 fn gateway(dir: &std::path::Path, port: u16) -> ServiceProcess {
     let args = vec![
         "--listen".to_string(),
@@ -23,16 +25,37 @@ fn gateway(dir: &std::path::Path, port: u16) -> ServiceProcess {
         "--data-file".into(),
         dir.join("datastore.redb").display().to_string(),
     ];
-    ServiceProcess::start(&binary("kino-datastore-gateway"), &args, &[], dir).unwrap()
+    let pki = dir.join("pki").display().to_string();
+    ServiceProcess::start(
+        &binary("kino-datastore-gateway"),
+        &args,
+        &[("KINO_PKI_DIR", pki.as_str())],
+        dir,
+    )
+    .unwrap()
 }
 
-async fn client(port: u16, process: &ServiceProcess) -> Client {
+/// A client presenting `<stem>.crt` of the test's PKI in `dir`.
+async fn client_as(
+    dir: &std::path::Path,
+    stem: &str,
+    port: u16,
+    process: &ServiceProcess,
+) -> Client {
     if let Err(e) = wait_for_port(&format!("127.0.0.1:{port}"), Duration::from_secs(20)).await {
         panic!("{e}\n--- gateway log ---\n{}", process.log_text());
     }
-    DatastoreServiceClient::connect(format!("http://127.0.0.1:{port}"))
+    let pki = TestPki::open(&dir.join("pki"));
+    let channel = kino_service_kit::connect(&format!("127.0.0.1:{port}"), &pki.client(stem))
         .await
-        .unwrap()
+        .unwrap();
+    DatastoreServiceClient::new(channel)
+}
+
+/// The agent of node-1: it writes the test's Endpoint records (namespace node-1) and the
+/// lease.
+async fn client(dir: &std::path::Path, port: u16, process: &ServiceProcess) -> Client {
+    client_as(dir, "agent", port, process).await
 }
 
 fn spec(n: u32) -> Option<prost_types::Any> {
@@ -61,8 +84,9 @@ async fn sigkill_and_restart_loses_nothing() {
         .tempdir()
         .unwrap();
     let port = free_port();
+    TestPki::create(&dir.path().join("pki"), "node-1");
     let mut first = gateway(dir.path(), port);
-    let mut c = client(port, &first).await;
+    let mut c = client(dir.path(), port, &first).await;
 
     let mut writes = 0;
     for i in 0..40u32 {
@@ -117,15 +141,16 @@ async fn sigkill_and_restart_loses_nothing() {
     // No graceful shutdown: whatever was acknowledged must already be on disk.
     first.signal_and_wait("KILL").unwrap();
     let second = gateway(dir.path(), port);
-    let mut c = client(port, &second).await;
+    let mut c = client(dir.path(), port, &second).await;
 
     let after = list_all(&mut c).await;
     assert_eq!(after, before, "resources, specs and revisions survive");
     let status_after = c.status(StatusRequest {}).await.unwrap().into_inner();
     assert_eq!(status_after.revision, status_before.revision);
 
-    // The full history is still watchable from the first revision.
-    let first_revision = status_before.revision - writes + 1;
+    // The full history is still watchable from the first revision (the lease's granter
+    // record, written with the lease, took the last revision before the crash).
+    let first_revision = status_before.revision - (writes + 1) + 1;
     let mut w = c
         .watch(WatchRequest {
             kind: "Endpoint".into(),
@@ -151,10 +176,29 @@ async fn sigkill_and_restart_loses_nothing() {
         .count();
     assert_eq!(deleted, 10);
 
-    // The lease survived, and new writes continue the revision sequence.
+    // The lease survived, and so did who granted it: another node's agent may not keep it
+    // alive, its granter and admin may.
+    TestPki::open(&dir.path().join("pki")).issue_agent("node-2");
+    let denied = client_as(dir.path(), "agent-node-2", port, &second)
+        .await
+        .keep_alive_lease(KeepAliveLeaseRequest { lease_id: lease })
+        .await
+        .expect_err("not node-2's lease");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    assert!(
+        denied
+            .message()
+            .contains("granted by \"kino-agent:node-1\""),
+        "{denied:?}"
+    );
     c.keep_alive_lease(KeepAliveLeaseRequest { lease_id: lease })
         .await
         .expect("lease survives a restart");
+    client_as(dir.path(), "admin", port, &second)
+        .await
+        .keep_alive_lease(KeepAliveLeaseRequest { lease_id: lease })
+        .await
+        .expect("admin may keep any lease alive");
     let next = c
         .create(CreateRequest {
             resource: Some(Resource {
@@ -188,10 +232,12 @@ async fn a_second_gateway_on_the_same_file_is_refused_with_a_clear_error() {
         .tempdir()
         .unwrap();
     let port = free_port();
+    TestPki::create(&dir.path().join("pki"), "node-1");
     let first = gateway(dir.path(), port);
-    let _c = client(port, &first).await;
+    let _c = client(dir.path(), port, &first).await;
     let other_port = free_port();
     let out = std::process::Command::new(binary("kino-datastore-gateway"))
+        .env("KINO_PKI_DIR", dir.path().join("pki"))
         .args([
             "--listen",
             &format!("127.0.0.1:{other_port}"),

@@ -261,9 +261,11 @@ fn start_ipam(port: u16, datastore: u16, dir: &Path) -> ServiceProcess {
             "--listen".into(),
             format!("127.0.0.1:{port}"),
             "--datastore".into(),
-            format!("127.0.0.1:{datastore}"),
+            format!("http://127.0.0.1:{datastore}"),
             "--claim-takeover-seconds".into(),
             "0.5".into(),
+            // Replicas' correctness, not trust: plaintext (tests/trust.rs covers mTLS).
+            "--insecure".into(),
         ],
         &[("KINO_LOG", "info")],
         dir,
@@ -306,7 +308,11 @@ async fn stress(label: &str, backend: Vec<String>) {
         .expect("tempdir");
     let dir = dir.path();
     let gateway_port = free_port();
-    let mut gateway_args = vec!["--listen".to_owned(), format!("127.0.0.1:{gateway_port}")];
+    let mut gateway_args = vec![
+        "--listen".to_owned(),
+        format!("127.0.0.1:{gateway_port}"),
+        "--insecure".to_owned(),
+    ];
     gateway_args.extend(backend);
     let gateway = ServiceProcess::start(&binary("kino-datastore-gateway"), &gateway_args, &[], dir)
         .expect("starting the gateway");
@@ -497,7 +503,7 @@ async fn stress(label: &str, backend: Vec<String>) {
 
     // The operator's view.
     let kino = binary("kino");
-    let ipam_target = format!("127.0.0.1:{fresh_port}");
+    let ipam_target = format!("http://127.0.0.1:{fresh_port}");
     let output = std::process::Command::new(&kino)
         .args(["ipam", "pools", "--ipam", &ipam_target])
         .output()

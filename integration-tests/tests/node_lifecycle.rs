@@ -5,6 +5,7 @@
 //! stress of agent SIGKILLs racing ADDs, restarts past the lease, ADDs and DELs never leaves
 //! IPAM holding anything but exactly the running pods' addresses.
 //!
+//! Every hop runs on mTLS with authorization, as `up.sh` runs the suite.
 //! `KINO_NODE_SOAK_ROUNDS` (default 8) sets the stress's rounds; the soak script runs it
 //! longer.
 
@@ -37,6 +38,9 @@ struct Pod {
 fn suite_options(ttl: Duration) -> SuiteOptions {
     SuiteOptions {
         agent_args: vec!["--node-lease-ttl".into(), ttl.as_secs().to_string()],
+        // Every hop on mTLS with authorization, as up.sh runs the suite: the agent writes
+        // its own node's records, kino-ipam marks and deletes them.
+        mtls: true,
         ..Default::default()
     }
 }
@@ -89,7 +93,7 @@ fn del(suite: &Suite, ns: &Netns, name: &str) {
 
 /// What IPAM holds on the suite's node: (address, owner container).
 async fn allocations(suite: &Suite) -> BTreeSet<(String, String)> {
-    let channel = kino_service_kit::connect(&suite.ipam_target(), &Default::default())
+    let channel = kino_service_kit::connect(&suite.ipam_target(), &suite.admin_tls())
         .await
         .unwrap();
     IpamServiceClient::new(channel)
@@ -143,7 +147,7 @@ async fn assert_owned_exactly(suite: &Suite, pods: &[&Pod], context: &str) {
 
 async fn datastore(suite: &Suite) -> DatastoreServiceClient<kino_service_kit::TracedChannel> {
     DatastoreServiceClient::new(
-        kino_service_kit::connect(&suite.datastore_target(), &Default::default())
+        kino_service_kit::connect(&suite.datastore_target(), &suite.admin_tls())
             .await
             .unwrap(),
     )
@@ -184,7 +188,7 @@ async fn health_lease(suite: &Suite) -> Option<i64> {
 }
 
 async fn health(suite: &Suite) -> NodeHealthState {
-    let channel = kino_service_kit::connect(&suite.ipam_target(), &Default::default())
+    let channel = kino_service_kit::connect(&suite.ipam_target(), &suite.admin_tls())
         .await
         .unwrap();
     NodeServiceClient::new(channel)

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::future::Future;
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +21,7 @@ use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork,
 use kino_agent::flows::FlowObserver;
 use kino_agent::flows::directory::AgentDirectory;
 use kino_agent::grpc::agent::{AgentGrpc, AgentInfo};
+use kino_agent::grpc::authorization;
 use kino_agent::grpc::flow::FlowGrpc;
 use kino_agent::netlink::Netlink;
 use kino_agent::node::{parse_socket_path, resolve_node_name};
@@ -30,7 +32,8 @@ use kino_api::ipam::ipam_service_client::IpamServiceClient;
 use kino_api::ipam::{AllocateNodeCidrsRequest, NodeAllocation};
 use kino_api::policy::policy_service_client::PolicyServiceClient;
 use kino_api::types::IpFamily;
-use kino_service_kit::{ClientTlsArgs, ListenAddr, Listener, ServeSpec, TlsArgs, serve};
+use kino_service_kit::principal::Role;
+use kino_service_kit::{ClientTlsArgs, ListenAddr, Listener, PkiArgs, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 use kino_telemetry::metrics::MetricsAddress;
 use tokio::signal::unix::{SignalKind, signal};
@@ -38,8 +41,10 @@ use tokio::sync::watch;
 
 /// The per-node agent: eBPF datapath, endpoints, flow observer.
 ///
-/// The --tls-* flags apply to the flow observer; the local API socket is protected by its
-/// file mode (0600) instead.
+/// The --tls-* flags apply to the flow observer (mTLS with <pki-dir>/agent.crt by default);
+/// the local API socket is protected by its file mode (0600) instead. The same certificate
+/// (Subject O = agent, CN = kino-agent:<node>) identifies the agent to IPAM, the
+/// policy-compiler and the datastore-gateway.
 #[derive(Parser, Debug)]
 #[command(name = "kino-agent", version, about, long_about)]
 struct Config {
@@ -111,11 +116,37 @@ struct Config {
     )]
     metrics_address: MetricsAddress,
     #[command(flatten)]
+    pki: PkiArgs,
+    #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
     log: LogArgs,
+}
+
+/// Fails start-up when the agent's client certificate names another node: the gateway and
+/// IPAM would refuse every write for this node, far from the cause.
+fn check_certificate_names_node(tls: &ClientTlsArgs, node: &str) -> anyhow::Result<()> {
+    let Some(principal) = tls.client_principal()? else {
+        return Ok(());
+    };
+    let cert = tls
+        .upstream_tls_cert
+        .as_ref()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
+    match (principal.role, principal.node()) {
+        (Some(Role::Agent), Some(named)) if named == node => Ok(()),
+        (Some(Role::Agent), Some(named)) => anyhow::bail!(
+            "the agent certificate {cert} is for node {named:?}, but this agent is node {node:?}: issue one with `kino pki issue agent --node {node}` or give --node-name {named}"
+        ),
+        _ => anyhow::bail!(
+            "{cert} is not an agent certificate (Subject O=agent, CN=kino-agent:{node}; it has CN {:?}, O {:?}): issue one with `kino pki issue agent --node {node}`",
+            principal.name,
+            principal.organizations
+        ),
+    }
 }
 
 /// Retries `attempt` every second (logging why) until it succeeds: peers started at the
@@ -189,19 +220,38 @@ fn ipv6_block(allocation: &NodeAllocation) -> anyhow::Result<Option<NodeIpv6Conf
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // Checkpoints and anything else written are private.
+    kino_service_kit::make_new_files_private();
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-agent", &config.log)?;
     let node = resolve_node_name(config.node_name.as_deref())?;
+    let identity = Role::Agent.as_str();
+    let upstream_tls = config
+        .upstream_tls
+        .clone()
+        .with_pki_defaults(&config.pki, identity);
+    check_certificate_names_node(&upstream_tls, &node)?;
     let socket = parse_socket_path(&config.socket)?;
     anyhow::ensure!(
         (5..=3600).contains(&config.node_lease_ttl),
         "--node-lease-ttl {} must be between 5 and 3600 seconds",
         config.node_lease_ttl
     );
+    // Checkpoints name every pod: readable by root only, also when an older agent wrote them.
+    std::fs::create_dir_all(&config.state_dir)
+        .and_then(|()| {
+            std::fs::set_permissions(&config.state_dir, std::fs::Permissions::from_mode(0o700))
+        })
+        .with_context(|| {
+            format!(
+                "making the state directory {} private (--state-dir)",
+                config.state_dir.display()
+            )
+        })?;
     kino_agent::endpoint::veth::validate_mtu(config.endpoint_mtu, false)
         .map_err(|e| anyhow::anyhow!("--endpoint-mtu (KINO_ENDPOINT_MTU): {e}"))?;
     let connect = |flag: &str, target: &str| {
-        kino_service_kit::connect_lazy(target, &config.upstream_tls)
+        kino_service_kit::connect_lazy(target, &upstream_tls)
             .with_context(|| format!("checking {flag} {target:?}"))
     };
     let datastore = DatastoreServiceClient::new(connect("--datastore", &config.datastore)?);
@@ -411,9 +461,11 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(%node, "kino-agent ready: serving the local API and the flow observer");
     let api = ServeSpec::on_listener("kino-agent", api_listener)
         .with_shutdown(stopped())
+        .with_authorization(authorization::AGENT_API)
         .add_service(api.into_server());
     let flows = ServeSpec::on_listener("kino-agent-flows", flow_listener)
-        .with_tls(config.tls)
+        .with_tls(config.tls.with_pki_defaults(&config.pki, identity))
+        .with_authorization(authorization::FLOWS)
         .with_shutdown(stopped())
         .add_service(FlowGrpc::new(flow_observer.clone()).into_server());
     // If one server fails, the other is dropped (which also removes the socket file).

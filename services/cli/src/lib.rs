@@ -6,7 +6,8 @@
 //! [`policy`] (`kino policy
 //! import/validate/get/list/delete/trace`) and [`identity`] (`kino identity list/get`, both
 //! from kino-policy-compiler over [`compiler`]) and [`observe`] (`kino observe`, flows from
-//! the agent's flow observer) are every group the design names.
+//! the agent's flow observer) are every group the design names; [`pki`] (`kino pki
+//! init|issue`) makes the certificates the suite's mTLS runs on.
 
 #![warn(missing_docs)]
 
@@ -19,6 +20,7 @@ pub mod ipam;
 pub mod labels;
 pub mod node;
 pub mod observe;
+pub mod pki;
 pub mod policy;
 pub mod proto_json;
 pub mod status;

@@ -8,6 +8,8 @@ use kino_cli::compiler::CompilerTarget;
 use kino_cli::ipam::IpamArgs;
 use kino_cli::status::{Targets, components, probe_all};
 use kino_service_kit::ClientTlsArgs;
+use kino_service_kit::pki::DEFAULT_PKI_DIR;
+use kino_service_kit::principal::Role;
 use kino_telemetry::{LogArgs, LogFormat};
 
 /// Exit status when a component is not SERVING (or a command failed).
@@ -77,6 +79,11 @@ struct GlobalArgs {
     /// How long each component may take to answer, e.g. 2s or 500ms.
     #[arg(long, global = true, env = "KINO_TIMEOUT", default_value = "2s", value_parser = parse_duration)]
     timeout: Duration,
+    /// The PKI directory `kino pki init` fills (up.sh: /var/lib/kino/pki). Without
+    /// --upstream-tls-* flags, kino dials TCP services with its ca.crt and the admin
+    /// certificate admin.crt/admin.key (root's: run kino as root).
+    #[arg(long, global = true, env = "KINO_PKI_DIR", default_value = DEFAULT_PKI_DIR)]
+    pki_dir: std::path::PathBuf,
     #[command(flatten)]
     upstream_tls: ClientTlsArgs,
 }
@@ -114,6 +121,8 @@ enum Command {
     Bpf(kino_cli::bpf::BpfArgs),
     /// Flows seen by the agent's flow observer, filtered (Hubble's `hubble observe`).
     Observe(Box<kino_cli::observe::ObserveArgs>),
+    /// Certificates of the suite: a CA and one per service, agent and admin (--pki-dir).
+    Pki(kino_cli::pki::PkiArgs),
 }
 
 fn parse_duration(text: &str) -> Result<Duration, String> {
@@ -136,10 +145,15 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 async fn main() -> ExitCode {
     // The matches are kept: `kino observe --not` needs the order of the flags.
     let matches = Cli::command().get_matches();
-    let cli = match Cli::from_arg_matches(&matches) {
+    let mut cli = match Cli::from_arg_matches(&matches) {
         Ok(cli) => cli,
         Err(e) => e.exit(),
     };
+    // The admin's credentials where `kino pki init` (up.sh) put them, unless flags say else.
+    cli.global.upstream_tls = cli.global.upstream_tls.clone().with_pki_defaults(
+        &kino_service_kit::PkiArgs::at(&cli.global.pki_dir),
+        Role::Admin.as_str(),
+    );
     // Quiet by default: the output is the table; KINO_LOG=debug shows the RPCs.
     let log = LogArgs {
         log_format: LogFormat::Pretty,
@@ -166,6 +180,7 @@ async fn main() -> ExitCode {
         return ExitCode::from(EXIT_USAGE);
     }
     match cli.command {
+        Command::Pki(args) => kino_cli::pki::execute(&args, &cli.global.pki_dir),
         Command::Status => return status(&cli.global).await,
         Command::Endpoint(args) => {
             let json = cli.global.output == Output::Json;

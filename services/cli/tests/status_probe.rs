@@ -8,7 +8,7 @@ use kino_cli::status::{Component, Health, probe};
 use kino_ipam::grpc::IpamGrpc;
 use kino_ipam::persistence::Datastore;
 use kino_ipam::{Ipam, IpamOptions};
-use kino_service_kit::{ClientTlsArgs, Listener, ServeSpec, serve};
+use kino_service_kit::{ClientTlsArgs, Listener, ServeSpec, TlsArgs, serve};
 use tokio::sync::oneshot;
 
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -40,6 +40,8 @@ async fn probes_tell_serving_from_wrong_service_from_down_from_silent() {
     let (stop, stopped) = oneshot::channel::<()>();
     let server = tokio::spawn(serve(
         ServeSpec::on_listener("kino-ipam-test", listener)
+            .with_tls(TlsArgs::insecure())
+            .with_authorization(kino_ipam::authorization::AUTHORIZATION)
             .add_service(ipam_service().into_server())
             .with_shutdown(async move {
                 let _ = stopped.await;

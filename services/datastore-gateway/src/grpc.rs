@@ -12,9 +12,11 @@ use kino_api::datastore::{
     ResourceKey as PbKey, RevokeLeaseRequest, RevokeLeaseResponse, StatusRequest, StatusResponse,
     UpdateRequest, UpdateResponse, WatchFanout, WatchRequest, WatchResponse,
 };
+use kino_service_kit::principal::Caller;
 use prost::Message;
 use tonic::{Request, Response, Status};
 
+use crate::authorization::{Write, authorize_write};
 use crate::resource::{InvalidField, ResourceKey, Selector};
 use crate::store::{ChangeKind, StoreError, StoreEvent, StoredObject};
 use crate::{Gateway, GatewayError};
@@ -52,7 +54,13 @@ pub fn to_status(e: GatewayError) -> Status {
     match e {
         GatewayError::Invalid(f) => Status::invalid_argument(f.to_string()),
         GatewayError::Store(s) => store_status(s),
+        GatewayError::Denied(message) => Status::permission_denied(message),
     }
+}
+
+/// Applies the per-kind write rules ([`crate::authorization::KIND_RULES`]).
+fn authorize(caller: &Caller, write: Write, key: &ResourceKey) -> Result<(), Status> {
+    authorize_write(caller, write, key).map_err(|denied| Status::permission_denied(denied.0))
 }
 
 fn store_status(e: StoreError) -> Status {
@@ -172,7 +180,9 @@ impl DatastoreService for DatastoreGrpc {
         &self,
         req: Request<CreateRequest>,
     ) -> Result<Response<CreateResponse>, Status> {
+        let caller = Caller::of(req.extensions());
         let (key, value, lease) = resource_parts(req.into_inner().resource)?;
+        authorize(&caller, Write::Create, &key)?;
         tracing::debug!(%key, "create");
         let object = self
             .gateway
@@ -188,8 +198,10 @@ impl DatastoreService for DatastoreGrpc {
         &self,
         req: Request<UpdateRequest>,
     ) -> Result<Response<UpdateResponse>, Status> {
+        let caller = Caller::of(req.extensions());
         let req = req.into_inner();
         let (key, value, lease) = resource_parts(req.resource)?;
+        authorize(&caller, Write::Update, &key)?;
         let object = self
             .gateway
             .update(&key, value, lease, req.expected_revision)
@@ -204,8 +216,10 @@ impl DatastoreService for DatastoreGrpc {
         &self,
         req: Request<DeleteRequest>,
     ) -> Result<Response<DeleteResponse>, Status> {
+        let caller = Caller::of(req.extensions());
         let req = req.into_inner();
         let key = key_of("key", req.key)?;
+        authorize(&caller, Write::Delete, &key)?;
         let object = self
             .gateway
             .delete(&key, req.expected_revision)
@@ -241,9 +255,10 @@ impl DatastoreService for DatastoreGrpc {
         &self,
         req: Request<GrantLeaseRequest>,
     ) -> Result<Response<GrantLeaseResponse>, Status> {
+        let caller = Caller::of(req.extensions());
         let lease = self
             .gateway
-            .grant_lease(req.into_inner().ttl_seconds)
+            .grant_lease(req.into_inner().ttl_seconds, &caller)
             .await
             .map_err(to_status)?;
         Ok(Response::new(GrantLeaseResponse {
@@ -256,9 +271,10 @@ impl DatastoreService for DatastoreGrpc {
         &self,
         req: Request<KeepAliveLeaseRequest>,
     ) -> Result<Response<KeepAliveLeaseResponse>, Status> {
+        let caller = Caller::of(req.extensions());
         let lease = self
             .gateway
-            .keep_alive(req.into_inner().lease_id)
+            .keep_alive(req.into_inner().lease_id, &caller)
             .await
             .map_err(to_status)?;
         Ok(Response::new(KeepAliveLeaseResponse {
@@ -271,8 +287,9 @@ impl DatastoreService for DatastoreGrpc {
         &self,
         req: Request<RevokeLeaseRequest>,
     ) -> Result<Response<RevokeLeaseResponse>, Status> {
+        let caller = Caller::of(req.extensions());
         self.gateway
-            .revoke_lease(req.into_inner().lease_id)
+            .revoke_lease(req.into_inner().lease_id, &caller)
             .await
             .map_err(to_status)?;
         Ok(Response::new(RevokeLeaseResponse {}))

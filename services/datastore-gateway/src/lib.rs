@@ -2,8 +2,10 @@
 //!
 //! [`Gateway`] validates requests, maps resources onto store keys and shares watches between
 //! clients; [`store::Store`] is the backend (embedded redb file or etcd); `grpc` adapts the
-//! `kino.datastore.v1` API onto the gateway; [`metrics`] describes it to Prometheus.
+//! `kino.datastore.v1` API onto the gateway; [`authorization`] says who may call and write
+//! what; [`metrics`] describes it to Prometheus.
 
+pub mod authorization;
 pub mod grpc;
 pub mod metrics;
 pub mod resource;
@@ -15,6 +17,7 @@ pub mod watch_hub;
 use std::sync::Arc;
 
 use futures::StreamExt;
+use kino_service_kit::principal::Caller;
 
 use resource::{InvalidField, ResourceKey, Selector};
 use store::{EventStream, Lease, Store, StoreError, StoreStatus, StoredObject};
@@ -26,6 +29,9 @@ pub const DEFAULT_PAGE: usize = 500;
 pub const MAX_PAGE: usize = 5000;
 /// Longest lease TTL accepted, in seconds.
 pub const MAX_LEASE_TTL: i64 = 86_400;
+/// Store-key prefix of the records naming each lease's granter: outside every kind, so no
+/// client can read or write them through the API.
+const LEASE_GRANTER_PREFIX: &str = "lease-granter//";
 
 /// Errors of the gateway: bad requests or store failures.
 #[derive(Debug, thiserror::Error)]
@@ -36,6 +42,9 @@ pub enum GatewayError {
     /// The store refused or failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The caller may not do this (e.g. keep alive a lease another identity granted).
+    #[error("{0}")]
+    Denied(String),
 }
 
 /// Limits applied to requests.
@@ -237,8 +246,13 @@ impl Gateway {
         Ok(stream.boxed())
     }
 
-    /// Grants a lease.
-    pub async fn grant_lease(&self, ttl_seconds: i64) -> Result<Lease, GatewayError> {
+    /// Grants a lease and remembers who granted it (on the lease itself: the record goes
+    /// when the lease does, and survives a gateway restart with it).
+    pub async fn grant_lease(
+        &self,
+        ttl_seconds: i64,
+        granter: &Caller,
+    ) -> Result<Lease, GatewayError> {
         if !(1..=MAX_LEASE_TTL).contains(&ttl_seconds) {
             return Err(InvalidField::new(
                 "ttl_seconds",
@@ -246,22 +260,64 @@ impl Gateway {
             )
             .into());
         }
-        Ok(self.store.grant_lease(ttl_seconds).await?)
+        let lease = self.store.grant_lease(ttl_seconds).await?;
+        let record = self
+            .store
+            .create(
+                &granter_key(lease.id),
+                granter.name().into_bytes(),
+                lease.id,
+            )
+            .await;
+        if let Err(e) = record {
+            // A lease nobody may keep alive is useless: take it back.
+            let _ = self.store.revoke_lease(lease.id).await;
+            return Err(e.into());
+        }
+        Ok(lease)
     }
 
-    /// Renews a lease.
-    pub async fn keep_alive(&self, lease: i64) -> Result<Lease, GatewayError> {
+    /// Renews a lease; only its granter (or admin) may.
+    pub async fn keep_alive(&self, lease: i64, caller: &Caller) -> Result<Lease, GatewayError> {
         check_lease_id("lease_id", lease)?;
         if lease == 0 {
             return Err(InvalidField::new("lease_id", "is required").into());
         }
+        if !caller.is_admin() && !self.granted_by(lease, caller, "keep alive").await? {
+            // No granter record: the lease is gone (the record goes with it).
+            return Err(StoreError::LeaseNotFound { lease }.into());
+        }
         Ok(self.store.keep_alive(lease).await?)
     }
 
-    /// Revokes a lease and deletes its resources.
-    pub async fn revoke_lease(&self, lease: i64) -> Result<(), GatewayError> {
+    /// Revokes a lease and deletes its resources; only its granter (or admin) may. A lease
+    /// that does not exist (for this caller) is already revoked: success.
+    pub async fn revoke_lease(&self, lease: i64, caller: &Caller) -> Result<(), GatewayError> {
         check_lease_id("lease_id", lease)?;
+        if !caller.is_admin() && !self.granted_by(lease, caller, "revoke").await? {
+            return Ok(());
+        }
         Ok(self.store.revoke_lease(lease).await?)
+    }
+
+    /// Whether `caller` granted `lease`: `Ok(false)` when no granter is recorded (the lease
+    /// ended), `Denied` when another identity granted it.
+    async fn granted_by(
+        &self,
+        lease: i64,
+        caller: &Caller,
+        verb: &str,
+    ) -> Result<bool, GatewayError> {
+        let Some(record) = self.store.get(&granter_key(lease)).await? else {
+            return Ok(false);
+        };
+        let granter = String::from_utf8_lossy(&record.value);
+        if granter == caller.name() {
+            return Ok(true);
+        }
+        Err(GatewayError::Denied(format!(
+            "{caller} may not {verb} lease {lease}: it was granted by {granter:?}, and only its granter (or admin) may"
+        )))
     }
 
     /// Discards history before `revision`.
@@ -304,6 +360,10 @@ impl Gateway {
         }
         Ok(())
     }
+}
+
+fn granter_key(lease: i64) -> String {
+    format!("{LEASE_GRANTER_PREFIX}{lease}")
 }
 
 fn check_lease_id(field: &str, lease: i64) -> Result<(), InvalidField> {

@@ -1,5 +1,6 @@
 //! kino-datastore-gateway: reads its config, opens the backend, serves `kino.datastore.v1`.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,8 @@ use kino_datastore_gateway::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use kino_datastore_gateway::store::etcd::{EtcdOptions, EtcdStore};
 use kino_datastore_gateway::store::instrumented::InstrumentedStore;
 use kino_datastore_gateway::{Gateway, Limits};
-use kino_service_kit::{ListenAddr, ServeSpec, TlsArgs, serve};
+use kino_service_kit::principal::Role;
+use kino_service_kit::{ListenAddr, PkiArgs, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 use kino_telemetry::metrics::MetricsAddress;
 
@@ -78,6 +80,8 @@ struct Config {
     )]
     metrics_address: MetricsAddress,
     #[command(flatten)]
+    pki: PkiArgs,
+    #[command(flatten)]
     tls: TlsArgs,
     #[command(flatten)]
     log: LogArgs,
@@ -85,6 +89,8 @@ struct Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    // The datastore file and anything else written is private (0600/0700).
+    kino_service_kit::make_new_files_private();
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-datastore-gateway", &config.log)?;
     if !config.etcd_prefix.starts_with('/') || !config.etcd_prefix.ends_with('/') {
@@ -97,12 +103,21 @@ async fn main() -> anyhow::Result<()> {
         Backend::Embedded => {
             let mut options = EmbeddedOptions::new(&config.data_file);
             options.history_revisions = config.history_revisions;
-            Arc::new(EmbeddedStore::open(options).await.with_context(|| {
+            let store = EmbeddedStore::open(options).await.with_context(|| {
                 format!(
                     "opening the embedded datastore {} (--data-file)",
                     config.data_file.display()
                 )
-            })?)
+            })?;
+            // Explicitly, for a file an older gateway created world-readable.
+            std::fs::set_permissions(&config.data_file, std::fs::Permissions::from_mode(0o600))
+                .with_context(|| {
+                    format!(
+                        "making the datastore {} private (mode 0600)",
+                        config.data_file.display()
+                    )
+                })?;
+            Arc::new(store)
         }
         Backend::Etcd => Arc::new(
             EtcdStore::connect(EtcdOptions {
@@ -130,7 +145,12 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(backend = ?config.backend, "datastore gateway ready");
     serve(
         ServeSpec::new("kino-datastore-gateway", config.listen)
-            .with_tls(config.tls)
+            .with_tls(
+                config
+                    .tls
+                    .with_pki_defaults(&config.pki, Role::DatastoreGateway.as_str()),
+            )
+            .with_authorization(kino_datastore_gateway::authorization::AUTHORIZATION)
             .add_service(DatastoreGrpc::new(gateway).into_server()),
     )
     .await?;

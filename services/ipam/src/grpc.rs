@@ -13,6 +13,7 @@ use std::time::Duration;
 use kino_api::ipam as pb;
 use kino_api::ipam::ipam_service_server::{IpamService, IpamServiceServer};
 use kino_api::types::IpFamily;
+use kino_service_kit::principal::Caller;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -100,6 +101,17 @@ fn optional_pool(field: &str, pool: String) -> Result<Option<String>, Status> {
 
 fn required_node(field: &str, node: &str) -> Result<(), Status> {
     check(validate_node_name(field, node))
+}
+
+/// An agent calls node-scoped methods only for its own node (as Kubernetes' NodeRestriction
+/// holds a kubelet to its node); other callers the table admits act for any node.
+fn own_node(caller: &Caller, node: &str, method: &str) -> Result<(), Status> {
+    caller
+        .check_node(
+            node,
+            &format!("node {node:?} (kino.ipam.v1.IpamService/{method})"),
+        )
+        .map_err(Status::permission_denied)
 }
 
 fn optional_family(field: &str, value: i32) -> Result<Option<Family>, Status> {
@@ -241,8 +253,10 @@ impl IpamService for IpamGrpc {
         &self,
         request: Request<pb::AllocateNodeCidrsRequest>,
     ) -> Result<Response<pb::AllocateNodeCidrsResponse>, Status> {
+        let caller = Caller::of(request.extensions());
         let request = request.into_inner();
         required_node("node", &request.node)?;
+        own_node(&caller, &request.node, "AllocateNodeCidrs")?;
         let pool = pool_or_default("pool", request.pool)?;
         // Deprecated: a node's blocks never hang on a lease (a lapsed lease does not mean
         // its pods are gone); the field is still checked, then ignored.
@@ -303,8 +317,10 @@ impl IpamService for IpamGrpc {
         &self,
         request: Request<pb::AllocateRequest>,
     ) -> Result<Response<pb::AllocateResponse>, Status> {
+        let caller = Caller::of(request.extensions());
         let request = request.into_inner();
         required_node("node", &request.node)?;
+        own_node(&caller, &request.node, "Allocate")?;
         let pool = pool_or_default("pool", request.pool)?;
         let owner = owner("owner", request.owner)?;
         let family = optional_family("family", request.family)?;
@@ -417,8 +433,10 @@ impl IpamService for IpamGrpc {
         &self,
         request: Request<pb::GcRequest>,
     ) -> Result<Response<pb::GcResponse>, Status> {
+        let caller = Caller::of(request.extensions());
         let request = request.into_inner();
         required_node("node", &request.node)?;
+        own_node(&caller, &request.node, "Gc")?;
         let pool = optional_pool("pool", request.pool)?;
         let valid_owners = request
             .valid_owners

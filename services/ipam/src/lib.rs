@@ -11,11 +11,13 @@
 //! - [`service`]: [`service::Ipam`], the protocols over the datastore.
 //! - [`node_watch`]: finishes node deletions that were interrupted.
 //! - [`grpc`]: the `kino.ipam.v1` adapter; [`node_grpc`]: the `kino.node.v1` adapter (nodes,
-//!   their health, their explicit deletion); [`metrics`]: what Prometheus sees.
+//!   their health, their explicit deletion); [`authorization`]: who may call which method;
+//!   [`metrics`]: what Prometheus sees.
 
 #![warn(missing_docs)]
 
 pub mod allocator;
+pub mod authorization;
 pub mod error;
 pub mod grpc;
 pub mod metrics;

@@ -12,7 +12,8 @@ use kino_ipam::persistence::Datastore;
 use kino_ipam::pool::{DEFAULT_POOL, PoolConfig, RawFamily};
 use kino_ipam::service::DefaultPoolOutcome;
 use kino_ipam::{Ipam, IpamError, IpamOptions};
-use kino_service_kit::{ClientTlsArgs, ListenAddr, ServeSpec, TlsArgs, serve};
+use kino_service_kit::principal::Role;
+use kino_service_kit::{ClientTlsArgs, ListenAddr, PkiArgs, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 use kino_telemetry::metrics::MetricsAddress;
 
@@ -77,6 +78,8 @@ struct Config {
     )]
     metrics_address: MetricsAddress,
     #[command(flatten)]
+    pki: PkiArgs,
+    #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
     tls: TlsArgs,
@@ -133,11 +136,17 @@ impl Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    kino_service_kit::make_new_files_private();
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-ipam", &config.log)?;
     let default_pool = config.default_pool()?;
     let options = config.options()?;
-    let channel = kino_service_kit::connect_lazy(&config.datastore, &config.upstream_tls)
+    // Its own certificate both serves and calls the gateway (Subject O = ipam).
+    let upstream_tls = config
+        .upstream_tls
+        .clone()
+        .with_pki_defaults(&config.pki, Role::Ipam.as_str());
+    let channel = kino_service_kit::connect_lazy(&config.datastore, &upstream_tls)
         .with_context(|| format!("checking --datastore {:?}", config.datastore))?;
     let ipam = Arc::new(Ipam::new(Datastore::new(channel), options));
 
@@ -153,7 +162,12 @@ async fn main() -> anyhow::Result<()> {
     tracing::info!(datastore = %config.datastore, "kino-ipam ready");
     serve(
         ServeSpec::new("kino-ipam", config.listen)
-            .with_tls(config.tls)
+            .with_tls(
+                config
+                    .tls
+                    .with_pki_defaults(&config.pki, Role::Ipam.as_str()),
+            )
+            .with_authorization(kino_ipam::authorization::AUTHORIZATION)
             .add_service(IpamGrpc::new(ipam.clone()).into_server())
             .add_service(NodeGrpc::new(ipam).into_server()),
     )

@@ -13,11 +13,12 @@
 //! - [`stream`]: revisioned deltas for agents (WatchEndpointPolicy).
 //! - [`trace`]: verdicts explained (TracePolicy).
 //! - [`store`], [`sync`]: the datastore client and the watches feeding the view.
-//! - [`service`]: the domain behind the API; [`grpc`] translates; [`metrics`] reports it to
-//!   Prometheus.
+//! - [`service`]: the domain behind the API; [`grpc`] translates; [`authorization`] says who
+//!   may call what; [`metrics`] reports it to Prometheus.
 
 #![warn(missing_docs)]
 
+pub mod authorization;
 pub mod cidr;
 pub mod compile;
 pub mod convert;

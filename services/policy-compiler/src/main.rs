@@ -10,7 +10,8 @@ use kino_policy_compiler::compile::{CompilerConfig, EnforcementMode};
 use kino_policy_compiler::grpc::PolicyGrpc;
 use kino_policy_compiler::service::{PolicyService, ServiceOptions};
 use kino_policy_compiler::store::Store;
-use kino_service_kit::{ClientTlsArgs, ListenAddr, ServeSpec, TlsArgs, serve};
+use kino_service_kit::principal::Role;
+use kino_service_kit::{ClientTlsArgs, ListenAddr, PkiArgs, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 use kino_telemetry::metrics::MetricsAddress;
 
@@ -49,6 +50,8 @@ struct Config {
     )]
     metrics_address: MetricsAddress,
     #[command(flatten)]
+    pki: PkiArgs,
+    #[command(flatten)]
     upstream_tls: ClientTlsArgs,
     #[command(flatten)]
     tls: TlsArgs,
@@ -83,10 +86,17 @@ impl Config {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    kino_service_kit::make_new_files_private();
     let config = Config::parse();
     let _telemetry = kino_telemetry::init("kino-policy-compiler", &config.log)?;
     let options = config.options()?;
-    let channel = kino_service_kit::connect_lazy(&config.datastore, &config.upstream_tls)
+    // Its own certificate both serves and calls the gateway (Subject O = policy-compiler).
+    let identity = Role::PolicyCompiler.as_str();
+    let upstream_tls = config
+        .upstream_tls
+        .clone()
+        .with_pki_defaults(&config.pki, identity);
+    let channel = kino_service_kit::connect_lazy(&config.datastore, &upstream_tls)
         .with_context(|| format!("checking --datastore {:?}", config.datastore))?;
     let service = Arc::new(PolicyService::new(Store::new(channel), options));
     tokio::spawn(kino_policy_compiler::sync::follow_datastore(
@@ -106,7 +116,8 @@ async fn main() -> anyhow::Result<()> {
     );
     serve(
         ServeSpec::new("kino-policy-compiler", config.listen)
-            .with_tls(config.tls)
+            .with_tls(config.tls.with_pki_defaults(&config.pki, identity))
+            .with_authorization(kino_policy_compiler::authorization::AUTHORIZATION)
             .add_service(PolicyGrpc::new(service).into_server()),
     )
     .await?;

@@ -1,4 +1,5 @@
-//! Client channels to other services, with trace-context propagation built in.
+//! Client channels to other services, with trace-context propagation built in; TCP targets
+//! use mTLS (re-reading the certificate files at each new connection) when a CA is set.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -22,10 +23,15 @@ const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
 /// `unix:/run/kino/agent.sock`. A target without a scheme uses TLS iff `--upstream-tls-ca`
 /// is set; unix sockets are always plaintext (protected by their file mode).
 pub async fn connect(target: &str, tls: &ClientTlsArgs) -> Result<TracedChannel, ServiceError> {
-    let (endpoint, unix) = endpoint(target, tls)?;
-    let channel = match unix {
-        Some(path) => endpoint.connect_with_connector(unix_connector(path)).await,
-        None => endpoint.connect().await,
+    let (endpoint, transport) = endpoint(target, tls)?;
+    let channel = match transport {
+        Transport::Unix(path) => endpoint.connect_with_connector(unix_connector(path)).await,
+        Transport::Tls => {
+            endpoint
+                .connect_with_connector(crate::tls::tls_connector(tls.clone()))
+                .await
+        }
+        Transport::Plain => endpoint.connect().await,
     }
     .map_err(|e| ServiceError::Connect {
         target: target.to_owned(),
@@ -37,10 +43,13 @@ pub async fn connect(target: &str, tls: &ClientTlsArgs) -> Result<TracedChannel,
 /// Like [`connect`] but connects on first use (and reconnects after failures), so a
 /// service can start before its dependencies. Must be called inside a Tokio runtime.
 pub fn connect_lazy(target: &str, tls: &ClientTlsArgs) -> Result<TracedChannel, ServiceError> {
-    let (endpoint, unix) = endpoint(target, tls)?;
-    let channel: Channel = match unix {
-        Some(path) => endpoint.connect_with_connector_lazy(unix_connector(path)),
-        None => endpoint.connect_lazy(),
+    let (endpoint, transport) = endpoint(target, tls)?;
+    let channel: Channel = match transport {
+        Transport::Unix(path) => endpoint.connect_with_connector_lazy(unix_connector(path)),
+        Transport::Tls => {
+            endpoint.connect_with_connector_lazy(crate::tls::tls_connector(tls.clone()))
+        }
+        Transport::Plain => endpoint.connect_lazy(),
     };
     Ok(kino_telemetry::traced(channel))
 }
@@ -97,33 +106,56 @@ fn parse_target(target: &str, tls_configured: bool) -> Result<Target, ServiceErr
     })
 }
 
-/// The endpoint for `target`, plus the socket path when it is a unix socket.
-fn endpoint(
-    target: &str,
-    tls: &ClientTlsArgs,
-) -> Result<(Endpoint, Option<PathBuf>), ServiceError> {
-    let (endpoint, unix) = match parse_target(target, tls.is_enabled())? {
+/// How a channel reaches its server.
+enum Transport {
+    Unix(PathBuf),
+    Tls,
+    Plain,
+}
+
+/// The endpoint for `target` and how to reach it.
+fn endpoint(target: &str, tls: &ClientTlsArgs) -> Result<(Endpoint, Transport), ServiceError> {
+    let (endpoint, transport) = match parse_target(target, tls.is_enabled())? {
         Target::Unix(path) => {
             // The authority only fills the :authority header; the connector ignores the URI.
-            (Endpoint::from_static("http://localhost"), Some(path))
+            (
+                Endpoint::from_static("http://localhost"),
+                Transport::Unix(path),
+            )
         }
         Target::Uri { uri, tls: use_tls } => {
-            let mut endpoint =
-                Endpoint::from_shared(uri).map_err(|e| ServiceError::InvalidTarget {
+            // Plaintext by default only because the PKI could not be read: say so, rather
+            // than let the server's TLS refuse us with a puzzling transport error.
+            if let Some(reason) = &tls.unusable_pki
+                && !use_tls
+                && !target.trim().starts_with("http://")
+            {
+                return Err(ServiceError::CredentialsUnreadable {
                     target: target.to_owned(),
-                    reason: error_chain(&e),
-                })?;
-            if use_tls {
-                let config = tls.client_config()?.ok_or_else(|| {
-                    ServiceError::TlsConfig(format!(
-                        "target {target:?} uses https but --upstream-tls-ca is not set: give the CA that signed the server's certificate"
-                    ))
-                })?;
-                endpoint = endpoint
-                    .tls_config(config)
-                    .map_err(|e| ServiceError::TlsConfig(error_chain(&e)))?;
+                    reason: reason.clone(),
+                });
             }
-            (endpoint, None)
+            // Our connector runs the TLS handshake, so tonic sees a plain http:// endpoint.
+            let uri = match (use_tls, uri.strip_prefix("https://")) {
+                (true, Some(rest)) => format!("http://{rest}"),
+                _ => uri,
+            };
+            let endpoint = Endpoint::from_shared(uri).map_err(|e| ServiceError::InvalidTarget {
+                target: target.to_owned(),
+                reason: error_chain(&e),
+            })?;
+            if use_tls {
+                if !tls.is_enabled() {
+                    return Err(ServiceError::TlsConfig(format!(
+                        "target {target:?} uses https but --upstream-tls-ca is not set: give the CA that signed the server's certificate"
+                    )));
+                }
+                // The files are checked now, so a bad one fails here, not at the first call.
+                tls.check()?;
+                (endpoint, Transport::Tls)
+            } else {
+                (endpoint, Transport::Plain)
+            }
         }
     };
     let endpoint = endpoint
@@ -131,7 +163,7 @@ fn endpoint(
         .tcp_nodelay(true)
         .http2_keep_alive_interval(KEEP_ALIVE_INTERVAL)
         .keep_alive_timeout(KEEP_ALIVE_TIMEOUT);
-    Ok((endpoint, unix))
+    Ok((endpoint, transport))
 }
 
 fn unix_connector(

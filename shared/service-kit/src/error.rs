@@ -89,6 +89,43 @@ pub enum ServiceError {
         reason: String,
     },
 
+    /// A TCP listener has neither its mTLS files nor an explicit `--insecure`.
+    #[error(
+        "{addr} is TCP and serves mTLS only, but {missing} is not set; give the files, leave them unset to use <pki-dir> (`kino pki init` makes it), or pass --insecure to serve plaintext with no authorization"
+    )]
+    TlsRequired {
+        /// The listen address.
+        addr: String,
+        /// The flags that are missing.
+        missing: String,
+    },
+
+    /// `--insecure` and TLS files were both given.
+    #[error(
+        "--insecure (plaintext, no authorization) contradicts --tls-cert/--tls-key/--tls-client-ca; choose one"
+    )]
+    InsecureWithTls,
+
+    /// Creating or reading the PKI directory failed.
+    #[error("cannot {action} {}: {detail}", path.display())]
+    Pki {
+        /// What we were doing.
+        action: String,
+        /// The file or directory.
+        path: PathBuf,
+        /// What went wrong.
+        detail: String,
+    },
+
+    /// A TCP target would need the default credentials, which this user cannot read.
+    #[error("cannot dial {target} with mTLS: {reason}")]
+    CredentialsUnreadable {
+        /// The target as given.
+        target: String,
+        /// Which directory and why.
+        reason: String,
+    },
+
     /// TLS was configured for a unix-socket listener.
     #[error(
         "TLS is not supported on unix:{}: access to a unix socket is controlled by its file mode (0600); drop the --tls-* flags or listen on TCP",

@@ -1,4 +1,5 @@
-//! Serving a service: listener, TLS, health, reflection, request spans, graceful shutdown.
+//! Serving a service: listener, mTLS (reloaded when its files change), authorization of
+//! every RPC, health, reflection, request spans, graceful shutdown.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -7,6 +8,7 @@ use std::time::Duration;
 
 use kino_telemetry::RpcOutcomeLayer;
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -16,9 +18,11 @@ use tonic_health::ServingStatus;
 use tonic_health::pb::health_server::HealthServer;
 use tonic_health::server::{HealthReporter, HealthService};
 
+use crate::authz::{AuthorizeLayer, MethodRule, Rules, Transport};
 use crate::drain::{Draining, EndStreamsLayer};
 use crate::error::error_chain;
 use crate::listen::ListenerKind;
+use crate::tls::{ReloadingServerTls, tls_incoming};
 use crate::{ListenAddr, Listener, ServiceError, TlsArgs};
 
 /// How long shutdown waits for in-flight RPCs before `serve` returns anyway.
@@ -52,6 +56,7 @@ pub struct ServeSpec {
     service_name: &'static str,
     listen: Listen,
     tls: TlsArgs,
+    authorization: Rules,
     routes: Routes,
     serving: Vec<String>,
     descriptor_sets: Vec<&'static [u8]>,
@@ -89,6 +94,7 @@ impl ServeSpec {
             service_name,
             listen,
             tls: TlsArgs::default(),
+            authorization: Rules::default(),
             routes: Routes::default(),
             serving: Vec::new(),
             descriptor_sets: vec![kino_api::FILE_DESCRIPTOR_SET],
@@ -99,9 +105,19 @@ impl ServeSpec {
         }
     }
 
-    /// Serves TLS (or mTLS) as configured by the flags; plaintext when none is set.
+    /// How a TCP listener is secured: mTLS with the flags' files (fill the defaults with
+    /// [`TlsArgs::with_pki_defaults`]), or plaintext without authorization if `--insecure`.
+    /// A TCP listener with neither fails to start. Unix sockets ignore the defaults.
     pub fn with_tls(mut self, tls: TlsArgs) -> Self {
         self.tls = tls;
+        self
+    }
+
+    /// Adds a service's authorization table (full method → who may call it). Methods no
+    /// table lists are denied to every caller; health and reflection are open to any
+    /// authenticated caller. See [`crate::authz`].
+    pub fn with_authorization(mut self, table: &'static [MethodRule]) -> Self {
+        self.authorization.add(table);
         self
     }
 
@@ -173,7 +189,9 @@ impl ServeSpec {
 /// Adds grpc.health.v1 (overall `""` and every named service SERVING; NOT_SERVING once
 /// shutdown starts), gRPC reflection v1 and v1alpha, a `grpc.request` span per request that
 /// continues the caller's W3C trace, per-RPC metrics and span status
-/// ([`kino_telemetry::RpcOutcomeLayer`]), and TLS/mTLS if configured. At shutdown, new
+/// ([`kino_telemetry::RpcOutcomeLayer`]), authorization of every request against the
+/// spec's tables ([`crate::authz`]), and, on TCP, mTLS whose files are re-read when they
+/// change (or plaintext by the operator's `--insecure`). At shutdown, new
 /// connections are refused, idle response streams end with UNAVAILABLE, in-flight RPCs get
 /// the grace period to finish, and a unix socket file is removed.
 pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
@@ -181,6 +199,7 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
         service_name,
         listen,
         tls,
+        authorization,
         routes,
         serving,
         descriptor_sets,
@@ -190,20 +209,38 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
         drain,
     } = spec;
 
-    let tls_config = tls.server_config()?;
+    if let Listen::Addr(addr) = &listen {
+        check_security(addr, &tls)?;
+    }
     let listener = match listen {
-        Listen::Addr(addr) => {
-            if let (Some(_), ListenAddr::Unix(path)) = (&tls_config, &addr) {
-                return Err(ServiceError::TlsOnUnixSocket { path: path.clone() });
-            }
-            Listener::bind(&addr).await?
-        }
+        Listen::Addr(addr) => Listener::bind(&addr).await?,
         Listen::Bound(listener) => listener,
     };
     let addr = listener.local_addr();
-    if let (Some(_), ListenAddr::Unix(path)) = (&tls_config, &addr) {
-        return Err(ServiceError::TlsOnUnixSocket { path: path.clone() });
-    }
+    check_security(&addr, &tls)?;
+    let transport = match (&listener.kind, tls.insecure) {
+        (ListenerKind::Unix { .. }, _) => Transport::UnixSocket,
+        (ListenerKind::Tcp(_), true) => Transport::Insecure,
+        (ListenerKind::Tcp(_), false) => Transport::MutualTls,
+    };
+    let server_tls = match transport {
+        Transport::MutualTls => Some(ReloadingServerTls::load(
+            tls.server_files(&addr.to_string())?,
+        )?),
+        Transport::Insecure => {
+            tracing::warn!(
+                service = service_name,
+                address = %addr,
+                "--insecure: serving PLAINTEXT with NO AUTHORIZATION; anyone who can connect to {addr} may do anything. Remove --insecure to serve mTLS."
+            );
+            None
+        }
+        Transport::UnixSocket => None,
+    };
+    // Follows the certificate files until the server is done (aborted on drop).
+    let _follow_files = server_tls
+        .clone()
+        .map(|tls| AbortOnDrop(tokio::spawn(tls.follow_files())));
 
     let routes = routes
         .add_service(HealthServer::new(HealthService::from_health_reporter(
@@ -221,23 +258,19 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
         );
     set_status(&health, &serving, ServingStatus::Serving).await;
 
-    let mut builder = Server::builder().trace_fn(kino_telemetry::grpc_server_span);
-    let tls_on = tls_config.is_some();
-    if let Some(config) = tls_config {
-        builder = builder
-            .tls_config(config)
-            .map_err(|e| ServiceError::TlsConfig(error_chain(&e)))?;
-    }
+    let builder = Server::builder().trace_fn(kino_telemetry::grpc_server_span);
     let draining = Draining::new(drain.subscribe());
     let known_services = serving.iter().map(String::as_str).chain([
         HEALTH_SERVICE,
         REFLECTION_V1_SERVICE,
         REFLECTION_V1ALPHA_SERVICE,
     ]);
-    // Outermost, so that it also sees the UNAVAILABLE with which draining ends streams.
+    // Outermost, so that it also sees the UNAVAILABLE with which draining ends streams and
+    // the requests authorization refuses.
     let router = builder
         .layer(RpcOutcomeLayer::new(known_services))
         .layer(EndStreamsLayer::new(draining.clone()))
+        .layer(AuthorizeLayer::new(service_name, transport, authorization))
         .add_routes(routes);
     let stop_accepting = {
         let draining = draining.clone();
@@ -248,10 +281,16 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
     let mut socket_file = None;
     let server: ServerFuture =
         match listener.kind {
-            ListenerKind::Tcp(listener) => Box::pin(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop_accepting,
-            )),
+            ListenerKind::Tcp(listener) => match server_tls {
+                Some(server_tls) => Box::pin(router.serve_with_incoming_shutdown(
+                    tls_incoming(listener, server_tls),
+                    stop_accepting,
+                )),
+                None => Box::pin(router.serve_with_incoming_shutdown(
+                    TcpIncoming::from(listener).with_nodelay(Some(true)),
+                    stop_accepting,
+                )),
+            },
             ListenerKind::Unix { listener, socket } => {
                 socket_file = Some(socket);
                 Box::pin(router.serve_with_incoming_shutdown(
@@ -263,8 +302,7 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
     tracing::info!(
         service = service_name,
         address = %addr,
-        tls = tls_on,
-        mtls = tls.requires_client_cert(),
+        security = ?transport,
         grpc_services = ?serving,
         "listening"
     );
@@ -314,6 +352,31 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
             addr,
             detail: error_chain(&e),
         }),
+    }
+}
+
+/// A unix socket takes no TLS flags (its mode protects it); TCP needs mTLS or `--insecure`,
+/// not both.
+fn check_security(addr: &ListenAddr, tls: &TlsArgs) -> Result<(), ServiceError> {
+    match addr {
+        ListenAddr::Unix(path) if tls.has_explicit_files() => {
+            Err(ServiceError::TlsOnUnixSocket { path: path.clone() })
+        }
+        ListenAddr::Unix(_) => Ok(()),
+        ListenAddr::Tcp(_) if tls.insecure && tls.has_explicit_files() => {
+            Err(ServiceError::InsecureWithTls)
+        }
+        ListenAddr::Tcp(_) if tls.insecure => Ok(()),
+        ListenAddr::Tcp(_) => tls.server_files(&addr.to_string()).map(|_| ()),
+    }
+}
+
+/// Aborts a background task when the server it serves is done.
+struct AbortOnDrop(JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 

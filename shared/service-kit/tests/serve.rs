@@ -1,9 +1,15 @@
-//! Real servers on loopback and unix sockets, real clients, real TLS: no mocks.
+//! Real servers on loopback and unix sockets, real clients, real mTLS and authorization:
+//! no mocks.
 
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
+use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+use kino_api::datastore::{CompactRequest, CreateRequest, StatusRequest};
+use kino_service_kit::authz::{Access, MethodRule};
+use kino_service_kit::pki::{Issue, Pki, Subject};
+use kino_service_kit::principal::Role;
 use kino_service_kit::{
     ClientTlsArgs, ListenAddr, Listener, ServeSpec, ServiceError, TlsArgs, TracedChannel, connect,
     connect_lazy, serve,
@@ -17,6 +23,20 @@ use tonic_health::pb::health_client::HealthClient;
 
 const DATASTORE: &str = "kino.datastore.v1.DatastoreService";
 const STEP: Duration = Duration::from_secs(10);
+
+/// What the test server lets through. No service is behind these paths: a request the
+/// table admits reaches the router and comes back UNIMPLEMENTED, one it refuses comes back
+/// PERMISSION_DENIED (or UNAUTHENTICATED) from the authorization layer.
+static TABLE: &[MethodRule] = &[
+    (
+        "/kino.datastore.v1.DatastoreService/Status",
+        Access::Authenticated,
+    ),
+    (
+        "/kino.datastore.v1.DatastoreService/Create",
+        Access::Roles(&[Role::Agent]),
+    ),
+];
 
 struct Running {
     addr: ListenAddr,
@@ -33,6 +53,7 @@ impl Running {
         let (stop, stopped) = oneshot::channel::<()>();
         let spec = ServeSpec::on_listener("kino-service-kit-test", listener)
             .with_tls(tls)
+            .with_authorization(TABLE)
             .with_serving(DATASTORE)
             .with_grace_period(Duration::from_secs(5))
             .with_shutdown(async move {
@@ -165,7 +186,7 @@ fn expected_services() -> Vec<String> {
 
 #[tokio::test]
 async fn tcp_serves_health_and_reflection_then_stops() {
-    let server = Running::start("127.0.0.1:0".parse().unwrap(), TlsArgs::default()).await;
+    let server = Running::start("127.0.0.1:0".parse().unwrap(), TlsArgs::insecure()).await;
     let ListenAddr::Tcp(bound) = server.addr else {
         panic!("tcp listener")
     };
@@ -278,7 +299,7 @@ async fn stale_socket_is_replaced_live_one_and_plain_files_are_not() {
 
 #[tokio::test]
 async fn shutdown_ends_open_streams_and_reports_not_serving() {
-    let server = Running::start("127.0.0.1:0".parse().unwrap(), TlsArgs::default()).await;
+    let server = Running::start("127.0.0.1:0".parse().unwrap(), TlsArgs::insecure()).await;
     let channel = connect(&server.target(), &ClientTlsArgs::default())
         .await
         .expect("connect");
@@ -370,10 +391,10 @@ async fn connect_errors_name_the_target() {
 #[tokio::test]
 async fn tls_on_a_unix_socket_is_refused_before_binding() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::generate(dir.path());
+    let pki = TestPki::generate(dir.path());
     let path = dir.path().join("tls.sock");
     let spec = ServeSpec::new("kino-service-kit-test", ListenAddr::Unix(path.clone()))
-        .with_tls(pki.server_args(false));
+        .with_tls(pki.server_args());
     let error = serve(spec).await.expect_err("refused");
     assert!(
         matches!(error, ServiceError::TlsOnUnixSocket { .. }),
@@ -383,39 +404,126 @@ async fn tls_on_a_unix_socket_is_refused_before_binding() {
 }
 
 #[tokio::test]
-async fn mtls_rejects_clients_without_a_certificate() {
+async fn tcp_without_tls_needs_an_explicit_insecure() {
+    let spec = ServeSpec::new("kino-service-kit-test", "127.0.0.1:0".parse().unwrap())
+        .with_tls(TlsArgs::default())
+        .with_authorization(TABLE);
+    let error = serve(spec).await.expect_err("no TLS, no --insecure");
+    assert!(matches!(error, ServiceError::TlsRequired { .. }), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains("--insecure") && message.contains("--tls-cert"),
+        "{message}"
+    );
+
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::generate(dir.path());
-    let server = Running::start("127.0.0.1:0".parse().unwrap(), pki.server_args(true)).await;
+    let pki = TestPki::generate(dir.path());
+    let mut both = pki.server_args();
+    both.insecure = true;
+    let spec =
+        ServeSpec::new("kino-service-kit-test", "127.0.0.1:0".parse().unwrap()).with_tls(both);
+    let error = serve(spec).await.expect_err("contradictory");
+    assert!(matches!(error, ServiceError::InsecureWithTls), "{error}");
+}
+
+#[tokio::test]
+async fn mtls_authorizes_by_the_certificate_role() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::generate(dir.path());
+    let server = Running::start("127.0.0.1:0".parse().unwrap(), pki.server_args()).await;
     let target = server.target();
 
-    // Client with the CA and its own certificate: accepted.
-    let good = connect(&target, &pki.client_args(true))
-        .await
-        .expect("mTLS connect");
-    assert_eq!(
-        check(good.clone(), "").await.unwrap(),
-        ServingStatus::Serving
-    );
-    assert_eq!(list_services_v1(good).await, expected_services());
-
-    // Client with the CA but no certificate: the handshake or the first RPC fails.
-    let rejected = async {
-        let channel = connect(&target, &pki.client_args(false)).await?;
-        check(channel, "")
+    // An agent may Create: the request passes the layer and reaches the (empty) router.
+    let agent = DatastoreServiceClient::new(
+        connect(&target, &pki.client_args("agent"))
             .await
-            .map_err(|status| ServiceError::Connect {
-                target: target.clone(),
-                detail: status.to_string(),
-            })
-    }
-    .await;
-    assert!(
-        rejected.is_err(),
-        "a client without a certificate got {rejected:?}"
+            .expect("mTLS connect"),
+    );
+    let code = agent
+        .clone()
+        .create(CreateRequest::default())
+        .await
+        .expect_err("no service behind the path")
+        .code();
+    assert_eq!(code, tonic::Code::Unimplemented);
+    assert_eq!(
+        check(
+            connect(&target, &pki.client_args("agent")).await.unwrap(),
+            ""
+        )
+        .await
+        .unwrap(),
+        ServingStatus::Serving,
+        "health is open to any authenticated caller"
     );
 
-    // Plaintext client against the TLS server: fails too.
+    // ipam may not: PERMISSION_DENIED naming the caller, the method and who may.
+    let ipam =
+        DatastoreServiceClient::new(connect(&target, &pki.client_args("ipam")).await.unwrap());
+    let denied = ipam
+        .clone()
+        .create(CreateRequest::default())
+        .await
+        .expect_err("ipam may not create");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied, "{denied:?}");
+    for part in [
+        "\"ipam\" (role ipam)",
+        "/kino.datastore.v1.DatastoreService/Create",
+        "roles agent, admin",
+    ] {
+        assert!(denied.message().contains(part), "{part}: {denied:?}");
+    }
+    // A method any authenticated caller may call, and one no table lists (denied to all).
+    assert_eq!(
+        ipam.clone()
+            .status(StatusRequest::default())
+            .await
+            .expect_err("no service")
+            .code(),
+        tonic::Code::Unimplemented
+    );
+    let unlisted =
+        DatastoreServiceClient::new(connect(&target, &pki.client_args("admin")).await.unwrap())
+            .compact(CompactRequest::default())
+            .await
+            .expect_err("not in the table");
+    assert_eq!(unlisted.code(), tonic::Code::PermissionDenied);
+    assert!(
+        unlisted.message().contains("nobody may call it"),
+        "{unlisted:?}"
+    );
+
+    server.stop().await.expect("clean stop");
+}
+
+#[tokio::test]
+async fn mtls_without_a_client_certificate_is_unauthenticated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::generate(dir.path());
+    let server = Running::start("127.0.0.1:0".parse().unwrap(), pki.server_args()).await;
+    let target = server.target();
+
+    // The CA but no certificate: the handshake succeeds, every RPC (health too) is refused.
+    let anonymous = ClientTlsArgs {
+        upstream_tls_ca: Some(pki.pki.ca_path()),
+        ..ClientTlsArgs::default()
+    };
+    let channel = connect(&target, &anonymous).await.expect("TLS connect");
+    let status = check(channel.clone(), "")
+        .await
+        .expect_err("no certificate");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated, "{status:?}");
+    assert!(
+        status.message().contains("no client certificate"),
+        "{status:?}"
+    );
+    let status = DatastoreServiceClient::new(channel)
+        .create(CreateRequest::default())
+        .await
+        .expect_err("no certificate");
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+
+    // Plaintext against the TLS listener: no gRPC at all.
     let plaintext = async {
         let channel = connect(&target, &ClientTlsArgs::default()).await?;
         check(channel, "")
@@ -427,94 +535,211 @@ async fn mtls_rejects_clients_without_a_certificate() {
     }
     .await;
     assert!(plaintext.is_err(), "a plaintext client got {plaintext:?}");
-
     server.stop().await.expect("clean stop");
 }
 
 #[tokio::test]
-async fn tls_without_client_ca_accepts_any_client() {
+async fn a_certificate_from_another_ca_fails_the_handshake() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let pki = Pki::generate(dir.path());
-    let server = Running::start("127.0.0.1:0".parse().unwrap(), pki.server_args(false)).await;
-    let channel = connect(&server.target(), &pki.client_args(false))
-        .await
-        .expect("TLS connect");
-    assert_eq!(check(channel, "").await.unwrap(), ServingStatus::Serving);
+    let pki = TestPki::generate(&dir.path().join("ours"));
+    let foreign = TestPki::generate(&dir.path().join("theirs"));
+    let server = Running::start("127.0.0.1:0".parse().unwrap(), pki.server_args()).await;
+    // Trusts our server, presents an admin certificate of another CA.
+    let impostor = ClientTlsArgs {
+        upstream_tls_ca: Some(pki.pki.ca_path()),
+        ..foreign.client_args("admin")
+    };
+    let outcome = async {
+        let channel = connect(&server.target(), &impostor).await?;
+        check(channel, "")
+            .await
+            .map_err(|status| ServiceError::Connect {
+                target: server.target(),
+                detail: status.to_string(),
+            })
+    }
+    .await;
+    let error = outcome.expect_err("refused at the handshake");
+    assert!(
+        !error.to_string().contains("PermissionDenied")
+            && !error.to_string().contains("Unauthenticated"),
+        "refused by TLS, not by gRPC: {error}"
+    );
     server.stop().await.expect("clean stop");
 }
 
-/// A throw-away CA, a server certificate for 127.0.0.1/localhost and a client certificate.
-struct Pki {
-    ca: PathBuf,
-    server_cert: PathBuf,
-    server_key: PathBuf,
-    client_cert: PathBuf,
-    client_key: PathBuf,
+#[tokio::test]
+async fn unix_socket_peers_are_admin_but_unlisted_methods_stay_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("api.sock");
+    let server = Running::start(ListenAddr::Unix(path.clone()), TlsArgs::default()).await;
+    let channel = connect(
+        &format!("unix:{}", path.display()),
+        &ClientTlsArgs::default(),
+    )
+    .await
+    .expect("connect");
+    let mut client = DatastoreServiceClient::new(channel);
+    let allowed = client
+        .create(CreateRequest::default())
+        .await
+        .expect_err("no service");
+    assert_eq!(allowed.code(), tonic::Code::Unimplemented);
+    let denied = client
+        .compact(CompactRequest::default())
+        .await
+        .expect_err("unlisted");
+    assert_eq!(denied.code(), tonic::Code::PermissionDenied);
+    server.stop().await.expect("clean stop");
 }
 
-impl Pki {
-    fn generate(dir: &Path) -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair, KeyUsagePurpose,
-        };
-        let write = |name: &str, pem: String| {
-            let path = dir.join(name);
-            std::fs::write(&path, pem).expect("write pem");
-            path
-        };
+#[tokio::test]
+async fn the_server_reloads_its_certificate_and_client_ca_when_the_files_change() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pki = TestPki::generate(&dir.path().join("pki"));
+    let server = Running::start("127.0.0.1:0".parse().unwrap(), pki.server_args()).await;
+    let target = server.target();
+    let ListenAddr::Tcp(addr) = server.addr.clone() else {
+        panic!("tcp")
+    };
+    let served = pki.pki.cert_path("datastore-gateway");
+    assert_eq!(
+        served_certificate(addr, &pki.pki.ca_path()).await,
+        pem_der(&served)
+    );
 
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).expect("params");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "kino test CA");
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca =
-            CertifiedIssuer::self_signed(ca_params, KeyPair::generate().expect("key")).expect("CA");
+    // A renewed server certificate: new connections get it.
+    pki.pki
+        .issue(&Issue::local(Subject::role(Role::DatastoreGateway), &[]))
+        .expect("renew");
+    let renewed = pem_der(&served);
+    let renewed_pem = std::fs::read(&served).expect("renewed PEM");
+    wait_until("the renewed certificate is served", || async {
+        served_certificate(addr, &pki.pki.ca_path()).await == renewed
+    })
+    .await;
 
-        let leaf = |sans: Vec<String>, usage: ExtendedKeyUsagePurpose, cn: &str| {
-            let key = KeyPair::generate().expect("key");
-            let mut params = CertificateParams::new(sans).expect("params");
-            params.distinguished_name.push(DnType::CommonName, cn);
-            params.extended_key_usages = vec![usage];
-            let cert = params.signed_by(&key, &ca).expect("sign");
-            (cert.pem(), key.serialize_pem())
-        };
-        let (server_cert, server_key) = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-            "kino-service-kit-test",
-        );
-        let (client_cert, client_key) = leaf(
-            Vec::new(),
-            ExtendedKeyUsagePurpose::ClientAuth,
-            "kino-client",
-        );
+    // A garbage certificate file is not taken: the server keeps serving the last good one.
+    std::fs::write(&served, "-----BEGIN CERTIFICATE-----\nnot base64\n").expect("write");
+    let channel = connect(&target, &pki.client_args("agent"))
+        .await
+        .expect("still serves");
+    assert_eq!(check(channel, "").await.unwrap(), ServingStatus::Serving);
+    std::fs::write(&served, renewed_pem).expect("restore");
 
-        Pki {
-            ca: write("ca.crt", ca.pem()),
-            server_cert: write("server.crt", server_cert),
-            server_key: write("server.key", server_key),
-            client_cert: write("client.crt", client_cert),
-            client_key: write("client.key", client_key),
+    // A second CA: its clients are refused until the client CA file also holds it.
+    let second = TestPki::generate(&dir.path().join("second"));
+    let newcomer = ClientTlsArgs {
+        upstream_tls_ca: Some(pki.pki.ca_path()),
+        ..second.client_args("agent")
+    };
+    let refused = async {
+        check(connect(&target, &newcomer).await?, "")
+            .await
+            .map_err(|s| ServiceError::Connect {
+                target: target.clone(),
+                detail: s.to_string(),
+            })
+    }
+    .await;
+    assert!(
+        refused.is_err(),
+        "a client of the second CA got {refused:?}"
+    );
+    let bundle = [
+        std::fs::read_to_string(pki.pki.ca_path()).unwrap(),
+        std::fs::read_to_string(second.pki.ca_path()).unwrap(),
+    ]
+    .concat();
+    let client_ca = dir.path().join("client-ca.crt");
+    std::fs::write(&client_ca, bundle).expect("bundle");
+    std::fs::rename(&client_ca, pki.pki.ca_path()).expect("swap the client CA in");
+    wait_until("a client of the second CA is accepted", || async {
+        match connect(&target, &newcomer).await {
+            Ok(channel) => check(channel, "").await.is_ok(),
+            Err(_) => false,
         }
+    })
+    .await;
+    server.stop().await.expect("clean stop");
+}
+
+/// Polls `condition` until it holds, failing after 30 s (a bound for a broken reload, not a
+/// timing being measured).
+async fn wait_until<F, Fut>(what: &str, condition: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !condition().await {
+        assert!(Instant::now() < deadline, "{what}: not within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The leaf certificate a TLS server presents on a new connection.
+async fn served_certificate(addr: std::net::SocketAddr, ca: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    use tokio_rustls::rustls::{ClientConfig, RootCertStore};
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_file_iter(ca).expect("ca") {
+        roots.add(cert.expect("pem")).expect("root");
+    }
+    let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+    let config = ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("tcp");
+    let tls = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+        .connect("127.0.0.1".try_into().unwrap(), tcp)
+        .await
+        .expect("handshake");
+    tls.get_ref().1.peer_certificates().expect("a certificate")[0].to_vec()
+}
+
+fn pem_der(path: &Path) -> Vec<u8> {
+    use rustls_pki_types::pem::PemObject;
+    rustls_pki_types::CertificateDer::from_pem_file(path)
+        .expect("certificate")
+        .to_vec()
+}
+
+/// A throw-away PKI made by the kit's own `pki` module: a CA, the gateway's certificate
+/// (valid for 127.0.0.1) and a certificate per role.
+struct TestPki {
+    pki: Pki,
+}
+
+impl TestPki {
+    fn generate(dir: &Path) -> TestPki {
+        let (pki, _) = Pki::open_or_create(dir).expect("CA");
+        pki.issue(&Issue::local(Subject::role(Role::DatastoreGateway), &[]))
+            .expect("server certificate");
+        pki.issue(&Issue::local(Subject::agent("node-1"), &[]))
+            .expect("agent");
+        for role in [Role::Ipam, Role::Admin] {
+            pki.issue(&Issue::local(Subject::role(role), &[]))
+                .expect("client certificate");
+        }
+        TestPki { pki }
     }
 
-    fn server_args(&self, mtls: bool) -> TlsArgs {
-        TlsArgs {
-            tls_cert: Some(self.server_cert.clone()),
-            tls_key: Some(self.server_key.clone()),
-            tls_client_ca: mtls.then(|| self.ca.clone()),
-        }
+    fn server_args(&self) -> TlsArgs {
+        TlsArgs::mtls(
+            self.pki.cert_path("datastore-gateway"),
+            self.pki.key_path("datastore-gateway"),
+            self.pki.ca_path(),
+        )
     }
 
-    fn client_args(&self, with_cert: bool) -> ClientTlsArgs {
-        ClientTlsArgs {
-            upstream_tls_ca: Some(self.ca.clone()),
-            upstream_tls_cert: with_cert.then(|| self.client_cert.clone()),
-            upstream_tls_key: with_cert.then(|| self.client_key.clone()),
-            upstream_tls_server_name: None,
-        }
+    fn client_args(&self, stem: &str) -> ClientTlsArgs {
+        ClientTlsArgs::mtls(
+            self.pki.ca_path(),
+            self.pki.cert_path(stem),
+            self.pki.key_path(stem),
+        )
     }
 }
