@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use kino_telemetry::RpcOutcomeLayer;
 use tokio::sync::watch;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -19,6 +20,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::drain::{Draining, EndStreamsLayer};
 use crate::error::error_chain;
 use crate::listen::ListenerKind;
+use crate::unix_authority::UnixAuthority;
 use crate::{ListenAddr, Listener, ServiceError, TlsArgs};
 
 /// How long shutdown waits for in-flight RPCs before `serve` returns anyway.
@@ -246,20 +248,19 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
 
     // Held until the server is done, then dropped: that removes a unix socket file.
     let mut socket_file = None;
-    let server: ServerFuture =
-        match listener.kind {
-            ListenerKind::Tcp(listener) => Box::pin(router.serve_with_incoming_shutdown(
-                TcpIncoming::from(listener).with_nodelay(Some(true)),
-                stop_accepting,
-            )),
-            ListenerKind::Unix { listener, socket } => {
-                socket_file = Some(socket);
-                Box::pin(router.serve_with_incoming_shutdown(
-                    UnixListenerStream::new(listener),
-                    stop_accepting,
-                ))
-            }
-        };
+    let server: ServerFuture = match listener.kind {
+        ListenerKind::Tcp(listener) => Box::pin(router.serve_with_incoming_shutdown(
+            TcpIncoming::from(listener).with_nodelay(Some(true)),
+            stop_accepting,
+        )),
+        ListenerKind::Unix { listener, socket } => {
+            socket_file = Some(socket);
+            // Stock gRPC clients name the socket path as :authority (unix_authority.rs).
+            let incoming =
+                UnixListenerStream::new(listener).map(|stream| stream.map(UnixAuthority::new));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting))
+        }
+    };
     tracing::info!(
         service = service_name,
         address = %addr,
