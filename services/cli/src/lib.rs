@@ -19,4 +19,5 @@ pub mod observe;
 pub mod policy;
 pub mod proto_json;
 pub mod status;
+pub mod stdout;
 pub mod table;

@@ -7,6 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kino_cli::compiler::CompilerTarget;
 use kino_cli::ipam::IpamArgs;
 use kino_cli::status::{Targets, components, probe_all};
+use kino_cli::stdout;
 use kino_service_kit::ClientTlsArgs;
 use kino_telemetry::{LogArgs, LogFormat};
 
@@ -231,9 +232,9 @@ async fn ipam(global: &GlobalArgs, args: &IpamArgs) -> ExitCode {
     .await
     {
         Ok(text) => {
-            print!("{text}");
+            stdout::print(&text);
             if json {
-                println!();
+                stdout::println("");
             }
             ExitCode::SUCCESS
         }
@@ -255,9 +256,9 @@ async fn status(global: &GlobalArgs) -> ExitCode {
     let report = probe_all(&components(&targets), &global.upstream_tls, global.timeout).await;
     match global.output {
         Output::Table | Output::Yaml | Output::Compact | Output::Jsonpb => {
-            print!("{}", report.render_table())
+            stdout::print(&report.render_table())
         }
-        Output::Json => println!("{}", report.to_json()),
+        Output::Json => stdout::println(&report.to_json()),
     }
     if report.healthy {
         ExitCode::SUCCESS

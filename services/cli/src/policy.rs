@@ -229,7 +229,7 @@ pub async fn execute(
 ) -> ExitCode {
     match run(&args.command, context, format).await {
         Ok(printed) => {
-            print!("{}", printed.stdout);
+            crate::stdout::print(&printed.stdout);
             eprint!("{}", printed.stderr);
             if printed.success {
                 ExitCode::SUCCESS
