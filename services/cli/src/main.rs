@@ -174,6 +174,7 @@ async fn main() -> ExitCode {
             let context = kino_cli::policy::PolicyContext {
                 compiler: compiler_target(&cli.global),
                 agent_socket: &cli.global.agent,
+                datastore: &cli.global.datastore,
             };
             return kino_cli::policy::execute(&args, context, output_format(&cli.global)).await;
         }
