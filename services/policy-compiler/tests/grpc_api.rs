@@ -769,3 +769,39 @@ async fn embedded_a_policy_past_the_datastore_value_limit_is_refused_before_writ
     assert_eq!(missing.code(), Code::NotFound);
     world.finish().await;
 }
+
+/// A stored policy that cannot be decoded (written by something that is not kino) is
+/// DATA_LOSS naming the record — not INTERNAL, which is for kino's own bugs.
+#[tokio::test]
+async fn embedded_an_unreadable_stored_policy_is_data_loss() {
+    let mut world = World::new(backends::embedded().await).await;
+    let replica = world.replica().await;
+    world
+        .datastore
+        .clone()
+        .create(CreateRequest {
+            resource: Some(Resource {
+                kind: "Policy".into(),
+                namespace: "shop".into(),
+                name: "garbled".into(),
+                spec: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/kino.policy.v1.Policy".into(),
+                    value: vec![0xff, 0xff, 0xff],
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let status = replica
+        .client
+        .clone()
+        .get_policy(pb::GetPolicyRequest {
+            policy: policy_ref("shop", "garbled"),
+        })
+        .await
+        .expect_err("unreadable");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(status.message().contains("shop/garbled"), "{status:?}");
+    world.finish().await;
+}

@@ -1844,6 +1844,53 @@ mod tests {
     }
 
     #[test]
+    fn every_failure_has_the_code_its_caller_acts_on() {
+        use tonic::Code;
+        let peer_down = ManagerError::Ipam {
+            target: "127.0.0.1:7402".into(),
+            status: tonic::Status::unavailable("connection refused"),
+        };
+        let not_a_netns = kernel(crate::netns::NetnsError::NotNetworkNamespace {
+            path: "/tmp/file".into(),
+            what: "a regular file".into(),
+        });
+        for (error, code) in [
+            (not_a_netns, Code::InvalidArgument),
+            (
+                ManagerError::Incomplete {
+                    what: "endpoint 7".into(),
+                    errors: vec![peer_down],
+                },
+                Code::Unavailable,
+            ),
+            (
+                ManagerError::Exhausted("all ids in use".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                ManagerError::Conflict("keeps changing".into()),
+                Code::Aborted,
+            ),
+            (
+                ManagerError::State(StateError {
+                    path: "/var/lib/kino/endpoints".into(),
+                    reason: "read-only file system".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                kernel(EndpointError::Vanished {
+                    lxc: "lxc0123456789ab".into(),
+                }),
+                Code::Unavailable,
+            ),
+        ] {
+            let status = error.to_status();
+            assert_eq!(status.code(), code, "{error}");
+        }
+    }
+
+    #[test]
     fn peer_failures_become_unavailable_or_keep_their_code() {
         let e = ManagerError::Ipam {
             target: "127.0.0.1:7402".into(),
