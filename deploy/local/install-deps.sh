@@ -55,3 +55,16 @@ if [ ! -x "$repo/.tools/bin/rotel-agent" ] || [ ! -f "$repo/.tools/rotel/.kino-r
   mkdir -p "$repo/.tools/bin"
   ln -sfn ../rotel/rotel/rotel-agent "$repo/.tools/bin/rotel-agent"
 fi
+
+# grpcio (+ health checking): a stock gRPC client, the one most operators' scripts use, for the
+# test that it works on the agent's unix socket (integration-tests/tests/stock_grpc_clients.rs;
+# C-core sends the socket path as :authority). Into .tools/python, like rotel; pinned with the
+# protobuf runtime it was built against.
+grpcio_version=1.85.1
+if [ ! -f "$repo/.tools/python/.kino-grpcio-$grpcio_version" ]; then
+  echo "==> pip install grpcio==$grpcio_version grpcio-health-checking (into .tools/python)"
+  rm -rf "$repo/.tools/python"
+  python3 -m pip install --quiet --disable-pip-version-check --no-warn-script-location --root-user-action=ignore \
+    --target "$repo/.tools/python" "grpcio==$grpcio_version" "grpcio-health-checking==$grpcio_version"
+  touch "$repo/.tools/python/.kino-grpcio-$grpcio_version"
+fi

@@ -195,7 +195,9 @@ pub struct Suite {
     etcd_prefix: Option<String>,
     _forwards: Vec<LoopbackForward>,
     gateway: ServiceProcess,
+    gateway_args: Vec<String>,
     ipam: ServiceProcess,
+    ipam_args: Vec<String>,
     policy: ServiceProcess,
     agent: Option<ServiceProcess>,
 }
@@ -373,7 +375,9 @@ impl Suite {
             etcd_prefix,
             _forwards: forwards,
             gateway,
+            gateway_args,
             ipam,
+            ipam_args,
             policy,
             agent: None,
         };
@@ -699,6 +703,70 @@ impl Suite {
     /// Stops the policy-compiler with a signal ("KILL" for a crash, "TERM" for a clean stop).
     pub fn stop_policy_compiler(&mut self, signal: &str) {
         self.policy.signal_and_wait(signal).unwrap();
+    }
+
+    /// Freezes (`"STOP"`) or thaws (`"CONT"`) the policy-compiler: its calls hang meanwhile.
+    pub fn pause_policy_compiler(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.policy.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} the policy-compiler");
+    }
+
+    /// Sends kino-ipam a signal without waiting (usable while the suite is shared; reap a
+    /// killed IPAM with [`Suite::stop_ipam`]).
+    pub fn signal_ipam(&self, signal: &str) {
+        let status = std::process::Command::new("kill")
+            .args([format!("-{signal}"), self.ipam.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{signal} kino-ipam");
+    }
+
+    /// Stops kino-ipam with a signal: an IPAM outage for the agent (also reaps one already
+    /// killed by [`Suite::signal_ipam`]).
+    pub fn stop_ipam(&mut self, signal: &str) {
+        self.ipam.signal_and_wait(signal).unwrap();
+    }
+
+    /// Starts kino-ipam again as it was started (after [`Suite::stop_ipam`]).
+    pub fn restart_ipam(&mut self) {
+        let d = self.dir.path().to_owned();
+        let _ = std::fs::remove_file(d.join("ipam.sock"));
+        let env: Vec<(&str, &str)> = self
+            .options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.ipam = ServiceProcess::start(&binary("kino-ipam"), &self.ipam_args, &env, &d).unwrap();
+        wait_for_socket(&d.join("ipam.sock"), &self.ipam);
+    }
+
+    /// Stops kino-datastore-gateway with a signal: a datastore outage for every service.
+    pub fn stop_gateway(&mut self, signal: &str) {
+        self.gateway.signal_and_wait(signal).unwrap();
+    }
+
+    /// Starts the gateway again on the same data (after [`Suite::stop_gateway`]).
+    pub fn restart_gateway(&mut self) {
+        let d = self.dir.path().to_owned();
+        let _ = std::fs::remove_file(d.join("ds.sock"));
+        let env: Vec<(&str, &str)> = self
+            .options
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        self.gateway = ServiceProcess::start(
+            &binary("kino-datastore-gateway"),
+            &self.gateway_args,
+            &env,
+            &d,
+        )
+        .unwrap();
+        wait_for_socket(&d.join("ds.sock"), &self.gateway);
     }
 }
 

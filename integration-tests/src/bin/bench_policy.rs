@@ -1082,6 +1082,11 @@ struct Results {
     installs: BTreeMap<(usize, Setup), f64>,
     /// Datapath drops of the measured kino pods during the traffic, per N.
     drops: BTreeMap<usize, Vec<String>>,
+    /// Allowed packets the kino datapath dropped as POLICY_DENIED during the traffic, per N
+    /// (every measured connection is allowed, so each is an allowed reply lost).
+    allowed_drops: BTreeMap<usize, u64>,
+    /// Connections and transactions measured on the kino pods, per N (rate × duration).
+    kino_transactions: BTreeMap<usize, f64>,
     /// Policy-map entries (server ingress map, client egress map) per N.
     entries: BTreeMap<usize, (usize, usize)>,
 }
@@ -1238,6 +1243,10 @@ async fn run(args: Args) -> anyhow::Result<()> {
                         .entry((n, setup, test))
                         .or_default()
                         .push(sample.rate);
+                    if kino_setup {
+                        *results.kino_transactions.entry(n).or_default() +=
+                            sample.rate * args.duration;
+                    }
                     *results.slow.entry((n, setup, test)).or_default() += sample.slow;
                 }
             }
@@ -1261,6 +1270,19 @@ async fn run(args: Args) -> anyhow::Result<()> {
                     dropped.join(", ")
                 }
             );
+            // The policy allows every measured connection (client → server, and nothing
+            // is enforced on the free pair): any POLICY_DENIED drop is an allowed packet —
+            // in practice a reply whose conntrack entry was gone — lost.
+            let allowed: u64 = after
+                .iter()
+                .filter(|(k, _)| k.ends_with("POLICY_DENIED"))
+                .map(|(k, a)| a - before.get(k).copied().unwrap_or(0))
+                .sum();
+            eprintln!(
+                "   kino allowed replies dropped (POLICY_DENIED on allowed traffic): {allowed} of ~{:.0} connections and transactions",
+                results.kino_transactions.get(&n).copied().unwrap_or(0.0)
+            );
+            results.allowed_drops.insert(n, allowed);
             results.drops.insert(n, dropped);
         }
 
@@ -1530,6 +1552,23 @@ fn print_report(args: &Args, sizes: &[usize], setups: &[Setup], r: &Results) {
         println!(
             "Transactions over 100 ms (a lost packet retransmitted): {}",
             slow.join("; ")
+        );
+    }
+    if !r.allowed_drops.is_empty() {
+        let per_n: Vec<String> = r
+            .allowed_drops
+            .iter()
+            .map(|(n, d)| {
+                format!(
+                    "N = {n}: {d} of ~{:.0}",
+                    r.kino_transactions.get(n).copied().unwrap_or(0.0)
+                )
+            })
+            .collect();
+        println!();
+        println!(
+            "kino allowed replies dropped (POLICY_DENIED during allowed traffic; must be 0): {}",
+            per_n.join("; ")
         );
     }
     let drops: Vec<String> = r

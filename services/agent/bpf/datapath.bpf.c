@@ -762,6 +762,76 @@ static __always_inline int policy_allows(__u32 endpoint_id, __u8 direction, __u3
 }
 
 /*
+ * Whether endpoint `endpoint_id` lets a TCP connection in `direction` with a peer of identity
+ * `remote` to destination port `port` (network order) through: its direction not enforced, or the policy allowing
+ * it (a DENY for the peer or for every peer wins, as in policy_allows). No hit counters:
+ * nothing is decided by an entry here, only whether the connection a packet answers was
+ * allowed. A subprogram, so its key stays off the callers' stacks.
+ */
+static __noinline int tcp_connection_allowed(__u32 endpoint_id, __u32 direction, __u32 remote,
+					     __u32 port)
+{
+	struct endpoint_policy *p = bpf_map_lookup_elem(&kino_ep_policy, &endpoint_id);
+	__u32 enforced = direction == KINO_DIR_INGRESS ? KINO_POLICY_F_INGRESS
+						      : KINO_POLICY_F_EGRESS;
+
+	if (!p || !(p->flags & enforced))
+		return 1;
+	struct policy_key key = {};
+
+	key.prefixlen = KINO_POLICY_PREFIX_FULL;
+	key.endpoint_id = endpoint_id;
+	key.remote_identity = remote;
+	key.direction = direction;
+	key.protocol = IPPROTO_TCP;
+	key.dport = port;
+	struct policy_entry *peer = bpf_map_lookup_elem(&kino_policy, &key);
+	/* Verdicts as scalars: the verifier refuses arithmetic on the entry pointers. */
+	__u8 peer_verdict = 0;
+
+	if (peer)
+		peer_verdict = peer->verdict;
+	if (peer_verdict && peer_verdict != KINO_VERDICT_ALLOW)
+		return 0;
+	if (remote != KINO_IDENTITY_UNKNOWN) {
+		key.remote_identity = KINO_IDENTITY_UNKNOWN;
+		struct policy_entry *any = bpf_map_lookup_elem(&kino_policy, &key);
+		__u8 any_verdict = 0;
+
+		if (any)
+			any_verdict = any->verdict;
+		if (any_verdict && any_verdict != KINO_VERDICT_ALLOW)
+			return 0;
+		if (any_verdict == KINO_VERDICT_ALLOW)
+			return 1;
+	}
+	return peer_verdict == KINO_VERDICT_ALLOW;
+}
+
+/*
+ * A TCP segment that is not a connection's first (ACK set: it answers something) and that
+ * found no conntrack entry at a point whose policy denies it as new: is it a reply of a
+ * connection this endpoint's policy allows the other way? The entry the connection's
+ * first packet made can be gone while the connection lives — the conntrack LRU evicts
+ * when full, and under connection churn the kernel's approximate LRU can pick an entry
+ * microseconds old — and a reply of an allowed connection must never be dropped for that.
+ * The connection it answers runs the other way at this same endpoint: peer → endpoint:sport
+ * for a packet leaving it, endpoint → peer:sport for one arriving. Only TCP and only with
+ * ACK: a bare SYN (a new connection) never gets here, and a stray segment that passes
+ * opens nothing (the receiving kernel answers it with a reset), so a peer gains no way in;
+ * a UDP datagram or ICMP echo reply could start an exchange, and is left to its entry.
+ */
+static __always_inline int tcp_reply_allowed(__u32 endpoint_id, __u8 direction, __u32 remote,
+					     const struct flow4 *f)
+{
+	if (f->protocol != IPPROTO_TCP || !(f->tcp_flags & TCP_FLAG_ACK))
+		return 0;
+	__u32 reverse = direction == KINO_DIR_INGRESS ? KINO_DIR_EGRESS : KINO_DIR_INGRESS;
+
+	return tcp_connection_allowed(endpoint_id, reverse, remote, f->sport);
+}
+
+/*
  * One enforcement point: the egress of the packet's source endpoint or the ingress of its
  * destination endpoint `ep`, the peer having identity `remote`. Replies of tracked
  * connections pass. Everything else passes only if the direction is not enforced or the
@@ -800,10 +870,16 @@ static __always_inline int enforce_point(const struct endpoint_info *ep, __u8 di
 	__u32 enforced = flags & (direction == KINO_DIR_INGRESS ? KINO_POLICY_F_INGRESS
 								 : KINO_POLICY_F_EGRESS);
 
-	if (!enforced)
+	if (!enforced) {
 		pt->match = KINO_MATCH_NOT_ENFORCED;
-	else if (!policy_allows(id, direction, remote, f, &pt->match))
+	} else if (!policy_allows(id, direction, remote, f, &pt->match)) {
+		/* Passed as the reply it is (nothing recorded for it). */
+		if (pt->ct == CT_NEW && tcp_reply_allowed(id, direction, remote, f)) {
+			pt->ct = CT_REPLY;
+			return 1;
+		}
 		return 0;
+	}
 	if (e)
 		*(volatile __u64 *)&e->policy_generation = cache;
 	return 1;

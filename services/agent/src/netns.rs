@@ -20,6 +20,17 @@ pub enum NetnsError {
         #[source]
         source: std::io::Error,
     },
+    /// The path exists but is not a network namespace (a plain file, a directory, another
+    /// kind of namespace): a wrong `CNI_NETNS`.
+    #[error(
+        "{path} is not a network namespace ({what}); CNI_NETNS must name one, e.g. /run/netns/NAME or /proc/PID/ns/net"
+    )]
+    NotNetworkNamespace {
+        /// The path given.
+        path: PathBuf,
+        /// What it is instead.
+        what: String,
+    },
     /// `setns` refused (not a network namespace, or no CAP_SYS_ADMIN).
     #[error("cannot enter network namespace {path}: {source}")]
     Enter {
@@ -39,11 +50,35 @@ pub enum NetnsError {
     },
 }
 
-/// Opens a network namespace file, for `setns` or to pass its fd in a netlink request.
+/// Opens a network namespace file, for `setns` or to pass its fd in a netlink request;
+/// anything else (a plain file, a directory, a mount namespace) is refused here, by name,
+/// rather than by the kernel as an EINVAL deep inside a netlink request.
 pub fn open_netns(path: &Path) -> Result<File, NetnsError> {
-    File::open(path).map_err(|source| NetnsError::Open {
+    let file = File::open(path).map_err(|source| NetnsError::Open {
         path: path.to_owned(),
         source,
+    })?;
+    // NS_GET_NSTYPE (linux/nsfs.h: _IO(0xb7, 0x3)) answers the namespace type of an nsfs
+    // file, and ENOTTY for any other file.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl takes no argument and only reads the open descriptor's inode.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
+    if kind == libc::CLONE_NEWNET {
+        return Ok(file);
+    }
+    let what = if kind >= 0 {
+        format!("a namespace of another type, {kind:#x}")
+    } else {
+        match file.metadata() {
+            Ok(meta) if meta.is_dir() => "a directory".to_owned(),
+            Ok(meta) if meta.is_file() => "a regular file".to_owned(),
+            Ok(_) => "not a namespace file".to_owned(),
+            Err(e) => format!("unreadable: {e}"),
+        }
+    };
+    Err(NetnsError::NotNetworkNamespace {
+        path: path.to_owned(),
+        what,
     })
 }
 

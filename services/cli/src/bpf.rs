@@ -170,7 +170,7 @@ pub async fn execute(args: &BpfArgs, socket: &str, timeout: Duration, json: bool
     };
     match outcome {
         Ok(text) => {
-            print!("{text}");
+            crate::stdout::print(&text);
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -115,7 +115,7 @@ pub async fn connect(
         Err(_) => Err(failed(CompilerFailure::TimedOut(target.timeout))),
         Ok(Ok(channel)) => Ok(PolicyServiceClient::new(channel)
             .max_decoding_message_size(64 * 1024 * 1024)
-            .max_encoding_message_size(16 * 1024 * 1024)),
+            .max_encoding_message_size(kino_api::limits::MAX_POLICY_REQUEST_BYTES)),
         Ok(Err(kino_service_kit::ServiceError::Connect { detail, .. })) => {
             Err(failed(CompilerFailure::Unreachable(detail)))
         }

@@ -228,7 +228,7 @@ pub async fn execute(args: &EndpointArgs, socket: &str, timeout: Duration, json:
     };
     match outcome {
         Ok(text) => {
-            print!("{text}");
+            crate::stdout::print(&text);
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -92,7 +92,7 @@ pub async fn execute(
 ) -> ExitCode {
     match run(&args.command, target, format).await {
         Ok(text) => {
-            print!("{text}");
+            crate::stdout::print(&text);
             ExitCode::SUCCESS
         }
         Err(error) => {

@@ -24,4 +24,5 @@ pub mod pki;
 pub mod policy;
 pub mod proto_json;
 pub mod status;
+pub mod stdout;
 pub mod table;

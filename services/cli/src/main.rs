@@ -7,6 +7,7 @@ use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kino_cli::compiler::CompilerTarget;
 use kino_cli::ipam::IpamArgs;
 use kino_cli::status::{Targets, components, probe_all};
+use kino_cli::stdout;
 use kino_service_kit::ClientTlsArgs;
 use kino_service_kit::pki::DEFAULT_PKI_DIR;
 use kino_service_kit::principal::Role;
@@ -191,6 +192,7 @@ async fn main() -> ExitCode {
             let context = kino_cli::policy::PolicyContext {
                 compiler: compiler_target(&cli.global),
                 agent_socket: &cli.global.agent,
+                datastore: &cli.global.datastore,
             };
             return kino_cli::policy::execute(&args, context, output_format(&cli.global)).await;
         }
@@ -256,7 +258,7 @@ async fn node(global: &GlobalArgs, args: &kino_cli::node::NodeArgs) -> ExitCode 
 fn print_ipam(result: Result<String, kino_cli::ipam::IpamCliError>) -> ExitCode {
     match result {
         Ok(text) => {
-            print!("{text}");
+            stdout::print(&text);
             ExitCode::SUCCESS
         }
         Err(error) => {
@@ -277,9 +279,9 @@ async fn status(global: &GlobalArgs) -> ExitCode {
     let report = probe_all(&components(&targets), &global.upstream_tls, global.timeout).await;
     match global.output {
         Output::Table | Output::Yaml | Output::Compact | Output::Jsonpb => {
-            print!("{}", report.render_table())
+            stdout::print(&report.render_table())
         }
-        Output::Json => println!("{}", report.to_json()),
+        Output::Json => stdout::println(&report.to_json()),
     }
     if report.healthy {
         ExitCode::SUCCESS

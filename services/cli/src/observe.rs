@@ -247,17 +247,19 @@ impl ObserveArgs {
 
 fn print(response: &GetFlowsResponse, format: Format) {
     match (format, &response.event) {
-        (Format::Compact, Some(Event::Flow(flow))) => println!("{}", compact::line(flow)),
+        (Format::Compact, Some(Event::Flow(flow))) => crate::stdout::println(&compact::line(flow)),
         (Format::Compact, Some(Event::LostEvents(lost))) => {
             eprintln!("{}", compact::lost_line(lost, response.time.as_ref()))
         }
         (Format::Json, Some(Event::Flow(flow))) => {
-            println!("{}", crate::proto_json::to_value(flow))
+            crate::stdout::println(&crate::proto_json::to_value(flow).to_string())
         }
         (Format::Json, Some(Event::LostEvents(lost))) => {
             eprintln!("{}", compact::lost_line(lost, response.time.as_ref()))
         }
-        (Format::Jsonpb, _) => println!("{}", crate::proto_json::to_value(response)),
+        (Format::Jsonpb, _) => {
+            crate::stdout::println(&crate::proto_json::to_value(response).to_string())
+        }
         (_, None) => {}
     }
 }

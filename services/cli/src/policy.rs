@@ -3,6 +3,7 @@
 //! shaped like the API's responses, `-o yaml` (get, list) the documents as imported.
 
 mod render;
+mod size;
 mod trace;
 
 use std::io::Read as _;
@@ -153,6 +154,9 @@ pub struct PolicyContext<'a> {
     pub compiler: CompilerTarget<'a>,
     /// The agent's socket (`kino policy trace` resolves pods through it).
     pub agent_socket: &'a str,
+    /// The datastore-gateway (`kino policy import` asks it for its record size limit when a
+    /// document is past the default).
+    pub datastore: &'a str,
 }
 
 /// Why a `kino policy` command failed.
@@ -187,6 +191,9 @@ pub enum PolicyCliError {
         /// Where a policy of that name does exist.
         hint: String,
     },
+    /// The file is too big to import; nothing was sent.
+    #[error(transparent)]
+    TooLarge(#[from] size::TooLarge),
     /// This output format does not apply to the command.
     #[error(
         "-o yaml prints policy documents: use it with `kino policy get` or `kino policy list`; -o json prints any command's API response"
@@ -229,7 +236,7 @@ pub async fn execute(
 ) -> ExitCode {
     match run(&args.command, context, format).await {
         Ok(printed) => {
-            print!("{}", printed.stdout);
+            crate::stdout::print(&printed.stdout);
             eprint!("{}", printed.stderr);
             if printed.success {
                 ExitCode::SUCCESS
@@ -283,6 +290,7 @@ async fn run(
     match command {
         PolicyCommand::Import { file, namespace } => {
             let documents = read_documents(file)?;
+            size::check(&documents, shown_file(file), context.datastore, target.tls).await?;
             let client = connect(target, "ImportPolicies").await?;
             let request = pb::ImportPoliciesRequest {
                 documents,
@@ -307,6 +315,7 @@ async fn run(
         }
         PolicyCommand::Validate { file, namespace } => {
             let documents = read_documents(file)?;
+            size::check(&documents, shown_file(file), context.datastore, target.tls).await?;
             let client = connect(target, "ValidatePolicies").await?;
             let request = pb::ValidatePoliciesRequest {
                 documents,
@@ -551,6 +560,7 @@ mod tests {
                 timeout: std::time::Duration::from_secs(1),
             },
             agent_socket: "/nonexistent/agent.sock",
+            datastore: "unix:/nonexistent/kino-ds.sock",
         };
         let command = PolicyCommand::Delete {
             name: PolicyName::parse("shop/web").unwrap(),

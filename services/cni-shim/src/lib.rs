@@ -142,6 +142,15 @@ async fn add(env: &CniEnv, config: &NetworkConfig, agent: &Agent) -> Result<Stri
             "CNI_NETNS must name the network namespace of a running container (e.g. /run/netns/NAME or /proc/PID/ns/net)",
         ));
     }
+    if let Some(what) = spec::not_a_network_namespace(Path::new(netns)) {
+        return Err(CniError::new(
+            ErrorCode::InvalidEnvironment,
+            format!("CNI_NETNS {netns} is not a network namespace"),
+            format!(
+                "{netns} is {what}; CNI_NETNS must name the network namespace of a running container (e.g. /run/netns/NAME or /proc/PID/ns/net)"
+            ),
+        ));
+    }
     let response = agent
         .create_endpoint(create_request(env, config, &params))
         .await
@@ -302,8 +311,10 @@ async fn gc(config: &NetworkConfig, agent: &Agent) -> Result<String, CniError> {
     if response.errors.is_empty() {
         return Ok(String::new());
     }
+    // What it could not delete (a peer down, a kernel step refused) it deletes on the next
+    // GC: try again, not an internal error.
     Err(CniError::new(
-        ErrorCode::Internal,
+        ErrorCode::TryAgainLater,
         "the kino agent could not collect every stale endpoint",
         format!(
             "Gc on {} deleted {} endpoints and carried on past these failures: {}",

@@ -455,6 +455,29 @@ impl VersionResult {
     }
 }
 
+/// What `path` is when it exists but is not a network namespace (a plain file, a directory,
+/// another kind of namespace); `None` for a network namespace (or a path that cannot be
+/// opened, which the agent then reports).
+pub fn not_a_network_namespace(path: &std::path::Path) -> Option<String> {
+    let file = std::fs::File::open(path).ok()?;
+    // NS_GET_NSTYPE (linux/nsfs.h: _IO(0xb7, 0x3)): the type of an nsfs file, ENOTTY for any
+    // other file.
+    const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+    // SAFETY: the ioctl takes no argument and only reads the open descriptor's inode.
+    let kind = unsafe { libc::ioctl(std::os::fd::AsRawFd::as_raw_fd(&file), NS_GET_NSTYPE) };
+    if kind == libc::CLONE_NEWNET {
+        return None;
+    }
+    if kind >= 0 {
+        return Some(format!("a namespace of another type ({kind:#x})"));
+    }
+    Some(match file.metadata() {
+        Ok(meta) if meta.is_dir() => "a directory".to_owned(),
+        Ok(meta) if meta.is_file() => "a regular file".to_owned(),
+        _ => "not a namespace file".to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use std::collections::HashMap;

@@ -214,6 +214,22 @@ fn bad_requests_fail_before_the_agent_is_asked() {
     let (json, ok) = kino_cni(&env, &config);
     assert_error(&json, ok, 3, "1.1.0");
 
+    // A path that exists but is no network namespace: a plain file, a directory, the
+    // mount namespace of this process. Named, with its variable.
+    let (dir, ..) = config_without_agent("1.1.0", "");
+    let file = dir.path().join("not-a-netns");
+    std::fs::write(&file, b"").unwrap();
+    let file = file.display().to_string();
+    let directory = dir.path().display().to_string();
+    for path in [file.as_str(), directory.as_str(), "/proc/self/ns/mnt"] {
+        let mut env: Vec<(&str, &str)> = ADD_ENV.to_vec();
+        env[2].1 = path;
+        let (json, ok) = kino_cni(&env, &config);
+        assert_error(&json, ok, 4, "1.1.0");
+        let msg = json["msg"].as_str().unwrap();
+        assert!(msg.contains("CNI_NETNS") && msg.contains(path), "{json}");
+    }
+
     let (json, ok) = kino_cni(
         &[("CNI_COMMAND", "GC"), ("CNI_PATH", "/opt/cni/bin")],
         &config,

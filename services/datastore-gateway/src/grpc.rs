@@ -111,13 +111,13 @@ fn resource_parts(resource: Option<Resource>) -> Result<(ResourceKey, Vec<u8>, i
 /// Rebuilds the proto resource of a stored object.
 pub fn to_resource(object: &StoredObject) -> Result<Resource, Status> {
     let key = ResourceKey::from_store_key(&object.key)
-        .ok_or_else(|| Status::internal(format!("store key {:?} is malformed", object.key)))?;
+        .ok_or_else(|| Status::data_loss(format!("store key {:?} is malformed", object.key)))?;
     let spec = if object.value.is_empty() {
         None
     } else {
         Some(
             prost_types::Any::decode(object.value.as_slice()).map_err(|e| {
-                Status::internal(format!("stored spec of {key} cannot be decoded: {e}"))
+                Status::data_loss(format!("stored spec of {key} cannot be decoded: {e}"))
             })?,
         )
     };
@@ -317,6 +317,7 @@ impl DatastoreService for DatastoreGrpc {
             location: status.store.location,
             revision: status.store.revision,
             compact_revision: status.store.compact_revision,
+            max_value_bytes: self.gateway.max_value_bytes() as i64,
             watches: status
                 .watches
                 .into_iter()

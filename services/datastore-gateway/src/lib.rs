@@ -59,7 +59,7 @@ pub struct Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_value_bytes: 1024 * 1024,
+            max_value_bytes: kino_api::limits::DEFAULT_MAX_VALUE_BYTES,
             watch_buffer_events: 10_000,
         }
     }
@@ -337,6 +337,11 @@ impl Gateway {
             counts.push((*kind, self.store.count(&format!("{kind}/")).await?));
         }
         Ok(counts)
+    }
+
+    /// The largest encoded spec stored, in bytes.
+    pub fn max_value_bytes(&self) -> usize {
+        self.limits.max_value_bytes
     }
 
     /// Store status and watch fan-out.

@@ -67,7 +67,7 @@ struct Config {
     #[arg(long, env = "KINO_ETCD_TIMEOUT", default_value_t = 10)]
     etcd_timeout_seconds: u64,
     /// Largest encoded resource spec accepted, in bytes.
-    #[arg(long, env = "KINO_MAX_VALUE_BYTES", default_value_t = 1024 * 1024)]
+    #[arg(long, env = "KINO_MAX_VALUE_BYTES", default_value_t = kino_api::limits::DEFAULT_MAX_VALUE_BYTES)]
     max_value_bytes: usize,
     /// Recent events per kind kept in memory for watchers that resume.
     #[arg(long, env = "KINO_WATCH_BUFFER_EVENTS", default_value_t = 10_000)]

@@ -96,7 +96,10 @@ pub enum IpamError {
     /// The datastore cannot be reached or failed.
     #[error("the datastore failed: {0}")]
     Unavailable(String),
-    /// A stored record cannot be read: a bug or someone else wrote it.
+    /// A stored record cannot be read (corrupt, or written by something else).
+    #[error("{0}")]
+    Corrupt(String),
+    /// A bug: the datastore refused a request kino-ipam built, or a task failed.
     #[error("{0}")]
     Internal(String),
 }

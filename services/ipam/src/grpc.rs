@@ -59,6 +59,7 @@ pub fn to_status(error: IpamError) -> Status {
         IpamError::Exhausted(_) | IpamError::NoFreeBlock(_) => Status::resource_exhausted(message),
         IpamError::Aborted(_) => Status::aborted(message),
         IpamError::Unavailable(_) => Status::unavailable(message),
+        IpamError::Corrupt(_) => Status::data_loss(message),
         IpamError::Internal(_) => Status::internal(message),
     }
 }

@@ -324,7 +324,7 @@ fn with_value<T: Spec>(resource: Resource, value: &T) -> Versioned<T> {
 /// Decodes a stored resource as `T`, checking its message type.
 pub fn decode<T: Spec>(resource: &Resource) -> Result<Versioned<T>, IpamError> {
     let unreadable = |why: String| {
-        IpamError::Internal(format!(
+        IpamError::Corrupt(format!(
             "{why}; was it written by something other than kino-ipam?"
         ))
     };

@@ -32,7 +32,10 @@ pub enum PolicyError {
     /// The datastore (or the compiler's view of it) is not available.
     #[error("{0}")]
     Unavailable(String),
-    /// A bug or unreadable stored data.
+    /// Stored data cannot be read (corrupt, or written by something else).
+    #[error("{0}")]
+    Corrupt(String),
+    /// A bug: an invariant of the compiler, or a request it built that its peer refused.
     #[error("{0}")]
     Internal(String),
 }

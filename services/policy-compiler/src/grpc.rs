@@ -53,7 +53,7 @@ impl PolicyGrpc {
     /// The tonic server for this service.
     pub fn into_server(self) -> PolicyServiceServer<Self> {
         PolicyServiceServer::new(self)
-            .max_decoding_message_size(16 * 1024 * 1024)
+            .max_decoding_message_size(kino_api::limits::MAX_POLICY_REQUEST_BYTES)
             .max_encoding_message_size(64 * 1024 * 1024)
     }
 }
@@ -70,6 +70,7 @@ pub fn status(error: PolicyError) -> Status {
         PolicyError::FailedPrecondition(_) => Status::failed_precondition(message),
         PolicyError::Exhausted(_) => Status::resource_exhausted(message),
         PolicyError::Unavailable(_) => Status::unavailable(message),
+        PolicyError::Corrupt(_) => Status::data_loss(message),
         PolicyError::Internal(_) => Status::internal(message),
     }
 }

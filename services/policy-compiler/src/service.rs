@@ -215,6 +215,32 @@ impl PolicyService {
                 ]));
             }
         }
+        // Every record must fit the datastore before the first is written: a policy too big
+        // to store is the request's fault, and an import is all or nothing on it.
+        let limit = self.store.max_value_bytes().await?;
+        let oversized: Vec<crate::policy::DocumentError> = outcome
+            .policies
+            .iter()
+            .enumerate()
+            .filter_map(|(i, policy)| {
+                let mut value = policy_to_proto(policy);
+                value.import_time = Some(timestamp(SystemTime::now()));
+                let size = prost::Message::encoded_len(&value);
+                (size > limit).then(|| crate::policy::DocumentError {
+                    document: i,
+                    policy: Some(policy.key.clone()),
+                    path: String::new(),
+                    message: format!(
+                        "{} is {size} bytes once stored (the document and its parsed rules), above the datastore's limit of {limit} bytes per record (kino-datastore-gateway --max-value-bytes); split its rules into several policies",
+                        policy.key
+                    ),
+                    line: 0,
+                })
+            })
+            .collect();
+        if !oversized.is_empty() {
+            return Err(PolicyError::InvalidDocuments(oversized));
+        }
         let mut imported = Vec::new();
         let mut last_revision = 0;
         for policy in &outcome.policies {
@@ -547,19 +573,30 @@ fn page_size_or_default(size: usize) -> Result<usize, PolicyError> {
     }
 }
 
-/// An error after some policies were stored: say which.
+/// An error after some policies were stored: say which, keeping the failure's own code
+/// (what the caller does about it is the same).
 fn partial(error: PolicyError, imported: &[Imported]) -> PolicyError {
     if imported.is_empty() {
         return error;
     }
     let stored: Vec<String> = imported.iter().map(|i| i.key.to_string()).collect();
-    let message = format!(
-        "{error} (already stored before the failure: {}; import again to finish)",
+    let note = format!(
+        " (already stored before the failure: {}; import again to finish)",
         stored.join(", ")
     );
     match error {
-        PolicyError::Unavailable(_) => PolicyError::Unavailable(message),
-        PolicyError::Aborted(_) => PolicyError::Aborted(message),
-        _ => PolicyError::Internal(message),
+        PolicyError::Invalid { field, reason } => PolicyError::Invalid {
+            field,
+            reason: reason + &note,
+        },
+        PolicyError::NotFound(m) => PolicyError::NotFound(m + &note),
+        PolicyError::Aborted(m) => PolicyError::Aborted(m + &note),
+        PolicyError::FailedPrecondition(m) => PolicyError::FailedPrecondition(m + &note),
+        PolicyError::Exhausted(m) => PolicyError::Exhausted(m + &note),
+        PolicyError::Unavailable(m) => PolicyError::Unavailable(m + &note),
+        PolicyError::Corrupt(m) => PolicyError::Corrupt(m + &note),
+        PolicyError::Internal(m) => PolicyError::Internal(m + &note),
+        // Validation happens before anything is written.
+        documents @ PolicyError::InvalidDocuments(_) => documents,
     }
 }

@@ -1,7 +1,8 @@
 //! The compiler's records in the datastore, through the gateway's `kino.datastore.v1` API:
 //! typed get / create / compare-and-swap update / delete / list / watch of protobuf specs.
 
-use kino_api::datastore::{Resource, WatchResponse};
+use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+use kino_api::datastore::{Resource, StatusRequest, WatchResponse};
 use kino_service_kit::TracedChannel;
 use kino_service_kit::records::{
     RecordClient, RecordFailure, WriteOutcome, new_resource, spec_bytes,
@@ -98,14 +99,37 @@ impl WriteError {
 #[derive(Clone, Debug)]
 pub struct Store {
     records: RecordClient,
+    gateway: DatastoreServiceClient<TracedChannel>,
 }
 
 impl Store {
     /// Uses `channel` to the gateway.
     pub fn new(channel: TracedChannel) -> Store {
         Store {
-            records: RecordClient::new(channel),
+            records: RecordClient::new(channel.clone()),
+            gateway: DatastoreServiceClient::new(channel),
         }
+    }
+
+    /// The largest encoded record the gateway stores, as it reports it (a gateway from
+    /// before the report stores up to the default).
+    pub async fn max_value_bytes(&self) -> Result<usize, PolicyError> {
+        let status = self
+            .gateway
+            .clone()
+            .status(StatusRequest {})
+            .await
+            .map_err(|status| {
+                failed(RecordFailure {
+                    what: "the datastore's status".into(),
+                    status,
+                })
+            })?
+            .into_inner();
+        Ok(match usize::try_from(status.max_value_bytes) {
+            Ok(0) | Err(_) => kino_api::limits::DEFAULT_MAX_VALUE_BYTES,
+            Ok(limit) => limit,
+        })
     }
 
     /// Reads one record; `None` if it does not exist.
@@ -218,9 +242,9 @@ fn with_value<T: Spec>(resource: Resource, value: &T) -> Stored<T> {
 
 /// Decodes a stored resource's spec as `T`, checking its message type.
 pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, PolicyError> {
-    let bytes = spec_bytes(resource, T::MESSAGE).map_err(PolicyError::Internal)?;
+    let bytes = spec_bytes(resource, T::MESSAGE).map_err(PolicyError::Corrupt)?;
     let value = T::decode(bytes).map_err(|e| {
-        PolicyError::Internal(format!(
+        PolicyError::Corrupt(format!(
             "stored {} {}/{} is unreadable: {e}",
             resource.kind, resource.namespace, resource.name
         ))
@@ -237,7 +261,11 @@ pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, PolicyError> {
 fn failed(failure: RecordFailure) -> PolicyError {
     if failure.is_unavailable() {
         PolicyError::Unavailable(failure.unavailable_message())
-    } else if failure.status.code() == Code::InvalidArgument {
+    } else if matches!(
+        failure.status.code(),
+        Code::InvalidArgument | Code::OutOfRange
+    ) {
+        // A record the gateway refuses (too large, say) is the request's fault.
         PolicyError::invalid(failure.what, failure.status.message().to_owned())
     } else {
         PolicyError::Internal(failure.refused_message())

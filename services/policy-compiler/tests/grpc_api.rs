@@ -734,3 +734,74 @@ async fn etcd_policies_identities_and_streams() {
         world.finish().await;
     }
 }
+
+/// A policy too big for one datastore record (its text and its parsed rules, here a long
+/// description twice) is refused as INVALID_ARGUMENT naming the gateway's limit, before
+/// anything of the import is written — also the policies before it in the same import.
+#[tokio::test]
+async fn embedded_a_policy_past_the_datastore_value_limit_is_refused_before_writing() {
+    let mut world = World::new(backends::embedded().await).await;
+    let replica = world.replica().await;
+    // Under the limit as text (about 0.6 MiB), over it once stored with its parsed form.
+    let description = "d".repeat(600 * 1024);
+    let docs = format!(
+        "{WEB_POLICY}---\napiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {{name: big, namespace: shop}}\nspec:\n  description: {description}\n  endpointSelector: {{matchLabels: {{app: web}}}}\n  ingress: [{{}}]\n"
+    );
+    let status = import(&replica, &docs).await.expect_err("too big to store");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    let limit = kino_api::limits::DEFAULT_MAX_VALUE_BYTES.to_string();
+    assert!(
+        status.message().contains("shop/big")
+            && status.message().contains(&limit)
+            && status.message().contains("--max-value-bytes"),
+        "{}",
+        status.message()
+    );
+    // All or nothing: the small policy before it was not stored either.
+    let missing = replica
+        .client
+        .clone()
+        .get_policy(pb::GetPolicyRequest {
+            policy: policy_ref("shop", "web"),
+        })
+        .await
+        .expect_err("nothing stored");
+    assert_eq!(missing.code(), Code::NotFound);
+    world.finish().await;
+}
+
+/// A stored policy that cannot be decoded (written by something that is not kino) is
+/// DATA_LOSS naming the record — not INTERNAL, which is for kino's own bugs.
+#[tokio::test]
+async fn embedded_an_unreadable_stored_policy_is_data_loss() {
+    let mut world = World::new(backends::embedded().await).await;
+    let replica = world.replica().await;
+    world
+        .datastore
+        .clone()
+        .create(CreateRequest {
+            resource: Some(Resource {
+                kind: "Policy".into(),
+                namespace: "shop".into(),
+                name: "garbled".into(),
+                spec: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/kino.policy.v1.Policy".into(),
+                    value: vec![0xff, 0xff, 0xff],
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .unwrap();
+    let status = replica
+        .client
+        .clone()
+        .get_policy(pb::GetPolicyRequest {
+            policy: policy_ref("shop", "garbled"),
+        })
+        .await
+        .expect_err("unreadable");
+    assert_eq!(status.code(), Code::DataLoss, "{status:?}");
+    assert!(status.message().contains("shop/garbled"), "{status:?}");
+    world.finish().await;
+}

@@ -4,6 +4,8 @@
 //! generated code refers to other packages by relative path (`super::super::...`); the short
 //! re-exports (`kino_api::datastore`, ...) are what services normally use.
 
+pub mod limits;
+
 /// Encoded `FileDescriptorSet` of every kino API, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kino_descriptor");
 

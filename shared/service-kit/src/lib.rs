@@ -31,6 +31,7 @@ pub mod records;
 mod serve;
 mod signal;
 mod tls;
+mod unix_authority;
 
 pub use connect::{connect, connect_lazy};
 pub use drain::Draining;
@@ -44,3 +45,4 @@ pub use serve::{
 };
 pub use signal::shutdown_signal;
 pub use tls::{ClientTlsArgs, PkiArgs, TlsArgs};
+pub use unix_authority::UNIX_AUTHORITY;

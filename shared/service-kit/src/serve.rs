@@ -9,6 +9,7 @@ use std::time::Duration;
 use kino_telemetry::RpcOutcomeLayer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
+use tokio_stream::StreamExt;
 use tokio_stream::wrappers::UnixListenerStream;
 use tonic::server::NamedService;
 use tonic::service::Routes;
@@ -23,6 +24,7 @@ use crate::drain::{Draining, EndStreamsLayer};
 use crate::error::error_chain;
 use crate::listen::ListenerKind;
 use crate::tls::{ReloadingServerTls, tls_incoming};
+use crate::unix_authority::UnixAuthority;
 use crate::{ListenAddr, Listener, ServiceError, TlsArgs};
 
 /// How long shutdown waits for in-flight RPCs before `serve` returns anyway.
@@ -293,10 +295,10 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
             },
             ListenerKind::Unix { listener, socket } => {
                 socket_file = Some(socket);
-                Box::pin(router.serve_with_incoming_shutdown(
-                    UnixListenerStream::new(listener),
-                    stop_accepting,
-                ))
+                // Stock gRPC clients name the socket path as :authority (unix_authority.rs).
+                let incoming = UnixListenerStream::new(listener)
+                    .map(|stream| stream.map(UnixAuthority::new));
+                Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting))
             }
         };
     tracing::info!(

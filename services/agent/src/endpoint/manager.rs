@@ -7,6 +7,7 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use kino_api::agent::{
     Attachment, CheckEndpointRequest, CniInterface, CniIpConfig, CniRoute, CreateEndpointRequest,
@@ -31,7 +32,7 @@ use tokio::sync::Mutex;
 
 use super::veth::validate_mtu;
 use super::{
-    EndpointError, EndpointSpec, VethRequest, create_endpoint, delete_endpoint,
+    EndpointError, EndpointSpec, TeardownError, VethRequest, create_endpoint, delete_endpoint,
     delete_endpoint_with, list_lxcs, lxc_name,
 };
 use crate::datapath::ipcache::IDENTITY_HOST;
@@ -39,9 +40,11 @@ use crate::datapath::{
     CtListing, Datapath, DropReason, EndpointEntry, Enforcement, EntryChange, IpPrefix,
     IpcacheEntry, PolicyEntryInfo, PolicyKey, PolicyUpdate, Verdict,
 };
-use crate::endpoint::state::StateDir;
+use crate::endpoint::release::PendingReleases;
+use crate::endpoint::state::{StateDir, StateError};
 use crate::grpc::policy::{ipcache_entry_from_proto, policy_update_from_proto};
 use crate::netlink::{MacAddr, Netlink};
+use crate::netns::NetnsError;
 
 mod labels;
 mod ownership;
@@ -92,9 +95,35 @@ pub enum ManagerError {
     /// The kernel side failed.
     #[error(transparent)]
     Kernel(Box<EndpointError>),
-    /// Something else failed on this node (e.g. the checkpoint directory).
+    /// The kernel teardown of an endpoint met errors (every step was tried).
+    #[error(transparent)]
+    Teardown(Box<TeardownError>),
+    /// The local checkpoint directory (`--state-dir`) could not be read or written.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// A concurrent change kept winning (the endpoint record kept changing); retry.
+    #[error("{0}")]
+    Conflict(String),
+    /// The node ran out of something (endpoint ids).
+    #[error("{0}")]
+    Exhausted(String),
+    /// Some steps of a deletion failed; every step was tried and the deletion is to be
+    /// retried (CNI DEL again).
+    #[error("deleting {what} met errors (retry the delete): {}", errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; "))]
+    Incomplete {
+        /// The endpoint or attachment.
+        what: String,
+        /// Every failure met.
+        errors: Vec<ManagerError>,
+    },
+    /// A bug: a peer's answer broke its API, or an invariant of the agent's own state.
     #[error("{0}")]
     Internal(String),
+}
+
+/// A kernel (netlink, BPF map, program) failure as a manager error.
+fn kernel(error: impl Into<EndpointError>) -> ManagerError {
+    ManagerError::Kernel(Box::new(error.into()))
 }
 
 impl From<EndpointError> for ManagerError {
@@ -125,12 +154,25 @@ impl ManagerError {
             ManagerError::Kernel(e) => match e.as_ref() {
                 EndpointError::InvalidRequest(_)
                 | EndpointError::PodInterfaceExists { .. }
-                | EndpointError::Netns(_) => tonic::Status::invalid_argument(message),
-                EndpointError::PodHasDefaultRoute { .. } | EndpointError::LxcExists { .. } => {
-                    tonic::Status::failed_precondition(message)
-                }
-                _ => tonic::Status::internal(message),
+                | EndpointError::Netns(
+                    NetnsError::Open { .. }
+                    | NetnsError::NotNetworkNamespace { .. }
+                    | NetnsError::Enter { .. },
+                ) => tonic::Status::invalid_argument(message),
+                EndpointError::PodHasDefaultRoute { .. }
+                | EndpointError::LxcExists { .. }
+                | EndpointError::Sysctl { .. } => tonic::Status::failed_precondition(message),
+                // The kernel refused a step (netlink, a BPF map, a program): the creation
+                // was undone, and the node may well manage on the next try.
+                _ => tonic::Status::unavailable(message),
             },
+            // The kernel part of a DEL is retried by DEL.
+            ManagerError::Teardown(_) | ManagerError::Incomplete { .. } => {
+                tonic::Status::unavailable(message)
+            }
+            ManagerError::State(_) => tonic::Status::failed_precondition(message),
+            ManagerError::Conflict(_) => tonic::Status::aborted(message),
+            ManagerError::Exhausted(_) => tonic::Status::resource_exhausted(message),
             ManagerError::Internal(_) => tonic::Status::internal(message),
         }
     }
@@ -185,6 +227,8 @@ pub struct EndpointManager {
     datastore: DatastoreServiceClient<TracedChannel>,
     policy: PolicyServiceClient<TracedChannel>,
     state: StateDir,
+    /// Releases of failed ADDs that could not reach IPAM, retried in the background.
+    releases: Arc<PendingReleases>,
     inner: Mutex<Inner>,
 }
 
@@ -346,7 +390,8 @@ impl EndpointManager {
         netlink: Netlink,
         datapath: Datapath,
     ) -> Result<Self, ManagerError> {
-        let state = StateDir::open(state_dir).map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let state = StateDir::open(state_dir)?;
+        let releases = PendingReleases::start(state_dir, peers.ipam.clone())?;
         Ok(EndpointManager {
             config,
             network,
@@ -354,6 +399,7 @@ impl EndpointManager {
             datastore: peers.datastore,
             policy: peers.policy,
             state,
+            releases,
             inner: Mutex::new(Inner {
                 netlink,
                 datapath,
@@ -432,6 +478,9 @@ impl EndpointManager {
                 request.netns_path
             )));
         }
+        // A path that is not a network namespace is the request's fault: said here, before
+        // anything is allocated, rather than by the kernel in the middle of the veth.
+        crate::netns::open_netns(Path::new(&request.netns_path)).map_err(kernel)?;
         let requested_mac = match request.requested_mac.as_str() {
             "" => None,
             mac => Some(mac.parse::<MacAddr>().map_err(|e| {
@@ -440,6 +489,12 @@ impl EndpointManager {
         };
         // Before anything is allocated: a bad MTU leaves nothing to undo.
         self.endpoint_mtu(request.mtu)?;
+        // This ADD owns whatever IPAM holds for the attachment from now on (and gives it
+        // back if it fails).
+        let inherited = self
+            .releases
+            .cancel(&request.container_id, &request.ifname)
+            .await;
         if let Some(existing) = self.existing(&request).await? {
             return Ok(self.response(&existing));
         }
@@ -543,7 +598,7 @@ impl EndpointManager {
             }
             (identity, allocation, allocation_v6) => {
                 // Release what was allocated (both families) and report the first failure.
-                if allocation.is_ok() || matches!(allocation_v6, Ok(Some(_))) {
+                if inherited || allocation.is_ok() || matches!(allocation_v6, Ok(Some(_))) {
                     self.release(&owner).await;
                 }
                 let error = [identity.err(), allocation.err(), allocation_v6.err()]
@@ -649,7 +704,10 @@ impl EndpointManager {
             )));
         }
         let id = inner.next_id().ok_or_else(|| {
-            ManagerError::Internal(format!("all {MAX_ENDPOINT_ID} endpoint ids are in use"))
+            ManagerError::Exhausted(format!(
+                "all {MAX_ENDPOINT_ID} endpoint ids of node {} are in use",
+                self.config.node
+            ))
         })?;
         let spec = EndpointSpec {
             id,
@@ -719,10 +777,7 @@ impl EndpointManager {
             cni_network_name: request.cni_network_name.clone(),
         };
         let recorded = match self.publish(&endpoint).await {
-            Ok(()) => self
-                .state
-                .save(&endpoint)
-                .map_err(|e| ManagerError::Internal(e.to_string())),
+            Ok(()) => self.state.save(&endpoint).map_err(ManagerError::from),
             Err(e) => Err(e),
         };
         if let Err(e) = recorded {
@@ -809,7 +864,7 @@ impl EndpointManager {
                 Err(s) => return Err(self.datastore_err(s)),
             }
         }
-        Err(ManagerError::Internal(format!(
+        Err(ManagerError::Conflict(format!(
             "endpoint {} record keeps changing in the datastore; retry",
             endpoint.id
         )))
@@ -831,11 +886,18 @@ impl EndpointManager {
         }
     }
 
-    /// Releases an owner's addresses, logging (not failing) on error: used on rollback.
+    /// Releases an owner's addresses on rollback; one IPAM cannot take now is retried in
+    /// the background until it can ([`PendingReleases`]).
     async fn release(&self, owner: &Owner) {
         if let Err(e) = self.release_owner(owner).await {
-            tracing::warn!(container = %owner.container_id, error = %e, "cannot release the address; IPAM GC will");
+            tracing::warn!(container = %owner.container_id, error = %e, "cannot release the address now; retrying in the background");
+            self.releases.add(owner).await;
         }
+    }
+
+    /// The owners whose address release is pending (IPAM was unreachable).
+    pub async fn pending_releases(&self) -> Vec<Owner> {
+        self.releases.owners().await
     }
 
     async fn release_owner(&self, owner: &Owner) -> Result<(), ManagerError> {
@@ -880,7 +942,7 @@ impl EndpointManager {
                     let lxc = lxc_name(&a.container_id, &a.ifname);
                     let mut errors = Vec::new();
                     if let Err(e) = delete_endpoint(netlink, datapath, &lxc, None).await {
-                        errors.push(e.to_string());
+                        errors.push(ManagerError::Teardown(Box::new(e)));
                     }
                     drop(inner);
                     let owner = Owner {
@@ -889,12 +951,18 @@ impl EndpointManager {
                         ..Default::default()
                     };
                     if let Err(e) = self.release_owner(&owner).await {
-                        errors.push(e.to_string());
+                        errors.push(e);
                     }
                     return if errors.is_empty() {
                         Ok(None)
                     } else {
-                        Err(ManagerError::Internal(errors.join("; ")))
+                        Err(ManagerError::Incomplete {
+                            what: format!(
+                                "the attachment of container {} interface {}",
+                                a.container_id, a.ifname
+                            ),
+                            errors,
+                        })
                     };
                 }
             },
@@ -915,15 +983,19 @@ impl EndpointManager {
             self.unpublish(found.id),
         );
         if let Err(e) = kernel {
-            errors.push(e.to_string());
+            errors.push(ManagerError::Teardown(Box::new(e)));
         }
         for result in [released, unpublished] {
             if let Err(e) = result {
-                errors.push(e.to_string());
+                errors.push(e);
             }
         }
-        if let Err(e) = self.state.remove(found.id) {
-            errors.push(e.to_string());
+        // The checkpoint goes last, and only with everything else: a restarted agent still
+        // knows an endpoint whose DEL is to be retried.
+        if errors.is_empty()
+            && let Err(e) = self.state.remove(found.id)
+        {
+            errors.push(e.into());
         }
         if errors.is_empty() {
             inner.endpoints.remove(&found.id);
@@ -932,11 +1004,10 @@ impl EndpointManager {
             tracing::info!(id = found.id, lxc = %lxc_of(&found), "endpoint deleted");
             Ok(Some(found))
         } else {
-            Err(ManagerError::Internal(format!(
-                "deleting endpoint {} met errors (retry the delete): {}",
-                found.id,
-                errors.join("; ")
-            )))
+            Err(ManagerError::Incomplete {
+                what: format!("endpoint {}", found.id),
+                errors,
+            })
         }
     }
 
@@ -957,11 +1028,7 @@ impl EndpointManager {
                 ))
             })?;
         let lxc = lxc_of(&endpoint);
-        let link = inner
-            .netlink
-            .link_by_name(&lxc)
-            .await
-            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let link = inner.netlink.link_by_name(&lxc).await.map_err(kernel)?;
         let Some(link) = link else {
             return Err(ManagerError::CheckFailed(format!(
                 "endpoint {}: its lxc {lxc} is missing",
@@ -981,7 +1048,7 @@ impl EndpointManager {
                         endpoint.id
                     )));
                 }
-                Err(e) => return Err(ManagerError::Internal(e.to_string())),
+                Err(e) => return Err(kernel(e)),
             }
         }
         let mine: Vec<String> = addresses
@@ -1080,11 +1147,7 @@ impl EndpointManager {
     /// for `kino bpf endpoint list`.
     pub async fn bpf_endpoints(&self) -> Result<Vec<(IpAddr, EndpointEntry)>, ManagerError> {
         let inner = self.inner.lock().await;
-        inner
-            .datapath
-            .maps()
-            .list_ips()
-            .map_err(|e| ManagerError::Internal(e.to_string()))
+        inner.datapath.maps().list_ips().map_err(kernel)
     }
 
     /// How the programs sit on each endpoint's lxc (`tc`, `tcx`, `tc+tcx`, `none`), by lxc
@@ -1102,7 +1165,7 @@ impl EndpointManager {
                 .datapath
                 .attachment(&inner.netlink, &net.interface_name, net.interface_index)
                 .await
-                .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                .map_err(kernel)?;
             modes.insert(net.interface_index, attachment.mode());
         }
         Ok(modes)
@@ -1118,24 +1181,19 @@ impl EndpointManager {
             ))
         })?;
         let policy = inner.datapath.policy();
-        let internal = |e: crate::datapath::PolicyMapError| ManagerError::Internal(e.to_string());
-        let (enforcement, revision) = policy.enforcement(endpoint_id).map_err(internal)?;
+        let (enforcement, revision) = policy.enforcement(endpoint_id).map_err(kernel)?;
         Ok(BpfPolicy {
             identity: endpoint.identity,
             enforcement,
             revision,
-            entries: policy.list(endpoint_id).map_err(internal)?,
+            entries: policy.list(endpoint_id).map_err(kernel)?,
         })
     }
 
     /// The ipcache map, for `kino bpf ipcache list`.
     pub async fn bpf_ipcache(&self) -> Result<Vec<IpcacheEntry>, ManagerError> {
         let inner = self.inner.lock().await;
-        inner
-            .datapath
-            .ipcache()
-            .list()
-            .map_err(|e| ManagerError::Internal(e.to_string()))
+        inner.datapath.ipcache().list().map_err(kernel)
     }
 
     /// Up to `max` live conntrack entries (of one family, `KINO_FAMILY_*`, when given), for
@@ -1146,37 +1204,28 @@ impl EndpointManager {
         family: Option<u8>,
     ) -> Result<CtListing, ManagerError> {
         let inner = self.inner.lock().await;
-        inner
-            .datapath
-            .conntrack()
-            .list(max, family)
-            .map_err(|e| ManagerError::Internal(e.to_string()))
+        inner.datapath.conntrack().list(max, family).map_err(kernel)
     }
 
     /// Puts every address of the node's namespace into the ipcache as host (so traffic from
     /// the node is told from world's) and drops host entries of addresses it no longer has.
     async fn sync_host_ipcache(&self) -> Result<(), ManagerError> {
         let mut inner = self.inner.lock().await;
-        let internal = |e: &dyn std::fmt::Display| ManagerError::Internal(e.to_string());
-        let mut addresses = inner
-            .netlink
-            .local_addresses()
-            .await
-            .map_err(|e| internal(&e))?;
+        let mut addresses = inner.netlink.local_addresses().await.map_err(kernel)?;
         addresses.push(self.network.gateway_v4.into());
         addresses.extend(self.network.gateway_v6.map(IpAddr::from));
         let wanted: Vec<IpPrefix> = addresses.into_iter().map(IpPrefix::host).collect();
         let ipcache = inner.datapath.ipcache_mut();
-        for entry in ipcache.list().map_err(|e| internal(&e))? {
+        for entry in ipcache.list().map_err(kernel)? {
             let host_prefix = entry.prefix == IpPrefix::host(entry.prefix.addr());
             if entry.identity == IDENTITY_HOST && host_prefix && !wanted.contains(&entry.prefix) {
-                ipcache.remove(&entry.prefix).map_err(|e| internal(&e))?;
+                ipcache.remove(&entry.prefix).map_err(kernel)?;
             }
         }
         for prefix in wanted {
             ipcache
                 .upsert(&IpcacheEntry::new(prefix, IDENTITY_HOST))
-                .map_err(|e| internal(&e))?;
+                .map_err(kernel)?;
         }
         Ok(())
     }
@@ -1287,20 +1336,13 @@ impl EndpointManager {
         if let Err(e) = self.sync_host_ipcache().await {
             tracing::warn!(error = %e, "cannot put the node's addresses into the ipcache; traffic from the node is seen as world");
         }
-        let saved = self
-            .state
-            .load_all()
-            .map_err(|e| ManagerError::Internal(e.to_string()))?;
+        let saved = self.state.load_all()?;
         let (mut adopted, mut gone) = (Vec::new(), Vec::new());
         {
             let mut inner = self.inner.lock().await;
             for mut endpoint in saved {
                 let lxc = lxc_of(&endpoint);
-                let link = inner
-                    .netlink
-                    .link_by_name(&lxc)
-                    .await
-                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                let link = inner.netlink.link_by_name(&lxc).await.map_err(kernel)?;
                 let Some(link) = link else {
                     gone.push(endpoint);
                     continue;
@@ -1323,10 +1365,7 @@ impl EndpointManager {
                     datapath, netlink, ..
                 } = &mut *inner;
                 if datapath.maps().get(ip).ok().flatten().as_ref() != Some(&entry) {
-                    datapath
-                        .maps_mut()
-                        .upsert(&entry)
-                        .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                    datapath.maps_mut().upsert(&entry).map_err(kernel)?;
                 }
                 for address in addresses_of(&endpoint) {
                     datapath
@@ -1335,12 +1374,12 @@ impl EndpointManager {
                             IpPrefix::host(address),
                             endpoint.identity,
                         ))
-                        .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                        .map_err(kernel)?;
                 }
                 let attachment = datapath
                     .adopt_endpoint(netlink, &lxc, link.index)
                     .await
-                    .map_err(|e| ManagerError::Internal(e.to_string()))?;
+                    .map_err(kernel)?;
                 for hook in &attachment.hooks {
                     tracing::info!(
                         id = endpoint.id,
@@ -1448,7 +1487,6 @@ impl EndpointManager {
 
         let mut guard = self.inner.lock().await;
         let inner = &mut *guard;
-        let internal = |e: &dyn std::fmt::Display| ManagerError::Internal(e.to_string());
         if message.reset {
             inner.identity_policies.clear();
             inner.in_snapshot = true;
@@ -1467,11 +1505,7 @@ impl EndpointManager {
                 None => {
                     inner.identity_policies.remove(&identity);
                     for id in local {
-                        inner
-                            .datapath
-                            .policy_mut()
-                            .clear(id)
-                            .map_err(|e| internal(&e))?;
+                        inner.datapath.policy_mut().clear(id).map_err(kernel)?;
                     }
                 }
                 Some(update) => {
@@ -1494,7 +1528,7 @@ impl EndpointManager {
                             .datapath
                             .policy_mut()
                             .apply(id, &update)
-                            .map_err(|e| internal(&e))?;
+                            .map_err(kernel)?;
                     }
                 }
             }
@@ -1507,7 +1541,7 @@ impl EndpointManager {
                     .datapath
                     .ipcache_mut()
                     .remove(&prefix)
-                    .map_err(|e| internal(&e))?;
+                    .map_err(kernel)?;
             }
         }
         for entry in upserts {
@@ -1519,7 +1553,7 @@ impl EndpointManager {
                 .datapath
                 .ipcache_mut()
                 .upsert(&entry)
-                .map_err(|e| internal(&e))?;
+                .map_err(kernel)?;
             inner.streamed_prefixes.insert(entry.prefix);
         }
         if message.synced {
@@ -1531,26 +1565,19 @@ impl EndpointManager {
             for (id, identity) in ids {
                 match inner.identity_policies.get(&identity) {
                     Some(policy) => {
-                        let (enforcement, revision) = inner
-                            .datapath
-                            .policy()
-                            .enforcement(id)
-                            .map_err(|e| internal(&e))?;
+                        let (enforcement, revision) =
+                            inner.datapath.policy().enforcement(id).map_err(kernel)?;
                         if revision != message.revision || enforcement != policy.enforcement {
                             inner
                                 .datapath
                                 .policy_mut()
                                 .set_enforcement(id, policy.enforcement, message.revision)
-                                .map_err(|e| internal(&e))?;
+                                .map_err(kernel)?;
                         }
                     }
                     None if inner.in_snapshot => {
                         // The snapshot does not name its identity: no policy of old applies.
-                        inner
-                            .datapath
-                            .policy_mut()
-                            .clear(id)
-                            .map_err(|e| internal(&e))?;
+                        inner.datapath.policy_mut().clear(id).map_err(kernel)?;
                     }
                     None => {}
                 }
@@ -1563,7 +1590,7 @@ impl EndpointManager {
                             .datapath
                             .ipcache_mut()
                             .remove(&prefix)
-                            .map_err(|e| internal(&e))?;
+                            .map_err(kernel)?;
                     }
                 }
             }
@@ -1801,6 +1828,53 @@ mod tests {
                 "fd00::117".parse::<IpAddr>().expect("v6")
             ]
         );
+    }
+
+    #[test]
+    fn every_failure_has_the_code_its_caller_acts_on() {
+        use tonic::Code;
+        let peer_down = ManagerError::Ipam {
+            target: "127.0.0.1:7402".into(),
+            status: tonic::Status::unavailable("connection refused"),
+        };
+        let not_a_netns = kernel(crate::netns::NetnsError::NotNetworkNamespace {
+            path: "/tmp/file".into(),
+            what: "a regular file".into(),
+        });
+        for (error, code) in [
+            (not_a_netns, Code::InvalidArgument),
+            (
+                ManagerError::Incomplete {
+                    what: "endpoint 7".into(),
+                    errors: vec![peer_down],
+                },
+                Code::Unavailable,
+            ),
+            (
+                ManagerError::Exhausted("all ids in use".into()),
+                Code::ResourceExhausted,
+            ),
+            (
+                ManagerError::Conflict("keeps changing".into()),
+                Code::Aborted,
+            ),
+            (
+                ManagerError::State(StateError {
+                    path: "/var/lib/kino/endpoints".into(),
+                    reason: "read-only file system".into(),
+                }),
+                Code::FailedPrecondition,
+            ),
+            (
+                kernel(EndpointError::Vanished {
+                    lxc: "lxc0123456789ab".into(),
+                }),
+                Code::Unavailable,
+            ),
+        ] {
+            let status = error.to_status();
+            assert_eq!(status.code(), code, "{error}");
+        }
     }
 
     #[test]

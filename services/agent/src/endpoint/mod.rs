@@ -5,6 +5,7 @@
 //! Call both from the node's network namespace (the datapath attaches by interface name).
 
 pub mod manager;
+pub mod release;
 pub mod state;
 pub mod veth;
 

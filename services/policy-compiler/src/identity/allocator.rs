@@ -486,7 +486,7 @@ impl Allocator {
             .map(labels_from_proto)
             .unwrap_or_default();
         if &ix_labels != labels {
-            return Err(PolicyError::Internal(format!(
+            return Err(PolicyError::Corrupt(format!(
                 "identity index {index} holds {ix_labels}, not {labels} (a SHA-256 collision, or a record written by something else)"
             )));
         }

@@ -325,9 +325,6 @@ impl EndpointManager {
         endpoint: &Endpoint,
         policy: Option<&IdentityPolicy>,
     ) -> Result<(), ManagerError> {
-        let internal = |e: &dyn std::fmt::Display| {
-            ManagerError::Internal(format!("endpoint {}: {e}", endpoint.id))
-        };
         let ifindex = endpoint
             .networking
             .as_ref()
@@ -337,13 +334,16 @@ impl EndpointManager {
         let mut entry = datapath
             .maps()
             .get_by_lxc(ifindex)
-            .map_err(|e| internal(&e))?
-            .ok_or_else(|| internal(&format!("the datapath has no entry for lxc #{ifindex}")))?;
+            .map_err(super::kernel)?
+            .ok_or_else(|| {
+                // The agent wrote it at create and only removes it at delete.
+                ManagerError::Internal(format!(
+                    "endpoint {}: the datapath has no entry for its lxc #{ifindex}",
+                    endpoint.id
+                ))
+            })?;
         entry.identity = endpoint.identity;
-        datapath
-            .maps_mut()
-            .upsert(&entry)
-            .map_err(|e| internal(&e))?;
+        datapath.maps_mut().upsert(&entry).map_err(super::kernel)?;
         for address in addresses(endpoint) {
             datapath
                 .ipcache_mut()
@@ -351,19 +351,19 @@ impl EndpointManager {
                     IpPrefix::host(address),
                     endpoint.identity,
                 ))
-                .map_err(|e| internal(&e))?;
+                .map_err(super::kernel)?;
         }
         match policy {
             Some(policy) => datapath
                 .policy_mut()
                 .apply(endpoint.id, &policy.update())
                 .map(|_| ())
-                .map_err(|e| internal(&e)),
+                .map_err(super::kernel),
             None => datapath
                 .policy_mut()
                 .clear(endpoint.id)
                 .map(|_| ())
-                .map_err(|e| internal(&e)),
+                .map_err(super::kernel),
         }
     }
 
