@@ -160,10 +160,18 @@ async fn each_kind_is_written_by_its_owner_and_agents_only_for_their_node() {
         .await
         .expect("ipam's kind");
     assert_denied(
-        ipam.create(resource("Node", "", "n3")).await,
+        ipam.create(resource("NodeHealth", "", "n3")).await,
         &["(role ipam)"],
     );
-    // Explicit node deletion: IPAM removes a node's records.
+    assert_denied(
+        ipam.create(resource("Endpoint", "n3", "1")).await,
+        &["(role ipam)"],
+    );
+    // Explicit node deletion: IPAM marks the Node (deletion_time), then removes the node's
+    // records.
+    ipam.create(resource("Node", "", "n3"))
+        .await
+        .expect("ipam marks a node it deletes");
     ipam.delete(delete("Endpoint", "n1", "1"))
         .await
         .expect("ipam deletes a node's endpoint");
