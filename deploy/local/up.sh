@@ -102,9 +102,10 @@ if ! "$buf" --version >/dev/null 2>&1; then
   echo "buf is not installed (install-deps.sh puts it in .tools/)" >&2
   exit 1
 fi
-anonymous=$("$buf" curl --protocol grpc --cacert "$pki/ca.crt" \
+# Without a certificate reflection is refused too, hence the schema from proto/.
+anonymous=$("$buf" curl --protocol grpc --schema "$repo/proto" --cacert "$pki/ca.crt" \
   https://127.0.0.1:7402/kino.ipam.v1.IpamService/CreatePool -d '{"pool":{"name":"x"}}' 2>&1 || true)
-echo "\$ buf curl --cacert $pki/ca.crt https://127.0.0.1:7402/kino.ipam.v1.IpamService/CreatePool ..."
+echo "\$ buf curl --schema proto --cacert $pki/ca.crt https://127.0.0.1:7402/kino.ipam.v1.IpamService/CreatePool ..."
 echo "$anonymous" | sed 's/^/    /'
 if ! grep 'unauthenticated' <<<"$anonymous" >/dev/null; then
   echo "a call without a client certificate was not refused as unauthenticated" >&2
