@@ -182,7 +182,7 @@ impl PolicyApi for PolicyGrpc {
         let request = request.into_inner();
         let (imported, revision) = self
             .service
-            .import(&request.documents, &request.default_namespace)
+            .import(request.documents, request.default_namespace)
             .await
             .map_err(status)?;
         Ok(Response::new(ImportPoliciesResponse {
@@ -213,7 +213,9 @@ impl PolicyApi for PolicyGrpc {
         let request = request.into_inner();
         let outcome = self
             .service
-            .validate(&request.documents, &request.default_namespace);
+            .validate(request.documents, request.default_namespace)
+            .await
+            .map_err(status)?;
         Ok(Response::new(ValidatePoliciesResponse {
             policies: outcome.policies.iter().map(policy_to_proto).collect(),
             errors: outcome.errors.iter().map(document_error_to_proto).collect(),

@@ -12,6 +12,7 @@ use crate::policy::model::{
     CidrRule, DefaultDeny, K8sPeer, K8sPolicy, K8sRule, KinoPolicy, KinoRule, PeerRule, Policy,
     PolicyKey, PolicyKind, PolicySpec, PortRule, Protocol, SourceFormat,
 };
+use crate::policy::bounds;
 use crate::policy::validate::{self, scalar_text, show};
 use crate::policy::{DocumentError, ParseOutcome};
 use crate::selector::{Operator, Requirement, Selector, SelectorKey};
@@ -28,10 +29,38 @@ struct RawDocument {
     first_line: u32,
 }
 
+/// The caller went away: the parse stopped before the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Documents read (parsed or validated) before it stopped.
+    pub documents_done: usize,
+}
+
 /// Parses and validates every document of `text`. Documents without a namespace get
 /// `default_namespace` ("" = "default").
 pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
+    match parse_documents_until(text, default_namespace, &mut |_| true) {
+        Ok(outcome) => outcome,
+        Err(_) => unreachable!("a parse that always keeps going is never cancelled"),
+    }
+}
+
+/// [`parse_documents`], asking `keep_going(documents done so far)` before each step (each
+/// document's parse and its validation): once it answers false the parse stops and returns
+/// [`Cancelled`]. The text's size and nesting are checked first ([`bounds`]), so no
+/// single step costs more than linear time in a text of at most 1 MiB.
+///
+/// [`bounds`]: crate::policy::bounds
+pub fn parse_documents_until(
+    text: &str,
+    default_namespace: &str,
+    keep_going: &mut dyn FnMut(usize) -> bool,
+) -> Result<ParseOutcome, Cancelled> {
     let mut outcome = ParseOutcome::default();
+    if let Err(error) = bounds::check(text, looks_like_json(text)) {
+        outcome.errors.push(error.into_document_error());
+        return Ok(outcome);
+    }
     let default_namespace = if default_namespace.is_empty() {
         DEFAULT_NAMESPACE
     } else {
@@ -45,13 +74,13 @@ pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
             message: format!("default namespace: {message}"),
             line: 0,
         });
-        return outcome;
+        return Ok(outcome);
     }
-    let documents = match split_documents(text) {
+    let documents = match split_documents(text, keep_going)? {
         Ok(documents) => documents,
         Err(error) => {
             outcome.errors.push(error);
-            return outcome;
+            return Ok(outcome);
         }
     };
     if documents.is_empty() {
@@ -63,7 +92,13 @@ pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
             line: 0,
         });
     }
+    let parsed = documents.len();
     for (index, document) in documents.into_iter().enumerate() {
+        if !keep_going(parsed + index) {
+            return Err(Cancelled {
+                documents_done: parsed + index,
+            });
+        }
         let mut reader = Reader {
             document: index,
             policy: None,
@@ -79,24 +114,36 @@ pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
             outcome.errors.extend(reader.errors);
         }
     }
-    outcome
+    Ok(outcome)
 }
 
 fn looks_like_json(text: &str) -> bool {
     matches!(text.trim_start().chars().next(), Some('{') | Some('['))
 }
 
-/// Cuts the text into documents, expanding JSON arrays and Kubernetes Lists.
-fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
+/// Cuts the text into documents, expanding JSON arrays and Kubernetes Lists; asks
+/// `keep_going` before parsing each YAML document.
+fn split_documents(
+    text: &str,
+    keep_going: &mut dyn FnMut(usize) -> bool,
+) -> Result<Result<Vec<RawDocument>, DocumentError>, Cancelled> {
     let mut out = Vec::new();
     if looks_like_json(text) {
-        let value: Value = serde_json::from_str(text).map_err(|e| DocumentError {
-            document: 0,
-            policy: None,
-            path: String::new(),
-            message: format!("not valid JSON: {e}"),
-            line: e.line() as u32,
-        })?;
+        if !keep_going(0) {
+            return Err(Cancelled { documents_done: 0 });
+        }
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(e) => {
+                return Ok(Err(DocumentError {
+                    document: 0,
+                    policy: None,
+                    path: String::new(),
+                    message: format!("not valid JSON: {e}"),
+                    line: e.line() as u32,
+                }));
+            }
+        };
         match value {
             Value::Array(items) => {
                 for item in items {
@@ -105,7 +152,7 @@ fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
             }
             value => push_expanded(&mut out, value, Some(text), SourceFormat::Json, 1),
         }
-        return Ok(out);
+        return Ok(Ok(out));
     }
     let mut chunk = String::new();
     let mut chunk_line = 1u32;
@@ -132,19 +179,27 @@ fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
         if blank {
             continue;
         }
-        let value: Value = serde_yaml_ng::from_str(&chunk).map_err(|e| {
-            let line = e
-                .location()
-                .map(|l| l.line() as u32 + first_line - 1)
-                .unwrap_or(0);
-            DocumentError {
-                document: out.len(),
-                policy: None,
-                path: String::new(),
-                message: format!("not valid YAML: {e}"),
-                line,
+        if !keep_going(out.len()) {
+            return Err(Cancelled {
+                documents_done: out.len(),
+            });
+        }
+        let value: Value = match serde_yaml_ng::from_str(&chunk) {
+            Ok(value) => value,
+            Err(e) => {
+                let line = e
+                    .location()
+                    .map(|l| l.line() as u32 + first_line - 1)
+                    .unwrap_or(0);
+                return Ok(Err(DocumentError {
+                    document: out.len(),
+                    policy: None,
+                    path: String::new(),
+                    message: format!("not valid YAML: {e}"),
+                    line,
+                }));
             }
-        })?;
+        };
         if value.is_null() {
             continue;
         }
@@ -156,7 +211,7 @@ fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
             first_line,
         );
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// Adds a document, or the items of a Kubernetes List.
