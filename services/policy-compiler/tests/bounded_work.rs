@@ -167,7 +167,11 @@ async fn deep_and_large_documents_are_refused_naming_the_limit() {
             validated.errors
         );
     }
-    let large = format!("{}\n# {}\n", many_policies(1), "x".repeat(MAX_DOCUMENT_BYTES));
+    let large = format!(
+        "{}\n# {}\n",
+        many_policies(1),
+        "x".repeat(MAX_DOCUMENT_BYTES)
+    );
     let status = client
         .import_policies(import_request(large))
         .await
@@ -248,7 +252,10 @@ async fn health_answers_while_a_big_import_is_parsing() {
         .expect("health")
         .into_inner();
     assert_eq!(health.status, 1, "SERVING: {health:?}");
-    assert!(answered_while_held, "the parse had already given up waiting");
+    assert!(
+        answered_while_held,
+        "the parse had already given up waiting"
+    );
     import.abort();
 }
 

@@ -398,7 +398,11 @@ mod tests {
 
     fn nested_flow(depth: usize) -> String {
         // The root mapping is one level: `spec:` holds depth - 1 sequences.
-        format!("spec: {}1{}\n", "[".repeat(depth - 1), "]".repeat(depth - 1))
+        format!(
+            "spec: {}1{}\n",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        )
     }
 
     #[test]

@@ -6,13 +6,14 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kino_api::quote::{MAX_ECHO_BYTES, quote};
 use serde_json::{Map, Value};
 
+use crate::policy::bounds;
 use crate::policy::model::{
     CidrRule, DefaultDeny, K8sPeer, K8sPolicy, K8sRule, KinoPolicy, KinoRule, PeerRule, Policy,
     PolicyKey, PolicyKind, PolicySpec, PortRule, Protocol, SourceFormat,
 };
-use crate::policy::bounds;
 use crate::policy::validate::{self, scalar_text, show};
 use crate::policy::{DocumentError, ParseOutcome};
 use crate::selector::{Operator, Requirement, Selector, SelectorKey};
@@ -66,7 +67,9 @@ pub fn parse_documents_until(
     } else {
         default_namespace
     };
-    if let Err(message) = validate::check_name("namespace", default_namespace) {
+    if let Err(message) = validate::check_name("namespace", default_namespace)
+        .and_then(|()| validate::namespace_limit(default_namespace))
+    {
         outcome.errors.push(DocumentError {
             document: 0,
             policy: None,
@@ -257,9 +260,20 @@ struct Reader {
     first_line: u32,
 }
 
+/// `path.field`; a field name from the caller (an unknown key, a label key) is cut to
+/// [`MAX_ECHO_BYTES`] so an error path never repeats a huge key.
 fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
+    let field = if field.len() > MAX_ECHO_BYTES {
+        let mut end = MAX_ECHO_BYTES;
+        while !field.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…({} bytes)", &field[..end], field.len())
+    } else {
         field.to_owned()
+    };
+    if path.is_empty() {
+        field
     } else {
         format!("{path}.{field}")
     }
@@ -380,13 +394,15 @@ impl Reader {
             Some(ns) if cluster_wide && !ns.is_empty() => {
                 self.error(
                     "metadata.namespace",
-                    format!("{ns:?}: a cluster-wide policy has no namespace"),
+                    format!("{}: a cluster-wide policy has no namespace", quote(&ns)),
                 );
                 String::new()
             }
             _ if cluster_wide => String::new(),
             Some(ns) if !ns.is_empty() => {
-                if let Err(message) = validate::check_name("namespace", &ns) {
+                if let Err(message) = validate::check_name("namespace", &ns)
+                    .and_then(|()| validate::namespace_limit(&ns))
+                {
                     self.error("metadata.namespace", message);
                 }
                 ns
@@ -742,8 +758,10 @@ impl Reader {
         if let Some(labels) = map.get("matchLabels").filter(|v| !v.is_null()) {
             let p = join(path, "matchLabels");
             selector.match_labels = self.string_map(labels, &p);
-            for key in selector.match_labels.keys() {
-                if let Err(message) = validate::selector_key(key) {
+            for (key, value) in &selector.match_labels {
+                if let Err(message) =
+                    validate::selector_key(key).and_then(|()| validate::selector_value(key, value))
+                {
                     self.errors.push(DocumentError {
                         document: self.document,
                         policy: self.policy.clone(),
@@ -774,8 +792,8 @@ impl Reader {
                     self.error(
                         &join(&p, "operator"),
                         format!(
-                            "{:?} is not an operator (In, NotIn, Exists, DoesNotExist)",
-                            other.unwrap_or("")
+                            "{} is not an operator (In, NotIn, Exists, DoesNotExist)",
+                            quote(other.unwrap_or(""))
                         ),
                     );
                     continue;
@@ -786,6 +804,9 @@ impl Reader {
             for (j, v) in self.list(expr, "values", &p).iter().enumerate() {
                 match scalar_text(v) {
                     Some(text) => {
+                        if let Err(message) = validate::selector_value(&key, &text) {
+                            self.error(&index(&values_path, j), message);
+                        }
                         values.insert(text);
                     }
                     None => self.error(
