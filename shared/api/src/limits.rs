@@ -113,9 +113,7 @@ pub fn check_label_count(field: &str, count: usize) -> Result<(), LimitError> {
     if count > MAX_LABELS_PER_IDENTITY {
         return Err(LimitError::new(
             field,
-            format!(
-                "{count} labels; an endpoint (identity) has at most {MAX_LABELS_PER_IDENTITY}"
-            ),
+            format!("{count} labels; an endpoint (identity) has at most {MAX_LABELS_PER_IDENTITY}"),
         ));
     }
     Ok(())
@@ -180,7 +178,10 @@ mod tests {
         let key = "k".repeat(100_000);
         let error = check_label_key("labels[3].key", &key).unwrap_err();
         let message = error.to_string();
-        assert!(message.starts_with("labels[3].key: label name \"kkk"), "{message}");
+        assert!(
+            message.starts_with("labels[3].key: label name \"kkk"),
+            "{message}"
+        );
         assert!(message.contains("100000 characters long"), "{message}");
         assert!(message.contains("at most 63"), "{message}");
         assert!(message.len() < 400, "{} bytes: {message}", message.len());

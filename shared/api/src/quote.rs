@@ -31,12 +31,7 @@ impl fmt::Display for Quoted<'_> {
         }
         let head = format!("{:?}", &input[..end]);
         // `head` ends with the closing quote: the ellipsis goes inside it.
-        write!(
-            f,
-            "{}…\" ({} bytes)",
-            &head[..head.len() - 1],
-            input.len()
-        )
+        write!(f, "{}…\" ({} bytes)", &head[..head.len() - 1], input.len())
     }
 }
 
@@ -72,7 +67,10 @@ mod tests {
         let long = format!("a{}", "é".repeat(200));
         let quoted = quote(&long).to_string();
         assert!(quoted.starts_with("\"a"), "{quoted}");
-        assert!(quoted.ends_with(&format!("…\" ({} bytes)", long.len())), "{quoted}");
+        assert!(
+            quoted.ends_with(&format!("…\" ({} bytes)", long.len())),
+            "{quoted}"
+        );
         let inner = quoted.trim_start_matches('"').split('…').next().unwrap();
         assert!(inner.len() <= MAX_ECHO_BYTES, "{inner}");
     }
