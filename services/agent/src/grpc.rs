@@ -2,4 +2,5 @@
 
 pub mod agent;
 pub mod flow;
+pub mod input_limits;
 pub mod policy;
