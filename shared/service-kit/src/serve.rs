@@ -19,6 +19,7 @@ use tonic_health::server::{HealthReporter, HealthService};
 use crate::drain::{Draining, EndStreamsLayer};
 use crate::error::error_chain;
 use crate::listen::ListenerKind;
+use crate::message_cap::MessageCapLayer;
 use crate::{ListenAddr, Listener, ServiceError, TlsArgs};
 
 /// How long shutdown waits for in-flight RPCs before `serve` returns anyway.
@@ -173,7 +174,8 @@ impl ServeSpec {
 /// Adds grpc.health.v1 (overall `""` and every named service SERVING; NOT_SERVING once
 /// shutdown starts), gRPC reflection v1 and v1alpha, a `grpc.request` span per request that
 /// continues the caller's W3C trace, per-RPC metrics and span status
-/// ([`kino_telemetry::RpcOutcomeLayer`]), and TLS/mTLS if configured. At shutdown, new
+/// ([`kino_telemetry::RpcOutcomeLayer`]), status messages cut to
+/// [`crate::MAX_STATUS_MESSAGE_BYTES`], and TLS/mTLS if configured. At shutdown, new
 /// connections are refused, idle response streams end with UNAVAILABLE, in-flight RPCs get
 /// the grace period to finish, and a unix socket file is removed.
 pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
@@ -234,8 +236,10 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
         REFLECTION_V1_SERVICE,
         REFLECTION_V1ALPHA_SERVICE,
     ]);
-    // Outermost, so that it also sees the UNAVAILABLE with which draining ends streams.
+    // The message cap outermost (closest to the wire), then the outcome, so that it also
+    // sees the UNAVAILABLE with which draining ends streams.
     let router = builder
+        .layer(MessageCapLayer)
         .layer(RpcOutcomeLayer::new(known_services))
         .layer(EndStreamsLayer::new(draining.clone()))
         .add_routes(routes);
