@@ -318,3 +318,80 @@ async fn an_import_whose_caller_goes_away_stops_parsing() {
     assert_eq!(steps, vec![0, 1], "steps the parse took");
     assert!(steps.len() < DOCUMENTS);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_names_and_long_error_lists_make_short_messages() {
+    let served = Served::start();
+    let mut client = served.client().await;
+    let huge = "n".repeat(1 << 20);
+    // A 1 MB name: refused naming the field, at most 128 bytes of it repeated.
+    let status = client
+        .get_policy(pb::GetPolicyRequest {
+            policy: Some(pb::PolicyRef {
+                namespace: "shop".into(),
+                name: huge.clone(),
+            }),
+        })
+        .await
+        .expect_err("a 1 MB name is refused");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("policy.name"),
+        "{}",
+        &status.message()[..100]
+    );
+    assert!(
+        status.message().len() < 512,
+        "{} bytes",
+        status.message().len()
+    );
+    let status = client
+        .allocate_identity(pb::AllocateIdentityRequest {
+            labels: Some(kino_api::types::Labels {
+                labels: vec![kino_api::types::Label {
+                    key: "app".into(),
+                    value: huge.clone(),
+                    source: "k8s".into(),
+                }],
+            }),
+        })
+        .await
+        .expect_err("a 1 MB label value is refused");
+    assert!(
+        status.message().contains("labels[0].value"),
+        "{}",
+        &status.message()[..100]
+    );
+    assert!(
+        status.message().len() < 512,
+        "{} bytes",
+        status.message().len()
+    );
+
+    // Thousands of errors with long (cut) keys: the status message stays within the cap
+    // every server applies, and says it was cut.
+    let fields: String = (0..5000).map(|i| format!("  {i:0>120}: 1\n")).collect();
+    let documents = format!(
+        "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {{name: many, namespace: shop}}\nspec:\n{fields}"
+    );
+    let status = client
+        .import_policies(import_request(documents))
+        .await
+        .expect_err("5000 unknown fields");
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().len() <= kino_service_kit::MAX_STATUS_MESSAGE_BYTES,
+        "{} bytes",
+        status.message().len()
+    );
+    assert!(
+        status.message().starts_with("5001 error(s)"),
+        "{}",
+        &status.message()[..100]
+    );
+    assert!(
+        status.message().contains("message cut"),
+        "{}",
+        status.message()
+    );
+}
