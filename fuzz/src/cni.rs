@@ -16,10 +16,7 @@ pub fn config(data: &[u8]) -> Work {
             let _ = AddParams::new(&args, &object);
         }
     }
-    Work {
-        steps: 1,
-        bound: 1,
-    }
+    Work { steps: 1, bound: 1 }
 }
 
 /// `NAME=VALUE` lines as the environment; `CNI_ARGS` is parsed on its own too.
@@ -38,8 +35,5 @@ pub fn env(data: &[u8]) -> Work {
     let _ = CniEnv::from_lookup(lookup);
     let _ = CniArgs::parse(lookup("CNI_ARGS").as_deref());
     let _ = CniArgs::parse(Some(&text));
-    Work {
-        steps: 1,
-        bound: 1,
-    }
+    Work { steps: 1, bound: 1 }
 }

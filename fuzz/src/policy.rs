@@ -15,7 +15,10 @@ pub fn documents(data: &[u8]) -> Work {
         steps += 1;
         true
     });
-    assert!(outcome.is_ok(), "a parse that always keeps going was cancelled");
+    assert!(
+        outcome.is_ok(),
+        "a parse that always keeps going was cancelled"
+    );
     // Every document takes at least a byte, and is parsed then validated: two steps; a text
     // over the size limit takes none.
     let bound = if text.len() > MAX_DOCUMENT_BYTES {

@@ -89,8 +89,5 @@ pub fn decode(data: &[u8]) -> Work {
             let _ = kino_service_kit::records::spec_bytes(&r, "kino.types.v1.Node");
         }
     }
-    Work {
-        steps: 1,
-        bound: 1,
-    }
+    Work { steps: 1, bound: 1 }
 }

@@ -27,9 +27,8 @@ fn every_corpus_file_runs_without_panic_within_its_bound() {
         for path in files {
             let data = std::fs::read(&path).expect("a readable corpus file");
             let outcome = std::panic::catch_unwind(|| run(target, &data));
-            let work = outcome.unwrap_or_else(|_| {
-                panic!("{target} panicked on {}", path.display())
-            });
+            let work =
+                outcome.unwrap_or_else(|_| panic!("{target} panicked on {}", path.display()));
             assert!(
                 work.steps <= work.bound,
                 "{target} took {} steps on {} (bound {})",

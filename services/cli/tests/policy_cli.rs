@@ -575,7 +575,6 @@ async fn store_identity(datastore: &str, id: u32, labels: Labels) {
                 }),
                 ..Default::default()
             }),
-            ..Default::default()
         })
         .await
         .expect("the gateway stores the identity");
