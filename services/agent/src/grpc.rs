@@ -3,4 +3,5 @@
 pub mod agent;
 pub mod authorization;
 pub mod flow;
+pub mod input_limits;
 pub mod policy;

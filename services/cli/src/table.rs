@@ -2,8 +2,6 @@
 //! header row, and cells of several lines (Cilium's one label per line) that continue the
 //! row below with the other columns blank.
 
-use std::fmt::Write as _;
-
 /// Space between columns.
 const GAP: &str = "   ";
 
@@ -28,7 +26,11 @@ pub fn render(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut line = |parts: &[&str]| {
         let mut text = String::new();
         for (column, part) in parts.iter().enumerate() {
-            let _ = write!(text, "{part:w$}{GAP}", w = widths[column]);
+            // Padded by hand: `{:w$}` panics for widths above 65 535 (a huge label).
+            text.push_str(part);
+            let pad = widths[column].saturating_sub(part.chars().count());
+            text.extend(std::iter::repeat_n(' ', pad));
+            text.push_str(GAP);
         }
         out.push_str(text.trim_end());
         out.push('\n');

@@ -549,3 +549,111 @@ async fn policy_and_identity_commands_against_a_real_compiler() {
         "{stderr}"
     );
 }
+
+/// Writes an Identity record straight into the datastore, as an older compiler (without
+/// the label limits) could have stored it.
+async fn store_identity(datastore: &str, id: u32, labels: Labels) {
+    use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
+    use kino_api::datastore::{CreateRequest, Resource};
+    use prost::Message as _;
+    let channel = kino_service_kit::connect(datastore, &ClientTlsArgs::default())
+        .await
+        .expect("connects to the gateway");
+    let identity = pb::Identity {
+        id,
+        labels: Some(labels),
+        ..Default::default()
+    };
+    DatastoreServiceClient::new(channel)
+        .create(CreateRequest {
+            resource: Some(Resource {
+                kind: "Identity".into(),
+                name: id.to_string(),
+                spec: Some(prost_types::Any {
+                    type_url: "type.googleapis.com/kino.policy.v1.Identity".into(),
+                    value: identity.encode_to_vec(),
+                }),
+                ..Default::default()
+            }),
+        })
+        .await
+        .expect("the gateway stores the identity");
+}
+
+fn many_labels(count: usize, key_len: usize) -> Labels {
+    Labels {
+        labels: (0..count)
+            .map(|i| Label {
+                key: format!("{}{i:08}", "0".repeat(key_len.saturating_sub(8))),
+                value: "v".into(),
+                source: "container".into(),
+            })
+            .collect(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_labels_are_refused_and_a_huge_identity_still_lists() {
+    let suite = Suite::start();
+    let channel = kino_service_kit::connect(&suite.policy_address, &ClientTlsArgs::default())
+        .await
+        .expect("connects to the compiler");
+    let mut client = pb::policy_service_client::PolicyServiceClient::new(channel);
+
+    // 20 000 labels in one identity, and a 100 KB label key: refused, naming field and limit.
+    let status = client
+        .allocate_identity(pb::AllocateIdentityRequest {
+            labels: Some(many_labels(20_000, 8)),
+        })
+        .await
+        .expect_err("20 000 labels are refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("labels: 20000 labels")
+            && status.message().contains("at most 256"),
+        "{}",
+        status.message()
+    );
+    let status = client
+        .allocate_identity(pb::AllocateIdentityRequest {
+            labels: Some(many_labels(1, 100_000)),
+        })
+        .await
+        .expect_err("a 100 KB label key is refused");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(
+        status.message().contains("labels[0].key") && status.message().contains("at most 63"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        status.message().len() < 512,
+        "the message repeats the whole key: {} bytes",
+        status.message().len()
+    );
+
+    // An identity of 10 000 labels already in the datastore: `kino identity list` shows it.
+    let datastore = format!("unix:{}", suite.dir.path().join("datastore.sock").display());
+    let mut huge = many_labels(10_000, 8);
+    // One label line wider than 65 535 columns (a width `format!` cannot pad to).
+    huge.labels.push(Label {
+        key: "long".into(),
+        value: "x".repeat(70_000),
+        source: "container".into(),
+    });
+    store_identity(&datastore, 4242, huge).await;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = suite.kino(&["identity", "list"], None);
+        let stdout = text(&out.stdout);
+        let stderr = text(&out.stderr);
+        assert!(!stderr.contains("panicked"), "kino panicked:\n{stderr}");
+        assert!(out.status.success(), "kino identity list failed:\n{stderr}");
+        if stdout.contains("4242") {
+            assert!(stdout.contains("container:00009999=v"), "{stdout:.2000}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "identity 4242 never listed");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}

@@ -1,5 +1,6 @@
 //! Resource keys: the known kinds, name rules, and how a key maps onto a store key.
 
+use kino_api::quote::quote;
 use std::fmt;
 
 /// Kinds the gateway stores (DESIGN §3). Anything else is refused, so a typo in a client
@@ -121,7 +122,8 @@ impl Selector {
             return Err(InvalidField::new(
                 "name_prefix",
                 format!(
-                    "{name_prefix:?} can only hold letters, digits, '.', '_', ':' and '-' (at most {MAX_NAME_LEN})"
+                    "{} can only hold letters, digits, '.', '_', ':' and '-' (at most {MAX_NAME_LEN})",
+                    quote(name_prefix)
                 ),
             ));
         }
@@ -175,7 +177,7 @@ fn validate_kind(field: &str, kind: &str) -> Result<(), InvalidField> {
     let reason = if kind.is_empty() {
         format!("kind is required; one of {}", KINDS.join(", "))
     } else {
-        format!("unknown kind {kind:?}; one of {}", KINDS.join(", "))
+        format!("unknown kind {}; one of {}", quote(kind), KINDS.join(", "))
     };
     Err(InvalidField::new(field, reason))
 }
@@ -199,7 +201,7 @@ fn validate_name(field: &str, name: &str, max: usize) -> Result<(), InvalidField
     if name.is_empty() || name.len() > max || !ok_ends || !name.chars().all(is_name_char) {
         return Err(InvalidField::new(
             field,
-            format!("{name:?} is not valid: {rule}"),
+            format!("{} is not valid: {rule}", quote(name)),
         ));
     }
     Ok(())

@@ -474,6 +474,55 @@ mod cases {
     }
 }
 
+/// Issue 11: a 1 MB name, namespace, kind or name prefix is refused naming the field, and
+/// the message repeats at most 128 bytes of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_names_are_refused_and_not_echoed() {
+    let backend = backends::embedded().await;
+    let mut c = serve(&backend).await;
+    let huge = "x".repeat(1 << 20);
+    let short = |result: Result<(), tonic::Status>, field: &str| {
+        let status = result.expect_err(field);
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(status.message().contains(field), "{field}");
+        assert!(
+            status.message().len() < 512,
+            "{field}: the message is {} bytes",
+            status.message().len()
+        );
+    };
+    let created = c
+        .create(CreateRequest {
+            resource: Some(resource("Node", "", &huge)),
+        })
+        .await
+        .map(drop);
+    short(created, "name");
+    let created = c
+        .create(CreateRequest {
+            resource: Some(resource("Endpoint", &huge, "n1")),
+        })
+        .await
+        .map(drop);
+    short(created, "namespace");
+    let created = c
+        .create(CreateRequest {
+            resource: Some(resource(&huge, "", "n1")),
+        })
+        .await
+        .map(drop);
+    short(created, "kind");
+    let listed = c
+        .list(ListRequest {
+            kind: "Node".into(),
+            name_prefix: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .map(drop);
+    short(listed, "name_prefix");
+}
+
 macro_rules! suite {
     ($($case:ident),* $(,)?) => {
         mod embedded {

@@ -18,6 +18,8 @@ use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
 use crate::error::{InvalidField, IpamError};
+use kino_api::quote::quote;
+
 use crate::metrics::ADDRESSES;
 use crate::owner::Owner;
 use crate::pool::{DEFAULT_POOL, PoolConfig, RawFamily, validate_node_name, validate_pool_name};
@@ -139,7 +141,10 @@ fn address(field: &str, text: &str) -> Result<IpAddr, Status> {
     text.trim().parse().map_err(|_| {
         invalid(
             field,
-            format!("{text:?} is not an IP address (write e.g. 10.0.1.5 or fd00::105, without a prefix length)"),
+            format!(
+                "{} is not an IP address (write e.g. 10.0.1.5 or fd00::105, without a prefix length)",
+                quote(text)
+            ),
         )
     })
 }

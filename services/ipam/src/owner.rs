@@ -7,6 +7,7 @@ use ring::digest::{SHA256, digest};
 
 use crate::error::InvalidField;
 use crate::prefix::Family;
+use kino_api::quote::quote;
 
 /// Longest container id or interface name accepted.
 const MAX_ID_LEN: usize = 1024;
@@ -108,7 +109,7 @@ fn check_id(field: &str, what: &str, value: &str) -> Result<(), InvalidField> {
     if value.chars().any(char::is_control) {
         return Err(InvalidField::new(
             field,
-            format!("the {what} {value:?} contains control characters"),
+            format!("the {what} {} contains control characters", quote(value)),
         ));
     }
     Ok(())

@@ -7,6 +7,7 @@ use std::net::IpAddr;
 
 use crate::error::InvalidField;
 use crate::prefix::{Family, IpPrefix};
+use kino_api::quote::quote;
 
 /// The pool used when a request names none.
 pub const DEFAULT_POOL: &str = "default";
@@ -314,7 +315,10 @@ fn validate_name(
     if name.len() > max {
         return Err(InvalidField::new(
             field,
-            format!("{what} name {name:?} is longer than {max} characters"),
+            format!(
+                "{what} name {} is longer than {max} characters",
+                quote(name)
+            ),
         ));
     }
     let allowed = |c: char| c.is_ascii_alphanumeric() || punctuation.contains(c);
@@ -322,7 +326,8 @@ fn validate_name(
         return Err(InvalidField::new(
             field,
             format!(
-                "{what} name {name:?} contains {bad:?}; use letters, digits and {}",
+                "{what} name {} contains {bad:?}; use letters, digits and {}",
+                quote(name),
                 punctuation
                     .chars()
                     .map(|c| format!("'{c}'"))
@@ -335,7 +340,10 @@ fn validate_name(
     if !edge(name.chars().next()) || !edge(name.chars().last()) {
         return Err(InvalidField::new(
             field,
-            format!("{what} name {name:?} must start and end with a letter or digit"),
+            format!(
+                "{what} name {} must start and end with a letter or digit",
+                quote(name)
+            ),
         ));
     }
     Ok(())

@@ -1,6 +1,7 @@
 //! IP families, addresses as integers and IP prefixes (CIDRs): the arithmetic every other
 //! module builds on. Pure; no I/O.
 
+use kino_api::quote::quote;
 use std::cmp::Ordering;
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
@@ -102,13 +103,13 @@ pub fn address_name(addr: IpAddr) -> String {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PrefixError {
     /// No '/length' part.
-    #[error("{0:?} is not a CIDR: write address/length, e.g. 10.0.0.0/8 or fd00::/104")]
+    #[error("{} is not a CIDR: write address/length, e.g. 10.0.0.0/8 or fd00::/104", quote(.0))]
     MissingLength(String),
     /// The address part does not parse.
-    #[error("{0:?} is not a CIDR: the address part is not an IP address")]
+    #[error("{} is not a CIDR: the address part is not an IP address", quote(.0))]
     BadAddress(String),
     /// The length part does not parse or is too long.
-    #[error("{text:?} is not a CIDR: the prefix length must be a number from 0 to {max}")]
+    #[error("{} is not a CIDR: the prefix length must be a number from 0 to {max}", quote(.text))]
     BadLength {
         /// The text given.
         text: String,
@@ -116,7 +117,7 @@ pub enum PrefixError {
         max: u8,
     },
     /// Bits are set after the prefix length.
-    #[error("{text:?} has host bits set after /{len}; did you mean {suggestion}?")]
+    #[error("{} has host bits set after /{len}; did you mean {suggestion}?", quote(.text))]
     HostBits {
         /// The text given.
         text: String,

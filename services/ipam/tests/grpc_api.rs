@@ -1576,6 +1576,52 @@ mod cases {
     }
 }
 
+/// Issue 11: a 1 MB name (node, pool, requested address, CIDR) is refused naming the field,
+/// and the message repeats at most 128 bytes of it.
+async fn huge_names_are_not_echoed(mut w: World) {
+    let r = w.replica().await;
+    with_default_pool(&r).await;
+    let mut c = r.client.clone();
+    let huge = "n".repeat(1 << 20);
+    let short = |status: Status, field: &str| {
+        assert_eq!(status.code(), Code::InvalidArgument, "{field}");
+        assert!(
+            status.message().contains(field),
+            "{}",
+            &status.message()[..200.min(status.message().len())]
+        );
+        assert!(
+            status.message().len() < 512,
+            "{field}: the message is {} bytes",
+            status.message().len()
+        );
+    };
+    short(
+        allocate(&mut c, &huge, "", V4, "c1").await.unwrap_err(),
+        "node",
+    );
+    short(
+        allocate(&mut c, "n1", &huge, V4, "c1").await.unwrap_err(),
+        "pool",
+    );
+    let status = c
+        .allocate(pb::AllocateRequest {
+            node: "n1".into(),
+            family: V4 as i32,
+            owner: Some(owner("c1")),
+            requested_address: huge.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    short(status, "requested_address");
+    let status = create_pool(&mut c, "big", family_pool(&[&huge], 24), None)
+        .await
+        .unwrap_err();
+    short(status, "ipv4");
+    w.finish().await;
+}
+
 async fn create_raw(store: &Datastore, claim: &Claim) {
     store
         .create("default", &claim.owner.claim_name(claim.family), claim, 0)
@@ -1618,3 +1664,8 @@ suite!(
     many_concurrent_allocations_and_releases_never_duplicate,
     listing_pages,
 );
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_names_are_refused_and_not_echoed() {
+    huge_names_are_not_echoed(World::new(backends::embedded().await).await).await;
+}

@@ -5,6 +5,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::str::FromStr;
 
+use kino_api::quote::quote;
+
 /// An IPv4 or IPv6 prefix whose host bits are zero.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Cidr {
@@ -147,16 +149,16 @@ impl FromStr for Cidr {
             Some((addr, len)) => {
                 let addr: IpAddr = addr
                     .parse()
-                    .map_err(|_| format!("{text:?} is not a CIDR (ADDRESS/LENGTH)"))?;
+                    .map_err(|_| format!("{} is not a CIDR (ADDRESS/LENGTH)", quote(text)))?;
                 let len: u8 = len
                     .parse()
-                    .map_err(|_| format!("{text:?}: the prefix length is not a number"))?;
+                    .map_err(|_| format!("{}: the prefix length is not a number", quote(text)))?;
                 Cidr::new(addr, len)
             }
             None => text
                 .parse::<IpAddr>()
                 .map(Cidr::host)
-                .map_err(|_| format!("{text:?} is not a CIDR (ADDRESS/LENGTH)")),
+                .map_err(|_| format!("{} is not a CIDR (ADDRESS/LENGTH)", quote(text))),
         }
     }
 }

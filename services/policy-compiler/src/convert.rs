@@ -6,16 +6,17 @@ use std::collections::BTreeSet;
 use std::time::SystemTime;
 
 use kino_api::policy as pb;
+use kino_api::quote::quote;
 use kino_api::types as pbt;
 
 use crate::cidr::Cidr;
 use crate::ipcache::{EndpointRef, IpcacheEntry, IpcacheSource};
 use crate::labels::{Label, Labels};
-use crate::policy::DocumentError;
 use crate::policy::model::{
     CidrRule, DefaultDeny, Direction, Entity, K8sPeer, K8sPolicy, K8sRule, KinoPolicy, KinoRule,
     PeerRule, Policy, PolicyKey, PolicyKind, PolicySpec, PortRule, Protocol, RuleRef, SourceFormat,
 };
+use crate::policy::{DocumentError, validate};
 use crate::policy_map::{CompiledPolicy, Enforcement, MapEntry, MapKey, Verdict};
 use crate::selector::{Operator, Requirement, Selector, SelectorKey};
 use crate::stream::{PolicyUpdate, StreamMessage};
@@ -124,13 +125,24 @@ pub fn selector_from_proto(s: &pb::LabelSelector) -> Result<Selector, String> {
             _ => return Err(format!("selector operator {} is not valid", r.operator)),
         };
         if matches!(operator, Operator::In | Operator::NotIn) && r.values.is_empty() {
-            return Err(format!("selector requirement on {:?} has no values", r.key));
+            return Err(format!(
+                "selector requirement on {} has no values",
+                quote(&r.key)
+            ));
+        }
+        validate::selector_key(&r.key)?;
+        for value in &r.values {
+            validate::selector_value(&r.key, value)?;
         }
         expressions.push(Requirement {
             key: SelectorKey::parse(&r.key),
             operator,
             values: r.values.iter().cloned().collect(),
         });
+    }
+    for (key, value) in &s.match_labels {
+        validate::selector_key(key)?;
+        validate::selector_value(key, value)?;
     }
     Ok(Selector {
         match_labels: s.match_labels.clone().into_iter().collect(),

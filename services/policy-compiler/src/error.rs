@@ -50,11 +50,21 @@ impl PolicyError {
     }
 }
 
+/// Most document errors one message lists (a status message is one HTTP/2 header; the
+/// rest are counted, and ValidatePolicies returns them all as data).
+pub const MAX_LISTED_ERRORS: usize = 20;
+
 fn documents_message(errors: &[DocumentError]) -> String {
     let mut lines = vec![format!(
         "{} error(s) in the policy documents; nothing was stored:",
         errors.len()
     )];
-    lines.extend(errors.iter().map(|e| e.to_string()));
+    lines.extend(errors.iter().take(MAX_LISTED_ERRORS).map(|e| e.to_string()));
+    if errors.len() > MAX_LISTED_ERRORS {
+        lines.push(format!(
+            "… and {} more (`kino policy validate` lists every one)",
+            errors.len() - MAX_LISTED_ERRORS
+        ));
+    }
     lines.join("\n")
 }

@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 
+use kino_api::limits::{self, LimitError};
 use kino_api::policy as pb;
 use kino_api::policy::policy_service_server::{PolicyService as PolicyApi, PolicyServiceServer};
 use kino_api::policy::{
@@ -16,6 +17,7 @@ use kino_api::policy::{
     ValidatePoliciesRequest, ValidatePoliciesResponse, WatchEndpointPolicyRequest,
     WatchEndpointPolicyResponse,
 };
+use kino_api::quote::quote;
 use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
@@ -94,10 +96,18 @@ fn page_size(size: i32) -> Result<usize, Status> {
     usize::try_from(size).map_err(|_| invalid("page_size", format!("{size} is negative")))
 }
 
+/// A limit passed: INVALID_ARGUMENT naming the field and the limit.
+fn over_limit(error: LimitError) -> Status {
+    invalid(&error.field, error.problem)
+}
+
 fn labels(
     labels: Option<kino_api::types::Labels>,
     field: &str,
 ) -> Result<crate::labels::Labels, Status> {
+    if let Some(labels) = &labels {
+        limits::check_labels(field, labels).map_err(over_limit)?;
+    }
     let labels = labels.map(|l| labels_from_proto(&l)).unwrap_or_default();
     if labels.is_empty() {
         return Err(invalid(field, "at least one label is required"));
@@ -116,6 +126,11 @@ fn trace_subject(peer: Option<pb::TracePeer>, field: &str) -> Result<TraceSubjec
             if pod.name.is_empty() {
                 return Err(invalid(&format!("{field}.pod.name"), "required"));
             }
+            limits::check_pod_name(&format!("{field}.pod.name"), &pod.name)
+                .and_then(|()| {
+                    limits::check_namespace(&format!("{field}.pod.namespace"), &pod.namespace)
+                })
+                .map_err(over_limit)?;
             let ns = if pod.namespace.is_empty() {
                 "default".to_owned()
             } else {
@@ -127,7 +142,7 @@ fn trace_subject(peer: Option<pb::TracePeer>, field: &str) -> Result<TraceSubjec
         Some(Peer::Ip(ip)) => ip.parse::<IpAddr>().map(TraceSubject::Ip).map_err(|_| {
             invalid(
                 &format!("{field}.ip"),
-                format!("{ip:?} is not an IP address"),
+                format!("{} is not an IP address", quote(&ip)),
             )
         }),
         None => Err(invalid(field, "required: labels, pod, identity or ip")),
@@ -183,7 +198,7 @@ impl PolicyApi for PolicyGrpc {
         let request = request.into_inner();
         let (imported, revision) = self
             .service
-            .import(&request.documents, &request.default_namespace)
+            .import(request.documents, request.default_namespace)
             .await
             .map_err(status)?;
         Ok(Response::new(ImportPoliciesResponse {
@@ -214,7 +229,9 @@ impl PolicyApi for PolicyGrpc {
         let request = request.into_inner();
         let outcome = self
             .service
-            .validate(&request.documents, &request.default_namespace);
+            .validate(request.documents, request.default_namespace)
+            .await
+            .map_err(status)?;
         Ok(Response::new(ValidatePoliciesResponse {
             policies: outcome.policies.iter().map(policy_to_proto).collect(),
             errors: outcome.errors.iter().map(document_error_to_proto).collect(),

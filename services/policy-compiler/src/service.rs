@@ -2,7 +2,7 @@
 //! compiler's view (fed by [`crate::sync`]), streams and trace. [`crate::grpc`] translates.
 
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
@@ -16,7 +16,7 @@ use crate::identity::allocator::{Allocation, Allocator, IdentityRecord, Release}
 use crate::identity::{self, is_endpoint_range};
 use crate::labels::Labels;
 use crate::policy::model::{PolicyKey, PolicyKind, Protocol};
-use crate::policy::{ParseOutcome, parse_documents, validate};
+use crate::policy::{ParseOutcome, parse_documents_until, validate};
 use crate::policy_map::{CompiledPolicy, NumericIdentity};
 use crate::selector::Selector;
 use crate::store::{KIND_POLICY, Store, WriteError, decode};
@@ -77,9 +77,62 @@ pub struct Imported {
     pub revision: i64,
 }
 
+/// Called before each step of every document parse with the documents done so far; for
+/// tests that need a parse held at a known point.
+pub type ParseObserver = Arc<dyn Fn(usize) + Send + Sync>;
+
+/// Counts of document parses (ImportPolicies, ValidatePolicies).
+#[derive(Debug, Default)]
+pub struct ParseCounts {
+    /// Parses whose caller went away before they finished.
+    pub abandoned: AtomicU64,
+    /// Parses that stopped early because their caller went away.
+    pub cancelled: AtomicU64,
+    /// Parses that ran to the end.
+    pub finished: AtomicU64,
+}
+
+#[derive(Default)]
+struct ParseHooks {
+    observer: std::sync::Mutex<Option<ParseObserver>>,
+    counts: ParseCounts,
+}
+
+impl std::fmt::Debug for ParseHooks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ParseHooks")
+            .field("counts", &self.counts)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Sets its flag when dropped before [`CancelOnDrop::finish`]: the request future holding
+/// it was dropped (the caller went away), so the parse it started should stop.
+struct CancelOnDrop {
+    flag: Arc<AtomicBool>,
+    hooks: Arc<ParseHooks>,
+    finished: bool,
+}
+
+impl CancelOnDrop {
+    fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.flag.store(true, Ordering::SeqCst);
+            self.hooks.counts.abandoned.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+}
+
 /// The policy compiler service.
 #[derive(Debug)]
 pub struct PolicyService {
+    parse_hooks: Arc<ParseHooks>,
     store: Store,
     allocator: Allocator,
     view: RwLock<View>,
@@ -95,6 +148,7 @@ impl PolicyService {
     pub fn new(store: Store, options: ServiceOptions) -> PolicyService {
         let (revisions, _) = watch::channel(0);
         PolicyService {
+            parse_hooks: Arc::default(),
             allocator: Allocator::new(store.clone(), options.identity_grace),
             store,
             view: RwLock::new(View::new(options.compiler, options.history_limit)),
@@ -186,18 +240,84 @@ impl PolicyService {
 
     // ---- policies ----------------------------------------------------------------------
 
+    /// Sets the [`ParseObserver`] every later parse calls (tests).
+    pub fn set_parse_observer(&self, observer: Option<ParseObserver>) {
+        *self.parse_hooks.observer.lock().expect("observer lock") = observer;
+    }
+
+    /// How parses ended so far.
+    pub fn parse_counts(&self) -> &ParseCounts {
+        &self.parse_hooks.counts
+    }
+
+    /// Parses and validates documents on a blocking thread, off the async runtime (a large
+    /// document must not stall health checks and other RPCs). Dropping the returned future
+    /// (the caller went away) stops the parse at its next step instead of letting it run
+    /// to the end. The text's size and nesting are bounded before any parser runs.
+    pub async fn parse(
+        &self,
+        text: String,
+        default_namespace: String,
+    ) -> Result<ParseOutcome, PolicyError> {
+        let flag = Arc::new(AtomicBool::new(false));
+        let guard = CancelOnDrop {
+            flag: flag.clone(),
+            hooks: self.parse_hooks.clone(),
+            finished: false,
+        };
+        let hooks = self.parse_hooks.clone();
+        let observer = hooks.observer.lock().expect("observer lock").clone();
+        let bytes = text.len();
+        let parse = tokio::task::spawn_blocking(move || {
+            let result = parse_documents_until(&text, &default_namespace, &mut |done| {
+                if let Some(observe) = &observer {
+                    observe(done);
+                }
+                !flag.load(Ordering::SeqCst)
+            });
+            match &result {
+                Ok(_) => hooks.counts.finished.fetch_add(1, Ordering::SeqCst),
+                Err(cancelled) => {
+                    tracing::info!(
+                        bytes,
+                        documents_done = cancelled.documents_done,
+                        "policy parse stopped: the caller went away"
+                    );
+                    hooks.counts.cancelled.fetch_add(1, Ordering::SeqCst)
+                }
+            };
+            result
+        });
+        let result = parse.await;
+        guard.finish();
+        match result {
+            Ok(Ok(outcome)) => Ok(outcome),
+            // Only the guard cancels, and it is still held here.
+            Ok(Err(_)) => Err(PolicyError::Internal(
+                "the policy parse was cancelled while its caller waited".into(),
+            )),
+            Err(e) => Err(PolicyError::Internal(format!(
+                "the policy parse failed: {e}"
+            ))),
+        }
+    }
+
     /// Parses and validates documents without storing anything.
-    pub fn validate(&self, text: &str, default_namespace: &str) -> ParseOutcome {
-        parse_documents(text, default_namespace)
+    pub async fn validate(
+        &self,
+        text: String,
+        default_namespace: String,
+    ) -> Result<ParseOutcome, PolicyError> {
+        self.parse(text, default_namespace).await
     }
 
     /// Parses, validates and stores documents: all or nothing on validation.
     pub async fn import(
         &self,
-        text: &str,
-        default_namespace: &str,
+        text: String,
+        default_namespace: String,
     ) -> Result<(Vec<Imported>, i64), PolicyError> {
-        let outcome = parse_documents(text, default_namespace);
+        let outcome = self.parse(text, default_namespace).await?;
         if !outcome.errors.is_empty() {
             return Err(PolicyError::InvalidDocuments(outcome.errors));
         }

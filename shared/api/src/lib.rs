@@ -3,8 +3,13 @@
 //! The module tree mirrors the protobuf packages (`kino::datastore::v1`, ...) because
 //! generated code refers to other packages by relative path (`super::super::...`); the short
 //! re-exports (`kino_api::datastore`, ...) are what services normally use.
+//!
+//! Beside the generated code, two small parts of the API's contract that every service
+//! applies the same way: [`limits`] (how large records and imports, how long names and labels
+//! may be) and [`quote`] (how much of a caller's input an error message may repeat).
 
 pub mod limits;
+pub mod quote;
 
 /// Encoded `FileDescriptorSet` of every kino API, for gRPC reflection.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("kino_descriptor");

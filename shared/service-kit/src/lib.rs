@@ -24,6 +24,7 @@ mod connect;
 mod drain;
 mod error;
 mod listen;
+mod message_cap;
 pub mod pki;
 pub mod principal;
 mod private_files;
@@ -38,6 +39,7 @@ pub use drain::Draining;
 pub use error::ServiceError;
 pub use kino_telemetry::TracedChannel;
 pub use listen::{ListenAddr, Listener};
+pub use message_cap::{MAX_STATUS_MESSAGE_BYTES, cap_status_message};
 pub use private_files::make_new_files_private;
 pub use serve::{
     DEFAULT_GRACE_PERIOD, HEALTH_SERVICE, REFLECTION_V1_SERVICE, REFLECTION_V1ALPHA_SERVICE,

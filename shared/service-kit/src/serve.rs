@@ -23,6 +23,7 @@ use crate::authz::{AuthorizeLayer, MethodRule, Rules, Transport};
 use crate::drain::{Draining, EndStreamsLayer};
 use crate::error::error_chain;
 use crate::listen::ListenerKind;
+use crate::message_cap::MessageCapLayer;
 use crate::tls::{ReloadingServerTls, tls_incoming};
 use crate::unix_authority::UnixAuthority;
 use crate::{ListenAddr, Listener, ServiceError, TlsArgs};
@@ -191,9 +192,10 @@ impl ServeSpec {
 /// Adds grpc.health.v1 (overall `""` and every named service SERVING; NOT_SERVING once
 /// shutdown starts), gRPC reflection v1 and v1alpha, a `grpc.request` span per request that
 /// continues the caller's W3C trace, per-RPC metrics and span status
-/// ([`kino_telemetry::RpcOutcomeLayer`]), authorization of every request against the
-/// spec's tables ([`crate::authz`]), and, on TCP, mTLS whose files are re-read when they
-/// change (or plaintext by the operator's `--insecure`). At shutdown, new
+/// ([`kino_telemetry::RpcOutcomeLayer`]), status messages cut to
+/// [`crate::MAX_STATUS_MESSAGE_BYTES`], authorization of every request against the spec's
+/// tables ([`crate::authz`]), and, on TCP, mTLS whose files are re-read when they change (or
+/// plaintext by the operator's `--insecure`). At shutdown, new
 /// connections are refused, idle response streams end with UNAVAILABLE, in-flight RPCs get
 /// the grace period to finish, and a unix socket file is removed.
 pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
@@ -267,9 +269,11 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
         REFLECTION_V1_SERVICE,
         REFLECTION_V1ALPHA_SERVICE,
     ]);
-    // Outermost, so that it also sees the UNAVAILABLE with which draining ends streams and
-    // the requests authorization refuses.
+    // The message cap outermost (closest to the wire), then the outcome, so that it also
+    // sees the UNAVAILABLE with which draining ends streams and the requests authorization
+    // refuses.
     let router = builder
+        .layer(MessageCapLayer)
         .layer(RpcOutcomeLayer::new(known_services))
         .layer(EndStreamsLayer::new(draining.clone()))
         .layer(AuthorizeLayer::new(service_name, transport, authorization))
@@ -296,8 +300,8 @@ pub async fn serve(spec: ServeSpec) -> Result<(), ServiceError> {
             ListenerKind::Unix { listener, socket } => {
                 socket_file = Some(socket);
                 // Stock gRPC clients name the socket path as :authority (unix_authority.rs).
-                let incoming = UnixListenerStream::new(listener)
-                    .map(|stream| stream.map(UnixAuthority::new));
+                let incoming =
+                    UnixListenerStream::new(listener).map(|stream| stream.map(UnixAuthority::new));
                 Box::pin(router.serve_with_incoming_shutdown(incoming, stop_accepting))
             }
         };

@@ -475,7 +475,7 @@ impl EndpointManager {
         if !Path::new(&request.netns_path).exists() {
             return Err(ManagerError::Invalid(format!(
                 "network namespace {} does not exist (CNI_NETNS)",
-                request.netns_path
+                kino_api::quote::quote(&request.netns_path)
             )));
         }
         // A path that is not a network namespace is the request's fault: said here, before
@@ -484,7 +484,10 @@ impl EndpointManager {
         let requested_mac = match request.requested_mac.as_str() {
             "" => None,
             mac => Some(mac.parse::<MacAddr>().map_err(|e| {
-                ManagerError::Invalid(format!("requested MAC {mac:?} is invalid: {e}"))
+                ManagerError::Invalid(format!(
+                    "requested MAC {} is invalid: {e}",
+                    kino_api::quote::quote(mac)
+                ))
             })?),
         };
         // Before anything is allocated: a bad MTU leaves nothing to undo.

@@ -21,6 +21,7 @@ use tracing::Instrument;
 
 use crate::datapath::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use crate::endpoint::manager::EndpointManager;
+use crate::grpc::input_limits::{check_create, check_update_labels};
 use crate::grpc::policy::{bpf_conntrack_entry, bpf_ipcache_entry, bpf_policy_entry};
 
 /// Conntrack entries listed when a request names no limit.
@@ -80,6 +81,7 @@ impl AgentService for AgentGrpc {
         request: Request<CreateEndpointRequest>,
     ) -> Result<Response<CreateEndpointResponse>, Status> {
         let request = request.into_inner();
+        check_create(&request)?;
         // The ADD's own span: the IPAM, policy-compiler and datastore calls are its children.
         let pod = request.pod.clone().unwrap_or_default();
         let span = tracing::info_span!(
@@ -190,6 +192,7 @@ impl AgentService for AgentGrpc {
         request: Request<UpdateEndpointLabelsRequest>,
     ) -> Result<Response<UpdateEndpointLabelsResponse>, Status> {
         let request = request.into_inner();
+        check_update_labels(&request)?;
         if request.id == 0 {
             return Err(Status::invalid_argument(
                 "id: the endpoint id is required (`kino endpoint list` shows them)",

@@ -11,6 +11,8 @@
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
+use kino_api::limits;
+use kino_api::quote::quote;
 use serde_json::{Map, Value};
 
 use crate::errors::{CniError, ErrorCode};
@@ -58,7 +60,7 @@ impl CniArgs {
                 Some((key, value)) if !key.is_empty() && !value.contains('=') => {
                     args.pairs.insert(key.to_owned(), value.to_owned());
                 }
-                _ => problems.push(format!("{pair:?} is not KEY=VALUE")),
+                _ => problems.push(format!("{} is not KEY=VALUE", quote(pair))),
             }
         }
         let ignore_unknown = match args.pairs.get("IgnoreUnknown").map(String::as_str) {
@@ -68,7 +70,8 @@ impl CniArgs {
                 "0" | "false" => false,
                 _ => {
                     problems.push(format!(
-                        "IgnoreUnknown={value:?} must be 1, 0, true or false"
+                        "IgnoreUnknown={} must be 1, 0, true or false",
+                        quote(value)
                     ));
                     false
                 }
@@ -84,23 +87,33 @@ impl CniArgs {
             if !unknown.is_empty() {
                 problems.push(format!(
                     "unknown keys {} (add IgnoreUnknown=1 to pass keys kino-cni does not use)",
-                    unknown.join(", ")
+                    quote(&unknown.join(", "))
                 ));
             }
         }
         let non_empty = |key: &str| args.pairs.get(key).filter(|v| !v.is_empty()).cloned();
         args.pod_name = non_empty("K8S_POD_NAME");
         args.pod_namespace = non_empty("K8S_POD_NAMESPACE");
+        if let Some(name) = &args.pod_name
+            && let Err(e) = limits::check_pod_name("K8S_POD_NAME", name)
+        {
+            problems.push(e.to_string());
+        }
+        if let Some(namespace) = &args.pod_namespace
+            && let Err(e) = limits::check_namespace("K8S_POD_NAMESPACE", namespace)
+        {
+            problems.push(e.to_string());
+        }
         if let Some(ips) = non_empty("IP") {
             match parse_ip_list(ips.split(',')) {
                 Ok(list) => args.ips = list,
-                Err(reason) => problems.push(format!("IP={ips:?}: {reason}")),
+                Err(reason) => problems.push(format!("IP={}: {reason}", quote(&ips))),
             }
         }
         if let Some(mac) = non_empty("MAC") {
             match normalize_mac(&mac) {
                 Ok(mac) => args.mac = Some(mac),
-                Err(reason) => problems.push(format!("MAC={mac:?}: {reason}")),
+                Err(reason) => problems.push(format!("MAC={}: {reason}", quote(&mac))),
             }
         }
         if problems.is_empty() {
@@ -110,7 +123,8 @@ impl CniArgs {
             ErrorCode::InvalidEnvironment,
             format!("invalid CNI_ARGS: {}", problems.join("; ")),
             format!(
-                "CNI_ARGS={text:?}; kino-cni reads {} from it",
+                "CNI_ARGS={}; kino-cni reads {} from it",
+                quote(text),
                 KNOWN_ARGS.join(", ")
             ),
         ))
@@ -207,6 +221,8 @@ impl AddParams {
                 }
             }
         }
+        limits::check_label_count("labels", labels.len())
+            .map_err(|e| invalid(format!("the configuration's labels: {e}")))?;
         let labels = labels
             .into_iter()
             .map(|((source, key), value)| Label { source, key, value })
@@ -281,7 +297,8 @@ fn parse_labels(value: &Value, place: &str) -> Result<Vec<Label>, CniError> {
             Value::Number(n) => Ok(n.to_string()),
             Value::Bool(b) => Ok(b.to_string()),
             other => Err(invalid(format!(
-                "\"{place}\": {what} must be a string, got {other}"
+                "\"{place}\": {what} must be a string, got {}",
+                quote(&other.to_string())
             ))),
         }
     };
@@ -289,14 +306,15 @@ fn parse_labels(value: &Value, place: &str) -> Result<Vec<Label>, CniError> {
         Value::Null => Vec::new(),
         Value::Object(map) => map
             .iter()
-            .map(|(k, v)| Ok((k.clone(), text(v, &format!("the value of {k:?}"))?)))
+            .map(|(k, v)| Ok((k.clone(), text(v, &format!("the value of {}", quote(k)))?)))
             .collect::<Result<_, CniError>>()?,
         Value::Array(items) => items
             .iter()
             .map(|item| {
                 let key = item.get("key").ok_or_else(|| {
                     invalid(format!(
-                        "\"{place}\": every entry needs \"key\" and \"value\", got {item}"
+                        "\"{place}\": every entry needs \"key\" and \"value\", got {}",
+                        quote(&item.to_string())
                     ))
                 })?;
                 let value = item.get("value").unwrap_or(&Value::Null);
@@ -310,7 +328,8 @@ fn parse_labels(value: &Value, place: &str) -> Result<Vec<Label>, CniError> {
             .collect::<Result<_, CniError>>()?,
         other => {
             return Err(invalid(format!(
-                "\"{place}\" must be an object of key/value strings or a list of {{\"key\", \"value\"}}, got {other}"
+                "\"{place}\" must be an object of key/value strings or a list of {{\"key\", \"value\"}}, got {}",
+                quote(&other.to_string())
             )));
         }
     };
@@ -320,9 +339,12 @@ fn parse_labels(value: &Value, place: &str) -> Result<Vec<Label>, CniError> {
             let label = split_source(&key);
             if label.key.is_empty() || label.key.contains('=') {
                 return Err(invalid(format!(
-                    "\"{place}\": label key {key:?} must be non-empty and contain no '='"
+                    "\"{place}\": label key {} must be non-empty and contain no '='",
+                    quote(&key)
                 )));
             }
+            limits::check_label(place, &label.source, &label.key, &value)
+                .map_err(|e| invalid(format!("\"{place}\": {}", e.problem)))?;
             if AGENT_ONLY_SOURCES.contains(&label.source.as_str()) {
                 return Err(invalid(format!(
                     "\"{place}\": label {key:?} uses source {:?}, which only the agent assigns; use {}",
@@ -637,5 +659,54 @@ mod tests {
         ))
         .expect_err("no ifname");
         assert!(error.details.contains("ifname"), "{error}");
+    }
+}
+
+#[cfg(test)]
+mod limit_tests {
+    use serde_json::json;
+
+    use super::*;
+
+    #[test]
+    fn oversized_pod_names_and_namespaces_are_code_4_naming_the_argument() {
+        let long_name = format!("K8S_POD_NAME={}", "p".repeat(300));
+        let long_namespace = format!("K8S_POD_NAME=web;K8S_POD_NAMESPACE={}", "n".repeat(64));
+        for (args, expected) in [
+            (long_name.as_str(), "K8S_POD_NAME: pod name"),
+            (long_namespace.as_str(), "K8S_POD_NAMESPACE: namespace"),
+        ] {
+            let error = CniArgs::parse(Some(args)).expect_err(expected);
+            assert_eq!(error.code, ErrorCode::InvalidEnvironment);
+            assert!(error.msg.contains(expected), "{}", error.msg);
+            assert!(error.msg.contains("at most"), "{}", error.msg);
+        }
+        let fine = format!("K8S_POD_NAME={}", "p".repeat(253));
+        assert!(CniArgs::parse(Some(&fine)).is_ok());
+    }
+
+    #[test]
+    fn oversized_labels_are_code_7_and_messages_stay_short() {
+        let huge_key = "k".repeat(100_000);
+        let config = json!({"args": {"labels": {huge_key.clone(): "v"}}});
+        let error = AddParams::new(&CniArgs::default(), config.as_object().unwrap())
+            .expect_err("a 100 KB key");
+        assert_eq!(error.code, ErrorCode::InvalidNetworkConfig);
+        assert!(error.details.contains("at most 63"), "{}", error.details);
+        assert!(error.details.len() < 400, "{} bytes", error.details.len());
+        let many: serde_json::Map<String, Value> =
+            (0..20_000).map(|i| (format!("k{i}"), json!("v"))).collect();
+        let config = json!({"args": {"labels": many}});
+        let error = AddParams::new(&CniArgs::default(), config.as_object().unwrap())
+            .expect_err("20 000 labels");
+        assert!(error.details.contains("at most 256"), "{}", error.details);
+        // A huge CNI_ARGS is not repeated whole in the error.
+        let args = format!("FOO={}", "x".repeat(1 << 20));
+        let error = CniArgs::parse(Some(&args)).expect_err("unknown key");
+        assert!(
+            error.msg.len() + error.details.len() < 1024,
+            "{} bytes",
+            error.msg.len() + error.details.len()
+        );
     }
 }

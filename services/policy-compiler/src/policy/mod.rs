@@ -1,6 +1,7 @@
-//! Policy documents: the model ([`model`]), reading YAML / JSON ([`parse`]) and field
-//! checks ([`validate`]).
+//! Policy documents: the model ([`model`]), the bounds of submitted text ([`bounds`]),
+//! reading YAML / JSON ([`parse`]) and field checks ([`validate`]).
 
+pub mod bounds;
 pub mod model;
 pub mod parse;
 pub mod validate;
@@ -8,7 +9,7 @@ pub mod validate;
 use std::fmt;
 
 pub use model::{Policy, PolicyKey};
-pub use parse::parse_documents;
+pub use parse::{Cancelled, parse_documents, parse_documents_until};
 
 /// One problem of one submitted document.
 #[derive(Clone, Debug, PartialEq, Eq)]

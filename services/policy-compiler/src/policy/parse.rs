@@ -6,8 +6,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use kino_api::quote::{MAX_ECHO_BYTES, quote};
 use serde_json::{Map, Value};
 
+use crate::policy::bounds;
 use crate::policy::model::{
     CidrRule, DefaultDeny, K8sPeer, K8sPolicy, K8sRule, KinoPolicy, KinoRule, PeerRule, Policy,
     PolicyKey, PolicyKind, PolicySpec, PortRule, Protocol, SourceFormat,
@@ -28,16 +30,46 @@ struct RawDocument {
     first_line: u32,
 }
 
+/// The caller went away: the parse stopped before the end.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Cancelled {
+    /// Documents read (parsed or validated) before it stopped.
+    pub documents_done: usize,
+}
+
 /// Parses and validates every document of `text`. Documents without a namespace get
 /// `default_namespace` ("" = "default").
 pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
+    match parse_documents_until(text, default_namespace, &mut |_| true) {
+        Ok(outcome) => outcome,
+        Err(_) => unreachable!("a parse that always keeps going is never cancelled"),
+    }
+}
+
+/// [`parse_documents`], asking `keep_going(documents done so far)` before each step (each
+/// document's parse and its validation): once it answers false the parse stops and returns
+/// [`Cancelled`]. The text's size and nesting are checked first ([`bounds`]), so no
+/// single step costs more than linear time in a text of at most 1 MiB.
+///
+/// [`bounds`]: crate::policy::bounds
+pub fn parse_documents_until(
+    text: &str,
+    default_namespace: &str,
+    keep_going: &mut dyn FnMut(usize) -> bool,
+) -> Result<ParseOutcome, Cancelled> {
     let mut outcome = ParseOutcome::default();
+    if let Err(error) = bounds::check(text, looks_like_json(text)) {
+        outcome.errors.push(error.into_document_error());
+        return Ok(outcome);
+    }
     let default_namespace = if default_namespace.is_empty() {
         DEFAULT_NAMESPACE
     } else {
         default_namespace
     };
-    if let Err(message) = validate::check_name("namespace", default_namespace) {
+    if let Err(message) = validate::check_name("namespace", default_namespace)
+        .and_then(|()| validate::namespace_limit(default_namespace))
+    {
         outcome.errors.push(DocumentError {
             document: 0,
             policy: None,
@@ -45,13 +77,13 @@ pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
             message: format!("default namespace: {message}"),
             line: 0,
         });
-        return outcome;
+        return Ok(outcome);
     }
-    let documents = match split_documents(text) {
+    let documents = match split_documents(text, keep_going)? {
         Ok(documents) => documents,
         Err(error) => {
             outcome.errors.push(error);
-            return outcome;
+            return Ok(outcome);
         }
     };
     if documents.is_empty() {
@@ -63,7 +95,13 @@ pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
             line: 0,
         });
     }
+    let parsed = documents.len();
     for (index, document) in documents.into_iter().enumerate() {
+        if !keep_going(parsed + index) {
+            return Err(Cancelled {
+                documents_done: parsed + index,
+            });
+        }
         let mut reader = Reader {
             document: index,
             policy: None,
@@ -79,24 +117,36 @@ pub fn parse_documents(text: &str, default_namespace: &str) -> ParseOutcome {
             outcome.errors.extend(reader.errors);
         }
     }
-    outcome
+    Ok(outcome)
 }
 
 fn looks_like_json(text: &str) -> bool {
     matches!(text.trim_start().chars().next(), Some('{') | Some('['))
 }
 
-/// Cuts the text into documents, expanding JSON arrays and Kubernetes Lists.
-fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
+/// Cuts the text into documents, expanding JSON arrays and Kubernetes Lists; asks
+/// `keep_going` before parsing each YAML document.
+fn split_documents(
+    text: &str,
+    keep_going: &mut dyn FnMut(usize) -> bool,
+) -> Result<Result<Vec<RawDocument>, DocumentError>, Cancelled> {
     let mut out = Vec::new();
     if looks_like_json(text) {
-        let value: Value = serde_json::from_str(text).map_err(|e| DocumentError {
-            document: 0,
-            policy: None,
-            path: String::new(),
-            message: format!("not valid JSON: {e}"),
-            line: e.line() as u32,
-        })?;
+        if !keep_going(0) {
+            return Err(Cancelled { documents_done: 0 });
+        }
+        let value: Value = match serde_json::from_str(text) {
+            Ok(value) => value,
+            Err(e) => {
+                return Ok(Err(DocumentError {
+                    document: 0,
+                    policy: None,
+                    path: String::new(),
+                    message: format!("not valid JSON: {e}"),
+                    line: e.line() as u32,
+                }));
+            }
+        };
         match value {
             Value::Array(items) => {
                 for item in items {
@@ -105,7 +155,7 @@ fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
             }
             value => push_expanded(&mut out, value, Some(text), SourceFormat::Json, 1),
         }
-        return Ok(out);
+        return Ok(Ok(out));
     }
     let mut chunk = String::new();
     let mut chunk_line = 1u32;
@@ -132,19 +182,27 @@ fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
         if blank {
             continue;
         }
-        let value: Value = serde_yaml_ng::from_str(&chunk).map_err(|e| {
-            let line = e
-                .location()
-                .map(|l| l.line() as u32 + first_line - 1)
-                .unwrap_or(0);
-            DocumentError {
-                document: out.len(),
-                policy: None,
-                path: String::new(),
-                message: format!("not valid YAML: {e}"),
-                line,
+        if !keep_going(out.len()) {
+            return Err(Cancelled {
+                documents_done: out.len(),
+            });
+        }
+        let value: Value = match serde_yaml_ng::from_str(&chunk) {
+            Ok(value) => value,
+            Err(e) => {
+                let line = e
+                    .location()
+                    .map(|l| l.line() as u32 + first_line - 1)
+                    .unwrap_or(0);
+                return Ok(Err(DocumentError {
+                    document: out.len(),
+                    policy: None,
+                    path: String::new(),
+                    message: format!("not valid YAML: {e}"),
+                    line,
+                }));
             }
-        })?;
+        };
         if value.is_null() {
             continue;
         }
@@ -156,7 +214,7 @@ fn split_documents(text: &str) -> Result<Vec<RawDocument>, DocumentError> {
             first_line,
         );
     }
-    Ok(out)
+    Ok(Ok(out))
 }
 
 /// Adds a document, or the items of a Kubernetes List.
@@ -202,9 +260,20 @@ struct Reader {
     first_line: u32,
 }
 
+/// `path.field`; a field name from the caller (an unknown key, a label key) is cut to
+/// [`MAX_ECHO_BYTES`] so an error path never repeats a huge key.
 fn join(path: &str, field: &str) -> String {
-    if path.is_empty() {
+    let field = if field.len() > MAX_ECHO_BYTES {
+        let mut end = MAX_ECHO_BYTES;
+        while !field.is_char_boundary(end) {
+            end -= 1;
+        }
+        format!("{}…({} bytes)", &field[..end], field.len())
+    } else {
         field.to_owned()
+    };
+    if path.is_empty() {
+        field
     } else {
         format!("{path}.{field}")
     }
@@ -325,13 +394,15 @@ impl Reader {
             Some(ns) if cluster_wide && !ns.is_empty() => {
                 self.error(
                     "metadata.namespace",
-                    format!("{ns:?}: a cluster-wide policy has no namespace"),
+                    format!("{}: a cluster-wide policy has no namespace", quote(&ns)),
                 );
                 String::new()
             }
             _ if cluster_wide => String::new(),
             Some(ns) if !ns.is_empty() => {
-                if let Err(message) = validate::check_name("namespace", &ns) {
+                if let Err(message) = validate::check_name("namespace", &ns)
+                    .and_then(|()| validate::namespace_limit(&ns))
+                {
                     self.error("metadata.namespace", message);
                 }
                 ns
@@ -687,8 +758,10 @@ impl Reader {
         if let Some(labels) = map.get("matchLabels").filter(|v| !v.is_null()) {
             let p = join(path, "matchLabels");
             selector.match_labels = self.string_map(labels, &p);
-            for key in selector.match_labels.keys() {
-                if let Err(message) = validate::selector_key(key) {
+            for (key, value) in &selector.match_labels {
+                if let Err(message) =
+                    validate::selector_key(key).and_then(|()| validate::selector_value(key, value))
+                {
                     self.errors.push(DocumentError {
                         document: self.document,
                         policy: self.policy.clone(),
@@ -719,8 +792,8 @@ impl Reader {
                     self.error(
                         &join(&p, "operator"),
                         format!(
-                            "{:?} is not an operator (In, NotIn, Exists, DoesNotExist)",
-                            other.unwrap_or("")
+                            "{} is not an operator (In, NotIn, Exists, DoesNotExist)",
+                            quote(other.unwrap_or(""))
                         ),
                     );
                     continue;
@@ -731,6 +804,9 @@ impl Reader {
             for (j, v) in self.list(expr, "values", &p).iter().enumerate() {
                 match scalar_text(v) {
                     Some(text) => {
+                        if let Err(message) = validate::selector_value(&key, &text) {
+                            self.error(&index(&values_path, j), message);
+                        }
                         values.insert(text);
                     }
                     None => self.error(

@@ -1,6 +1,8 @@
 //! Field-level checks of policy documents. Each returns the value or a message saying what
 //! is wrong and what is expected; the parser prefixes the field's path.
 
+use kino_api::limits;
+use kino_api::quote::quote;
 use serde_json::Value;
 
 use crate::cidr::Cidr;
@@ -16,20 +18,23 @@ pub fn check_name(what: &str, name: &str) -> Result<(), String> {
     }
     if name.len() > MAX_NAME_LEN {
         return Err(format!(
-            "{name:?}: a {what} has at most {MAX_NAME_LEN} characters"
+            "{}: a {what} has at most {MAX_NAME_LEN} characters",
+            quote(name)
         ));
     }
     let ok_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | ':' | '-');
     if !name.chars().all(ok_char) {
         return Err(format!(
-            "{name:?}: a {what} has only letters, digits and . _ : -"
+            "{}: a {what} has only letters, digits and . _ : -",
+            quote(name)
         ));
     }
     let first = name.chars().next().unwrap_or('-');
     let last = name.chars().last().unwrap_or('-');
     if !first.is_ascii_alphanumeric() || !last.is_ascii_alphanumeric() {
         return Err(format!(
-            "{name:?}: a {what} starts and ends with a letter or digit"
+            "{}: a {what} starts and ends with a letter or digit",
+            quote(name)
         ));
     }
     Ok(())
@@ -49,11 +54,11 @@ pub fn scalar_text(value: &Value) -> Option<String> {
 /// A short rendering of any value for messages.
 pub fn show(value: &Value) -> String {
     match value {
-        Value::String(s) => format!("{s:?}"),
+        Value::String(s) => quote(s).to_string(),
         Value::Null => "null".into(),
         Value::Array(_) => "a list".into(),
         Value::Object(_) => "a mapping".into(),
-        other => format!("{:?}", other.to_string()),
+        other => quote(&other.to_string()).to_string(),
     }
 }
 
@@ -63,11 +68,14 @@ pub fn port(value: &Value) -> Result<u16, String> {
         scalar_text(value).ok_or_else(|| format!("{} is not a port (1-65535)", show(value)))?;
     match text.trim().parse::<i64>() {
         Ok(n) if (0..=65535).contains(&n) => Ok(n as u16),
-        Ok(_) => Err(format!("{:?} is not a port (1-65535)", text)),
-        Err(_) if !text.is_empty() && text.chars().any(|c| c.is_ascii_alphabetic()) => Err(
-            format!("{text:?}: named ports are not supported; give the port number"),
-        ),
-        Err(_) => Err(format!("{text:?} is not a port (1-65535)")),
+        Ok(_) => Err(format!("{} is not a port (1-65535)", quote(&text))),
+        Err(_) if !text.is_empty() && text.chars().any(|c| c.is_ascii_alphabetic()) => {
+            Err(format!(
+                "{}: named ports are not supported; give the port number",
+                quote(&text)
+            ))
+        }
+        Err(_) => Err(format!("{} is not a port (1-65535)", quote(&text))),
     }
 }
 
@@ -157,7 +165,8 @@ pub fn entity(value: &Value) -> Result<Entity, String> {
         "init" | "health" | "unmanaged" | "kube-apiserver" | "ingress" | "world-ipv4"
         | "world-ipv6" | "none" => {
             return Err(format!(
-                "entity {text:?} is not supported; use host, remote-node, world, cluster or all"
+                "entity {} is not supported; use host, remote-node, world, cluster or all",
+                quote(&text)
             ));
         }
         _ => {
@@ -172,12 +181,40 @@ pub fn entity(value: &Value) -> Result<Entity, String> {
 /// Checks a selector key (`key`, `source:key`).
 pub fn selector_key(key: &str) -> Result<(), String> {
     if key.is_empty() || key.ends_with(':') {
-        return Err(format!("{key:?}: a label key is required"));
+        return Err(format!("{}: a label key is required", quote(key)));
     }
     if key.contains('=') || key.chars().any(char::is_whitespace) {
-        return Err(format!("{key:?} is not a label key (no '=' or spaces)"));
+        return Err(format!(
+            "{} is not a label key (no '=' or spaces)",
+            quote(key)
+        ));
     }
-    Ok(())
+    let (_, name) = selector_source(key);
+    limits::check_label_key("", name).map_err(|e| e.problem)
+}
+
+/// A selector's key split into its source (`k8s:`, `any:`, none) and the label key.
+fn selector_source(key: &str) -> (Option<&str>, &str) {
+    match key.split_once(':') {
+        Some((source, name)) => (Some(source), name),
+        None => (None, key),
+    }
+}
+
+/// A value a selector compares a label with: a label value's limit (63 characters), or a
+/// pod name's (253) for the agent's `pod` label.
+pub fn selector_value(key: &str, value: &str) -> Result<(), String> {
+    let (source, name) = selector_source(key);
+    let source = match source {
+        None | Some(crate::labels::SOURCE_ANY) => limits::POD_LABEL_SOURCE,
+        Some(source) => source,
+    };
+    limits::check_label("", source, name, value).map_err(|e| e.problem)
+}
+
+/// A namespace within Kubernetes' limit (63 characters).
+pub fn namespace_limit(namespace: &str) -> Result<(), String> {
+    limits::check_namespace("", namespace).map_err(|e| e.problem)
 }
 
 #[cfg(test)]
