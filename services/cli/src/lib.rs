@@ -11,6 +11,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod compiler;
+pub mod duration;
 pub mod endpoint;
 pub mod identity;
 pub mod ipam;
