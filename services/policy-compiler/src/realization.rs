@@ -158,3 +158,142 @@ pub fn compare(
         endpoints,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::compile::CompilerConfig;
+    use crate::ipcache::EndpointRef;
+    use crate::labels::Labels;
+    use crate::policy::parse_documents;
+    use crate::view::{Change, EndpointRecord};
+
+    const WEB: &str = "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {name: web, namespace: shop}\nspec:\n  endpointSelector: {matchLabels: {app: web}}\n  ingress: [{}]\n";
+
+    fn endpoint(node: &str, id: u32, identity: u32, ip: &str) -> Change {
+        Change::UpsertEndpoint(EndpointRecord {
+            key: EndpointRef {
+                node_name: node.into(),
+                endpoint_id: id,
+                pod: Some(("shop".into(), format!("pod-{id}"))),
+                ..EndpointRef::default()
+            },
+            identity,
+            addresses: vec![ip.parse().unwrap()],
+        })
+    }
+
+    /// web (256) on two nodes, lb (257) on one; the policy selects web.
+    fn view() -> View {
+        let mut view = View::new(CompilerConfig::default(), 100);
+        let policy = parse_documents(WEB, "default").policies.remove(0);
+        view.apply(
+            10,
+            vec![
+                Change::UpsertIdentity(
+                    256,
+                    Labels::parse_list("container:app=web,container:namespace=shop").unwrap(),
+                ),
+                Change::UpsertIdentity(
+                    257,
+                    Labels::parse_list("container:app=lb,container:namespace=shop").unwrap(),
+                ),
+                endpoint("n1", 1, 256, "10.0.1.2"),
+                endpoint("n1", 2, 257, "10.0.1.3"),
+                endpoint("n2", 1, 256, "10.0.2.2"),
+                Change::UpsertPolicy(Box::new(policy)),
+            ],
+        );
+        view
+    }
+
+    fn report(revision: i64, endpoints: &[(u32, u32, i64)]) -> NodeReport {
+        NodeReport {
+            revision,
+            endpoints: endpoints
+                .iter()
+                .map(|(id, identity, realized)| (*id, (*identity, *realized)))
+                .collect(),
+        }
+    }
+
+    fn query(revision: i64) -> RealizationQuery {
+        RealizationQuery {
+            policies: vec![PolicyKey {
+                namespace: "shop".into(),
+                name: "web".into(),
+            }],
+            identities: Vec::new(),
+            revision,
+        }
+    }
+
+    #[test]
+    fn only_the_selected_endpoints_are_compared_each_with_why_not() {
+        let view = view();
+        let reports: BTreeMap<String, NodeReport> = [
+            ("n1".to_owned(), report(10, &[(1, 256, 10), (2, 257, 10)])),
+            ("n2".to_owned(), report(9, &[(1, 256, 9)])),
+        ]
+        .into();
+        let r = compare(&view, &query(10), &reports);
+        let seen: Vec<(&str, u32, bool)> = r
+            .endpoints
+            .iter()
+            .map(|e| (e.node.as_str(), e.endpoint_id, e.realized))
+            .collect();
+        assert_eq!(seen, [("n1", 1, true), ("n2", 1, false)]);
+        assert_eq!(r.pending(), 1);
+        assert_eq!(r.min_realized(), 9);
+        assert_eq!(
+            r.endpoints[1].reason,
+            "its agent realized revision 9, below 10"
+        );
+        // Every endpoint when nothing is named.
+        let all = compare(&view, &RealizationQuery::default(), &reports);
+        assert_eq!(all.endpoints.len(), 3);
+    }
+
+    #[test]
+    fn silence_a_missing_endpoint_another_identity_or_a_lagging_view_is_not_realized() {
+        let view = view();
+        let reports: BTreeMap<String, NodeReport> =
+            [("n1".to_owned(), report(12, &[(1, 257, 12)]))].into();
+        let r = compare(&view, &query(10), &reports);
+        assert!(
+            r.endpoints[0]
+                .reason
+                .contains("enforces identity 257's policy"),
+            "{:?}",
+            r.endpoints[0]
+        );
+        assert!(
+            r.endpoints[1]
+                .reason
+                .contains("agent of node n2 has not reported"),
+            "{:?}",
+            r.endpoints[1]
+        );
+        let reports: BTreeMap<String, NodeReport> = [("n1".to_owned(), report(12, &[]))].into();
+        let r = compare(&view, &query(10), &reports);
+        assert!(
+            r.endpoints[0]
+                .reason
+                .contains("has not reported this endpoint yet")
+        );
+        // Reports ahead of the compiler's own view do not count: its selection is not final.
+        let reports: BTreeMap<String, NodeReport> = [
+            ("n1".to_owned(), report(12, &[(1, 256, 12)])),
+            ("n2".to_owned(), report(12, &[(1, 256, 12)])),
+        ]
+        .into();
+        let r = compare(&view, &query(11), &reports);
+        assert_eq!(r.pending(), 2);
+        assert!(
+            r.endpoints[0]
+                .reason
+                .contains("view is at revision 10, below 11")
+        );
+        assert_eq!(compare(&view, &query(10), &reports).pending(), 0);
+    }
+}

@@ -31,7 +31,7 @@ pub const DEFAULT_PAGE: usize = 500;
 pub const MAX_PAGE: usize = 5000;
 /// Longest GetPolicyRealization waits for the view to reach the revision asked about (a
 /// caller that polls asks again).
-pub const REALIZATION_VIEW_WAIT: Duration = Duration::from_secs(5);
+pub const REALIZATION_VIEW_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings of the service.
 #[derive(Clone, Debug)]
