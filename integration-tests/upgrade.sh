@@ -17,9 +17,9 @@
 #
 # Options: --hold SECONDS (how long each step runs after the swap), --strict, --keep-logs
 # (keep the world's logs directory, printed at the end), --old-target DIR (where the old ref
-# is built; default target/upgrade/<commit>). Exit status: 1 if the world did not come up or
-# the pods cannot reach each other after the last step (and with --strict on any loss or
-# failure), 2 on bad arguments.
+# is exported and built; default target/upgrade/<commit>, kept for the next run). Exit
+# status: 1 if the world did not come up or the pods cannot reach each other after the last
+# step (and with --strict on any loss or failure), 2 on bad arguments.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$repo"
@@ -69,7 +69,7 @@ cleanup() {
   rm -rf "$pin_root"
   if ((keep_logs)); then
     echo "logs kept in $world"
-    rm -rf "$work/new-bin" "$work/old-bin" "$work/src"
+    rm -rf "$work/new-bin" "$work/old-bin"
   else
     rm -rf "$work"
   fi
@@ -83,9 +83,16 @@ cargo build --bins "${packages[@]}"
 for b in "${binaries[@]}"; do cp "$new_target/debug/$b" "$work/new-bin/"; done
 old_target="${old_target:-$repo/target/upgrade/${old_sha:0:12}}"
 echo "==> building $old_ref (${old_sha:0:12}) in $old_target"
-mkdir -p "$work/src"
-git archive "$old_sha" | tar -x -C "$work/src"
-(cd "$work/src" && CARGO_TARGET_DIR="$old_target" cargo build --bins "${packages[@]}")
+# The source sits beside its target dir, at the same path every run: build scripts remember
+# where their crate was, so a source exported elsewhere would not rebuild incrementally.
+old_src="$old_target/src"
+if [ ! -f "$old_src/.kino-upgrade-$old_sha" ]; then
+  rm -rf "$old_src"
+  mkdir -p "$old_src"
+  git archive "$old_sha" | tar -x -C "$old_src"
+  touch "$old_src/.kino-upgrade-$old_sha"
+fi
+(cd "$old_src" && CARGO_TARGET_DIR="$old_target" cargo build --bins "${packages[@]}")
 for b in "${binaries[@]}"; do cp "$old_target/debug/$b" "$work/old-bin/"; done
 
 # ---- the world --------------------------------------------------------------------------
@@ -108,11 +115,12 @@ start() {
   local service="$1" bin="$2" socket
   socket="$(socket_of "$service")"
   rm -f "$socket"
+  # exec: the pid recorded is the service's own (stop and cleanup signal it, not a shell).
   case "$service" in
-    gateway) "$bin/kino-datastore-gateway" --listen "$ds" --data-file "$world/ds.redb" ;;
-    ipam) "$bin/kino-ipam" --listen "$ipam" --datastore "$ds" ;;
-    policy-compiler) "$bin/kino-policy-compiler" --listen "$policy" --datastore "$ds" ;;
-    agent) nsenter --net="/run/netns/$node" "$bin/kino-agent" --node-name "$node" \
+    gateway) exec "$bin/kino-datastore-gateway" --listen "$ds" --data-file "$world/ds.redb" ;;
+    ipam) exec "$bin/kino-ipam" --listen "$ipam" --datastore "$ds" ;;
+    policy-compiler) exec "$bin/kino-policy-compiler" --listen "$policy" --datastore "$ds" ;;
+    agent) exec nsenter --net="/run/netns/$node" "$bin/kino-agent" --node-name "$node" \
       --socket "$agent_sock" --flow-listen "unix:$world/flows.sock" --datastore "$ds" \
       --ipam "$ipam" --policy "$policy" --state-dir "$world/agent-state" --bpf-pin-root "$pin_root" ;;
   esac >>"$world/$service.log" 2>&1 &
