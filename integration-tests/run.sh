@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every check and test of Kinocilium on this machine: installs what the tests need,
 # starts a private etcd (removed on exit), builds the workspace once, then
-#   1. lints: cargo fmt --check, cargo clippy -D warnings, buf lint, buf breaking vs HEAD~1;
+#   1. lints: cargo fmt --check, cargo clippy -D warnings, buf lint, buf breaking vs HEAD~1
+#      and vs the commits that released each v1 package (integration-tests/api-compat.sh);
 #   2. cargo test --workspace (unit, conformance on embedded + etcd, end-to-end binaries).
 # Environment: KINO_SKIP_LINT=1 skips step 1; extra arguments go to `cargo test`.
 set -euo pipefail
@@ -53,6 +54,9 @@ if [ "${KINO_SKIP_LINT:-0}" != "1" ]; then
   else
     echo "==> buf breaking: no previous commit with proto/buf.yaml; nothing to compare"
   fi
+  # HEAD~1 misses a break spread over commits or merged with later ones: also compare with
+  # what was released (proto/released-v1.txt).
+  "$repo/integration-tests/api-compat.sh" --buf "$buf"
 fi
 
 echo "==> cargo test --workspace"

@@ -5,7 +5,11 @@
 //! Checked all along: no address is ever held by two owners, a retried owner always gets its
 //! address back. Checked at the end, after Gc: exactly the addresses the clients hold are
 //! allocated (nothing leaked), every owner claim is bound, a restarted replica gives nodes
-//! the same blocks, and `kino ipam pools / allocations` show it.
+//! the same blocks, and `kino ipam pools / allocations` show it. A failed check prints the
+//! history of the addresses involved. Plus the one interleaving that used to make the
+//! stress flaky (a Release whose answer is lost, retried by address after the address was
+//! reused), played out deterministically through a proxy that loses a replica's answer.
+//! `integration-tests/soak.sh` runs the stress over and over under CPU contention.
 
 use std::collections::{HashMap, HashSet};
 use std::path::Path;
@@ -38,7 +42,12 @@ const VICTIM: usize = 1;
 
 /// What the clients hold, updated as a runtime would see it: an address is added when an
 /// Allocate answers, and removed BEFORE the Release is sent (so a reuse after the release
-/// is never mistaken for a duplicate).
+/// is never mistaken for a duplicate). A Release whose outcome is unknown (its replica died
+/// before answering) is retried BY OWNER, never by address: the first attempt may have
+/// freed the address already and another owner may hold it by the time of the retry, and
+/// Release by address frees whoever holds it. Retrying by address made this test flaky
+/// ("allocations the clients hold are missing: 289 vs 290" on a busy machine, where the
+/// retry comes late): see `a_release_whose_answer_is_lost_never_frees_a_reused_address`.
 #[derive(Default)]
 struct Ledger {
     /// address → (owner container id, node).
@@ -49,11 +58,37 @@ struct Ledger {
     answered: usize,
     /// Owners abandoned after a failure (their records are Gc's to collect).
     abandoned: usize,
+    /// What the clients did with each address, in order, so a failed check can say how an
+    /// address came to be missing or leaked.
+    history: HashMap<String, Vec<String>>,
+    /// Sequence number of the next history event (orders events across addresses).
+    seq: usize,
 }
 
 impl Ledger {
-    fn record(&mut self, owner: &str, node: &str, address: &str) {
+    fn note(&mut self, address: &str, event: String) {
+        self.seq += 1;
+        let line = format!("#{} {event}", self.seq);
+        self.history
+            .entry(address.to_owned())
+            .or_default()
+            .push(line);
+    }
+
+    /// The history of an address, one event per line.
+    fn story(&self, address: &str) -> String {
+        self.history
+            .get(address)
+            .map(|events| events.join("\n    "))
+            .unwrap_or_else(|| "(no event)".into())
+    }
+
+    fn record(&mut self, owner: &str, node: &str, address: &str, replica: usize) {
         self.answered += 1;
+        self.note(
+            address,
+            format!("allocated to {owner} by replica {replica}"),
+        );
         if let Some(previous) = self.by_owner.get(owner) {
             assert_eq!(
                 previous, address,
@@ -124,6 +159,7 @@ impl Shared {
         container: &str,
         give_up: bool,
     ) -> Result<String, ()> {
+        let mut last = None;
         for attempt in 0..REPLICAS * 4 {
             let replica = (first + attempt) % REPLICAS;
             let result = self.clients[replica]
@@ -139,7 +175,10 @@ impl Shared {
             match result {
                 Ok(response) => {
                     let address = response.into_inner().allocation.unwrap().address;
-                    self.ledger.lock().await.record(container, node, &address);
+                    self.ledger
+                        .lock()
+                        .await
+                        .record(container, node, &address, replica);
                     return Ok(address);
                 }
                 Err(status) if replica_down(&status) => {
@@ -147,12 +186,13 @@ impl Shared {
                         self.ledger.lock().await.abandoned += 1;
                         return Err(());
                     }
+                    last = Some(status);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(status) => panic!("Allocate {container} on replica {replica}: {status:?}"),
             }
         }
-        panic!("Allocate {container}: every replica failed")
+        panic!("Allocate {container}: every replica failed; the last: {last:?}")
     }
 
     /// Release by owner or by address, on `first` or the next live replica.
@@ -160,12 +200,17 @@ impl Shared {
         let Some(address) = self.ledger.lock().await.forget(container) else {
             return;
         };
-        let target = if by_address {
-            pb::release_request::Target::Address(address)
+        let mut target = if by_address {
+            pb::release_request::Target::Address(address.clone())
         } else {
             pb::release_request::Target::Owner(owner(container))
         };
+        let mut last = None;
         for attempt in 0..REPLICAS * 4 {
+            let how = match target {
+                pb::release_request::Target::Address(_) => "by address",
+                pb::release_request::Target::Owner(_) => "by owner",
+            };
             let replica = (first + attempt) % REPLICAS;
             let result = self.clients[replica]
                 .clone()
@@ -175,14 +220,40 @@ impl Shared {
                 })
                 .await;
             match result {
-                Ok(_) => return,
+                Ok(response) => {
+                    let freed: Vec<String> = response
+                        .into_inner()
+                        .released
+                        .iter()
+                        .map(|a| {
+                            let holder = a.owner.as_ref().map(|o| o.container_id.as_str());
+                            format!("{} of {}", a.address, holder.unwrap_or("?"))
+                        })
+                        .collect();
+                    self.ledger.lock().await.note(
+                        &address,
+                        format!("{container} released {how} on replica {replica}: freed {freed:?}"),
+                    );
+                    return;
+                }
                 Err(status) if replica_down(&status) => {
+                    self.ledger.lock().await.note(
+                        &address,
+                        format!(
+                            "{container} released {how} on replica {replica}: {:?} (outcome unknown)",
+                            status.code()
+                        ),
+                    );
+                    // The address may be someone else's by now; the owner's claim names it
+                    // only while this owner still holds it.
+                    target = pb::release_request::Target::Owner(owner(container));
+                    last = Some(status);
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(status) => panic!("Release {container}: {status:?}"),
             }
         }
-        panic!("Release {container}: every replica failed")
+        panic!("Release {container}: every replica failed; the last: {last:?}")
     }
 }
 
@@ -434,11 +505,25 @@ async fn stress(label: &str, backend: Vec<String>) {
             a.address
         );
     }
-    assert_eq!(
-        listed.len(),
-        live.len(),
-        "allocations the clients hold are missing"
-    );
+    if listed.len() != live.len() {
+        let ledger = shared.ledger.lock().await;
+        let stories: Vec<String> = live
+            .iter()
+            .filter(|(address, _)| !seen.contains(*address))
+            .map(|(address, (holder, node))| {
+                format!(
+                    "{address} (held by {holder} on {node}):\n    {}",
+                    ledger.story(address)
+                )
+            })
+            .collect();
+        panic!(
+            "allocations the clients hold are missing: {} listed vs {} held; missing:\n{}",
+            listed.len(),
+            live.len(),
+            stories.join("\n")
+        );
+    }
 
     // Every owner claim is bound and belongs to a held address; no stray block claims.
     let mut datastore = DatastoreServiceClient::connect(format!("http://127.0.0.1:{gateway_port}"))
@@ -633,4 +718,175 @@ async fn three_replicas_never_duplicate_etcd() {
         )
         .await
         .unwrap();
+}
+
+/// A replica whose answers are lost: forwards one client connection to `upstream`, drops
+/// everything the server sends, and once the server has answered the first call (its
+/// response HEADERS frame) runs `meanwhile` and closes the client's connection. The client
+/// sees a failed call that did happen — a replica dying after its work, before its answer.
+async fn answer_losing_proxy<F>(listener: tokio::net::TcpListener, upstream: String, meanwhile: F)
+where
+    F: std::future::Future<Output = ()>,
+{
+    use tokio::io::AsyncReadExt as _;
+    let (client, _) = listener.accept().await.expect("accept");
+    let server = tokio::net::TcpStream::connect(&upstream)
+        .await
+        .expect("connect upstream");
+    let (mut client_read, _client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let forward = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    // HTTP/2 frames from the server: 9-byte header (length 24 bits, type, flags, stream).
+    let mut header = [0u8; 9];
+    loop {
+        server_read.read_exact(&mut header).await.expect("frame");
+        let length = u32::from_be_bytes([0, header[0], header[1], header[2]]) as usize;
+        let mut payload = vec![0u8; length];
+        server_read.read_exact(&mut payload).await.expect("payload");
+        let stream = u32::from_be_bytes([header[5], header[6], header[7], header[8]]) & 0x7fff_ffff;
+        if header[3] == 0x1 && stream != 0 {
+            break;
+        }
+    }
+    meanwhile.await;
+    forward.abort();
+    // Dropping both halves closes the client's connection without an answer.
+}
+
+/// The stress clients' Release, its first attempt answered by a replica that freed the
+/// address and died before answering, while another replica gave the address to Y: Y's
+/// address must survive the client's retry. (With the retry by address of old, the retry
+/// freed Y's address: the stress test's rare "allocations the clients hold are missing".)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_release_whose_answer_is_lost_never_frees_a_reused_address() {
+    let dir = tempfile::Builder::new()
+        .prefix("kino-ipam-lost-answer-")
+        .tempdir()
+        .expect("tempdir");
+    let dir = dir.path();
+    let gateway_port = free_port();
+    let gateway = ServiceProcess::start(
+        &binary("kino-datastore-gateway"),
+        &[
+            "--listen".into(),
+            format!("127.0.0.1:{gateway_port}"),
+            "--data-file".into(),
+            dir.join("datastore.redb").display().to_string(),
+        ],
+        &[],
+        dir,
+    )
+    .expect("starting the gateway");
+    if let Err(e) = wait_for_port(&format!("127.0.0.1:{gateway_port}"), START_TIMEOUT).await {
+        panic!("gateway: {e}\n{}", gateway.log_text());
+    }
+    let mut ports = Vec::new();
+    let mut replicas = Vec::new();
+    let mut direct = Vec::new();
+    for i in 0..2 {
+        let replica_dir = dir.join(format!("replica-{i}"));
+        std::fs::create_dir_all(&replica_dir).unwrap();
+        let port = free_port();
+        let process = start_ipam(port, gateway_port, &replica_dir);
+        direct.push(connect(port, &process).await);
+        ports.push(port);
+        replicas.push(process);
+    }
+    const NODE: &str = "node-lost";
+    let node = NODE;
+    fn request(container: &str) -> pb::AllocateRequest {
+        pb::AllocateRequest {
+            node: NODE.into(),
+            pool: String::new(),
+            family: IpFamily::Ipv4 as i32,
+            owner: Some(owner(container)),
+            requested_address: String::new(),
+        }
+    }
+    // X holds an address from replica 0.
+    let x_address = direct[0]
+        .clone()
+        .allocate(request("x"))
+        .await
+        .expect("Allocate x")
+        .into_inner()
+        .allocation
+        .unwrap()
+        .address;
+
+    // The client's first attempt goes through the answer-losing proxy to replica 0; the
+    // others to replica 1.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let proxy_port = listener.local_addr().unwrap().port();
+    let (y_tx, y_rx) = tokio::sync::oneshot::channel();
+    let replica1 = direct[1].clone();
+    let proxy = tokio::spawn(answer_losing_proxy(
+        listener,
+        format!("127.0.0.1:{}", ports[0]),
+        async move {
+            // Between the lost answer and the retry, replica 1 hands the address out.
+            let y = replica1
+                .clone()
+                .allocate(request("y"))
+                .await
+                .expect("Allocate y")
+                .into_inner()
+                .allocation
+                .unwrap()
+                .address;
+            let _ = y_tx.send(y);
+        },
+    ));
+    let proxied = IpamServiceClient::connect(format!("http://127.0.0.1:{proxy_port}"))
+        .await
+        .expect("connecting through the proxy");
+    let shared = Shared {
+        clients: vec![proxied, direct[1].clone(), direct[1].clone()],
+        ledger: Mutex::new(Ledger::default()),
+        done: AtomicUsize::new(0),
+    };
+    shared.ledger.lock().await.record("x", node, &x_address, 0);
+    shared.release(0, "x", true).await;
+    proxy.await.expect("the proxy");
+    let y_address = y_rx
+        .await
+        .expect("Y was allocated while the answer was lost");
+    assert_eq!(
+        y_address, x_address,
+        "replica 1 did not reuse the freed address; the scenario needs it to"
+    );
+    shared.ledger.lock().await.record("y", node, &y_address, 1);
+
+    // What the clients hold is allocated: Y's address survived X's retried Release.
+    let listed = direct[1]
+        .clone()
+        .list_allocations(pb::ListAllocationsRequest {
+            node: node.into(),
+            ..Default::default()
+        })
+        .await
+        .expect("ListAllocations")
+        .into_inner()
+        .allocations;
+    let held: Vec<(String, String)> = listed
+        .iter()
+        .map(|a| {
+            (
+                a.address.clone(),
+                a.owner.clone().unwrap_or_default().container_id,
+            )
+        })
+        .collect();
+    let ledger = shared.ledger.lock().await;
+    assert_eq!(
+        held,
+        [(y_address.clone(), "y".to_owned())],
+        "Y holds {y_address} but IPAM lists {held:?}; its story:\n    {}",
+        ledger.story(&y_address)
+    );
+    drop(ledger);
+    drop(replicas);
+    drop(gateway);
 }

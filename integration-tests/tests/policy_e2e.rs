@@ -1,7 +1,11 @@
 //! Policy end to end: two pods with labels through kino-cni, a KinoNetworkPolicy imported
 //! into kino-policy-compiler, the agent applying the compiler's stream to its maps (client's
 //! ping to web denied at web's ingress and counted), the policy deleted (ping works again),
-//! and `kino endpoint get` showing enforcement and the realized revision.
+//! and `kino endpoint get` showing enforcement and the realized revision; `kino policy
+//! import|delete --wait` returning only once the datapath enforces the change (a ping that
+//! worked is denied the moment import returns), `kino status` showing realized vs latest,
+//! and a wait that cannot finish (agent stopped) failing by its timeout, naming the
+//! endpoint.
 
 use std::time::{Duration, Instant};
 
@@ -290,6 +294,184 @@ async fn label_changes_move_endpoints_between_identities() {
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("no endpoint"));
     assert_eq!(number(&endpoint(&suite, "shop/client")["identity"]), after);
+
+    for (name, ns) in ["web", "client"].iter().zip(&pods) {
+        let out = suite.cni(
+            "DEL",
+            &format!("{}-{name}", suite.prefix),
+            Some(&ns.path()),
+            &suite.cni_config("1.1.0"),
+            "",
+        );
+        assert_eq!(out.code, 0, "DEL {name}: {out:?}");
+    }
+    assert!(suite.lxc_links().is_empty(), "{:?}", suite.lxc_links());
+}
+
+const DENY_CLIENT: &str = r#"apiVersion: kino.io/v1
+kind: KinoNetworkPolicy
+metadata: {name: web-deny-client, namespace: shop}
+spec:
+  endpointSelector:
+    matchLabels: {app: web}
+  ingressDeny:
+  - fromEndpoints: [{matchLabels: {app: client}}]
+"#;
+
+/// Runs `kino` with the flow observer's socket too (`kino status` checks it).
+fn kino_status(suite: &Suite) -> Value {
+    let flows = format!("unix:{}", suite.dir.path().join("flows.sock").display());
+    let out = suite.kino(&["status", "-o", "json", "--flows", &flows]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    serde_json::from_str(&text).unwrap_or_else(|e| {
+        panic!(
+            "kino status printed no JSON ({e}): {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
+
+fn component<'a>(status: &'a Value, name: &str) -> &'a Value {
+    status["components"]
+        .as_array()
+        .and_then(|list| list.iter().find(|c| c["component"] == name))
+        .unwrap_or_else(|| panic!("no {name} in kino status: {status}"))
+}
+
+/// The revision an import or delete printed ("Revision: N …").
+fn printed_revision(text: &str) -> i64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix("Revision: "))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no revision printed:\n{text}"))
+}
+
+/// `kino policy import --wait`: returns only once web's datapath enforces the policy — no
+/// polling after it: the very next ping is denied — and `delete --wait` once it no longer
+/// does. `kino status` shows the agent's realized revision beside the latest. With the
+/// agent stopped, a wait cannot finish: it fails after --wait-timeout naming web's
+/// endpoint; the restarted agent catches up and the same wait succeeds.
+#[tokio::test(flavor = "multi_thread")]
+async fn import_wait_returns_once_the_datapath_enforces() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut suite = Suite::start("pwt").await;
+    let mut pods = Vec::new();
+    let mut ips = Vec::new();
+    for (name, app) in [("web", "web"), ("client", "client")] {
+        let ns = Netns::new(&format!("{}-{name}", suite.prefix));
+        let mut config = suite.cni_config("1.1.0");
+        config["args"] = json!({"labels": {"app": app}});
+        let out = suite.cni(
+            "ADD",
+            &format!("{}-{name}", suite.prefix),
+            Some(&ns.path()),
+            &config,
+            &format!("IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=shop"),
+        );
+        assert_eq!(out.code, 0, "ADD {name}: {out:?}");
+        ips.push(pod_ip(&out.json()));
+        pods.push(ns);
+    }
+    let (web_ip, client) = (ips[0].clone(), &pods[1]);
+    assert!(
+        client.ping(&web_ip, 2),
+        "client cannot ping web before any policy"
+    );
+    let web_id = number(&endpoint(&suite, "shop/web")["id"]);
+
+    let deny = suite.dir.path().join("deny.yaml");
+    std::fs::write(&deny, DENY_CLIENT).unwrap();
+    let deny = deny.to_str().unwrap();
+    let out = kino_ok(
+        &suite,
+        &["policy", "import", deny, "--wait", "--wait-timeout", "20s"],
+    );
+    let imported = printed_revision(&out);
+    assert!(
+        out.contains(&format!(
+            "Revision {imported} is enforced by all 1 endpoint selected"
+        )),
+        "{out}"
+    );
+    // No retry: enforced when the command returned.
+    assert!(
+        !client.ping(&web_ip, 1),
+        "client's ping to web passed right after import --wait returned:\n{out}"
+    );
+    let web = endpoint(&suite, "shop/web");
+    assert!(
+        number(&web["policy"]["realizedRevision"]) >= imported,
+        "web's datapath is below the import's revision {imported}: {web}"
+    );
+
+    // kino status: the agent's realized revision beside the compiler's latest.
+    let status = kino_status(&suite);
+    let agent = component(&status, "agent");
+    assert!(
+        number(&agent["agent"]["policyRevision"]) >= imported,
+        "agent's realized revision not reported: {agent}"
+    );
+    let policy = component(&status, "policy-compiler");
+    assert!(
+        number(&policy["policy"]["latestRevision"]) >= imported
+            && number(&policy["policy"]["endpoints"]) == 2,
+        "{policy}"
+    );
+    let flows = format!("unix:{}", suite.dir.path().join("flows.sock").display());
+    let table =
+        String::from_utf8_lossy(&suite.kino(&["status", "--flows", &flows]).stdout).into_owned();
+    assert!(
+        table.contains("policy revision:") && table.contains("realized, latest"),
+        "{table}"
+    );
+
+    // Deleted and waited for: the next ping passes.
+    let out = kino_ok(
+        &suite,
+        &["policy", "delete", "shop/web-deny-client", "--wait"],
+    );
+    let deleted = printed_revision(&out);
+    assert!(deleted > imported, "{out}");
+    assert!(
+        client.ping(&web_ip, 1),
+        "client's ping to web denied right after delete --wait returned:\n{out}"
+    );
+
+    // The agent stopped: the datapath keeps enforcing what it had, but nothing new. The
+    // wait fails by its timeout, naming web's endpoint and how far its agent got.
+    suite.stop_agent("KILL");
+    let out = suite.kino(&["policy", "import", deny, "--wait", "--wait-timeout", "2s"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}{stderr}");
+    let node = suite.node_name().to_owned();
+    assert!(
+        stderr.contains("is not enforced after")
+            && stderr.contains(&format!("{node}/{web_id} (shop/web)"))
+            && stderr.contains("its agent realized revision"),
+        "{stderr}"
+    );
+    // What was stored is still shown.
+    assert!(stdout.contains("shop/web-deny-client"), "{stdout}");
+    assert!(
+        client.ping(&web_ip, 1),
+        "the stopped agent's datapath changed"
+    );
+
+    // Back: the agent catches up and the same wait succeeds.
+    suite.start_agent();
+    let out = kino_ok(
+        &suite,
+        &["policy", "import", deny, "--wait", "--wait-timeout", "20s"],
+    );
+    assert!(out.contains("unchanged"), "{out}");
+    assert!(
+        !client.ping(&web_ip, 1),
+        "denied once the restarted agent caught up"
+    );
 
     for (name, ns) in ["web", "client"].iter().zip(&pods) {
         let out = suite.cni(

@@ -25,6 +25,7 @@ pub mod metrics;
 pub mod netlink;
 pub mod netns;
 pub mod node;
+pub mod policy_realization;
 pub mod policy_sync;
 pub mod registration;
 

@@ -2,14 +2,17 @@
 //! and applies it to the datapath through the endpoint manager. The compiler tracks the
 //! node's Endpoint resources, so one stream covers endpoints created later (their identity
 //! arrives as a replace update once their record is published). Reconnects with backoff and
-//! resumes from the last synced (epoch, revision).
+//! resumes from the last synced (epoch, revision). After each synced step it hands what
+//! the datapath now realizes to [`crate::policy_realization`], which reports it.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use kino_api::policy::WatchEndpointPolicyRequest;
+use tokio::sync::watch;
 
 use crate::endpoint::manager::EndpointManager;
+use crate::policy_realization::{self, Report};
 
 /// First reconnect delay.
 const MIN_BACKOFF: Duration = Duration::from_millis(200);
@@ -25,12 +28,21 @@ pub struct Resume {
     pub revision: i64,
 }
 
-/// Runs the sync until the task is dropped.
+/// Runs the sync (and the reporting of what it realized) until the task is dropped.
 pub async fn run(manager: Arc<EndpointManager>) {
+    let (reports, receiver) = watch::channel(None);
+    let reporter = tokio::spawn(policy_realization::run(
+        manager.datastore_client(),
+        manager.datastore_target().to_owned(),
+        manager.node().to_owned(),
+        receiver,
+    ));
+    // Stops the reporter when this task is dropped.
+    let _reporter = AbortOnDrop(reporter);
     let mut resume = Resume::default();
     let mut backoff = MIN_BACKOFF;
     loop {
-        match follow(&manager, &mut resume, &mut backoff).await {
+        match follow(&manager, &mut resume, &mut backoff, &reports).await {
             Ok(()) => tracing::warn!(
                 compiler = manager.policy_target(),
                 "policy stream ended; reconnecting"
@@ -52,6 +64,7 @@ async fn follow(
     manager: &EndpointManager,
     resume: &mut Resume,
     backoff: &mut Duration,
+    reports: &watch::Sender<Option<Report>>,
 ) -> Result<(), String> {
     let request = WatchEndpointPolicyRequest {
         node_name: manager.node().to_owned(),
@@ -83,7 +96,29 @@ async fn follow(
                 revision: message.revision,
             };
             tracing::debug!(revision = message.revision, "policy realized");
+            let report = Report {
+                realization: manager.realization().await,
+                epoch: message.epoch.clone(),
+            };
+            // Only a changed report is written (a progress step of another node's change
+            // that moves nothing here still moves the revision, and is reported).
+            reports.send_if_modified(|current| {
+                if current.as_ref() == Some(&report) {
+                    return false;
+                }
+                *current = Some(report);
+                true
+            });
         }
     }
     Ok(())
+}
+
+/// Aborts a task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

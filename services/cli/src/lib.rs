@@ -14,6 +14,7 @@
 pub mod agent;
 pub mod bpf;
 pub mod compiler;
+pub mod duration;
 pub mod endpoint;
 pub mod identity;
 pub mod ipam;

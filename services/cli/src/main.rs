@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kino_cli::compiler::CompilerTarget;
+use kino_cli::duration::parse_duration;
 use kino_cli::ipam::IpamArgs;
 use kino_cli::status::{Targets, components, probe_all};
 use kino_cli::stdout;
@@ -124,22 +125,6 @@ enum Command {
     Observe(Box<kino_cli::observe::ObserveArgs>),
     /// Certificates of the suite: a CA and one per service, agent and admin (--pki-dir).
     Pki(kino_cli::pki::PkiArgs),
-}
-
-fn parse_duration(text: &str) -> Result<Duration, String> {
-    let invalid = || format!("{text:?} is not a duration: write e.g. 2s, 1.5s or 500ms");
-    let (number, scale) = if let Some(ms) = text.strip_suffix("ms") {
-        (ms, 0.001)
-    } else if let Some(s) = text.strip_suffix('s') {
-        (s, 1.0)
-    } else {
-        (text, 1.0)
-    };
-    let value: f64 = number.trim().parse().map_err(|_| invalid())?;
-    if !value.is_finite() || value <= 0.0 || value * scale > 3600.0 {
-        return Err(format!("{text:?} must be more than 0 and at most 1 hour"));
-    }
-    Ok(Duration::from_secs_f64(value * scale))
 }
 
 #[tokio::main]

@@ -5,6 +5,7 @@
 mod render;
 mod size;
 mod trace;
+mod wait;
 
 use std::io::Read as _;
 use std::process::ExitCode;
@@ -19,8 +20,10 @@ pub use render::{
     render_policy, render_validation, selector_text, selects_text,
 };
 pub use trace::{PeerArg, PortArg, ResolvedPeer, TraceDirection, pod_peer};
+pub use wait::{WaitError, endpoint_text, is_realized};
 
 use crate::compiler::{CompilerCallError, CompilerTarget, call, connect};
+use crate::duration::parse_duration;
 use crate::proto_json;
 
 /// How a command prints its result (`-o`).
@@ -52,6 +55,8 @@ enum PolicyCommand {
         /// Namespace of documents without metadata.namespace (default: `default`).
         #[arg(long, short = 'n')]
         namespace: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// Check policy documents without storing anything; exit status 1 if any is invalid.
     Validate {
@@ -84,6 +89,8 @@ enum PolicyCommand {
         /// Namespace of a NAME given without one.
         #[arg(long, short = 'n')]
         namespace: Option<String>,
+        #[command(flatten)]
+        wait: WaitArgs,
     },
     /// The verdict for a flow and the rules that produce it (as `cilium policy trace`).
     Trace {
@@ -103,6 +110,19 @@ enum PolicyCommand {
         #[arg(long, value_enum, default_value_t = TraceDirection::Both)]
         direction: TraceDirection,
     },
+}
+
+/// `--wait` and `--wait-timeout` of `import` and `delete`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WaitArgs {
+    /// Return only once every endpoint the policies select (for delete: selected before
+    /// it) enforces the change, as the agents report it; exit status 1 after
+    /// --wait-timeout, naming the endpoints that did not catch up.
+    #[arg(long)]
+    wait: bool,
+    /// How long --wait waits, e.g. 30s or 500ms (as `kubectl wait --timeout`).
+    #[arg(long, default_value = "30s", value_parser = parse_duration, requires = "wait")]
+    wait_timeout: std::time::Duration,
 }
 
 /// A policy named on the command line.
@@ -194,6 +214,9 @@ pub enum PolicyCliError {
     /// The file is too big to import; nothing was sent.
     #[error(transparent)]
     TooLarge(#[from] size::TooLarge),
+    /// `--wait` did not see the change enforced.
+    #[error(transparent)]
+    Wait(#[from] WaitError),
     /// This output format does not apply to the command.
     #[error(
         "-o yaml prints policy documents: use it with `kino policy get` or `kino policy list`; -o json prints any command's API response"
@@ -254,6 +277,30 @@ pub async fn execute(
     }
 }
 
+/// Adds the outcome of a wait to what is printed: the line after the table (beside JSON:
+/// on standard error, so the JSON stays the API's response).
+fn note_waited(
+    printed: &mut Printed,
+    format: OutputFormat,
+    outcome: Result<(pb::GetPolicyRealizationResponse, std::time::Duration), WaitError>,
+) -> Result<(), PolicyCliError> {
+    match outcome {
+        Ok((response, waited)) => {
+            let line = wait::realized_text(&response, waited);
+            match format {
+                OutputFormat::Json => printed.stderr.push_str(&line),
+                _ => printed.stdout.push_str(&line),
+            }
+            Ok(())
+        }
+        Err(error) => {
+            // What was stored is still shown: the change is made, only not yet enforced.
+            print!("{}", printed.stdout);
+            Err(error.into())
+        }
+    }
+}
+
 fn read_documents(file: &str) -> Result<String, PolicyCliError> {
     let read_error = |e: std::io::Error| PolicyCliError::Read {
         file: file.to_owned(),
@@ -288,7 +335,11 @@ async fn run(
     }
     let target = context.compiler;
     match command {
-        PolicyCommand::Import { file, namespace } => {
+        PolicyCommand::Import {
+            file,
+            namespace,
+            wait,
+        } => {
             let documents = read_documents(file)?;
             size::check(&documents, shown_file(file), context.datastore, target.tls).await?;
             let client = connect(target, "ImportPolicies").await?;
@@ -308,10 +359,24 @@ async fn run(
                 },
                 _ => error.into(),
             })?;
-            Ok(Printed::ok(match format {
+            let mut printed = Printed::ok(match format {
                 OutputFormat::Json => proto_json::to_string(&response),
                 _ => render_import(&response),
-            }))
+            });
+            if wait.wait && !response.policies.is_empty() {
+                let request = pb::GetPolicyRealizationRequest {
+                    policies: response
+                        .policies
+                        .iter()
+                        .filter_map(|p| p.policy.clone())
+                        .collect(),
+                    identities: Vec::new(),
+                    revision: response.revision,
+                };
+                let done = wait::wait_realized(target, &client, request, wait.wait_timeout);
+                note_waited(&mut printed, format, done.await)?;
+            }
+            Ok(printed)
         }
         PolicyCommand::Validate { file, namespace } => {
             let documents = read_documents(file)?;
@@ -374,9 +439,35 @@ async fn run(
                 }
             }
         }
-        PolicyCommand::Delete { name, namespace } => {
+        PolicyCommand::Delete {
+            name,
+            namespace,
+            wait,
+        } => {
             let policy_ref = name.to_ref(namespace.as_deref());
             let client = connect(target, "DeletePolicy").await?;
+            // The endpoints it selects, asked before it is gone: those are the ones to
+            // wait for.
+            let selected = if wait.wait {
+                let asked = pb::GetPolicyRealizationRequest {
+                    policies: vec![policy_ref.clone()],
+                    ..Default::default()
+                };
+                let before = call(
+                    target,
+                    &client,
+                    "GetPolicyRealization",
+                    |mut c| async move { c.get_policy_realization(asked).await },
+                )
+                .await?;
+                let mut identities: Vec<u32> =
+                    before.endpoints.iter().map(|e| e.identity).collect();
+                identities.sort_unstable();
+                identities.dedup();
+                Some(identities)
+            } else {
+                None
+            };
             let request = pb::DeletePolicyRequest {
                 policy: Some(policy_ref.clone()),
             };
@@ -385,14 +476,26 @@ async fn run(
             })
             .await;
             let response = not_found_with_hint(target, &client, name, response).await?;
-            Ok(Printed::ok(match format {
+            let mut printed = Printed::ok(match format {
                 OutputFormat::Json => proto_json::to_string(&response),
                 _ => render::render_delete(
                     &response.policy.clone().unwrap_or_default(),
                     &render::ref_text(&policy_ref.namespace, &policy_ref.name),
                     response.revision,
                 ),
-            }))
+            });
+            if let Some(identities) = selected {
+                // The deleted policy selects nothing any more; naming it keeps the request
+                // from meaning "every endpoint" when it selected none.
+                let request = pb::GetPolicyRealizationRequest {
+                    policies: vec![policy_ref.clone()],
+                    identities,
+                    revision: response.revision,
+                };
+                let done = wait::wait_realized(target, &client, request, wait.wait_timeout);
+                note_waited(&mut printed, format, done.await)?;
+            }
+            Ok(printed)
         }
         PolicyCommand::Trace {
             src,
@@ -565,6 +668,10 @@ mod tests {
         let command = PolicyCommand::Delete {
             name: PolicyName::parse("shop/web").unwrap(),
             namespace: None,
+            wait: WaitArgs {
+                wait: false,
+                wait_timeout: std::time::Duration::from_secs(30),
+            },
         };
         let error = run(&command, context, OutputFormat::Yaml)
             .await

@@ -1,8 +1,10 @@
 //! `kino status`: is every component of the suite up? One grpc.health.v1 check per
 //! component (its own API service by name, so a different program on the port shows up),
-//! plus the datastore's and the agent's own Status RPCs.
+//! plus the datastore's and the agent's own Status RPCs and the policy-compiler's
+//! realization report (latest policy revision vs what the agents enforce).
 
 mod agent_detail;
+mod policy_detail;
 
 use std::fmt::Write as _;
 use std::time::Duration;
@@ -20,6 +22,7 @@ use tracing::Instrument;
 pub use agent_detail::{
     AgentComponentDetail, AgentDetail, DeviceDetail, describe_agent, render_agent_section,
 };
+pub use policy_detail::{PolicyDetail, describe_policy};
 
 /// Where each component is reached (flags / env of `kino`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -170,6 +173,9 @@ pub struct ComponentStatus {
     /// The agent's report, for the agent when its Status RPC answered.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentDetail>,
+    /// The policy realization, for the policy-compiler when it answered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<PolicyDetail>,
 }
 
 /// The status of the whole suite.
@@ -212,6 +218,7 @@ pub async fn probe(
         detail: String::new(),
         datastore: None,
         agent: None,
+        policy: None,
     };
     let checked = tokio::time::timeout(timeout, async {
         let channel = match kino_service_kit::connect(&component.address, tls).await {
@@ -231,6 +238,9 @@ pub async fn probe(
             kino_api::agent::agent_service_server::SERVICE_NAME => {
                 Some(Report::Agent(agent_detail::agent_status(channel).await))
             }
+            kino_api::policy::policy_service_server::SERVICE_NAME => {
+                Some(Report::Policy(policy_detail::policy_status(channel).await))
+            }
             _ => None,
         };
         (health, detail, report)
@@ -249,7 +259,15 @@ pub async fn probe(
                     status.detail = describe_agent(&report);
                     status.agent = Some(report);
                 }
-                Some(Report::Datastore(Err(error)) | Report::Agent(Err(error))) => {
+                Some(Report::Policy(Ok(report))) => {
+                    status.detail = describe_policy(&report);
+                    status.policy = Some(report);
+                }
+                Some(
+                    Report::Datastore(Err(error))
+                    | Report::Agent(Err(error))
+                    | Report::Policy(Err(error)),
+                ) => {
                     status.detail = error;
                 }
                 None => {}
@@ -270,6 +288,7 @@ pub async fn probe(
 enum Report {
     Datastore(Result<DatastoreDetail, String>),
     Agent(Result<AgentDetail, String>),
+    Policy(Result<PolicyDetail, String>),
 }
 
 async fn check_health(channel: TracedChannel, service: &str) -> (Health, String) {
@@ -407,9 +426,19 @@ impl StatusReport {
             out.push_str(line.trim_end());
             out.push('\n');
         }
+        let latest = self
+            .components
+            .iter()
+            .find_map(|c| c.policy.as_ref())
+            .map(|p| p.latest_revision);
         for agent in self.components.iter().filter_map(|c| c.agent.as_ref()) {
             out.push('\n');
-            out.push_str(&render_agent_section(agent));
+            out.push_str(&render_agent_section(agent, latest));
+        }
+        for policy in self.components.iter().filter_map(|c| c.policy.as_ref()) {
+            for behind in &policy.behind {
+                let _ = writeln!(out, "behind: {behind}");
+            }
         }
         let serving = self
             .components
@@ -443,6 +472,7 @@ mod tests {
             detail: detail.into(),
             datastore: None,
             agent: None,
+            policy: None,
         }
     }
 

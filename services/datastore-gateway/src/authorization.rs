@@ -132,6 +132,12 @@ pub static KIND_RULES: &[KindRule] = &[
         delete: OWN_NODE_OR_IPAM,
     },
     KindRule {
+        // What the node's datapath enforces (`kino policy import --wait`); gone with the node.
+        kind: "PolicyRealization",
+        write: OWN_NODE,
+        delete: OWN_NODE_OR_IPAM,
+    },
+    KindRule {
         kind: "Endpoint",
         write: OWN_ENDPOINTS,
         delete: OWN_ENDPOINTS_OR_IPAM,

@@ -15,6 +15,8 @@ pub const KINDS: &[&str] = &[
     "Policy",
     "Endpoint",
     "IPCacheEntry",
+    // Each agent's realized policy revision (kino.policy.v1.PolicyRealization).
+    "PolicyRealization",
 ];
 
 /// Longest name accepted (as Kubernetes' DNS subdomain names).

@@ -1120,6 +1120,22 @@ mod cases {
         let health_lease = grant(&w).await;
         put_health(&w, "n1", health_lease).await;
         put_endpoint(&w, "n1", "7").await;
+        put_raw(
+            &w,
+            Resource {
+                kind: "PolicyRealization".into(),
+                name: "n1".into(),
+                spec: spec(
+                    "kino.policy.v1.PolicyRealization",
+                    &kino_api::policy::PolicyRealization {
+                        node_name: "n1".into(),
+                        ..Default::default()
+                    },
+                ),
+                ..Default::default()
+            },
+        )
+        .await;
         let got = nodes
             .get_node(kino_api::node::GetNodeRequest { name: "n1".into() })
             .await
@@ -1193,7 +1209,7 @@ mod cases {
             node_records(&w, "n1").await.is_empty(),
             "nothing of n1 is left"
         );
-        for kind in ["Node", "NodeHealth"] {
+        for kind in ["Node", "NodeHealth", "PolicyRealization"] {
             assert!(
                 raw(&w, kind, "").await.iter().all(|r| r.name != "n1"),
                 "{kind} n1 left"
@@ -1244,15 +1260,26 @@ mod cases {
             Some(std::time::SystemTime::now() - kino_ipam::service::FINISH_DELETION_AFTER * 2),
         )
         .await;
+        // The deletion ends with the Node record itself (blocks and addresses go first), so
+        // the test waits for that last step, not for an intermediate one.
         let deadline = Instant::now() + Duration::from_secs(60);
-        while !node_records(&w, "n4").await.is_empty() {
+        while raw(&w, "Node", "").await.iter().any(|r| r.name == "n4") {
             assert!(
                 Instant::now() < deadline,
                 "the marked node n4 was never finished"
             );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
-        assert!(raw(&w, "Node", "").await.iter().all(|r| r.name != "n4"));
+        assert!(
+            node_records(&w, "n4").await.is_empty(),
+            "n4's blocks and addresses are left"
+        );
+        assert!(
+            raw(&w, "NodeHealth", "")
+                .await
+                .iter()
+                .all(|r| r.name != "n4")
+        );
         w.finish().await;
     }
 

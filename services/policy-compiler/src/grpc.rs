@@ -29,6 +29,7 @@ use crate::convert::{
 };
 use crate::error::PolicyError;
 use crate::policy::model::{PolicyKey, PolicyKind, Protocol};
+use crate::realization::RealizationQuery;
 use crate::service::{ImportAction, PolicyService};
 use crate::stream::{Interest, StreamMessage};
 use crate::trace::{SideTrace, TraceReason, TraceSubject};
@@ -470,6 +471,53 @@ impl PolicyApi for PolicyGrpc {
             ingress: Some(side_to_proto(&trace.ingress)),
             explanation: trace.explanation,
             revision: trace.revision,
+        }))
+    }
+
+    async fn get_policy_realization(
+        &self,
+        request: Request<pb::GetPolicyRealizationRequest>,
+    ) -> Result<Response<pb::GetPolicyRealizationResponse>, Status> {
+        let request = request.into_inner();
+        let mut policies = Vec::with_capacity(request.policies.len());
+        for (i, policy) in request.policies.into_iter().enumerate() {
+            if policy.name.is_empty() {
+                return Err(invalid(&format!("policies[{i}].name"), "required"));
+            }
+            policies.push(PolicyKey {
+                namespace: policy.namespace,
+                name: policy.name,
+            });
+        }
+        let realization = self
+            .service
+            .policy_realization(RealizationQuery {
+                policies,
+                identities: request.identities,
+                revision: request.revision,
+            })
+            .await
+            .map_err(status)?;
+        Ok(Response::new(pb::GetPolicyRealizationResponse {
+            revision: realization.revision,
+            compiler_revision: realization.compiler_revision,
+            pending: realization.pending() as u32,
+            min_realized_revision: realization.min_realized(),
+            endpoints: realization
+                .endpoints
+                .into_iter()
+                .map(|e| pb::EndpointRealization {
+                    node_name: e.node,
+                    endpoint_id: e.endpoint_id,
+                    pod: e
+                        .pod
+                        .map(|(namespace, name)| kino_api::types::PodRef { namespace, name }),
+                    identity: e.identity,
+                    realized_revision: e.realized_revision,
+                    realized: e.realized,
+                    reason: e.reason,
+                })
+                .collect(),
         }))
     }
 }

@@ -12,6 +12,7 @@
 //! - [`view`]: the compiler's view of the datastore at a revision, with change history.
 //! - [`stream`]: revisioned deltas for agents (WatchEndpointPolicy).
 //! - [`trace`]: verdicts explained (TracePolicy).
+//! - [`realization`]: whether the agents enforce a revision (GetPolicyRealization).
 //! - [`store`], [`sync`]: the datastore client and the watches feeding the view.
 //! - [`service`]: the domain behind the API; [`grpc`] translates; [`authorization`] says who
 //!   may call what; [`metrics`] reports it to Prometheus.
@@ -29,6 +30,7 @@ pub mod labels;
 pub mod metrics;
 pub mod policy;
 pub mod policy_map;
+pub mod realization;
 pub mod reference;
 pub mod selector;
 pub mod service;

@@ -18,8 +18,9 @@ use crate::labels::Labels;
 use crate::policy::model::{PolicyKey, PolicyKind, Protocol};
 use crate::policy::{ParseOutcome, parse_documents_until, validate};
 use crate::policy_map::{CompiledPolicy, NumericIdentity};
+use crate::realization::{self, NodeReport, Realization, RealizationQuery};
 use crate::selector::Selector;
-use crate::store::{KIND_POLICY, Store, WriteError, decode};
+use crate::store::{KIND_POLICY, KIND_REALIZATION, Store, WriteError, decode};
 use crate::stream::{Interest, StreamMessage, Subscriber};
 use crate::trace::{self, Trace, TraceSubject};
 use crate::view::View;
@@ -28,6 +29,9 @@ use crate::view::View;
 pub const DEFAULT_PAGE: usize = 500;
 /// Largest page size of list calls.
 pub const MAX_PAGE: usize = 5000;
+/// Longest GetPolicyRealization waits for the view to reach the revision asked about (a
+/// caller that polls asks again).
+pub const REALIZATION_VIEW_WAIT: Duration = Duration::from_secs(1);
 
 /// Settings of the service.
 #[derive(Clone, Debug)]
@@ -639,6 +643,51 @@ impl PolicyService {
     ) -> Result<Trace, PolicyError> {
         self.require_ready()?;
         trace::trace(&self.view(), source, destination, protocol, port)
+    }
+
+    // ---- realization -------------------------------------------------------------------
+
+    /// Compares what the agents report they enforce with a revision (0: the view's), for
+    /// the endpoints the query selects. Waits a little for the view to reach the revision.
+    pub async fn policy_realization(
+        &self,
+        mut query: RealizationQuery,
+    ) -> Result<Realization, PolicyError> {
+        self.require_ready()?;
+        for key in &query.policies {
+            check_key(key)?;
+        }
+        if query.revision < 0 {
+            return Err(PolicyError::invalid("revision", "negative"));
+        }
+        if query.revision == 0 {
+            query.revision = self.view().revision();
+        }
+        self.wait_for_revision(query.revision, REALIZATION_VIEW_WAIT)
+            .await;
+        let (records, _) = self.store.list_all(KIND_REALIZATION, "").await?;
+        let mut reports = std::collections::BTreeMap::new();
+        for record in &records {
+            // One unreadable report must not hide the others: that node counts as silent.
+            match decode::<pb::PolicyRealization>(record) {
+                Ok(stored) => {
+                    let report = NodeReport {
+                        revision: stored.value.revision,
+                        endpoints: stored
+                            .value
+                            .endpoints
+                            .iter()
+                            .map(|e| (e.endpoint_id, (e.identity, e.realized_revision)))
+                            .collect(),
+                    };
+                    reports.insert(stored.value.node_name.clone(), report);
+                }
+                Err(e) => {
+                    tracing::warn!(node = %record.name, error = %e, "ignoring an unreadable PolicyRealization record");
+                }
+            }
+        }
+        Ok(realization::compare(&self.view(), &query, &reports))
     }
 
     // ---- streams -----------------------------------------------------------------------

@@ -20,6 +20,8 @@ pub const KIND_IDENTITY: &str = "Identity";
 pub const KIND_ENDPOINT: &str = "Endpoint";
 /// Kind of node records (written by agents).
 pub const KIND_NODE: &str = "Node";
+/// Kind of the agents' realization reports (read on demand, never watched).
+pub const KIND_REALIZATION: &str = "PolicyRealization";
 /// Largest page the gateway serves.
 pub use kino_service_kit::records::MAX_PAGE;
 
@@ -43,6 +45,10 @@ impl Spec for kino_api::agent::Endpoint {
 
 impl Spec for kino_api::types::Node {
     const MESSAGE: &'static str = "kino.types.v1.Node";
+}
+
+impl Spec for kino_api::policy::PolicyRealization {
+    const MESSAGE: &'static str = "kino.policy.v1.PolicyRealization";
 }
 
 /// A record with its datastore metadata.

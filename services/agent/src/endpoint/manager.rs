@@ -253,12 +253,16 @@ struct Inner {
     unconfirmed_prefixes: std::collections::BTreeSet<IpPrefix>,
 }
 
-/// One identity's compiled policy as the stream delivered it.
+/// One identity's compiled policy as the stream delivered it (or as fetched at an ADD or a
+/// label change, before the stream covers the identity).
 #[derive(Clone, Debug, Default)]
 struct IdentityPolicy {
     enforcement: Enforcement,
     entries: BTreeMap<PolicyKey, Verdict>,
     revision: i64,
+    /// The stream delivered it: it follows every synced step from then on. A fetched
+    /// policy is only known to be current at its own revision.
+    streamed: bool,
 }
 
 impl IdentityPolicy {
@@ -1440,6 +1444,16 @@ impl EndpointManager {
         Ok((adopted.len(), removed))
     }
 
+    /// The datastore-gateway client (for the policy sync's realization reports).
+    pub fn datastore_client(&self) -> DatastoreServiceClient<TracedChannel> {
+        self.datastore.clone()
+    }
+
+    /// The datastore-gateway's address, for messages.
+    pub fn datastore_target(&self) -> &str {
+        &self.config.datastore_target
+    }
+
     /// The policy-compiler client (for the policy sync).
     pub fn policy_client(&self) -> PolicyServiceClient<TracedChannel> {
         self.policy.clone()
@@ -1453,6 +1467,40 @@ impl EndpointManager {
     /// The last synced policy revision applied.
     pub async fn realized_revision(&self) -> i64 {
         self.inner.lock().await.realized_revision
+    }
+
+    /// What the datapath realizes: the stream's last synced revision and, per endpoint, the
+    /// revision whose policy its map holds — the synced revision once the stream delivers
+    /// its identity's policy; before that (fetched at ADD or at a label change) the fetched
+    /// policy's revision, capped by the synced one (the ipcache is the stream's).
+    pub async fn realization(&self) -> Realization {
+        let inner = self.inner.lock().await;
+        let synced = inner.realized_revision;
+        let endpoints = inner
+            .endpoints
+            .values()
+            .map(|e| {
+                let revision = if e.identity == 0 {
+                    // No policy can select an endpoint without labels: nothing to realize.
+                    synced
+                } else {
+                    match inner.identity_policies.get(&e.identity) {
+                        Some(p) if p.streamed => synced,
+                        Some(p) => p.revision.min(synced),
+                        None => 0,
+                    }
+                };
+                RealizedEndpoint {
+                    id: e.id,
+                    identity: e.identity,
+                    revision,
+                }
+            })
+            .collect();
+        Realization {
+            revision: synced,
+            endpoints,
+        }
     }
 
     /// Applies one `WatchEndpointPolicy` message: each identity's update to every local
@@ -1515,6 +1563,7 @@ impl EndpointManager {
                     let cached = inner.identity_policies.entry(identity).or_default();
                     cached.enforcement = update.enforcement;
                     cached.revision = update.revision;
+                    cached.streamed = true;
                     match &update.entries {
                         EntryChange::Replace(all) => cached.entries = all.clone(),
                         EntryChange::Delta { upserts, deletes } => {
@@ -1602,6 +1651,26 @@ impl EndpointManager {
         }
         Ok(())
     }
+}
+
+/// What a node's datapath enforces (reported as the node's `PolicyRealization` record).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Realization {
+    /// The last synced revision of the policy stream applied.
+    pub revision: i64,
+    /// Every endpoint, by id.
+    pub endpoints: Vec<RealizedEndpoint>,
+}
+
+/// The realized policy revision of one endpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RealizedEndpoint {
+    /// Endpoint id.
+    pub id: u32,
+    /// Its identity.
+    pub identity: u32,
+    /// Its datapath enforces every policy written at or before this revision (0: none yet).
+    pub revision: i64,
 }
 
 /// The CNI-facing answer for an endpoint: its interfaces (lxc, then the pod side), its

@@ -216,6 +216,7 @@ impl AgentService for AgentGrpc {
     ) -> Result<Response<StatusResponse>, Status> {
         let pin = self.manager.pin_dir().await;
         let count = self.manager.count().await;
+        let policy_revision = self.manager.realized_revision().await;
         let network = self.manager.network();
         Ok(Response::new(StatusResponse {
             ready: true,
@@ -245,7 +246,7 @@ impl AgentService for AgentGrpc {
             pod_cidrs: network.pod_cidrs.clone(),
             bpf_pin_path: pin.display().to_string(),
             endpoint_count: count as u32,
-            policy_revision: 0,
+            policy_revision,
             peer_addresses: self.info.peers.clone(),
         }))
     }

@@ -29,7 +29,7 @@ pub struct AgentDetail {
     pub pod_cidrs: Vec<String>,
     /// Where the BPF maps are pinned.
     pub bpf_pin_path: String,
-    /// Policy revision received from the compiler.
+    /// Policy revision realized: the compiler's stream applied up to it.
     pub policy_revision: i64,
     /// The node devices (kino_host, kino_net, kino_vxlan).
     pub devices: Vec<DeviceDetail>,
@@ -149,8 +149,9 @@ pub fn describe_agent(a: &AgentDetail) -> String {
     )
 }
 
-/// The section under the table: everything the agent reported.
-pub fn render_agent_section(a: &AgentDetail) -> String {
+/// The section under the table: everything the agent reported, its realized policy
+/// revision beside the latest one (`latest`: the policy-compiler's, when it answered).
+pub fn render_agent_section(a: &AgentDetail, latest: Option<i64>) -> String {
     let mut out = String::new();
     let _ = writeln!(out, "Agent on node {}:", a.node_name);
     let none = |list: &[String]| {
@@ -168,7 +169,19 @@ pub fn render_agent_section(a: &AgentDetail) -> String {
         ("endpoints", a.endpoint_count.to_string()),
         ("pod CIDRs", none(&a.pod_cidrs)),
         ("BPF maps", a.bpf_pin_path.clone()),
-        ("policy revision", a.policy_revision.to_string()),
+        (
+            "policy revision",
+            match latest {
+                Some(latest) if latest > a.policy_revision => {
+                    format!("{} realized, latest {latest} (behind)", a.policy_revision)
+                }
+                Some(latest) => format!("{} realized, latest {latest}", a.policy_revision),
+                None => format!(
+                    "{} realized (latest unknown: the policy-compiler did not answer)",
+                    a.policy_revision
+                ),
+            },
+        ),
     ];
     for (key, value) in rows {
         let _ = writeln!(out, "  {:<20}{value}", format!("{key}:"));
@@ -269,7 +282,7 @@ pub(crate) mod tests {
 
     #[test]
     fn agent_section_lists_devices_and_components() {
-        let section = render_agent_section(&AgentDetail::from(sample_status()));
+        let section = render_agent_section(&AgentDetail::from(sample_status()), Some(0));
         let expected = "\
 Agent on node node-1:
   ready:              yes
@@ -279,7 +292,7 @@ Agent on node node-1:
   endpoints:          2
   pod CIDRs:          10.0.1.0/24
   BPF maps:           /sys/fs/bpf/kino/node-1
-  policy revision:    0
+  policy revision:    0 realized, latest 0
   devices:
     kino_host   ifindex 5     5e:00:00:00:00:05   10.0.1.1/32
     kino_net    ifindex 6     5e:00:00:00:00:06   -

@@ -8,7 +8,7 @@
 //! node goes: mark the Node record (`deletion_time`, so the node's agent waits and an
 //! interrupted deletion is finished by [`Ipam::finish_deletion`]), delete its Endpoint
 //! records (its pods leave every ipcache), give back its blocks and addresses in every pool,
-//! delete its NodeHealth, and last its Node record.
+//! delete its NodeHealth and PolicyRealization, and last its Node record.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
@@ -23,6 +23,9 @@ use crate::records::{Allocation, NodeBlocks, Spec};
 
 /// Datastore kind of the agents' endpoint records (namespace = node name).
 pub const ENDPOINT_KIND: &str = "Endpoint";
+/// The kind of what a node's datapath enforces (written by its agent, `kino.policy.v1`);
+/// it goes with the node.
+pub const POLICY_REALIZATION_KIND: &str = "PolicyRealization";
 
 /// How long a marked Node may stay before another replica (or this one, after a restart)
 /// finishes its deletion: a deletion in progress takes well under this, so the finisher does
@@ -256,9 +259,11 @@ impl Ipam {
             .iter()
             .flat_map(|r| r.blocks.iter().map(|b| b.cidr))
             .collect();
-        match self.store.delete(NodeHealth::KIND, "", name, 0).await {
-            Ok(()) | Err(WriteError::NotFound) => {}
-            Err(e) => return Err(e.into_error(&format!("deleting NodeHealth {name}"))),
+        for kind in [NodeHealth::KIND, POLICY_REALIZATION_KIND] {
+            match self.store.delete(kind, "", name, 0).await {
+                Ok(()) | Err(WriteError::NotFound) => {}
+                Err(e) => return Err(e.into_error(&format!("deleting {kind} {name}"))),
+            }
         }
         self.delete_marked(name, marked).await?;
         tracing::info!(node = %name, endpoints = deleted_endpoints, blocks = released.len(), addresses = freed.len(),

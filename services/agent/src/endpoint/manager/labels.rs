@@ -299,6 +299,7 @@ impl EndpointManager {
             enforcement: converted.enforcement,
             entries,
             revision: converted.revision,
+            streamed: false,
         }))
     }
 
