@@ -103,8 +103,17 @@ fn text(out: &Output) -> String {
     )
 }
 
-fn released_list(commit: &str) -> String {
-    ["agent", "datastore", "flow", "ipam", "policy", "types"]
+/// Every v1 package under `repo`'s proto/kino, each released at `commit`.
+fn released_list(repo: &Path, commit: &str) -> String {
+    let mut packages: Vec<String> = std::fs::read_dir(repo.join("proto/kino"))
+        .unwrap()
+        .map(|entry| entry.unwrap().path())
+        .filter(|dir| dir.join("v1").is_dir())
+        .map(|dir| dir.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    packages.sort();
+    assert!(packages.len() > 5, "proto/kino holds {packages:?}");
+    packages
         .iter()
         .map(|p| format!("kino.{p}.v1 {commit}\n"))
         .collect()
@@ -122,7 +131,11 @@ fn a_break_spread_over_commits_fails_against_the_release() {
     copy_dir(&repo_root().join("proto"), &repo.join("proto"));
     std::fs::remove_file(repo.join("proto/released-v1.txt")).ok();
     let release = commit(repo, "v1 released");
-    std::fs::write(repo.join("proto/released-v1.txt"), released_list(&release)).unwrap();
+    std::fs::write(
+        repo.join("proto/released-v1.txt"),
+        released_list(repo, &release),
+    )
+    .unwrap();
     commit(repo, "record the release");
     // A field is removed, then an unrelated commit follows.
     let ipam = repo.join("proto/kino/ipam/v1/ipam.proto");

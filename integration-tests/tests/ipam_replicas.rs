@@ -774,6 +774,8 @@ async fn a_release_whose_answer_is_lost_never_frees_a_reused_address() {
             format!("127.0.0.1:{gateway_port}"),
             "--data-file".into(),
             dir.join("datastore.redb").display().to_string(),
+            // The lost answer, not trust: plaintext (tests/trust.rs covers mTLS).
+            "--insecure".into(),
         ],
         &[],
         dir,

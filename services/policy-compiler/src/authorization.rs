@@ -28,6 +28,8 @@ pub static AUTHORIZATION: &[MethodRule] = &[
     ("/kino.policy.v1.PolicyService/WatchEndpointPolicy", READ),
     ("/kino.policy.v1.PolicyService/GetEndpointPolicy", READ),
     ("/kino.policy.v1.PolicyService/TracePolicy", READ),
+    // Which endpoints enforce a revision (`kino policy import --wait`, `kino status`).
+    ("/kino.policy.v1.PolicyService/GetPolicyRealization", READ),
 ];
 
 #[cfg(test)]

@@ -21,7 +21,7 @@ use kino_policy_compiler::grpc::PolicyGrpc;
 use kino_policy_compiler::policy::bounds::{MAX_DOCUMENT_BYTES, MAX_NESTING_DEPTH};
 use kino_policy_compiler::service::{PolicyService, ServiceOptions};
 use kino_policy_compiler::store::Store;
-use kino_service_kit::{ClientTlsArgs, Listener, ServeSpec, serve};
+use kino_service_kit::{ClientTlsArgs, Listener, ServeSpec, TlsArgs, serve};
 use tonic::Code;
 use tonic::transport::Channel;
 use tonic_health::pb::HealthCheckRequest;
@@ -64,6 +64,10 @@ impl Served {
                     .expect("test alive");
                 serve(
                     ServeSpec::on_listener("kino-policy-compiler", listener)
+                        // Bounded work, not trust: plaintext (integration-tests' trust.rs
+                        // covers mTLS).
+                        .with_tls(TlsArgs::insecure())
+                        .with_authorization(kino_policy_compiler::authorization::AUTHORIZATION)
                         .add_service(PolicyGrpc::new(service).into_server())
                         .with_shutdown(async move {
                             let _ = stopped.await;
