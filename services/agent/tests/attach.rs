@@ -270,7 +270,7 @@ fn lxcs_of_a_tcx_agent_are_adopted_and_deleted() {
                 .expect("lookup")
                 .is_none()
         );
-        assert!(!b.ping(a.ip));
+        assert!(b.ping_dropped(a.ip));
     });
 }
 

@@ -402,7 +402,7 @@ fn replies_of_allowed_connections_pass_when_churn_evicted_their_entries() {
 
         // New connections the other way are still not replies of anything.
         let _a_server = a.serve(&[9000]);
-        assert!(!b.tcp(a.ip, 9000), "b opened a connection to a");
+        assert!(b.tcp_dropped(a.ip, 9000), "b opened a connection to a");
         assert!(
             denied(&datapath) > before,
             "b's SYN was not dropped by policy"

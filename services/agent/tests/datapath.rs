@@ -53,16 +53,14 @@ impl Pod {
         lxc_name(&self.container_id, "eth0")
     }
 
+    /// Pings `to` (from the address `from` when given); true once answered.
     fn ping(&self, to: Ipv4Addr, from: Option<Ipv4Addr>) -> bool {
-        let mut args = vec!["ip", "netns", "exec", &self.ns_name];
-        let to = to.to_string();
-        let from = from.map(|f| f.to_string());
-        args.extend(["ping", "-n", "-c", "2", "-i", "0.2", "-W", "1"]);
-        if let Some(from) = &from {
-            args.extend(["-I", from]);
-        }
-        args.push(&to);
-        run(&args).status.success()
+        support::ping_from_ns(&self.ns_name, to, from)
+    }
+
+    /// Pings `to` (from `from` when given); true if not answered.
+    fn ping_dropped(&self, to: Ipv4Addr, from: Option<Ipv4Addr>) -> bool {
+        support::ping_from_ns_dropped(&self.ns_name, to, from)
     }
 }
 
@@ -255,7 +253,10 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
             "eth0",
         ]);
         let before = counters(&datapath, a.id);
-        assert!(!a.ping(b.ip, Some(spoofed)), "a spoofed ping reached b");
+        assert!(
+            a.ping_dropped(b.ip, Some(spoofed)),
+            "a spoofed ping reached b"
+        );
         let after_a = counters(&datapath, a.id);
         assert!(
             after_a.dropped(DropReason::SpoofedSource) >= 2,
@@ -280,7 +281,10 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
             "dev",
             "eth0",
         ]);
-        assert!(!a.ping(b.ip, Some(c.ip)), "a ping posing as c reached b");
+        assert!(
+            a.ping_dropped(b.ip, Some(c.ip)),
+            "a ping posing as c reached b"
+        );
         assert!(counters(&datapath, a.id).dropped(DropReason::SpoofedSource) >= 4);
         run_ok(&[
             "ip",
@@ -374,7 +378,7 @@ fn pods_reach_each_other_and_the_node_through_the_programs() {
         delete_endpoint(&netlink, &mut datapath, &c.lxc(), Some(c.ip))
             .await
             .expect("delete c again");
-        assert!(!a.ping(c.ip, None), "a still reaches the deleted c");
+        assert!(a.ping_dropped(c.ip, None), "a still reaches the deleted c");
 
         // Deleting works when the pod's namespace is already gone.
         run_ok(&["ip", "netns", "del", &pod_b_ns]);

@@ -202,8 +202,8 @@ fn policy_drops_and_new_connections_become_flows_with_both_pods() {
         let _server = web.serve(&[80, 8080]);
 
         // Denied: TCP to web:80 (no entry: default deny at web's ingress), and a ping.
-        assert!(!client.tcp(web.ip, 80), "web:80 must be denied");
-        assert!(!client.ping(web.ip), "the ping must be denied");
+        assert!(client.tcp_dropped(web.ip, 80), "web:80 must be denied");
+        assert!(client.ping_dropped(web.ip), "the ping must be denied");
         let denied = only(FlowFilter {
             verdict: vec![kino_api::flow::Verdict::Dropped],
             drop_reason: vec![ApiDropReason::PolicyDenied],
@@ -319,7 +319,7 @@ fn policy_drops_and_new_connections_become_flows_with_both_pods() {
             "dev",
             "eth0",
         ]);
-        assert!(!support::ping_from_ns(
+        assert!(support::ping_from_ns_dropped(
             &client.ns_name,
             web.ip,
             Some(Ipv4Addr::new(10, 244, 0, 99))

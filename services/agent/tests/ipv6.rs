@@ -24,7 +24,7 @@ use kino_agent::endpoint::{delete_endpoint_with, lxc_name};
 use kino_agent::netlink::Netlink;
 use support::{
     GATEWAY, GATEWAY_V6, Pod, World, counters, in_netns, in_node, kernel_tests_possible,
-    node_with_dual_stack_pods, ping_ip_from_ns, run, run_ok,
+    node_with_dual_stack_pods, ping_ip_from_ns, ping_ip_from_ns_dropped, run, run_ok,
 };
 
 /// Identities of the pods in the policy test (cluster identities start at 256).
@@ -381,7 +381,7 @@ fn dual_stack_pods_talk_over_ipv6_through_the_programs() {
         let before = counters(&datapath, a.id);
         let spoofed_source: IpAddr = spoofed.parse().expect("v6");
         assert!(
-            !ping_ip_from_ns(&a.ns_name, b.ip6().into(), Some(spoofed_source)),
+            ping_ip_from_ns_dropped(&a.ns_name, b.ip6().into(), Some(spoofed_source)),
             "a spoofed IPv6 ping reached b"
         );
         let after = counters(&datapath, a.id);
@@ -406,7 +406,7 @@ fn dual_stack_pods_talk_over_ipv6_through_the_programs() {
             "nodad",
         ]);
         assert!(
-            !ping_ip_from_ns(&a.ns_name, GATEWAY_V6.into(), Some(b.ip6().into())),
+            ping_ip_from_ns_dropped(&a.ns_name, GATEWAY_V6.into(), Some(b.ip6().into())),
             "a ping posing as b reached the gateway"
         );
         assert!(
@@ -457,7 +457,7 @@ fn dual_stack_pods_talk_over_ipv6_through_the_programs() {
         );
         let routes = in_ns(&node_ns, &["ip", "-6", "route"]);
         assert!(!routes.contains(&b.ip6().to_string()), "{routes}");
-        assert!(!a.ping(b.ip6()), "a still reaches the deleted b");
+        assert!(a.ping_dropped(b.ip6()), "a still reaches the deleted b");
         assert!(a.ping(GATEWAY_V6), "a lost its gateway");
     });
 }
@@ -510,8 +510,8 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
         );
         assert_eq!(both(&|ip| a.tcp(ip, 80)), (true, true), "TCP 80 from A");
         assert_eq!(
-            both(&|ip| a.tcp(ip, 81)),
-            (false, false),
+            both(&|ip| a.tcp_dropped(ip, 81)),
+            (true, true),
             "TCP 81 is denied"
         );
         assert_eq!(
@@ -519,7 +519,7 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
             (true, true),
             "UDP 81 from anyone"
         );
-        assert_eq!(both(&|ip| a.ping(ip)), (false, false), "no ICMP rule");
+        assert_eq!(both(&|ip| a.ping_dropped(ip)), (true, true), "no ICMP rule");
         let denied = counters(&datapath, b.id).dropped(DropReason::PolicyDeniedIngress);
         assert!(denied >= 4, "{denied}");
 
@@ -534,7 +534,7 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
                 Verdict::Allow,
             )],
         );
-        assert_eq!(both(&|ip| a.ping(ip)), (true, false), "ICMP rule");
+        assert!(a.ping(b.ip) && a.ping_dropped(b.ip6()), "ICMP rule");
         set(
             &mut datapath,
             b.id,
@@ -544,7 +544,7 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
                 Verdict::Allow,
             )],
         );
-        assert_eq!(both(&|ip| a.ping(ip)), (false, true), "ICMPv6 rule");
+        assert!(a.ping_dropped(b.ip) && a.ping(b.ip6()), "ICMPv6 rule");
 
         // A deny of everything from A beats the allow-all for every peer, in both families.
         set(
@@ -559,7 +559,11 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
                 (PolicyKey::any_port(Direction::Ingress, A, 0), Verdict::Deny),
             ],
         );
-        assert_eq!(both(&|ip| a.tcp(ip, 80)), (false, false), "A is denied");
+        assert_eq!(
+            both(&|ip| a.tcp_dropped(ip, 80)),
+            (true, true),
+            "A is denied"
+        );
         assert!(
             ping_ip_from_ns(&node_ns, b.ip6().into(), None),
             "the node (host) is allowed"
@@ -589,10 +593,13 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
             "ip", "netns", "exec", &node_ns, "ip", "-6", "neigh", "flush", "all",
         ]);
         assert!(
-            !a.ping(GATEWAY_V6),
+            a.ping_dropped(GATEWAY_V6),
             "ICMPv6 echo to the host is not allowed"
         );
-        assert!(!a.ping(GATEWAY), "ICMP echo to the host is not allowed");
+        assert!(
+            a.ping_dropped(GATEWAY),
+            "ICMP echo to the host is not allowed"
+        );
         let neighbour = in_ns(
             &a.ns_name,
             &["ip", "-6", "neigh", "show", &GATEWAY_V6.to_string()],
@@ -602,7 +609,7 @@ fn ipv6_is_enforced_like_ipv4_and_neighbour_discovery_never_is() {
             "a did not resolve its gateway under a deny-all policy: {neighbour:?}"
         );
         assert!(
-            !ping_ip_from_ns(&node_ns, a.ip6().into(), None),
+            ping_ip_from_ns_dropped(&node_ns, a.ip6().into(), None),
             "a's ingress lets no echo in"
         );
         let node_neighbour = in_ns(

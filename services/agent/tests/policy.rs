@@ -23,7 +23,7 @@ use kino_agent::datapath::{
 use kino_agent::endpoint::{delete_endpoint, lxc_name};
 use support::{
     GATEWAY, Pod, World, counters, exchange, in_node, kernel_tests_possible, node_with_pods,
-    ping_from_ns, run_ok, tcp_connect,
+    ping_from_ns, ping_from_ns_dropped, run_ok, tcp_connect,
 };
 
 /// Identities of the pods (cluster identities start at 256).
@@ -165,8 +165,11 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
         // Enforcement on with no entry: default deny in that direction only.
         set(&mut datapath, b.id, INGRESS, &[]);
         let before = dropped(&datapath, b.id, DropReason::PolicyDeniedIngress);
-        assert!(!a.tcp(b.ip, 80), "default deny let a TCP connection in");
-        assert!(!a.ping(b.ip), "default deny let a ping in");
+        assert!(
+            a.tcp_dropped(b.ip, 80),
+            "default deny let a TCP connection in"
+        );
+        assert!(a.ping_dropped(b.ip), "default deny let a ping in");
         assert!(
             dropped(&datapath, b.id, DropReason::PolicyDeniedIngress) >= before + 3,
             "{:?}",
@@ -189,7 +192,7 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
             a.tcp(b.ip, 80) && a.tcp(b.ip, 8080) && a.ping(b.ip),
             "A is allowed"
         );
-        assert!(!c.tcp(b.ip, 80) && !c.ping(b.ip), "C is not");
+        assert!(c.tcp_dropped(b.ip, 80) && c.ping_dropped(b.ip), "C is not");
 
         // By port, from every peer.
         set(
@@ -199,8 +202,8 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
             &[allow(port(Ingress, 0, TCP, 80))],
         );
         assert!(a.tcp(b.ip, 80) && c.tcp(b.ip, 80), "port 80 from anyone");
-        assert!(!a.tcp(b.ip, 8080), "another port");
-        assert!(!a.ping(b.ip), "another protocol");
+        assert!(a.tcp_dropped(b.ip, 8080), "another port");
+        assert!(a.ping_dropped(b.ip), "another protocol");
 
         // By port range.
         set(
@@ -210,8 +213,11 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
             &[allow(PolicyKey::range(Ingress, A, TCP, 8000, 8009))],
         );
         assert!(a.tcp(b.ip, 8000) && a.tcp(b.ip, 8005), "inside the range");
-        assert!(!a.tcp(b.ip, 8010) && !a.tcp(b.ip, 80), "outside the range");
-        assert!(!c.tcp(b.ip, 8005), "the range is for A only");
+        assert!(
+            a.tcp_dropped(b.ip, 8010) && a.tcp_dropped(b.ip, 80),
+            "outside the range"
+        );
+        assert!(c.tcp_dropped(b.ip, 8005), "the range is for A only");
 
         // Deny wins over allow: a peer's deny under an allow for every peer ...
         set(
@@ -224,7 +230,7 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
             ],
         );
         assert!(a.tcp(b.ip, 80), "A is allowed everything");
-        assert!(!c.tcp(b.ip, 80), "C's port 80 is denied");
+        assert!(c.tcp_dropped(b.ip, 80), "C's port 80 is denied");
         assert!(
             c.tcp(b.ip, 8080) && c.ping(b.ip),
             "the rest of C is allowed"
@@ -241,7 +247,7 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
         );
         assert!(a.tcp(b.ip, 80), "A's allow");
         assert!(
-            !a.tcp(b.ip, 8080),
+            a.tcp_dropped(b.ip, 8080),
             "the deny for everyone wins over A's allow"
         );
         // ... and the compiler's form of a port denied inside an allowed range.
@@ -255,9 +261,9 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
                 allow(PolicyKey::range(Ingress, A, TCP, 81, 1000)),
             ],
         );
-        assert!(!a.tcp(b.ip, 80), "the hole");
+        assert!(a.tcp_dropped(b.ip, 80), "the hole");
         assert!(a.tcp(b.ip, 443), "the range around it");
-        assert!(!a.tcp(b.ip, 8000), "past the range");
+        assert!(a.tcp_dropped(b.ip, 8000), "past the range");
         // Entries of a direction that is not enforced do nothing, denies included.
         set(&mut datapath, b.id, NONE, &[deny(every(Ingress, 0, ANY))]);
         assert!(a.tcp(b.ip, 80) && c.ping(b.ip), "not enforced");
@@ -272,9 +278,9 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
         );
         let before = dropped(&datapath, a.id, DropReason::PolicyDenied);
         assert!(a.tcp(b.ip, 80), "a may reach b:80");
-        assert!(!a.tcp(b.ip, 443), "but not b:443");
-        assert!(!a.ping(c.ip), "nor c");
-        assert!(!a.ping(GATEWAY), "nor the node");
+        assert!(a.tcp_dropped(b.ip, 443), "but not b:443");
+        assert!(a.ping_dropped(c.ip), "nor c");
+        assert!(a.ping_dropped(GATEWAY), "nor the node");
         // The node by its identity (host, from the ipcache), added as a delta.
         delta(
             &mut datapath,
@@ -283,7 +289,7 @@ fn identity_port_and_range_rules_decide_who_gets_through() {
             &[],
         );
         assert!(a.ping(GATEWAY), "host is allowed now");
-        assert!(!a.ping(c.ip), "c still is not");
+        assert!(a.ping_dropped(c.ip), "c still is not");
         let denied = dropped(&datapath, a.id, DropReason::PolicyDenied);
         assert!(denied >= before + 5, "{:?}", counters(&datapath, a.id));
         assert_eq!(
@@ -410,7 +416,7 @@ fn cidr_rules_match_through_ipcache_identities() {
             &[allow(every(Egress, CIDR_ID, ANY))],
         );
         assert!(a.ping(cidr_host), "192.0.2.0/24 is allowed");
-        assert!(!a.ping(world_host), "198.51.100.10 is world");
+        assert!(a.ping_dropped(world_host), "198.51.100.10 is world");
         // The ipcache decides: without the CIDR's entry its hosts are world too — also for a
         // connection that is running ...
         let _outside_server = support::EchoServer::start(&outside_path, &[7]);
@@ -420,9 +426,9 @@ fn cidr_rules_match_through_ipcache_identities() {
             "a -> 192.0.2.10:7 (CIDR identity)"
         );
         assert!(datapath.ipcache_mut().remove(&cidr).expect("remove"));
-        assert!(!flow.exchange(), "the running flow is now to world");
+        assert!(flow.exchange_dropped(), "the running flow is now to world");
         assert!(
-            !a.ping(cidr_host),
+            a.ping_dropped(cidr_host),
             "192.0.2.10 is world without its CIDR identity"
         );
         // ... and with it back, allowed again, with no change to the policy.
@@ -454,13 +460,13 @@ fn cidr_rules_match_through_ipcache_identities() {
             "from 192.0.2.10 (CIDR identity)"
         );
         assert!(
-            !ping_from_ns(&outside_ns, b.ip, Some(world_host)),
+            ping_from_ns_dropped(&outside_ns, b.ip, Some(world_host)),
             "from 198.51.100.10 (world)"
         );
         assert!(dropped(&datapath, b.id, DropReason::PolicyDeniedIngress) >= before + 2);
         // The node is host (its addresses are in the ipcache as host).
         assert!(
-            !ping_from_ns(&node_ns, b.ip, Some(GATEWAY)),
+            ping_from_ns_dropped(&node_ns, b.ip, Some(GATEWAY)),
             "host is not allowed yet"
         );
         delta(
@@ -531,8 +537,8 @@ fn conntrack_passes_replies_but_not_new_connections_back() {
         assert!(a.ping(b.ip), "echo replies are tracked");
         // New connections the other way are not replies.
         let before = dropped(&datapath, b.id, DropReason::PolicyDenied);
-        assert!(!b.tcp(a.ip, 80), "b opened a connection to a");
-        assert!(!b.ping(a.ip), "b pinged a");
+        assert!(b.tcp_dropped(a.ip, 80), "b opened a connection to a");
+        assert!(b.ping_dropped(a.ip), "b pinged a");
         assert!(dropped(&datapath, b.id, DropReason::PolicyDenied) >= before + 3);
 
         // Both points recorded the connection, as `kino bpf ct list` shows.
@@ -637,8 +643,12 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
         let _server = b.serve(&[5353]);
         use Direction::Ingress;
         let dns = port(Ingress, A, UDP, 5353);
+        // n exchanges expected to be answered / dropped: how many were.
         let exchanges =
             |flow: &mut support::UdpFlow, n: usize| (0..n).filter(|_| flow.exchange()).count();
+        let drops = |flow: &mut support::UdpFlow, n: usize| {
+            (0..n).filter(|_| flow.exchange_dropped()).count()
+        };
 
         // One UDP flow (one 5-tuple, tracked) runs through every change below.
         let mut flow = a.udp(b.ip, 5353);
@@ -648,15 +658,15 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
         // A deny added while the flow runs stops it at once ...
         let before = dropped(&datapath, b.id, DropReason::PolicyDeniedIngress);
         delta(&mut datapath, b.id, &[deny(dns)], &[]);
-        assert_eq!(exchanges(&mut flow, 3), 0, "denied");
+        assert_eq!(drops(&mut flow, 3), 3, "denied");
         assert!(dropped(&datapath, b.id, DropReason::PolicyDeniedIngress) >= before + 3);
         // ... and removed, lets it through again.
         delta(&mut datapath, b.id, &[allow(dns)], &[]);
         assert_eq!(exchanges(&mut flow, 3), 3, "allowed again");
         delta(&mut datapath, b.id, &[], &[dns]);
         assert_eq!(
-            exchanges(&mut flow, 2),
-            0,
+            drops(&mut flow, 2),
+            2,
             "the allow was removed: default deny"
         );
         let range = PolicyKey::range(Ingress, A, UDP, 5300, 5399);
@@ -682,7 +692,7 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
         // (its verdict cached in conntrack is dropped with each change).
         let generation = datapath.policy().generation(b.id).expect("generation");
         delta(&mut datapath, b.id, &[], &[range]);
-        assert_eq!(exchanges(&mut flow, 2), 0, "no entry: default deny");
+        assert_eq!(drops(&mut flow, 2), 2, "no entry: default deny");
         datapath
             .policy_mut()
             .set_enforcement(b.id, NONE, 5)
@@ -692,7 +702,7 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
             .policy_mut()
             .set_enforcement(b.id, INGRESS, 6)
             .expect("enforcement on");
-        assert_eq!(exchanges(&mut flow, 2), 0, "enforced again");
+        assert_eq!(drops(&mut flow, 2), 2, "enforced again");
         assert!(datapath.policy().generation(b.id).expect("generation") > generation);
         delta(&mut datapath, b.id, &[allow(range)], &[]);
         assert_eq!(exchanges(&mut flow, 2), 2, "allowed by the range again");
@@ -707,7 +717,7 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
             ..entry.clone()
         };
         datapath.maps_mut().upsert(&as_c).expect("a becomes C");
-        assert_eq!(exchanges(&mut flow, 2), 0, "a as C is denied");
+        assert_eq!(drops(&mut flow, 2), 2, "a as C is denied");
         datapath.maps_mut().upsert(&entry).expect("a is A again");
         assert_eq!(exchanges(&mut flow, 2), 2, "a as A is allowed");
 
@@ -769,7 +779,7 @@ fn policy_changes_apply_to_running_traffic_and_survive_a_reload() {
         );
         assert_eq!(exchanges(&mut flow, 2), 2, "after the reload");
         delta(&mut datapath, b.id, &[deny(range)], &[]);
-        assert_eq!(exchanges(&mut flow, 2), 0, "a deny by the new loader");
+        assert_eq!(drops(&mut flow, 2), 2, "a deny by the new loader");
 
         // Deleting the endpoint takes its policy and ipcache entry with it.
         delete_endpoint(

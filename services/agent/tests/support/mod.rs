@@ -29,8 +29,16 @@ static NEXT_WORLD: AtomicU32 = AtomicU32::new(0);
 pub const GATEWAY: Ipv4Addr = Ipv4Addr::new(10, 244, 0, 1);
 /// The pods' IPv6 gateway in every dual-stack test world (an address inside the world).
 pub const GATEWAY_V6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 1);
-/// How long a connection attempt or an answer may take before it counts as dropped.
-pub const TIMEOUT: Duration = Duration::from_millis(400);
+/// How long a probe that should be answered waits for its answer. Generous: on a loaded
+/// machine (CI, tests running side by side) scheduling the echo server or the client can take
+/// seconds, and what the test checks is that the answer comes, not how soon. A wrong drop is
+/// still caught, only later.
+pub const ANSWER_WAIT: Duration = Duration::from_secs(10);
+/// How long a probe that should be dropped waits before it counts as dropped. A policy drop is
+/// silent, so "dropped" can only mean "no answer within this"; a packet wrongly let through is
+/// answered in well under it on an idle machine (and the tests that expect drops also check
+/// the drop counters, which do not depend on time).
+pub const DROP_WAIT: Duration = Duration::from_millis(400);
 
 /// Whether this machine can run kernel tests; skips (or fails under CI) saying why not.
 pub fn kernel_tests_possible(test: &str) -> bool {
@@ -264,9 +272,16 @@ impl Pod {
         spec
     }
 
-    /// Pings `to` (2 packets, 0.2 s apart) from `from` if given; true if answered.
+    /// Pings `to` from this pod; true once both of 2 echoes are answered (within
+    /// [`ANSWER_WAIT`]).
     pub fn ping(&self, to: impl Into<IpAddr>) -> bool {
         ping_ip_from_ns(&self.ns_name, to.into(), None)
+    }
+
+    /// Pings `to` from this pod; true if neither of 2 echoes (0.2 s apart) is answered
+    /// within a second.
+    pub fn ping_dropped(&self, to: impl Into<IpAddr>) -> bool {
+        ping_ip_from_ns_dropped(&self.ns_name, to.into(), None)
     }
 
     /// An echo server on `port` (TCP and UDP) in this pod.
@@ -280,9 +295,16 @@ impl Pod {
         EchoServer::start_on(&self.netns, &addresses, ports)
     }
 
-    /// A TCP connection to `to:port` from this pod that exchanges one byte; true if it did.
+    /// A TCP connection to `to:port` from this pod that exchanges one byte; true if it did
+    /// (within [`ANSWER_WAIT`]).
     pub fn tcp(&self, to: impl Into<IpAddr>, port: u16) -> bool {
         tcp_exchange(&self.netns, to, port)
+    }
+
+    /// A TCP connection attempt to `to:port` from this pod; true if it did not open and
+    /// exchange a byte within [`DROP_WAIT`].
+    pub fn tcp_dropped(&self, to: impl Into<IpAddr>, port: u16) -> bool {
+        tcp_exchange_dropped(&self.netns, to, port)
     }
 
     /// A UDP socket of this pod connected to `to:port`.
@@ -291,18 +313,36 @@ impl Pod {
     }
 }
 
-/// `ping` from namespace `ns` (from the address `source` when given).
+/// `ping` from namespace `ns` (from the address `source` when given): true once 2 echoes
+/// are answered (ping's deadline: [`ANSWER_WAIT`]).
 pub fn ping_from_ns(ns: &str, to: Ipv4Addr, source: Option<Ipv4Addr>) -> bool {
     ping_ip_from_ns(ns, to.into(), source.map(IpAddr::from))
 }
 
 /// [`ping_from_ns`] for either family.
 pub fn ping_ip_from_ns(ns: &str, to: IpAddr, source: Option<IpAddr>) -> bool {
+    let deadline = ANSWER_WAIT.as_secs().to_string();
+    ping(ns, to, source, &["-c", "2", "-i", "0.2", "-w", &deadline])
+}
+
+/// `ping` from namespace `ns` (from `source` when given): true if neither of 2 echoes (0.2 s
+/// apart) is answered within a second.
+pub fn ping_from_ns_dropped(ns: &str, to: Ipv4Addr, source: Option<Ipv4Addr>) -> bool {
+    ping_ip_from_ns_dropped(ns, to.into(), source.map(IpAddr::from))
+}
+
+/// [`ping_from_ns_dropped`] for either family.
+pub fn ping_ip_from_ns_dropped(ns: &str, to: IpAddr, source: Option<IpAddr>) -> bool {
+    !ping(ns, to, source, &["-c", "2", "-i", "0.2", "-W", "1"])
+}
+
+/// Runs ping in `ns` with `how` (count and waits); true if it succeeded (`-w`: every echo
+/// answered by the deadline; `-W` alone: at least one answered).
+fn ping(ns: &str, to: IpAddr, source: Option<IpAddr>, how: &[&str]) -> bool {
     let to = to.to_string();
     let source = source.map(|s| s.to_string());
-    let mut args = vec![
-        "ip", "netns", "exec", ns, "ping", "-n", "-c", "2", "-i", "0.2", "-W", "1",
-    ];
+    let mut args = vec!["ip", "netns", "exec", ns, "ping", "-n"];
+    args.extend(how);
     if let Some(source) = &source {
         args.extend(["-I", source]);
     }
@@ -462,25 +502,40 @@ fn echo_tcp(mut stream: TcpStream, stop: &AtomicBool) {
     }
 }
 
-/// Connects from the namespace at `netns` to `to:port`, sends a byte and reads it back.
+/// Connects from the namespace at `netns` to `to:port`, sends a byte and reads it back; true
+/// if it did within [`ANSWER_WAIT`] (each step).
 pub fn tcp_exchange(netns: &Path, to: impl Into<IpAddr>, port: u16) -> bool {
-    let Some(mut stream) = tcp_connect(netns, to, port) else {
+    tcp_exchange_within(netns, to.into(), port, ANSWER_WAIT)
+}
+
+/// [`tcp_exchange`] expected to fail: true if no byte came back within [`DROP_WAIT`].
+pub fn tcp_exchange_dropped(netns: &Path, to: impl Into<IpAddr>, port: u16) -> bool {
+    !tcp_exchange_within(netns, to.into(), port, DROP_WAIT)
+}
+
+fn tcp_exchange_within(netns: &Path, to: IpAddr, port: u16, wait: Duration) -> bool {
+    let Some(mut stream) = tcp_connect_within(netns, to, port, wait) else {
         return false;
     };
     exchange(&mut stream)
 }
 
-/// A TCP connection from the namespace at `netns`, or `None` if it cannot be opened in time.
+/// A TCP connection from the namespace at `netns` (reads on it wait up to [`ANSWER_WAIT`]),
+/// or `None` if it cannot be opened within [`ANSWER_WAIT`].
 pub fn tcp_connect(netns: &Path, to: impl Into<IpAddr>, port: u16) -> Option<TcpStream> {
-    let to = to.into();
+    tcp_connect_within(netns, to.into(), port, ANSWER_WAIT)
+}
+
+fn tcp_connect_within(netns: &Path, to: IpAddr, port: u16, wait: Duration) -> Option<TcpStream> {
     let stream = in_netns(netns, move || {
-        TcpStream::connect_timeout(&SocketAddr::from((to, port)), TIMEOUT).ok()
+        TcpStream::connect_timeout(&SocketAddr::from((to, port)), wait).ok()
     })?;
-    stream.set_read_timeout(Some(TIMEOUT)).expect("timeout");
+    stream.set_read_timeout(Some(wait)).expect("timeout");
     Some(stream)
 }
 
-/// Sends a byte on an open connection and reads the echo; true if it came back in time.
+/// Sends a byte on an open connection and reads the echo; true if it came back within the
+/// stream's read timeout.
 pub fn exchange(stream: &mut TcpStream) -> bool {
     let mut buf = [0u8; 1];
     stream.write_all(b"x").is_ok() && stream.read_exact(&mut buf).is_ok() && buf == *b"x"
@@ -506,16 +561,26 @@ impl UdpFlow {
             socket.connect((to, port)).expect("udp connect");
             socket
         });
-        socket.set_read_timeout(Some(TIMEOUT)).expect("timeout");
         UdpFlow {
             socket,
             sequence: 0,
         }
     }
 
-    /// Sends a numbered datagram and waits for its echo; true if it came back in time
-    /// (late echoes of earlier datagrams are skipped).
+    /// Sends a numbered datagram and waits for its echo; true if it came back within
+    /// [`ANSWER_WAIT`] (late echoes of earlier datagrams are skipped).
     pub fn exchange(&mut self) -> bool {
+        self.exchange_within(ANSWER_WAIT)
+    }
+
+    /// [`UdpFlow::exchange`] expected to fail: true if no echo came back within
+    /// [`DROP_WAIT`].
+    pub fn exchange_dropped(&mut self) -> bool {
+        !self.exchange_within(DROP_WAIT)
+    }
+
+    fn exchange_within(&mut self, wait: Duration) -> bool {
+        self.socket.set_read_timeout(Some(wait)).expect("timeout");
         self.sequence += 1;
         let sent = self.sequence.to_be_bytes();
         if self.socket.send(&sent).is_err() {
