@@ -732,16 +732,7 @@ impl Suite {
 
     /// Starts kino-ipam again as it was started (after [`Suite::stop_ipam`]).
     pub fn restart_ipam(&mut self) {
-        let d = self.dir.path().to_owned();
-        let _ = std::fs::remove_file(d.join("ipam.sock"));
-        let env: Vec<(&str, &str)> = self
-            .options
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        self.ipam = ServiceProcess::start(&binary("kino-ipam"), &self.ipam_args, &env, &d).unwrap();
-        wait_for_socket(&d.join("ipam.sock"), &self.ipam);
+        self.ipam = self.start_again("kino-ipam", &self.ipam_args, "ipam.sock");
     }
 
     /// Stops kino-datastore-gateway with a signal: a datastore outage for every service.
@@ -751,22 +742,23 @@ impl Suite {
 
     /// Starts the gateway again on the same data (after [`Suite::stop_gateway`]).
     pub fn restart_gateway(&mut self) {
+        self.gateway = self.start_again("kino-datastore-gateway", &self.gateway_args, "ds.sock");
+    }
+
+    /// Starts `binary` with `args` and the suite's environment, and waits for its `socket`
+    /// (removed first: the stopped process left it behind).
+    fn start_again(&self, binary_name: &str, args: &[String], socket: &str) -> ServiceProcess {
         let d = self.dir.path().to_owned();
-        let _ = std::fs::remove_file(d.join("ds.sock"));
+        let _ = std::fs::remove_file(d.join(socket));
         let env: Vec<(&str, &str)> = self
             .options
             .env
             .iter()
             .map(|(k, v)| (k.as_str(), v.as_str()))
             .collect();
-        self.gateway = ServiceProcess::start(
-            &binary("kino-datastore-gateway"),
-            &self.gateway_args,
-            &env,
-            &d,
-        )
-        .unwrap();
-        wait_for_socket(&d.join("ds.sock"), &self.gateway);
+        let process = ServiceProcess::start(&binary(binary_name), args, &env, &d).unwrap();
+        wait_for_socket(&d.join(socket), &process);
+        process
     }
 }
 

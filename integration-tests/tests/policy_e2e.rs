@@ -55,12 +55,9 @@ spec:
   - fromEndpoints: [{matchLabels: {app: other}}]
 "#;
 
-#[tokio::test(flavor = "multi_thread")]
-async fn policy_from_the_compiler_is_enforced_and_lifted() {
-    if !kernel_tests_possible() {
-        return;
-    }
-    let mut suite = Suite::start("pol").await;
+/// Pods `shop/web` (app=web) and `shop/client` (app=client) added through kino-cni: their
+/// namespaces and IPv4 addresses, web first.
+fn web_and_client(suite: &Suite) -> (Vec<Netns>, Vec<String>) {
     let mut pods = Vec::new();
     let mut ips = Vec::new();
     for (name, app) in [("web", "web"), ("client", "client")] {
@@ -78,6 +75,16 @@ async fn policy_from_the_compiler_is_enforced_and_lifted() {
         ips.push(pod_ip(&out.json()));
         pods.push(ns);
     }
+    (pods, ips)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_from_the_compiler_is_enforced_and_lifted() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let mut suite = Suite::start("pol").await;
+    let (pods, ips) = web_and_client(&suite);
     let (web_ip, client) = (ips[0].clone(), &pods[1]);
     let web = endpoint(&suite, "shop/web");
     let client_ep = endpoint(&suite, "shop/client");
@@ -358,23 +365,7 @@ async fn import_wait_returns_once_the_datapath_enforces() {
         return;
     }
     let mut suite = Suite::start("pwt").await;
-    let mut pods = Vec::new();
-    let mut ips = Vec::new();
-    for (name, app) in [("web", "web"), ("client", "client")] {
-        let ns = Netns::new(&format!("{}-{name}", suite.prefix));
-        let mut config = suite.cni_config("1.1.0");
-        config["args"] = json!({"labels": {"app": app}});
-        let out = suite.cni(
-            "ADD",
-            &format!("{}-{name}", suite.prefix),
-            Some(&ns.path()),
-            &config,
-            &format!("IgnoreUnknown=1;K8S_POD_NAME={name};K8S_POD_NAMESPACE=shop"),
-        );
-        assert_eq!(out.code, 0, "ADD {name}: {out:?}");
-        ips.push(pod_ip(&out.json()));
-        pods.push(ns);
-    }
+    let (pods, ips) = web_and_client(&suite);
     let (web_ip, client) = (ips[0].clone(), &pods[1]);
     assert!(
         client.ping(&web_ip, 2),

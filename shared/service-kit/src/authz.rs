@@ -19,7 +19,7 @@ use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo, UdsConnectInfo};
 use tower::{Layer, Service};
 
 use crate::principal::{Caller, Principal, Role};
-use crate::serve::{HEALTH_SERVICE, REFLECTION_V1_SERVICE, REFLECTION_V1ALPHA_SERVICE};
+use crate::standard_services::{HEALTH_SERVICE, REFLECTION_V1_SERVICE, REFLECTION_V1ALPHA_SERVICE};
 
 /// Who may call one method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -31,6 +31,7 @@ mod private_files;
 pub mod records;
 mod serve;
 mod signal;
+mod standard_services;
 mod tls;
 mod unix_authority;
 

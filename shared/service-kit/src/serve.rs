@@ -31,12 +31,9 @@ use crate::{ListenAddr, Listener, ServiceError, TlsArgs};
 /// How long shutdown waits for in-flight RPCs before `serve` returns anyway.
 pub const DEFAULT_GRACE_PERIOD: Duration = Duration::from_secs(10);
 
-/// Fully-qualified name of the health service, always served.
-pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
-/// Fully-qualified name of the gRPC reflection v1 service, always served.
-pub const REFLECTION_V1_SERVICE: &str = "grpc.reflection.v1.ServerReflection";
-/// Fully-qualified name of the gRPC reflection v1alpha service, always served.
-pub const REFLECTION_V1ALPHA_SERVICE: &str = "grpc.reflection.v1alpha.ServerReflection";
+pub use crate::standard_services::{
+    HEALTH_SERVICE, REFLECTION_V1_SERVICE, REFLECTION_V1ALPHA_SERVICE,
+};
 
 type ShutdownFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 type ServerFuture = Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>>;
