@@ -239,10 +239,15 @@ impl IpPrefix {
         if pow2(len - self.len).is_some_and(|count| index >= count) {
             return None;
         }
-        let step = pow2(self.family.bits() - len)?;
+        // A /0 subnet of ::/0 is 2^128 addresses long, past u128; it is the only one, at 0.
+        let offset = if index == 0 {
+            0
+        } else {
+            index.checked_mul(pow2(self.family.bits() - len)?)?
+        };
         Some(IpPrefix {
             family: self.family,
-            network: self.network + index.checked_mul(step)?,
+            network: self.network + offset,
             len,
         })
     }
@@ -252,8 +257,13 @@ impl IpPrefix {
         if !self.contains_prefix(subnet) {
             return None;
         }
-        let step = pow2(self.family.bits() - subnet.len)?;
-        Some((subnet.network - self.network) / step)
+        // Shifting by 128 (a /0 of IPv6) has no u128 result; the only such subnet is at 0.
+        let shift = u32::from(self.family.bits() - subnet.len);
+        Some(
+            (subnet.network - self.network)
+                .checked_shr(shift)
+                .unwrap_or(0),
+        )
     }
 
     /// The prefix in datastore-name form: '/' written as '-' (10.0.1.0-24).
