@@ -11,10 +11,10 @@
  *
  * Per packet: hash lookups (endpoint, conntrack), one array lookup (enforcement), at most one
  * ipcache LPM lookup and two policy LPM lookups per enforcement point — nothing walks rules,
- * so the cost is the same with 10 or 100 000 policy entries. IPv4 and IPv6 alike (the v6
- * helpers are the *6 twins of the *4 ones; policy and the conntrack logic are shared), except
- * that IPv6 neighbour discovery is never subject to policy and a pod's neighbour
- * solicitations are answered by the datapath itself (answer_neighbour_solicitation).
+ * so the cost is the same with 10 or 100 000 policy entries. IPv4 and IPv6 alike: past
+ * parsing, both families run the same bodies (lib/parse.h says how), except that IPv6
+ * neighbour discovery is never subject to policy and a pod's neighbour solicitations are
+ * answered by the datapath itself (answer_neighbour_solicitation).
  *
  * This file holds the two programs (the entry points) and their per-family branches; each
  * concern is a header of lib/, as in Cilium's bpf/lib, included in layer order (a header
@@ -32,8 +32,8 @@
  *   lib/ndp.h             IPv6 neighbour discovery, the NA responder
  *
  * Flow events (#6): every drop and every new connection an enforcement point allows is
- * reported to the kino_events ring buffer. Drop with drop_event()/drop_sent()/drop_policy()
- * rather than drop() so the drop is reported.
+ * reported to the kino_events ring buffer. Drop with lib/events.h's drop_*() rather than
+ * drop() so the drop is reported.
  */
 #include <linux/bpf.h>
 #include <linux/pkt_cls.h>
@@ -68,11 +68,37 @@ struct {
 } kino_flow6_scratch SEC(".maps");
 
 /*
+ * A packet the pod sent (either family: lib/parse.h), parsed, its source checked: to a local
+ * pod by redirect after both points' policy; anything else (the node: kino_host's gateway IP;
+ * other nodes; the world) to the stack, which routes it, after the egress policy, the peer's
+ * identity from the ipcache.
+ */
+static __always_inline int from_container_flow(struct __sk_buff *skb, struct ethhdr *eth,
+					       __u8 family, const struct flow4 *f,
+					       const struct endpoint_info *ep,
+					       struct endpoint_metrics *m)
+{
+	int ret = deliver_local(skb, eth, family, f, ep, m);
+
+	if (ret >= 0)
+		return ret;
+	struct point pt;
+
+	if (!enforce(skb, ep, KINO_DIR_EGRESS, ipcache_peer_identity(family, f, KINO_DIR_EGRESS),
+		     family, f, &pt, 0))
+		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
+				   KINO_OBS_FROM_ENDPOINT, &pt);
+	if (pt.ct == CT_NEW) {
+		ct_create(family, f, KINO_DIR_EGRESS, ep->identity, ep->endpoint_id, &pt);
+		verdict_event(skb, ep, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &pt);
+	}
+	return to_stack(m);
+}
+
+/*
  * An IPv6 packet the pod sent, its source checked: neighbour discovery to the NA responder or
- * the stack (never policy); a local pod by redirect after both points' policy; anything else
- * (the node, other nodes, the world) to the stack after the egress policy, the peer's
- * identity from the ipcache. The same as IPv4, with ICMPv6 as the protocol policy matches
- * (58: a rule for ICMP, 1, does not cover it; one for ANY does).
+ * the stack (never policy); anything else as IPv4, with ICMPv6 as the protocol policy
+ * matches (58: a rule for ICMP, 1, does not cover it; one for ANY does).
  */
 static __always_inline int from_container_ipv6(struct __sk_buff *skb, struct ethhdr *eth,
 					       const struct ipv6hdr *ip6,
@@ -96,24 +122,33 @@ static __always_inline int from_container_ipv6(struct __sk_buff *skb, struct eth
 		}
 		return to_stack(m);
 	}
-	int ret = deliver_local_ipv6(skb, eth, f, ep, m);
-
-	if (ret >= 0)
-		return ret;
-	struct point pt;
-
-	if (!enforce6(skb, ep, KINO_DIR_EGRESS, ipcache_identity6(&f->daddr), f, &pt, 0))
-		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
-				   KINO_OBS_FROM_ENDPOINT, &pt);
-	if (pt.ct == CT_NEW) {
-		ct_create6(f, KINO_DIR_EGRESS, ep->identity, ep->endpoint_id, &pt);
-		verdict_event(skb, ep, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &pt);
-	}
-	return to_stack(m);
+	return from_container_flow(skb, eth, KINO_FAMILY_IPV6, &f->l4, ep, m);
 }
 
-/* An IPv6 packet the stack sends to the pod: conntrack and the pod's ingress policy, the
- * peer's identity from the ipcache; neighbour discovery passes. -1: deliver it. */
+/*
+ * A packet the stack sends to the pod (either family: lib/parse.h), parsed: conntrack and the
+ * pod's ingress policy, the peer's identity from the ipcache. -1: deliver it.
+ */
+static __always_inline int to_container_flow(struct __sk_buff *skb,
+					     const struct endpoint_info *ep,
+					     struct endpoint_metrics *m, __u8 family,
+					     const struct flow4 *f)
+{
+	__u32 remote = ipcache_peer_identity(family, f, KINO_DIR_INGRESS);
+	struct point pt;
+
+	if (!enforce(skb, ep, KINO_DIR_INGRESS, remote, family, f, &pt, 0))
+		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
+				   KINO_OBS_TO_ENDPOINT, &pt);
+	if (pt.ct == CT_NEW) {
+		ct_create(family, f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
+		verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
+	}
+	return -1;
+}
+
+/* An IPv6 packet the stack sends to the pod: neighbour discovery passes, anything else as
+ * IPv4. -1: deliver it. */
 static __always_inline int to_container_ipv6(struct __sk_buff *skb,
 					     const struct endpoint_info *ep,
 					     struct endpoint_metrics *m)
@@ -122,24 +157,12 @@ static __always_inline int to_container_ipv6(struct __sk_buff *skb,
 	void *data_end = (void *)(long)skb->data_end;
 	struct ipv6hdr *ip6 = data + ETH_HLEN;
 	struct flow6 f;
-	struct point pt;
 
 	if ((void *)(ip6 + 1) > data_end || parse_flow6(skb, ip6, &f) < 0)
-		return drop_event(skb, m, KINO_DROP_INVALID_PACKET, ep->endpoint_id,
-				  KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, 0, ep->identity,
-				  KINO_EVENT_F_DST_IDENTITY);
+		return drop_received(skb, m, ep, KINO_DROP_INVALID_PACKET);
 	if (icmp6_is_neighbour_discovery(&f))
 		return -1;
-	__u32 remote = ipcache_identity6(&f.saddr);
-
-	if (!enforce6(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt, 0))
-		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
-				   KINO_OBS_TO_ENDPOINT, &pt);
-	if (pt.ct == CT_NEW) {
-		ct_create6(&f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
-		verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
-	}
-	return -1;
+	return to_container_flow(skb, ep, m, KINO_FAMILY_IPV6, &f.l4);
 }
 
 SEC("classifier")
@@ -178,21 +201,7 @@ int from_container(struct __sk_buff *skb)
 
 		if (parse_flow4(skb, ip4, &f) < 0)
 			return drop_sent(skb, m, ep, KINO_DROP_INVALID_PACKET);
-		int ret = deliver_local_ipv4(skb, eth, &f, ep, m);
-
-		if (ret >= 0)
-			return ret;
-		/* The node (kino_host's gateway IP) or beyond: the stack routes it. */
-		struct point pt;
-
-		if (!enforce4(skb, ep, KINO_DIR_EGRESS, ipcache_identity4(f.daddr), &f, &pt, 0))
-			return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
-					   KINO_OBS_FROM_ENDPOINT, &pt);
-		if (pt.ct == CT_NEW) {
-			ct_create4(&f, KINO_DIR_EGRESS, ep->identity, ep->endpoint_id, &pt);
-			verdict_event(skb, ep, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &pt);
-		}
-		return to_stack(m);
+		return from_container_flow(skb, eth, KINO_FAMILY_IPV4, &f, ep, m);
 	}
 	case bpf_htons(ETH_P_ARP): {
 		struct arphdr *arp = (void *)(eth + 1);
@@ -239,21 +248,13 @@ int to_container(struct __sk_buff *skb)
 	if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_IP)) {
 		struct iphdr *ip4 = (void *)(eth + 1);
 		struct flow4 f;
-		struct point pt;
 
 		if ((void *)(ip4 + 1) > data_end || parse_flow4(skb, ip4, &f) < 0)
-			return drop_event(skb, m, KINO_DROP_INVALID_PACKET, ep->endpoint_id,
-					  KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, 0, ep->identity,
-					  KINO_EVENT_F_DST_IDENTITY);
-		__u32 remote = ipcache_identity4(f.saddr);
+			return drop_received(skb, m, ep, KINO_DROP_INVALID_PACKET);
+		int ret = to_container_flow(skb, ep, m, KINO_FAMILY_IPV4, &f);
 
-		if (!enforce4(skb, ep, KINO_DIR_INGRESS, remote, &f, &pt, 0))
-			return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep,
-					   KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
-		if (pt.ct == CT_NEW) {
-			ct_create4(&f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
-			verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
-		}
+		if (ret >= 0)
+			return ret;
 	} else if ((void *)(eth + 1) <= data_end && eth->h_proto == bpf_htons(ETH_P_IPV6)) {
 		int ret = to_container_ipv6(skb, ep, m);
 

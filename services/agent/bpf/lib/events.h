@@ -2,9 +2,9 @@
 /*
  * Flow events (#6): every drop and every new connection an enforcement point allows is
  * reported to the kino_events ring buffer (emit_event; a full ring is counted in
- * kino_event_counters, never silent). Drop with drop_event()/drop_sent()/drop_policy()
- * rather than metrics.h's drop() so the drop is reported; verdict_event() reports a new
- * connection right after ct_create*.
+ * kino_event_counters, never silent). Drop with drop_event() and its drop_sent(),
+ * drop_received(), drop_policy() rather than metrics.h's drop() so the drop is reported; verdict_event() reports a new
+ * connection right after ct_create.
  */
 #ifndef KINO_LIB_EVENTS_H
 #define KINO_LIB_EVENTS_H
@@ -168,6 +168,14 @@ static __always_inline int drop_sent(struct __sk_buff *skb, struct endpoint_metr
 {
 	return drop_event(skb, m, reason, ep->endpoint_id, KINO_DIR_EGRESS,
 			  KINO_OBS_FROM_ENDPOINT, ep->identity, 0, KINO_EVENT_F_SRC_IDENTITY);
+}
+
+/* Drops a packet the stack sends to endpoint `ep`, before any policy decision (parsing). */
+static __always_inline int drop_received(struct __sk_buff *skb, struct endpoint_metrics *m,
+					 const struct endpoint_info *ep, __u32 reason)
+{
+	return drop_event(skb, m, reason, ep->endpoint_id, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT,
+			  0, ep->identity, KINO_EVENT_F_DST_IDENTITY);
 }
 
 /* Drops a packet `ep`'s policy denied in `direction` (the peer being pt->remote). */

@@ -40,76 +40,44 @@ static __always_inline int redirect_to_pod(struct __sk_buff *skb, struct ethhdr 
 }
 
 /*
- * Delivers an IPv4 packet to a pod on this node after the source's egress and the
- * destination's ingress policy; returns -1 when the destination is not a local pod. Both
- * identities are known from the endpoint entries, so no ipcache lookup is needed.
+ * Delivers a packet (either family: parse.h) to a pod on this node, found by its destination
+ * address in kino_endpoints, after the source's egress and the destination's ingress policy;
+ * returns -1 when the destination is not a local pod. Both identities are known from the
+ * endpoint entries, so no ipcache lookup is needed.
  */
-static __always_inline int deliver_local_ipv4(struct __sk_buff *skb, struct ethhdr *eth,
-					      const struct flow4 *f, const struct endpoint_info *src,
-					      struct endpoint_metrics *src_metrics)
+static __always_inline int deliver_local(struct __sk_buff *skb, struct ethhdr *eth, __u8 family,
+					 const struct flow4 *f, const struct endpoint_info *src,
+					 struct endpoint_metrics *src_metrics)
 {
 	struct endpoint_key key = {};
 
-	key.ip4 = f->daddr;
-	key.family = KINO_FAMILY_IPV4;
+	if (family == KINO_FAMILY_IPV4)
+		key.ip4 = f->daddr;
+	else
+		__builtin_memcpy(key.ip6, flow6_of(f)->daddr.ip6, sizeof(key.ip6));
+	key.family = family;
 	struct endpoint_info *dst = bpf_map_lookup_elem(&kino_endpoints, &key);
 
 	if (!dst || dst->ifindex == src->ifindex)
 		return -1;
 	struct point egress, ingress;
 
-	if (!enforce4(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress, 0))
+	if (!enforce(skb, src, KINO_DIR_EGRESS, dst->identity, family, f, &egress, 0))
 		return drop_policy(skb, src_metrics, KINO_DROP_POLICY_DENIED, src, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &egress);
 	struct endpoint_metrics *dst_metrics = metrics_of(dst->endpoint_id);
 
-	if (!enforce4(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress,
-		      egress.ct == CT_REPLY))
+	if (!enforce(skb, dst, KINO_DIR_INGRESS, src->identity, family, f, &ingress,
+		     egress.ct == CT_REPLY))
 		return drop_policy(skb, dst_metrics, KINO_DROP_POLICY_DENIED_INGRESS, dst,
 				   KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	/* Recorded (and reported) only once both points allowed it. */
 	if (egress.ct == CT_NEW) {
-		ct_create4(f, KINO_DIR_EGRESS, src->identity, src->endpoint_id, &egress);
+		ct_create(family, f, KINO_DIR_EGRESS, src->identity, src->endpoint_id, &egress);
 		verdict_event(skb, src, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &egress);
 	}
 	if (ingress.ct == CT_NEW) {
-		ct_create4(f, KINO_DIR_INGRESS, src->identity, dst->endpoint_id, &ingress);
-		verdict_event(skb, dst, KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
-	}
-
-	return redirect_to_pod(skb, eth, dst, src_metrics, dst_metrics);
-}
-
-/* deliver_local_ipv4 for IPv6: the destination's IPv6 address in kino_endpoints. */
-static __always_inline int deliver_local_ipv6(struct __sk_buff *skb, struct ethhdr *eth,
-					      const struct flow6 *f, const struct endpoint_info *src,
-					      struct endpoint_metrics *src_metrics)
-{
-	struct endpoint_key key = {};
-
-	__builtin_memcpy(key.ip6, f->daddr.ip6, sizeof(key.ip6));
-	key.family = KINO_FAMILY_IPV6;
-	struct endpoint_info *dst = bpf_map_lookup_elem(&kino_endpoints, &key);
-
-	if (!dst || dst->ifindex == src->ifindex)
-		return -1;
-	struct point egress, ingress;
-
-	if (!enforce6(skb, src, KINO_DIR_EGRESS, dst->identity, f, &egress, 0))
-		return drop_policy(skb, src_metrics, KINO_DROP_POLICY_DENIED, src, KINO_DIR_EGRESS,
-				   KINO_OBS_FROM_ENDPOINT, &egress);
-	struct endpoint_metrics *dst_metrics = metrics_of(dst->endpoint_id);
-
-	if (!enforce6(skb, dst, KINO_DIR_INGRESS, src->identity, f, &ingress,
-		      egress.ct == CT_REPLY))
-		return drop_policy(skb, dst_metrics, KINO_DROP_POLICY_DENIED_INGRESS, dst,
-				   KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
-	if (egress.ct == CT_NEW) {
-		ct_create6(f, KINO_DIR_EGRESS, src->identity, src->endpoint_id, &egress);
-		verdict_event(skb, src, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &egress);
-	}
-	if (ingress.ct == CT_NEW) {
-		ct_create6(f, KINO_DIR_INGRESS, src->identity, dst->endpoint_id, &ingress);
+		ct_create(family, f, KINO_DIR_INGRESS, src->identity, dst->endpoint_id, &ingress);
 		verdict_event(skb, dst, KINO_DIR_INGRESS, KINO_OBS_FROM_ENDPOINT, &ingress);
 	}
 

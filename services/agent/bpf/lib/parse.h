@@ -194,6 +194,18 @@ struct flow6 {
 	__u8 icmp6_code;
 };
 
+/*
+ * Both families' shared bodies (conntrack, enforcement, local delivery, the programs' tails)
+ * take a parsed packet as `__u8 family, const struct flow4 *f`: for IPv4 the flow4 itself, for
+ * IPv6 the l4 of its flow6, whose addresses flow6_of(f) reaches. Each caller passes a
+ * constant family and the bodies are inlined, so every copy keeps only its family's code (and
+ * flow6_of folds into the flow6 the caller holds): one body, no cost at run time.
+ */
+static __always_inline const struct flow6 *flow6_of(const struct flow4 *f)
+{
+	return (const struct flow6 *)((const char *)f - __builtin_offsetof(struct flow6, l4));
+}
+
 static __always_inline int ipv6_ext_header(__u8 nexthdr)
 {
 	return nexthdr == IPPROTO_HOPOPTS || nexthdr == IPPROTO_ROUTING ||

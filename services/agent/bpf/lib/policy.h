@@ -3,7 +3,7 @@
  * Policy enforcement at a point (the egress of a packet's source endpoint or the ingress of
  * its destination): kino_ep_policy says which directions of an endpoint are enforced,
  * kino_policy holds the verdicts (two LPM lookups: the peer's identity, then every peer), and
- * conntrack lets replies, related ICMP errors and cached verdicts through (enforce4/6).
+ * conntrack lets replies, related ICMP errors and cached verdicts through (enforce).
  */
 #ifndef KINO_LIB_POLICY_H
 #define KINO_LIB_POLICY_H
@@ -161,7 +161,7 @@ static __always_inline int tcp_reply_allowed(__u32 endpoint_id, __u8 direction, 
  * current policy generation, with the same peer identity, skips the lookups (the cache in its
  * conntrack entry). Returns 1 if the packet may pass; *pt tells the caller whether to record
  * the connection, and with what. Called with pt->ct set and `e` the entry of an ESTABLISHED
- * packet (enforce4, enforce6); `f` gives the L4 fields.
+ * packet (enforce); `f` gives the L4 fields.
  */
 static __always_inline int enforce_point(const struct endpoint_info *ep, __u8 direction,
 					 __u32 remote, const struct flow4 *f, struct ct_entry *e,
@@ -206,35 +206,25 @@ static __always_inline int enforce_point(const struct endpoint_info *ep, __u8 di
 	return 1;
 }
 
-/* enforce_point for an IPv4 packet. An ICMP error about a tracked connection is RELATED:
- * it passes as a reply does (path MTU discovery, unreachable ports); any other is a new
- * ICMP packet for the policy. */
-static __always_inline int enforce4(struct __sk_buff *skb, const struct endpoint_info *ep,
-				    __u8 direction, __u32 remote, const struct flow4 *f,
-				    struct point *pt, int reply_likely)
+/*
+ * enforce_point for a packet of either family (parse.h): the same policy map for both (it is
+ * keyed by identity, protocol and port, not by address), conntrack keys of the family. An
+ * ICMP(v6) error about a tracked connection is RELATED: it passes as a reply does (path MTU
+ * discovery, unreachable ports); any other is a new ICMP(v6) packet for the policy.
+ */
+static __always_inline int enforce(struct __sk_buff *skb, const struct endpoint_info *ep,
+				   __u8 direction, __u32 remote, __u8 family,
+				   const struct flow4 *f, struct point *pt, int reply_likely)
 {
 	struct ct_entry *e = NULL;
 
-	if (f->icmp_quote && ct_related4(skb, f->icmp_quote, direction))
+	if (f->icmp_quote && (family == KINO_FAMILY_IPV4
+				      ? ct_related4(skb, f->icmp_quote, direction)
+				      : ct_related6(skb, f->icmp_quote, direction)))
 		pt->ct = CT_RELATED;
 	else
-		pt->ct = ct_lookup4(f, direction, &e, reply_likely);
+		pt->ct = ct_lookup(family, f, direction, &e, reply_likely);
 	return enforce_point(ep, direction, remote, f, e, pt);
-}
-
-/* enforce_point for an IPv6 packet: the same policy map (it is keyed by identity, protocol
- * and port, not by address), IPv6 conntrack keys; ICMPv6 errors as in enforce4. */
-static __always_inline int enforce6(struct __sk_buff *skb, const struct endpoint_info *ep,
-				    __u8 direction, __u32 remote, const struct flow6 *f,
-				    struct point *pt, int reply_likely)
-{
-	struct ct_entry *e = NULL;
-
-	if (f->l4.icmp_quote && ct_related6(skb, f->l4.icmp_quote, direction))
-		pt->ct = CT_RELATED;
-	else
-		pt->ct = ct_lookup6(f, direction, &e, reply_likely);
-	return enforce_point(ep, direction, remote, &f->l4, e, pt);
 }
 
 #endif /* KINO_LIB_POLICY_H */
