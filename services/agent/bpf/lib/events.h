@@ -2,9 +2,9 @@
 /*
  * Flow events (#6): every drop and every new connection an enforcement point allows is
  * reported to the kino_events ring buffer (emit_event; a full ring is counted in
- * kino_event_counters, never silent). Drop with drop_event() and its drop_sent(),
- * drop_received(), drop_policy() rather than metrics.h's drop() so the drop is reported; verdict_event() reports a new
- * connection right after ct_create.
+ * kino_event_counters, never silent). Drop with drop_event() or its drop_sent(),
+ * drop_received(), drop_policy() rather than metrics.h's drop() so the drop is reported;
+ * verdict_event() reports a new connection right after ct_create.
  */
 #ifndef KINO_LIB_EVENTS_H
 #define KINO_LIB_EVENTS_H
