@@ -257,15 +257,22 @@ static __always_inline int ct_related(struct ct_key *key)
 	return ct_live(key, now) != NULL;
 }
 
-/* The ports of a quoted packet's L4 header at `off` into the key; -1 if truncated. */
+/* The ports of a quoted packet's L4 header at `off` into the key, as parse_flow4 and
+ * parse_flow6 read a packet's: TCP/UDP/SCTP ports, the echo identifier of the family's ICMP
+ * (`icmp_protocol`), nothing for any other protocol (its connections have ports 0, whatever
+ * its header holds); -1 if truncated. */
 static __always_inline int quoted_ports(struct __sk_buff *skb, __u32 off, __u8 protocol,
-					__u8 echo_request, __u8 echo_reply, struct ct_key *key)
+					__u8 icmp_protocol, __u8 echo_request, __u8 echo_reply,
+					struct ct_key *key)
 {
 	__u8 l4[6]; /* TCP/UDP/SCTP: ports; ICMP(v6): type, code, checksum, identifier */
+	int ports = protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP;
 
+	if (!ports && protocol != icmp_protocol)
+		return 0;
 	if (bpf_skb_load_bytes(skb, off, l4, sizeof(l4)) < 0)
 		return -1;
-	if (protocol == IPPROTO_TCP || protocol == IPPROTO_UDP || protocol == IPPROTO_SCTP) {
+	if (ports) {
 		__builtin_memcpy(&key->sport, &l4[0], 2);
 		__builtin_memcpy(&key->dport, &l4[2], 2);
 	} else if (l4[0] == echo_request) {
@@ -293,8 +300,8 @@ static __noinline int ct_related4(struct __sk_buff *skb, __u32 off, __u32 direct
 	key.family = KINO_FAMILY_IPV4;
 	key.direction = direction == KINO_DIR_EGRESS ? KINO_DIR_INGRESS : KINO_DIR_EGRESS;
 	if (!(ip.frag_off & bpf_htons(0x1fff)) &&
-	    quoted_ports(skb, off + ip.ihl * 4, ip.protocol, ICMP_ECHO_REQUEST, ICMP_ECHO_REPLY,
-			 &key) < 0)
+	    quoted_ports(skb, off + ip.ihl * 4, ip.protocol, IPPROTO_ICMP, ICMP_ECHO_REQUEST,
+			 ICMP_ECHO_REPLY, &key) < 0)
 		return 0;
 	return ct_related(&key);
 }
@@ -312,7 +319,7 @@ static __noinline int ct_related6(struct __sk_buff *skb, __u32 off, __u32 direct
 	key.protocol = ip.nexthdr;
 	key.family = KINO_FAMILY_IPV6;
 	key.direction = direction == KINO_DIR_EGRESS ? KINO_DIR_INGRESS : KINO_DIR_EGRESS;
-	if (quoted_ports(skb, off + sizeof(ip), ip.nexthdr, ICMPV6_ECHO_REQUEST,
+	if (quoted_ports(skb, off + sizeof(ip), ip.nexthdr, IPPROTO_ICMPV6, ICMPV6_ECHO_REQUEST,
 			 ICMPV6_ECHO_REPLY, &key) < 0)
 		return 0;
 	return ct_related(&key);
