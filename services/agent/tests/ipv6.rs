@@ -791,8 +791,9 @@ fn icmp_errors_about_tracked_connections_pass_as_related() {
 }
 
 /// Sends `payload` from the pod to `to` as one packet of IP protocol `protocol` (a raw socket
-/// connected to `to`: the kernel adds the IP header) and waits up to 2 s for the socket's
-/// answer. A connected raw socket reports an ICMP(v6) error about its packet as UDP does:
+/// connected to `to`: the kernel adds the IP header) and waits for the socket's answer, up to
+/// 10 s (an answer is expected, and a loaded machine may be slow to give it; it ends the wait
+/// at once). A connected raw socket reports an ICMP(v6) error about its packet as UDP does:
 /// protocol unreachable as `ENOPROTOOPT`, ICMPv6 parameter problem as `EPROTO`.
 fn raw_exchange(pod: &Pod, to: IpAddr, protocol: u8, payload: &[u8]) -> std::io::Result<usize> {
     let payload = payload.to_vec();
@@ -836,7 +837,7 @@ fn raw_exchange(pod: &Pod, to: IpAddr, protocol: u8, payload: &[u8]) -> std::io:
                 return Err(std::io::Error::last_os_error());
             }
             let timeout = libc::timeval {
-                tv_sec: 2,
+                tv_sec: 10,
                 tv_usec: 0,
             };
             if libc::setsockopt(
