@@ -178,27 +178,38 @@ static __always_inline int drop_received(struct __sk_buff *skb, struct endpoint_
 			  0, ep->identity, KINO_EVENT_F_DST_IDENTITY);
 }
 
-/* Drops a packet `ep`'s policy denied in `direction` (the peer being pt->remote). */
-static __always_inline int drop_policy(struct __sk_buff *skb, struct endpoint_metrics *m,
-				       __u32 reason, const struct endpoint_info *ep,
-				       __u8 direction, __u8 point, const struct point *pt)
+/*
+ * Reports what `ep`'s point of `direction` decided about a packet (type, verdict, drop reason),
+ * the peer being pt->remote: both identities known, and the packet classified by conntrack
+ * (replies pass without policy, so neither a denied packet nor a new connection is one).
+ */
+static __always_inline void point_event(struct __sk_buff *skb, const struct endpoint_info *ep,
+					__u8 direction, __u8 point, const struct point *pt,
+					__u8 type, __u8 verdict, __u8 reason)
 {
 	struct flow_event known = {
 		.endpoint_id = ep->endpoint_id,
 		.src_identity = direction == KINO_DIR_EGRESS ? ep->identity : pt->remote,
 		.dst_identity = direction == KINO_DIR_EGRESS ? pt->remote : ep->identity,
-		.type = KINO_EVENT_DROP,
-		.verdict = KINO_EVENT_DROPPED,
+		.type = type,
+		.verdict = verdict,
 		.drop_reason = reason,
 		.direction = direction,
 		.obs_point = point,
 		.match_type = pt->match,
-		/* Replies pass without policy: a denied packet is never one. */
 		.flags = KINO_EVENT_F_SRC_IDENTITY | KINO_EVENT_F_DST_IDENTITY |
 			 KINO_EVENT_F_REPLY_KNOWN,
 	};
 
 	emit_event(skb, &known);
+}
+
+/* Drops a packet `ep`'s policy denied in `direction` (the peer being pt->remote). */
+static __always_inline int drop_policy(struct __sk_buff *skb, struct endpoint_metrics *m,
+				       __u32 reason, const struct endpoint_info *ep,
+				       __u8 direction, __u8 point, const struct point *pt)
+{
+	point_event(skb, ep, direction, point, pt, KINO_EVENT_DROP, KINO_EVENT_DROPPED, reason);
 	return drop(m, reason);
 }
 
@@ -206,20 +217,8 @@ static __always_inline int drop_policy(struct __sk_buff *skb, struct endpoint_me
 static __always_inline void verdict_event(struct __sk_buff *skb, const struct endpoint_info *ep,
 					  __u8 direction, __u8 point, const struct point *pt)
 {
-	struct flow_event known = {
-		.endpoint_id = ep->endpoint_id,
-		.src_identity = direction == KINO_DIR_EGRESS ? ep->identity : pt->remote,
-		.dst_identity = direction == KINO_DIR_EGRESS ? pt->remote : ep->identity,
-		.type = KINO_EVENT_POLICY_VERDICT,
-		.verdict = KINO_EVENT_FORWARDED,
-		.direction = direction,
-		.obs_point = point,
-		.match_type = pt->match,
-		.flags = KINO_EVENT_F_SRC_IDENTITY | KINO_EVENT_F_DST_IDENTITY |
-			 KINO_EVENT_F_REPLY_KNOWN,
-	};
-
-	emit_event(skb, &known);
+	point_event(skb, ep, direction, point, pt, KINO_EVENT_POLICY_VERDICT,
+		    KINO_EVENT_FORWARDED, 0);
 }
 
 #endif /* KINO_LIB_EVENTS_H */
