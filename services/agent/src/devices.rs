@@ -11,7 +11,7 @@
 //! do not exist (yet) so they never leave the node by its default route. IPv6 is the same
 //! except for neighbour discovery: the kernel answers a solicitation only for addresses of
 //! the interface it arrives on, so the datapath answers pods' solicitations for the gateway
-//! itself (see `bpf/datapath.bpf.c`, `answer_neighbour_solicitation`).
+//! itself (see `bpf/lib/ndp.h`, `answer_neighbour_solicitation`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;

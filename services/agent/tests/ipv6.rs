@@ -796,3 +796,145 @@ fn icmp_errors_about_tracked_connections_pass_as_related() {
         assert!(tracked.is_empty(), "ICMP error tracked: {tracked:?}");
     });
 }
+
+/// Sends `payload` from the pod to `to` as one packet of IP protocol `protocol` (a raw socket
+/// connected to `to`: the kernel adds the IP header) and waits for the socket's answer, up to
+/// 10 s (an answer is expected, and a loaded machine may be slow to give it; it ends the wait
+/// at once). A connected raw socket reports an ICMP(v6) error about its packet as UDP does:
+/// protocol unreachable as `ENOPROTOOPT`, ICMPv6 parameter problem as `EPROTO`.
+fn raw_exchange(pod: &Pod, to: IpAddr, protocol: u8, payload: &[u8]) -> std::io::Result<usize> {
+    let payload = payload.to_vec();
+    in_netns(&pod.netns, move || {
+        let family = if to.is_ipv4() {
+            libc::AF_INET
+        } else {
+            libc::AF_INET6
+        };
+        // SAFETY: plain socket calls on a descriptor owned here; every struct passed is
+        // initialised and its size given.
+        unsafe {
+            let fd = libc::socket(family, libc::SOCK_RAW, i32::from(protocol));
+            if fd < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let fd = OwnedFd::from_raw_fd(fd);
+            let connected = match to {
+                IpAddr::V4(ip) => {
+                    let mut addr: libc::sockaddr_in = std::mem::zeroed();
+                    addr.sin_family = libc::AF_INET as libc::sa_family_t;
+                    addr.sin_addr.s_addr = u32::from_ne_bytes(ip.octets());
+                    libc::connect(
+                        fd.as_raw_fd(),
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+                    )
+                }
+                IpAddr::V6(ip) => {
+                    let mut addr: libc::sockaddr_in6 = std::mem::zeroed();
+                    addr.sin6_family = libc::AF_INET6 as libc::sa_family_t;
+                    addr.sin6_addr.s6_addr = ip.octets();
+                    libc::connect(
+                        fd.as_raw_fd(),
+                        (&raw const addr).cast(),
+                        std::mem::size_of::<libc::sockaddr_in6>() as libc::socklen_t,
+                    )
+                }
+            };
+            if connected < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            let timeout = libc::timeval {
+                tv_sec: 10,
+                tv_usec: 0,
+            };
+            if libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&raw const timeout).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            ) < 0
+                || libc::send(fd.as_raw_fd(), payload.as_ptr().cast(), payload.len(), 0) < 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            let mut buf = [0u8; 64];
+            let received = libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0);
+            if received < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(received as usize)
+        }
+    })
+}
+
+/// An ICMP(v6) error about a tracked connection of a protocol without ports (GRE, ESP, ...)
+/// is RELATED whatever the quoted payload's first byte: the datapath reads an ICMP echo
+/// identifier only from a quoted ICMP(v6) packet, as it does for the connection's own packets.
+/// Here a sends protocol 253 (RFC 3692's experimental) to b, which has no handler for it and
+/// answers with protocol unreachable (ICMPv6: parameter problem, unknown next header); no rule
+/// allows ICMP, yet the error must reach a's socket, for payloads starting with each family's
+/// echo request and reply types (the quoted bytes 4-5 are not an identifier).
+#[test]
+fn icmp_errors_about_portless_protocols_pass_as_related() {
+    if !kernel_tests_possible("icmp_errors_about_portless_protocols_pass_as_related") {
+        return;
+    }
+    const EXPERIMENTAL: u8 = 253;
+    let world = World::new();
+    let node = world.netns("node");
+    let ns = [world.netns("a"), world.netns("b")];
+    let _pins = world.pins();
+    let pods = [
+        Pod::new(&world, &ns[0], 0, A),
+        Pod::new(&world, &ns[1], 1, B),
+    ];
+    let node_name = world.node.clone();
+    in_node(&node, move || async move {
+        let (_netlink, mut datapath) = node_with_dual_stack_pods(&node_name, &pods).await;
+        let (a, b) = (&pods[0], &pods[1]);
+        let both = Enforcement {
+            ingress: true,
+            egress: true,
+        };
+        let allow = |direction, remote| {
+            (
+                PolicyKey::any_port(direction, remote, EXPERIMENTAL),
+                Verdict::Allow,
+            )
+        };
+        set(&mut datapath, a.id, both, &[allow(Direction::Egress, B)]);
+        set(&mut datapath, b.id, both, &[allow(Direction::Ingress, A)]);
+        let before = (counters(&datapath, a.id), counters(&datapath, b.id));
+
+        let cases = [
+            (IpAddr::from(b.ip), 0u8, libc::ENOPROTOOPT),
+            (IpAddr::from(b.ip), 8, libc::ENOPROTOOPT),
+            (IpAddr::from(b.ip6()), 128, libc::EPROTO),
+            (IpAddr::from(b.ip6()), 129, libc::EPROTO),
+        ];
+        for (to, first, expected) in cases {
+            let payload = [first, 0, 0, 0, 0x12, 0x34, 0x56, 0x78];
+            let outcome = raw_exchange(a, to, EXPERIMENTAL, &payload);
+            assert_eq!(
+                outcome.as_ref().map_err(std::io::Error::raw_os_error),
+                Err(Some(expected)),
+                "the error about protocol {EXPERIMENTAL} from {to} (payload starting with \
+                 {first}) did not reach a's socket: {outcome:?}"
+            );
+        }
+        let after = (counters(&datapath, a.id), counters(&datapath, b.id));
+        assert_eq!(
+            after.0.dropped(DropReason::PolicyDeniedIngress),
+            before.0.dropped(DropReason::PolicyDeniedIngress),
+            "{:?}",
+            after.0
+        );
+        assert_eq!(
+            after.1.dropped(DropReason::PolicyDenied),
+            before.1.dropped(DropReason::PolicyDenied),
+            "{:?}",
+            after.1
+        );
+    });
+}
