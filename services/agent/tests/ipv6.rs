@@ -843,8 +843,9 @@ fn raw_exchange(pod: &Pod, to: IpAddr, protocol: u8, payload: &[u8]) -> std::io:
             if connected < 0 {
                 return Err(std::io::Error::last_os_error());
             }
+            // The error is expected: wait as long as any expected answer.
             let timeout = libc::timeval {
-                tv_sec: 10,
+                tv_sec: support::ANSWER_WAIT.as_secs() as libc::time_t,
                 tv_usec: 0,
             };
             if libc::setsockopt(
