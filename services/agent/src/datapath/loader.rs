@@ -28,15 +28,19 @@ use aya::{Ebpf, EbpfLoader};
 use nix::mount::MsFlags;
 use nix::sys::statfs::{BPF_FS_MAGIC, statfs};
 
-use super::conntrack::{CT_MAP, ConntrackError, ConntrackMap};
-use super::ipcache::{IPCACHE_MAP, IpcacheError, IpcacheMap};
-use super::maps::{ALL_MAPS, ENDPOINTS_MAP, EndpointMaps, LXC_MAP, METRICS_MAP, MapOpError};
-use super::policy::{EP_POLICY_MAP, POLICY_MAP, PolicyMapError, PolicyMaps};
+use super::abi::{
+    ALL_MAPS, CT_MAP, ENDPOINTS_MAP, EP_POLICY_MAP, IPCACHE_MAP, LXC_MAP, LXC_PREFIX, METRICS_MAP,
+    POLICY_MAP,
+};
+use super::conntrack::{ConntrackError, ConntrackMap};
+use super::ipcache::{IpcacheError, IpcacheMap};
+use super::map_access::MapOpError;
+use super::maps::EndpointMaps;
+use super::policy::{PolicyMapError, PolicyMaps};
 use crate::netlink::{Netlink, NetlinkError, TcHook};
 
-/// The datapath object, as compiled by build.rs from `bpf/datapath.bpf.c`.
-pub static DATAPATH_OBJECT: &[u8] =
-    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/datapath.bpf.o"));
+/// Part of the ABI ([`super::abi`]), still reachable here for callers that found it here.
+pub use super::abi::{DATAPATH_OBJECT, MapCapacities};
 
 /// Where bpffs is mounted.
 pub const BPFFS_MOUNT: &str = "/sys/fs/bpf";
@@ -354,46 +358,6 @@ fn pinned_maps(ids: &[u32]) -> Vec<u32> {
         .collect();
     ids.sort_unstable();
     ids
-}
-
-/// Capacities of the maps that grow with policy, for [`Datapath::load_with`]. They apply
-/// when a map is created; a map adopted from a previous agent keeps its capacity (remove the
-/// node's pins to change it).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct MapCapacities {
-    /// Prefixes in `kino_policy` (all endpoints; a port range takes up to 30).
-    pub policy: u32,
-    /// Prefixes in `kino_ipcache`.
-    pub ipcache: u32,
-    /// Connections in `kino_ct` (preallocated: about 150 bytes each).
-    pub conntrack: u32,
-    /// Bytes of the flow event ring buffer `kino_events` (a power of two, at least a page;
-    /// an event takes 104).
-    pub events: u32,
-}
-
-impl MapCapacities {
-    /// Each sized map with its capacity (what the loader sets, and what a reused pin must
-    /// have).
-    fn sized(&self) -> [(&'static str, u32); 4] {
-        [
-            (POLICY_MAP, self.policy),
-            (IPCACHE_MAP, self.ipcache),
-            (CT_MAP, self.conntrack),
-            (super::events::EVENTS_MAP, self.events),
-        ]
-    }
-}
-
-impl Default for MapCapacities {
-    fn default() -> Self {
-        MapCapacities {
-            policy: super::policy::POLICY_MAX_ENTRIES,
-            ipcache: super::ipcache::IPCACHE_MAX_ENTRIES,
-            conntrack: super::conntrack::CT_MAX_ENTRIES,
-            events: super::events::EVENTS_RING_BYTES,
-        }
-    }
 }
 
 /// The loaded datapath of one node: programs loaded, maps pinned and typed.
@@ -953,7 +917,7 @@ impl Datapath {
             })?;
         let mut lxcs: Vec<_> = links
             .into_iter()
-            .filter(|l| l.name.starts_with(crate::endpoint::veth::LXC_PREFIX))
+            .filter(|l| l.name.starts_with(LXC_PREFIX))
             .collect();
         lxcs.sort_by(|a, b| a.name.cmp(&b.name));
         let mut attachments = Vec::new();

@@ -24,141 +24,17 @@ use std::fmt;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, Map, MapData, MapError};
 
-/// Name of the policy LPM trie.
-pub const POLICY_MAP: &str = "kino_policy";
-/// Name of the per-endpoint enforcement array.
-pub const EP_POLICY_MAP: &str = "kino_ep_policy";
-/// `KINO_POLICY_MAX_ENTRIES`: default capacity of the policy trie, in prefixes.
-pub const POLICY_MAX_ENTRIES: u32 = 262_144;
-/// `KINO_MAX_ENDPOINT_ID`: the largest endpoint id (the array has one more slot, for 0).
-pub const MAX_ENDPOINT_ID: u32 = 65_535;
-/// `KINO_POLICY_PREFIX_ANY_PROTO`.
-pub const PREFIX_ANY_PROTO: u32 = 72;
-/// `KINO_POLICY_PREFIX_ANY_PORT`.
-pub const PREFIX_ANY_PORT: u32 = 80;
-/// `KINO_POLICY_PREFIX_FULL`.
-pub const PREFIX_FULL: u32 = 96;
-/// `KINO_POLICY_F_INGRESS`.
-pub const POLICY_F_INGRESS: u32 = 1;
-/// `KINO_POLICY_F_EGRESS`.
-pub const POLICY_F_EGRESS: u32 = 2;
-/// `KINO_VERDICT_ALLOW`.
-pub const VERDICT_ALLOW: u8 = 1;
-/// `KINO_VERDICT_DENY`.
-pub const VERDICT_DENY: u8 = 2;
-/// `KINO_DIR_INGRESS`.
-pub const DIR_INGRESS: u8 = 1;
-/// `KINO_DIR_EGRESS`.
-pub const DIR_EGRESS: u8 = 2;
+use super::abi::{
+    EndpointPolicyRaw, POLICY_F_EGRESS, POLICY_F_INGRESS, POLICY_PREFIX_ANY_PORT,
+    POLICY_PREFIX_ANY_PROTO, PolicyEntryRaw, VERDICT_ALLOW, VERDICT_DENY,
+};
+use super::map_access::is_missing_key;
 
-/// `struct policy_key` without its leading `prefixlen` (aya's `Key` adds it).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct PolicyKeyRaw {
-    /// The local endpoint whose policy this is.
-    pub endpoint_id: u32,
-    /// The peer's identity; 0 = every peer.
-    pub remote_identity: u32,
-    /// [`DIR_INGRESS`] or [`DIR_EGRESS`].
-    pub direction: u8,
-    /// IANA protocol number; 0 = ANY.
-    pub protocol: u8,
-    /// Destination port, network byte order as stored in memory.
-    pub dport: [u8; 2],
-    /// Zero; never matched. Makes the key data 16 bytes so the trie stores the value (with
-    /// its u64 counters the datapath adds to atomically) 8-byte aligned — see
-    /// `struct policy_key`.
-    pub pad: [u8; 4],
-}
-
-/// `struct policy_entry`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct PolicyEntryRaw {
-    /// [`VERDICT_ALLOW`] or [`VERDICT_DENY`].
-    pub verdict: u8,
-    /// Zero.
-    pub pad: u8,
-    /// First port of the compiled key's range (0 = every port).
-    pub port: u16,
-    /// Last port of the range; 0 for a single port.
-    pub end_port: u16,
-    /// Zero.
-    pub pad2: u16,
-    /// Packets that hit this prefix.
-    pub packets: u64,
-    /// Bytes that hit this prefix.
-    pub bytes: u64,
-}
-
-/// `struct endpoint_policy`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct EndpointPolicyRaw {
-    /// `KINO_POLICY_F_*`.
-    pub flags: u32,
-    /// Bumped (in a write of its own) after every change of the endpoint's entries or flags;
-    /// conntrack's verdict cache is valid only under the generation it was made in.
-    pub generation: u32,
-    /// Realized policy revision.
-    pub revision: i64,
-}
-
-// SAFETY: plain `#[repr(C)]` integers without padding (sizes asserted below, offsets checked
-// against the object's BTF by the maps tests).
-unsafe impl aya::Pod for PolicyKeyRaw {}
-// SAFETY: as above.
-unsafe impl aya::Pod for PolicyEntryRaw {}
-// SAFETY: as above.
-unsafe impl aya::Pod for EndpointPolicyRaw {}
-
-const _: () = assert!(size_of::<PolicyKeyRaw>() == 16);
-// The trie stores a value right after the node header and the key data (not the prefixlen):
-// key data of a multiple of 8 bytes keeps the value's u64 counters aligned, so the
-// datapath's atomic adds on them never straddle a cache line (a split lock per packet).
-const _: () = assert!(
-    size_of::<PolicyKeyRaw>().is_multiple_of(8),
-    "policy_key data must be a multiple of 8 bytes (see struct policy_key)"
-);
-const _: () = assert!(size_of::<PolicyEntryRaw>() == 24);
-const _: () = assert!(size_of::<EndpointPolicyRaw>() == 16);
-
-/// Direction of traffic, seen from the endpoint.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub enum Direction {
-    /// Into the endpoint.
-    Ingress,
-    /// Out of the endpoint.
-    Egress,
-}
-
-impl Direction {
-    /// Both, ingress first.
-    pub const BOTH: [Direction; 2] = [Direction::Ingress, Direction::Egress];
-
-    fn raw(self) -> u8 {
-        match self {
-            Direction::Ingress => DIR_INGRESS,
-            Direction::Egress => DIR_EGRESS,
-        }
-    }
-
-    fn from_raw(raw: u8) -> Option<Self> {
-        match raw {
-            DIR_INGRESS => Some(Direction::Ingress),
-            DIR_EGRESS => Some(Direction::Egress),
-            _ => None,
-        }
-    }
-
-    /// `ingress` / `egress`.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Direction::Ingress => "ingress",
-            Direction::Egress => "egress",
-        }
-    }
-}
+/// The policy maps' ABI ([`super::abi`]), still reachable here for callers that found it here.
+pub use super::abi::{
+    DIR_EGRESS, DIR_INGRESS, Direction, EP_POLICY_MAP, MAX_ENDPOINT_ID, POLICY_MAP,
+    POLICY_MAX_ENTRIES, PolicyKeyRaw,
+};
 
 /// Allow or deny.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -330,14 +206,17 @@ impl PolicyKey {
             pad: [0; 4],
         };
         if self.protocol == 0 {
-            return vec![Key::new(PREFIX_ANY_PROTO, raw(0, 0))];
+            return vec![Key::new(POLICY_PREFIX_ANY_PROTO, raw(0, 0))];
         }
         match self.ports() {
-            None => vec![Key::new(PREFIX_ANY_PORT, raw(self.protocol, 0))],
+            None => vec![Key::new(POLICY_PREFIX_ANY_PORT, raw(self.protocol, 0))],
             Some((first, last)) => port_prefixes(first, last)
                 .into_iter()
                 .map(|(port, bits)| {
-                    Key::new(PREFIX_ANY_PORT + u32::from(bits), raw(self.protocol, port))
+                    Key::new(
+                        POLICY_PREFIX_ANY_PORT + u32::from(bits),
+                        raw(self.protocol, port),
+                    )
                 })
                 .collect(),
         }
@@ -346,9 +225,9 @@ impl PolicyKey {
     /// The compiled key a stored prefix belongs to (its value names the range).
     fn from_stored(raw: &PolicyKeyRaw, prefix_len: u32, value: &PolicyEntryRaw) -> Option<Self> {
         let direction = Direction::from_raw(raw.direction)?;
-        let (protocol, port, end_port) = if prefix_len <= PREFIX_ANY_PROTO {
+        let (protocol, port, end_port) = if prefix_len <= POLICY_PREFIX_ANY_PROTO {
             (0, 0, 0)
-        } else if prefix_len == PREFIX_ANY_PORT {
+        } else if prefix_len == POLICY_PREFIX_ANY_PORT {
             (raw.protocol, 0, 0)
         } else {
             (raw.protocol, value.port, value.end_port)
@@ -500,14 +379,6 @@ pub enum PolicyMapError {
         #[source]
         source: Box<MapError>,
     },
-}
-
-fn is_missing(error: &MapError) -> bool {
-    match error {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
 }
 
 /// One write of an update.
@@ -830,7 +701,7 @@ impl PolicyMaps {
                 let prefixes = key.prefixes(endpoint_id);
                 for prefix in &prefixes {
                     if let Err(source) = self.trie.remove(prefix)
-                        && !is_missing(&source)
+                        && !is_missing_key(&source)
                     {
                         // Some prefixes may be gone already: keep the key in the copy so a
                         // retry removes the rest.
@@ -1017,6 +888,7 @@ impl PolicyMaps {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::abi::POLICY_PREFIX_FULL;
 
     fn covered(prefixes: &[(u16, u8)]) -> Vec<u32> {
         let mut ports: Vec<u32> = prefixes
@@ -1065,12 +937,12 @@ mod tests {
         let any = PolicyKey::any_port(Direction::Ingress, 300, 0);
         let p = any.prefixes(7);
         assert_eq!(p.len(), 1);
-        assert_eq!(p[0].prefix_len(), PREFIX_ANY_PROTO);
+        assert_eq!(p[0].prefix_len(), POLICY_PREFIX_ANY_PROTO);
         let tcp = PolicyKey::any_port(Direction::Egress, 0, 6);
-        assert_eq!(tcp.prefixes(7)[0].prefix_len(), PREFIX_ANY_PORT);
+        assert_eq!(tcp.prefixes(7)[0].prefix_len(), POLICY_PREFIX_ANY_PORT);
         let one = PolicyKey::port(Direction::Egress, 0, 6, 443);
         let p = one.prefixes(7)[0];
-        assert_eq!(p.prefix_len(), PREFIX_FULL);
+        assert_eq!(p.prefix_len(), POLICY_PREFIX_FULL);
         assert_eq!(p.data().dport, [1, 187]);
         assert_eq!(p.data().endpoint_id, 7);
         assert_eq!(p.data().direction, DIR_EGRESS);
