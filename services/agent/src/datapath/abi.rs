@@ -1,14 +1,14 @@
 //! The datapath's ABI: the one Rust twin of `bpf/kino_maps.h` — every `#[repr(C)]` key and
 //! value the programs and the agent share, the map names and the list of maps whose size the
-//! agent sets, the flags, families, identities, directions and drop reasons with their numeric
-//! values — and the compiled object itself. The tests beside it (`abi/tests.rs`) prove the layouts
-//! against the object's BTF and the constants against the header: shared layouts are checked,
-//! not trusted. Change the header and this module together.
+//! agent sets, the flags, families, identities, directions and drop reasons with their
+//! numeric values — and the compiled object itself. The tests beside it (`abi/tests.rs`)
+//! prove the layouts against the object's BTF and the constants against the header: shared
+//! layouts are checked, not trusted. Change the header and this module together.
 //!
-//! Nothing here talks to the kernel; the typed maps ([`super::maps`], [`super::ipcache`],
-//! [`super::policy`], [`super::conntrack`], [`super::events`]) and the loader build on it, and
-//! it imports none of them. One file per map (or group of maps), re-exported flat: callers
-//! write `abi::CtKeyRaw`, `abi::IPCACHE_MAP`.
+//! Nothing here talks to the kernel; the typed maps (`maps`, `ipcache`, `policy`,
+//! `conntrack`, `events`) and the loader build on it, and it imports none of them. One file
+//! per map (or group of maps), re-exported flat: callers write `abi::CtKeyRaw`,
+//! `abi::IPCACHE_MAP`. A constant mirroring a `#define` is named as it, without `KINO_`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 

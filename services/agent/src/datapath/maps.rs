@@ -1,7 +1,7 @@
 //! The endpoint maps of the datapath, typed: upsert, remove and list endpoint entries
 //! (`kino_endpoints` by IP, `kino_lxc` by lxc) and read per-endpoint counters
-//! (`kino_metrics`). Their layouts are in [`super::abi`]; the policy maps are in
-//! [`super::policy`], the ipcache in [`super::ipcache`], conntrack in [`super::conntrack`].
+//! (`kino_metrics`). Their layouts are in [`super::abi`]; the policy maps, the ipcache and
+//! conntrack have files of their own (`policy`, `ipcache`, `conntrack`).
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::Path;

@@ -221,8 +221,8 @@ impl Datapath {
 
 #[cfg(test)]
 mod tests {
+    use super::super::DEFAULT_PIN_ROOT;
     use super::*;
-    use crate::datapath::loader::DEFAULT_PIN_ROOT;
 
     #[test]
     fn link_pin_names_round_trip() {
