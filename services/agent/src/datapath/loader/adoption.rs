@@ -68,11 +68,7 @@ impl Datapath {
         let mut hooks = Vec::new();
         let mut have_qdisc = false;
         for hook in Hook::ALL {
-            let pinned = pins
-                .iter()
-                .find(|(_, lxc, index, h)| lxc == lxc_name && *index == ifindex && *h == hook);
-            if let Some((file, ..)) = pinned {
-                let pin = self.links_dir().join(file);
+            if let Some(pin) = self.link_pin_of(&pins, lxc_name, ifindex, hook) {
                 // Load already switched live pins to our program (adopt_links).
                 let change = if pinned_program(&pin) == Some(self.identity(hook).id) {
                     AttachChange::Kept
@@ -93,15 +89,7 @@ impl Datapath {
             let ours = filters.iter().find(|f| f.name == hook.filter_name());
             let (priority, handle, change) = match ours {
                 Some(f) if self.same_program(hook, f.program_id, &f.tag) => {
-                    hooks.push(HookAttachment {
-                        hook,
-                        point: AttachPoint::Filter {
-                            priority: f.priority,
-                            handle: f.handle,
-                        },
-                        program_id: f.program_id,
-                        change: Some(AttachChange::Kept),
-                    });
+                    hooks.push(HookAttachment::filter(hook, f, Some(AttachChange::Kept)));
                     continue;
                 }
                 Some(f) => (f.priority, f.handle, AttachChange::Replaced),

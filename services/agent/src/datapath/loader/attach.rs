@@ -9,9 +9,9 @@ use super::Datapath;
 use super::error::DatapathError;
 use super::hook::Hook;
 use super::pins::pinned_program;
-use super::program::program;
+use super::program::{program, program_error};
 use crate::datapath::abi::LXC_PREFIX;
-use crate::netlink::Netlink;
+use crate::netlink::{BpfFilter, Netlink};
 
 /// Priority of the agent's tc filters on an lxc (runs before any other filter).
 pub const TC_PRIORITY: u16 = 1;
@@ -82,6 +82,19 @@ pub struct HookAttachment {
 }
 
 impl HookAttachment {
+    /// The hook's program as the tc filter `filter` runs it.
+    pub(super) fn filter(hook: Hook, filter: &BpfFilter, change: Option<AttachChange>) -> Self {
+        HookAttachment {
+            hook,
+            point: AttachPoint::Filter {
+                priority: filter.priority,
+                handle: filter.handle,
+            },
+            program_id: filter.program_id,
+            change,
+        }
+    }
+
     /// How it is attached.
     pub fn mode(&self) -> AttachMode {
         match self.point {
@@ -186,11 +199,7 @@ impl Datapath {
         let pins = self.link_pins()?;
         let mut hooks = Vec::new();
         for hook in Hook::ALL {
-            let pinned = pins
-                .iter()
-                .find(|(_, lxc, index, h)| lxc == lxc_name && *index == ifindex && *h == hook);
-            if let Some((file, ..)) = pinned {
-                let pin = self.links_dir().join(file);
+            if let Some(pin) = self.link_pin_of(&pins, lxc_name, ifindex, hook) {
                 let program_id = pinned_program(&pin).unwrap_or(0);
                 hooks.push(HookAttachment {
                     hook,
@@ -202,15 +211,7 @@ impl Datapath {
             }
             let filters = self.filters(netlink, lxc_name, ifindex, hook).await?;
             if let Some(f) = filters.iter().find(|f| f.name == hook.filter_name()) {
-                hooks.push(HookAttachment {
-                    hook,
-                    point: AttachPoint::Filter {
-                        priority: f.priority,
-                        handle: f.handle,
-                    },
-                    program_id: f.program_id,
-                    change: None,
-                });
+                hooks.push(HookAttachment::filter(hook, f, None));
             }
         }
         Ok(LxcAttachment {
@@ -256,7 +257,7 @@ impl Datapath {
         lxc: &str,
         ifindex: u32,
         hook: Hook,
-    ) -> Result<Vec<crate::netlink::BpfFilter>, DatapathError> {
+    ) -> Result<Vec<BpfFilter>, DatapathError> {
         netlink
             .bpf_filters(ifindex, hook.tc_hook())
             .await
@@ -283,10 +284,7 @@ impl Datapath {
     ) -> Result<(), DatapathError> {
         let fd = program(&self.ebpf, hook)?
             .fd()
-            .map_err(|source| DatapathError::Program {
-                program: hook.program(),
-                source: Box::new(source),
-            })?;
+            .map_err(program_error(hook))?;
         netlink
             .set_bpf_filter(
                 ifindex,

@@ -150,19 +150,17 @@ pub(super) fn pinned_program(pin: &Path) -> Option<u32> {
 
 /// Removes a pin; one already gone is fine.
 pub(super) fn remove_pin(path: &Path) -> Result<(), DatapathError> {
-    match fs::remove_file(path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-        Err(source) => Err(DatapathError::PinPath {
-            path: path.to_owned(),
-            source,
-        }),
-    }
+    unless_missing(path, fs::remove_file(path))
 }
 
 /// Removes an empty pin directory; one already gone is fine.
 fn remove_dir(path: &Path) -> Result<(), DatapathError> {
-    match fs::remove_dir(path) {
+    unless_missing(path, fs::remove_dir(path))
+}
+
+/// The error of removing `path`, unless it says nothing was there.
+fn unless_missing(path: &Path, removed: io::Result<()>) -> Result<(), DatapathError> {
+    match removed {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
         Err(source) => Err(DatapathError::PinPath {
@@ -176,6 +174,20 @@ impl Datapath {
     /// The directory of the TCX link pins (`<pin dir>/links`).
     pub(super) fn links_dir(&self) -> PathBuf {
         self.pin_dir.join(LINKS_DIR)
+    }
+
+    /// The pin of the TCX link of `hook` on the lxc `lxc_name` (`ifindex`), if `pins` (from
+    /// [`Datapath::link_pins`]) has one.
+    pub(super) fn link_pin_of(
+        &self,
+        pins: &[(String, String, u32, Hook)],
+        lxc_name: &str,
+        ifindex: u32,
+        hook: Hook,
+    ) -> Option<PathBuf> {
+        pins.iter()
+            .find(|(_, lxc, index, h)| lxc == lxc_name && *index == ifindex && *h == hook)
+            .map(|(file, ..)| self.links_dir().join(file))
     }
 
     /// Every well-formed link pin: (file name, lxc, ifindex, hook), sorted by file name.

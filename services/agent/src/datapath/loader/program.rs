@@ -50,10 +50,7 @@ pub(super) fn load_programs(
     let mut identities = Vec::new();
     for hook in Hook::ALL {
         let program = program_mut(ebpf, hook)?;
-        let program_error = |source| DatapathError::Program {
-            program: hook.program(),
-            source: Box::new(source),
-        };
+        let program_error = program_error(hook);
         program.load().map_err(program_error)?;
         let info = program.info().map_err(program_error)?;
         identities.push((
@@ -70,18 +67,21 @@ pub(super) fn load_programs(
     Ok(identities)
 }
 
-/// The program of `hook` in the object.
+/// The error of an operation on the program of `hook`, for `map_err`.
+pub(super) fn program_error(hook: Hook) -> impl Fn(ProgramError) -> DatapathError + Copy {
+    move |source| DatapathError::Program {
+        program: hook.program(),
+        source: Box::new(source),
+    }
+}
+
+/// The program of `hook` in the object (missing, or not a classifier: an error).
 pub(super) fn program(ebpf: &Ebpf, hook: Hook) -> Result<&SchedClassifier, DatapathError> {
     let program = ebpf
         .program(hook.program())
-        .ok_or_else(|| DatapathError::Program {
-            program: hook.program(),
-            source: Box::new(ProgramError::UnexpectedProgramType),
-        })?;
-    program.try_into().map_err(|source| DatapathError::Program {
-        program: hook.program(),
-        source: Box::new(source),
-    })
+        .ok_or(ProgramError::UnexpectedProgramType)
+        .map_err(program_error(hook))?;
+    program.try_into().map_err(program_error(hook))
 }
 
 /// The program of `hook` in the object, to load or attach it.
@@ -91,14 +91,9 @@ pub(super) fn program_mut(
 ) -> Result<&mut SchedClassifier, DatapathError> {
     let program = ebpf
         .program_mut(hook.program())
-        .ok_or_else(|| DatapathError::Program {
-            program: hook.program(),
-            source: Box::new(ProgramError::UnexpectedProgramType),
-        })?;
-    program.try_into().map_err(|source| DatapathError::Program {
-        program: hook.program(),
-        source: Box::new(source),
-    })
+        .ok_or(ProgramError::UnexpectedProgramType)
+        .map_err(program_error(hook))?;
+    program.try_into().map_err(program_error(hook))
 }
 
 impl Datapath {

@@ -204,16 +204,30 @@ mod tests {
         assert!(plan_change(1, &current, &both).is_err());
     }
 
-    #[test]
-    fn writes_never_open_a_gap() {
-        let tcp = |p| PolicyKey::port(Direction::Ingress, 300, 6, p);
-        let all = PolicyKey::any_port(Direction::Ingress, 300, 6);
-        let current: BTreeMap<PolicyKey, Verdict> = [
-            (all, Verdict::Allow),
+    /// A TCP key of ingress from identity 300 to port `port`.
+    fn tcp(port: u16) -> PolicyKey {
+        PolicyKey::port(Direction::Ingress, 300, 6, port)
+    }
+
+    /// The key of ingress from identity 300 to every TCP port.
+    fn all_tcp() -> PolicyKey {
+        PolicyKey::any_port(Direction::Ingress, 300, 6)
+    }
+
+    /// Every TCP port allowed but 80, and 22 allowed again (as its own key).
+    fn tcp_policy() -> BTreeMap<PolicyKey, Verdict> {
+        [
+            (all_tcp(), Verdict::Allow),
             (tcp(80), Verdict::Deny),
             (tcp(22), Verdict::Allow),
         ]
-        .into();
+        .into()
+    }
+
+    #[test]
+    fn writes_never_open_a_gap() {
+        let all = all_tcp();
+        let current = tcp_policy();
         let target: BTreeMap<PolicyKey, Verdict> = [
             (tcp(443), Verdict::Allow),
             (tcp(22), Verdict::Deny),
@@ -239,14 +253,8 @@ mod tests {
 
     #[test]
     fn deltas_write_only_what_changes_in_the_safe_order() {
-        let tcp = |p| PolicyKey::port(Direction::Ingress, 300, 6, p);
-        let all = PolicyKey::any_port(Direction::Ingress, 300, 6);
-        let current: BTreeMap<PolicyKey, Verdict> = [
-            (all, Verdict::Allow),
-            (tcp(80), Verdict::Deny),
-            (tcp(22), Verdict::Allow),
-        ]
-        .into();
+        let all = all_tcp();
+        let current = tcp_policy();
         let change = EntryChange::Delta {
             upserts: vec![
                 (tcp(443), Verdict::Allow),
