@@ -1,5 +1,5 @@
 //! Compiles the eBPF programs in `bpf/` with Debian's clang-19 (flags from ../shared/STACK.md)
-//! into `$OUT_DIR/<name>.bpf.o`; `datapath::loader` embeds them with `include_bytes_aligned!`.
+//! into `$OUT_DIR/<name>.bpf.o`; `datapath::abi` embeds them with `include_bytes_aligned!`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0-only) */
 /*
  * Map layouts of the Kinocilium datapath: defined ONCE here and mirrored #[repr(C)] in
- * services/agent/src/datapath/maps.rs, whose test checks every size and offset against the
+ * services/agent/src/datapath/abi/, whose test checks every size and offset against the
  * BTF of the compiled object. Change both together; a layout change also needs new pin names
  * (an agent adopting an old pinned map with other key/value sizes refuses to start).
  *

@@ -6,7 +6,7 @@
 //! seconds on both sides: the datapath's `bpf_ktime_get_coarse_ns()` is that clock.
 
 use std::fmt;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::path::Path;
 use std::time::Duration;
 
@@ -15,77 +15,13 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use aya::maps::{HashMap, Map, MapData, MapError};
 use aya::sys::SyscallError;
 
-use super::maps::{FAMILY_IPV4, FAMILY_IPV6};
-use super::policy::{DIR_EGRESS, DIR_INGRESS, Direction};
+use super::abi::{Direction, addr_from_raw};
 
-/// Name of the conntrack map.
-pub const CT_MAP: &str = "kino_ct";
-/// `KINO_CT_MAX_ENTRIES`: default capacity (preallocated).
-pub const CT_MAX_ENTRIES: u32 = 131_072;
-/// `KINO_CT_F_TX_CLOSING`.
-pub const CT_F_TX_CLOSING: u32 = 1;
-/// `KINO_CT_F_RX_CLOSING`.
-pub const CT_F_RX_CLOSING: u32 = 2;
-/// `KINO_CT_F_SEEN_NON_SYN`.
-pub const CT_F_SEEN_NON_SYN: u32 = 4;
-
-/// `struct ct_key`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CtKeyRaw {
-    /// Source address (IPv4 in the first 4 bytes).
-    pub saddr: [u8; 16],
-    /// Destination address.
-    pub daddr: [u8; 16],
-    /// Source port, network order as stored (ICMP echo request: identifier).
-    pub sport: [u8; 2],
-    /// Destination port, network order as stored (ICMP echo reply: identifier).
-    pub dport: [u8; 2],
-    /// IANA protocol.
-    pub protocol: u8,
-    /// `KINO_FAMILY_*`.
-    pub family: u8,
-    /// `KINO_DIR_*` of the point that made the entry.
-    pub direction: u8,
-    /// Zero.
-    pub pad: u8,
-}
-
-/// `struct ct_entry`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct CtEntryRaw {
-    /// Packets in the original direction.
-    pub tx_packets: u64,
-    /// Bytes in the original direction.
-    pub tx_bytes: u64,
-    /// Packets in the reply direction.
-    pub rx_packets: u64,
-    /// Bytes in the reply direction.
-    pub rx_bytes: u64,
-    /// CLOCK_MONOTONIC_COARSE second at which the entry lapses.
-    pub expires: u32,
-    /// `KINO_CT_F_*`.
-    pub flags: u32,
-    /// Identity of the connection's source.
-    pub src_identity: u32,
-    /// The local endpoint of the point that made the entry.
-    pub endpoint_id: u32,
-    /// Verdict cache: the endpoint's policy generation the connection was last allowed
-    /// under, ...
-    pub policy_generation: u32,
-    /// ... with this peer identity.
-    pub remote_identity: u32,
-}
-
-// SAFETY: plain `#[repr(C)]` integers and byte arrays without padding (sizes asserted below,
-// offsets checked against the object's BTF by the maps tests).
-unsafe impl aya::Pod for CtKeyRaw {}
-// SAFETY: as above.
-unsafe impl aya::Pod for CtEntryRaw {}
-
-const _: () = assert!(size_of::<CtKeyRaw>() == 40);
-const _: () = assert!(size_of::<CtEntryRaw>() == 56);
+/// Conntrack's ABI ([`super::abi`]), still reachable here for callers that found it here.
+pub use super::abi::{
+    CT_F_RX_CLOSING, CT_F_SEEN_NON_SYN, CT_F_TX_CLOSING, CT_MAP, CT_MAX_ENTRIES, CtEntryRaw,
+    CtKeyRaw,
+};
 
 /// One tracked connection at one enforcement point.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,11 +64,7 @@ pub struct CtEntry {
 impl CtEntry {
     fn from_raw(key: &CtKeyRaw, value: &CtEntryRaw, now: u32) -> Option<Self> {
         let (source, destination) = key_addresses(key)?;
-        let direction = match key.direction {
-            DIR_INGRESS => Direction::Ingress,
-            DIR_EGRESS => Direction::Egress,
-            _ => return None,
-        };
+        let direction = Direction::from_raw(key.direction)?;
         Some(CtEntry {
             protocol: key.protocol,
             source,
@@ -513,17 +445,16 @@ fn bpf_batch(command: libc::c_long, attr: &mut BatchAttr) -> std::io::Result<()>
 
 /// The source and destination of a key (`None` for an unknown family).
 fn key_addresses(key: &CtKeyRaw) -> Option<(IpAddr, IpAddr)> {
-    let addr = |raw: [u8; 16]| match key.family {
-        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
-        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(raw))),
-        _ => None,
-    };
-    Some((addr(key.saddr)?, addr(key.daddr)?))
+    Some((
+        addr_from_raw(key.family, &key.saddr)?,
+        addr_from_raw(key.family, &key.daddr)?,
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::abi::{DIR_EGRESS, FAMILY_IPV4};
 
     #[test]
     fn entries_decode() {

@@ -1,138 +1,27 @@
 //! Flow events (issue #6), kernel side: the `kino_events` BPF ring buffer the datapath
 //! reports drops and new connections' policy verdicts to, its per-CPU
-//! `kino_event_counters` (events emitted, events lost because the ring was full), the
-//! `#[repr(C)]` mirror of `struct flow_event` (checked against the object's BTF by the
-//! tests) and its decoded form [`FlowEvent`]. The flow observer ([`crate::flows`]) reads them
-//! through [`EventRing`].
+//! `kino_event_counters` (events emitted, events lost because the ring was full), and the
+//! decoded form [`FlowEvent`] of a `struct flow_event` record (its `#[repr(C)]` mirror is in
+//! [`super::abi`]). The flow observer ([`crate::flows`]) reads them through [`EventRing`].
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::net::IpAddr;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::Path;
 
-use aya::maps::{Map, MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 
-use super::maps::{DropReason, FAMILY_IPV4, FAMILY_IPV6, MapOpError};
-use super::policy::{DIR_EGRESS, DIR_INGRESS, Direction};
+use super::abi::{
+    Direction, DropReason, EVENT_AUDIT, EVENT_COUNTERS_MAP, EVENT_DROP, EVENT_DROPPED,
+    EVENT_F_DST_IDENTITY, EVENT_F_REPLY, EVENT_F_REPLY_KNOWN, EVENT_F_SRC_IDENTITY,
+    EVENT_FORWARDED, EVENT_POLICY_VERDICT, EVENTS_MAP, EventCountersRaw, FlowEventRaw, MATCH_ALL,
+    MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, MATCH_NOT_ENFORCED, OBS_FROM_ENDPOINT,
+    OBS_TO_ENDPOINT, addr_from_raw,
+};
+use super::map_access::{MapOpError, open_pinned};
 use crate::netlink::MacAddr;
 
-/// Name of the ring buffer of flow events (pinned under the node's pin directory).
-pub const EVENTS_MAP: &str = "kino_events";
-/// Name of the per-CPU counters of emitted and lost events.
-pub const EVENT_COUNTERS_MAP: &str = "kino_event_counters";
-/// `KINO_EVENTS_RING_BYTES`: default size of the ring buffer.
-pub const EVENTS_RING_BYTES: u32 = 4_194_304;
-
-/// `KINO_EVENT_DROP`.
-pub const EVENT_DROP: u8 = 1;
-/// `KINO_EVENT_POLICY_VERDICT`.
-pub const EVENT_POLICY_VERDICT: u8 = 2;
-/// `KINO_EVENT_FORWARDED`.
-pub const EVENT_FORWARDED: u8 = 1;
-/// `KINO_EVENT_DROPPED`.
-pub const EVENT_DROPPED: u8 = 2;
-/// `KINO_EVENT_AUDIT`.
-pub const EVENT_AUDIT: u8 = 3;
-/// `KINO_OBS_FROM_ENDPOINT`.
-pub const OBS_FROM_ENDPOINT: u8 = 1;
-/// `KINO_OBS_TO_ENDPOINT`.
-pub const OBS_TO_ENDPOINT: u8 = 2;
-/// `KINO_MATCH_NONE`.
-pub const MATCH_NONE: u8 = 0;
-/// `KINO_MATCH_L3_L4`.
-pub const MATCH_L3_L4: u8 = 1;
-/// `KINO_MATCH_L3_ONLY`.
-pub const MATCH_L3_ONLY: u8 = 2;
-/// `KINO_MATCH_L4_ONLY`.
-pub const MATCH_L4_ONLY: u8 = 3;
-/// `KINO_MATCH_ALL`.
-pub const MATCH_ALL: u8 = 4;
-/// `KINO_MATCH_NOT_ENFORCED`.
-pub const MATCH_NOT_ENFORCED: u8 = 5;
-/// `KINO_EVENT_F_SRC_IDENTITY`: `src_identity` is the datapath's.
-pub const EVENT_F_SRC_IDENTITY: u8 = 1 << 0;
-/// `KINO_EVENT_F_DST_IDENTITY`: `dst_identity` is the datapath's.
-pub const EVENT_F_DST_IDENTITY: u8 = 1 << 1;
-/// `KINO_EVENT_F_REPLY_KNOWN`: conntrack classified the packet.
-pub const EVENT_F_REPLY_KNOWN: u8 = 1 << 2;
-/// `KINO_EVENT_F_REPLY`: ... as a reply.
-pub const EVENT_F_REPLY: u8 = 1 << 3;
-
-/// `struct flow_event`: one record of `kino_events`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct FlowEventRaw {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC).
-    pub ktime_ns: u64,
-    /// Interface the program ran on.
-    pub ifindex: u32,
-    /// Local endpoint of the observation point (0: unknown lxc).
-    pub endpoint_id: u32,
-    /// Source identity (with [`EVENT_F_SRC_IDENTITY`]).
-    pub src_identity: u32,
-    /// Destination identity (with [`EVENT_F_DST_IDENTITY`]).
-    pub dst_identity: u32,
-    /// Packet length.
-    pub len: u32,
-    /// Ethertype, host order.
-    pub ethertype: u16,
-    /// `KINO_FAMILY_*`, 0 when not IP.
-    pub family: u8,
-    /// IP protocol.
-    pub protocol: u8,
-    /// Source address (IPv4 in the first 4 bytes).
-    pub saddr: [u8; 16],
-    /// Destination address.
-    pub daddr: [u8; 16],
-    /// Source port, network order as stored (the two bytes in order).
-    pub sport: [u8; 2],
-    /// Destination port, network order as stored.
-    pub dport: [u8; 2],
-    /// `KINO_EVENT_*` type.
-    pub r#type: u8,
-    /// Verdict.
-    pub verdict: u8,
-    /// `KINO_DROP_*`.
-    pub drop_reason: u8,
-    /// `KINO_DIR_*`, 0 for none.
-    pub direction: u8,
-    /// `KINO_OBS_*`.
-    pub obs_point: u8,
-    /// `KINO_MATCH_*`.
-    pub match_type: u8,
-    /// TCP flags byte.
-    pub tcp_flags: u8,
-    /// ICMP type.
-    pub icmp_type: u8,
-    /// ICMP code.
-    pub icmp_code: u8,
-    /// `KINO_EVENT_F_*`.
-    pub flags: u8,
-    /// Source MAC.
-    pub src_mac: [u8; 6],
-    /// Destination MAC.
-    pub dst_mac: [u8; 6],
-    /// Zero.
-    pub pad: [u8; 6],
-}
-
-/// `struct event_counters`: one CPU's counters.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct EventCountersRaw {
-    /// Events submitted to the ring.
-    pub emitted: u64,
-    /// Events lost: the ring was full.
-    pub lost: u64,
-}
-
-// SAFETY: plain `#[repr(C)]` integers and byte arrays with no padding (checked against the
-// BTF by the tests and by the size asserts below).
-unsafe impl aya::Pod for FlowEventRaw {}
-// SAFETY: as above.
-unsafe impl aya::Pod for EventCountersRaw {}
-
-const _: () = assert!(size_of::<FlowEventRaw>() == 96);
-const _: () = assert!(size_of::<EventCountersRaw>() == 16);
+/// The events' ABI ([`super::abi`]), still reachable here for callers that found it here.
+pub use super::abi::EVENTS_RING_BYTES;
 
 /// What kind of event the datapath reported.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -251,14 +140,6 @@ pub enum EventDecodeError {
     },
 }
 
-fn addr(family: u8, raw: &[u8; 16]) -> Option<IpAddr> {
-    match family {
-        FAMILY_IPV4 => Some(IpAddr::V4(Ipv4Addr::new(raw[0], raw[1], raw[2], raw[3]))),
-        FAMILY_IPV6 => Some(IpAddr::V6(Ipv6Addr::from(*raw))),
-        _ => None,
-    }
-}
-
 impl FlowEvent {
     /// Decodes one ring record.
     pub fn decode(bytes: &[u8]) -> Result<Self, EventDecodeError> {
@@ -298,9 +179,7 @@ impl FlowEvent {
         };
         let direction = match raw.direction {
             0 => None,
-            DIR_INGRESS => Some(Direction::Ingress),
-            DIR_EGRESS => Some(Direction::Egress),
-            other => return Err(unknown("direction", other)),
+            other => Some(Direction::from_raw(other).ok_or_else(|| unknown("direction", other))?),
         };
         let point = match raw.obs_point {
             0 => None,
@@ -326,8 +205,8 @@ impl FlowEvent {
             dst_identity: flag(EVENT_F_DST_IDENTITY).then_some(raw.dst_identity),
             len: raw.len,
             ethertype: raw.ethertype,
-            src_ip: addr(raw.family, &raw.saddr),
-            dst_ip: addr(raw.family, &raw.daddr),
+            src_ip: addr_from_raw(raw.family, &raw.saddr),
+            dst_ip: addr_from_raw(raw.family, &raw.daddr),
             protocol: raw.protocol,
             src_port: u16::from_be_bytes(raw.sport),
             dst_port: u16::from_be_bytes(raw.dport),
@@ -369,31 +248,18 @@ impl std::fmt::Debug for EventRing {
     }
 }
 
-fn open_pin(pin_dir: &Path, name: &'static str) -> Result<Map, MapOpError> {
-    let path = pin_dir.join(name);
-    let op = |what: String| {
-        move |source| MapOpError {
-            map: name,
-            op: what,
-            source,
-        }
-    };
-    let data = MapData::from_pin(&path).map_err(op(format!("open pin {}", path.display())))?;
-    Map::from_map_data(data).map_err(op("open".to_owned()))
-}
-
 impl EventRing {
     /// Opens `kino_events` and `kino_event_counters` pinned in `pin_dir` (the datapath
     /// must have been loaded there). One reader per ring: a second one would steal events.
     pub fn open_pinned(pin_dir: &Path) -> Result<Self, MapOpError> {
         let ring =
-            RingBuf::try_from(open_pin(pin_dir, EVENTS_MAP)?).map_err(|source| MapOpError {
+            RingBuf::try_from(open_pinned(pin_dir, EVENTS_MAP)?).map_err(|source| MapOpError {
                 map: EVENTS_MAP,
                 op: "open as a ring buffer".into(),
                 source,
             })?;
         let counters =
-            PerCpuArray::try_from(open_pin(pin_dir, EVENT_COUNTERS_MAP)?).map_err(|source| {
+            PerCpuArray::try_from(open_pinned(pin_dir, EVENT_COUNTERS_MAP)?).map_err(|source| {
                 MapOpError {
                     map: EVENT_COUNTERS_MAP,
                     op: "open".into(),
@@ -441,6 +307,8 @@ impl AsRawFd for EventRing {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::abi::{DIR_INGRESS, FAMILY_IPV4, FAMILY_IPV6};
+    use std::net::Ipv6Addr;
 
     fn raw() -> FlowEventRaw {
         let mut raw = FlowEventRaw {
@@ -535,100 +403,5 @@ mod tests {
         let mut bad = raw();
         bad.drop_reason = 77;
         assert!(FlowEvent::from_raw(&bad).is_err());
-    }
-
-    #[test]
-    fn rust_mirrors_match_the_object_btf() {
-        use crate::datapath::maps::tests::{assert_layout, object_btf};
-        use std::mem::offset_of;
-        let structs = object_btf();
-        assert_layout(
-            &structs,
-            "flow_event",
-            size_of::<FlowEventRaw>(),
-            &[
-                ("ktime_ns", offset_of!(FlowEventRaw, ktime_ns)),
-                ("ifindex", offset_of!(FlowEventRaw, ifindex)),
-                ("endpoint_id", offset_of!(FlowEventRaw, endpoint_id)),
-                ("src_identity", offset_of!(FlowEventRaw, src_identity)),
-                ("dst_identity", offset_of!(FlowEventRaw, dst_identity)),
-                ("len", offset_of!(FlowEventRaw, len)),
-                ("ethertype", offset_of!(FlowEventRaw, ethertype)),
-                ("family", offset_of!(FlowEventRaw, family)),
-                ("protocol", offset_of!(FlowEventRaw, protocol)),
-                ("saddr", offset_of!(FlowEventRaw, saddr)),
-                ("daddr", offset_of!(FlowEventRaw, daddr)),
-                ("sport", offset_of!(FlowEventRaw, sport)),
-                ("dport", offset_of!(FlowEventRaw, dport)),
-                ("type", offset_of!(FlowEventRaw, r#type)),
-                ("verdict", offset_of!(FlowEventRaw, verdict)),
-                ("drop_reason", offset_of!(FlowEventRaw, drop_reason)),
-                ("direction", offset_of!(FlowEventRaw, direction)),
-                ("obs_point", offset_of!(FlowEventRaw, obs_point)),
-                ("match_type", offset_of!(FlowEventRaw, match_type)),
-                ("tcp_flags", offset_of!(FlowEventRaw, tcp_flags)),
-                ("icmp_type", offset_of!(FlowEventRaw, icmp_type)),
-                ("icmp_code", offset_of!(FlowEventRaw, icmp_code)),
-                ("flags", offset_of!(FlowEventRaw, flags)),
-                ("src_mac", offset_of!(FlowEventRaw, src_mac)),
-                ("dst_mac", offset_of!(FlowEventRaw, dst_mac)),
-                ("pad", offset_of!(FlowEventRaw, pad)),
-            ],
-        );
-        assert_layout(
-            &structs,
-            "event_counters",
-            size_of::<EventCountersRaw>(),
-            &[
-                ("emitted", offset_of!(EventCountersRaw, emitted)),
-                ("lost", offset_of!(EventCountersRaw, lost)),
-            ],
-        );
-    }
-
-    #[test]
-    fn header_constants_match() {
-        let header = include_str!("../../bpf/kino_maps.h");
-        let define = |name: &str| -> String {
-            let line = header
-                .lines()
-                .find(|l| l.starts_with(&format!("#define {name} ")))
-                .unwrap_or_else(|| panic!("#define {name} not in kino_maps.h"));
-            let value = line[format!("#define {name} ").len()..]
-                .split("/*")
-                .next()
-                .expect("a value")
-                .trim()
-                .to_owned();
-            match value
-                .strip_prefix("(1U <<")
-                .and_then(|t| t.strip_suffix(')'))
-            {
-                Some(shift) => (1u64 << shift.trim().parse::<u32>().expect("shift")).to_string(),
-                None => value,
-            }
-        };
-        for (name, value) in [
-            ("KINO_EVENTS_RING_BYTES", u64::from(EVENTS_RING_BYTES)),
-            ("KINO_EVENT_DROP", EVENT_DROP.into()),
-            ("KINO_EVENT_POLICY_VERDICT", EVENT_POLICY_VERDICT.into()),
-            ("KINO_EVENT_FORWARDED", EVENT_FORWARDED.into()),
-            ("KINO_EVENT_DROPPED", EVENT_DROPPED.into()),
-            ("KINO_EVENT_AUDIT", EVENT_AUDIT.into()),
-            ("KINO_OBS_FROM_ENDPOINT", OBS_FROM_ENDPOINT.into()),
-            ("KINO_OBS_TO_ENDPOINT", OBS_TO_ENDPOINT.into()),
-            ("KINO_MATCH_NONE", MATCH_NONE.into()),
-            ("KINO_MATCH_L3_L4", MATCH_L3_L4.into()),
-            ("KINO_MATCH_L3_ONLY", MATCH_L3_ONLY.into()),
-            ("KINO_MATCH_L4_ONLY", MATCH_L4_ONLY.into()),
-            ("KINO_MATCH_ALL", MATCH_ALL.into()),
-            ("KINO_MATCH_NOT_ENFORCED", MATCH_NOT_ENFORCED.into()),
-            ("KINO_EVENT_F_SRC_IDENTITY", EVENT_F_SRC_IDENTITY.into()),
-            ("KINO_EVENT_F_DST_IDENTITY", EVENT_F_DST_IDENTITY.into()),
-            ("KINO_EVENT_F_REPLY_KNOWN", EVENT_F_REPLY_KNOWN.into()),
-            ("KINO_EVENT_F_REPLY", EVENT_F_REPLY.into()),
-        ] {
-            assert_eq!(define(name), value.to_string(), "{name}");
-        }
     }
 }

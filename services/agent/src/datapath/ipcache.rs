@@ -15,59 +15,16 @@ use std::str::FromStr;
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Map, MapData, MapError};
 
-use super::maps::{FAMILY_IPV4, FAMILY_IPV6};
+use super::abi::{
+    FAMILY_IPV6, IPCACHE_PREFIX_STATIC, IpcacheEntryRaw, IpcacheKeyRaw, addr_from_raw, addr_to_raw,
+};
+use super::map_access::is_missing_key;
 
-/// Name of the ipcache trie.
-pub const IPCACHE_MAP: &str = "kino_ipcache";
-/// `KINO_IPCACHE_MAX_ENTRIES`: default capacity.
-pub const IPCACHE_MAX_ENTRIES: u32 = 131_072;
-/// `KINO_IPCACHE_PREFIX_STATIC`: prefix bits before the address (family, pad).
-pub const PREFIX_STATIC: u32 = 32;
-/// `KINO_IPCACHE_F_TUNNEL_IPV6`.
-pub const IPCACHE_F_TUNNEL_IPV6: u32 = 1;
-
-/// `KINO_IDENTITY_UNKNOWN`: an endpoint whose identity is not known yet (and, in policy
-/// keys, every peer).
-pub const IDENTITY_UNKNOWN: u32 = 0;
-/// `KINO_IDENTITY_HOST`: the local node.
-pub const IDENTITY_HOST: u32 = 1;
-/// `KINO_IDENTITY_WORLD`: outside the cluster; what an address without a prefix gets.
-pub const IDENTITY_WORLD: u32 = 2;
-/// `KINO_IDENTITY_REMOTE_NODE`: another node of the cluster.
-pub const IDENTITY_REMOTE_NODE: u32 = 6;
-
-/// `struct ipcache_key` without its leading `prefixlen`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct IpcacheKeyRaw {
-    /// `KINO_FAMILY_*`.
-    pub family: u8,
-    /// Zero.
-    pub pad: [u8; 3],
-    /// IPv4 in the first 4 bytes, or the 16 IPv6 bytes; bits past the prefix zero.
-    pub addr: [u8; 16],
-}
-
-/// `struct ipcache_entry`.
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct IpcacheEntryRaw {
-    /// Security identity.
-    pub identity: u32,
-    /// `KINO_IPCACHE_F_*`.
-    pub flags: u32,
-    /// Node hosting the prefix (IPv4 in the first 4 bytes); zero for none.
-    pub tunnel_endpoint: [u8; 16],
-}
-
-// SAFETY: plain `#[repr(C)]` integers and byte arrays without padding (sizes asserted below,
-// offsets checked against the object's BTF by the maps tests).
-unsafe impl aya::Pod for IpcacheKeyRaw {}
-// SAFETY: as above.
-unsafe impl aya::Pod for IpcacheEntryRaw {}
-
-const _: () = assert!(size_of::<IpcacheKeyRaw>() == 20);
-const _: () = assert!(size_of::<IpcacheEntryRaw>() == 24);
+/// The ipcache's ABI ([`super::abi`]), still reachable here for callers that found it here.
+pub use super::abi::{
+    IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_UNKNOWN, IDENTITY_WORLD, IPCACHE_F_TUNNEL_IPV6,
+    IPCACHE_MAP, IPCACHE_MAX_ENTRIES,
+};
 
 /// An IP prefix with its host bits zero: `10.0.1.23/32`, `192.0.2.0/24`, `fd00::/104`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -130,9 +87,9 @@ impl IpPrefix {
     }
 
     fn to_key(self) -> Key<IpcacheKeyRaw> {
-        let (family, addr) = raw_addr(self.addr);
+        let (family, addr) = addr_to_raw(self.addr);
         Key::new(
-            PREFIX_STATIC + u32::from(self.len),
+            IPCACHE_PREFIX_STATIC + u32::from(self.len),
             IpcacheKeyRaw {
                 family,
                 pad: [0; 3],
@@ -143,29 +100,9 @@ impl IpPrefix {
 
     fn from_key(key: &Key<IpcacheKeyRaw>) -> Option<Self> {
         let data = key.data();
-        let len = u8::try_from(key.prefix_len().checked_sub(PREFIX_STATIC)?).ok()?;
-        let addr = match data.family {
-            FAMILY_IPV4 => IpAddr::V4(Ipv4Addr::new(
-                data.addr[0],
-                data.addr[1],
-                data.addr[2],
-                data.addr[3],
-            )),
-            FAMILY_IPV6 => IpAddr::V6(Ipv6Addr::from(data.addr)),
-            _ => return None,
-        };
+        let len = u8::try_from(key.prefix_len().checked_sub(IPCACHE_PREFIX_STATIC)?).ok()?;
+        let addr = addr_from_raw(data.family, &data.addr)?;
         Some(IpPrefix { addr, len })
-    }
-}
-
-fn raw_addr(addr: IpAddr) -> (u8, [u8; 16]) {
-    match addr {
-        IpAddr::V4(a) => {
-            let mut raw = [0u8; 16];
-            raw[..4].copy_from_slice(&a.octets());
-            (FAMILY_IPV4, raw)
-        }
-        IpAddr::V6(a) => (FAMILY_IPV6, a.octets()),
     }
 }
 
@@ -223,7 +160,7 @@ impl IpcacheEntry {
         let (flags, tunnel_endpoint) = match self.tunnel_endpoint {
             None => (0, [0; 16]),
             Some(ip) => {
-                let (family, raw) = raw_addr(ip);
+                let (family, raw) = addr_to_raw(ip);
                 let flags = if family == FAMILY_IPV6 {
                     IPCACHE_F_TUNNEL_IPV6
                 } else {
@@ -267,14 +204,6 @@ pub struct IpcacheError {
     pub source: MapError,
 }
 
-fn is_missing(error: &MapError) -> bool {
-    match error {
-        MapError::KeyNotFound => true,
-        MapError::SyscallError(e) => e.io_error.raw_os_error() == Some(libc::ENOENT),
-        _ => false,
-    }
-}
-
 /// The node's ipcache map, typed.
 pub struct IpcacheMap {
     trie: LpmTrie<MapData, IpcacheKeyRaw, IpcacheEntryRaw>,
@@ -311,7 +240,7 @@ impl IpcacheMap {
     pub fn remove(&mut self, prefix: &IpPrefix) -> Result<bool, IpcacheError> {
         match self.trie.remove(&prefix.to_key()) {
             Ok(()) => Ok(true),
-            Err(e) if is_missing(&e) => Ok(false),
+            Err(e) if is_missing_key(&e) => Ok(false),
             Err(source) => Err(IpcacheError {
                 op: format!("remove {prefix}"),
                 source,
@@ -330,7 +259,7 @@ impl IpcacheMap {
         let prefix = IpPrefix::host(addr);
         match self.trie.get(&prefix.to_key(), 0) {
             Ok(raw) => Ok(raw.identity),
-            Err(e) if is_missing(&e) => Ok(IDENTITY_WORLD),
+            Err(e) if is_missing_key(&e) => Ok(IDENTITY_WORLD),
             Err(source) => Err(IpcacheError {
                 op: format!("lookup {addr}"),
                 source,
@@ -358,6 +287,7 @@ impl IpcacheMap {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::datapath::abi::FAMILY_IPV4;
 
     #[test]
     fn prefixes_parse_strictly() {

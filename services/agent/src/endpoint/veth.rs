@@ -12,11 +12,10 @@ use std::os::fd::AsFd;
 use std::path::PathBuf;
 
 use super::EndpointError;
+use crate::datapath::abi::LXC_PREFIX;
 use crate::netlink::{LinkDetails, MacAddr, Netlink, NetlinkError};
 use crate::netns::{open_netns, run_in_netns};
 
-/// Every host side device of an endpoint starts with this.
-pub const LXC_PREFIX: &str = "lxc";
 /// Longest interface name the kernel accepts (IFNAMSIZ - 1).
 pub const MAX_IFNAME: usize = 15;
 
