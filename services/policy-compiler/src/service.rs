@@ -1,5 +1,8 @@
 //! The domain behind `kino.policy.v1`: policies stored in the datastore, identities, the
 //! compiler's view (fed by [`crate::sync`]), streams and trace. [`crate::grpc`] translates.
+//! [`gauges`] report the view to Prometheus at scrape time.
+
+pub mod gauges;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
