@@ -2,7 +2,12 @@
 //! against hand-checked entries, and the work counted per change.
 
 use super::*;
+use crate::cidr::Cidr;
+use crate::identity;
+use crate::labels::Labels;
+use crate::policy::model::{Entity, Policy, PolicyKey};
 use crate::policy::parse_documents;
+use crate::policy_map::Enforcement;
 
 fn policy(yaml: &str) -> Policy {
     let out = parse_documents(yaml, "shop");
@@ -178,8 +183,8 @@ spec:
         &c,
         format!("egress {} */ANY Allow", id_of(&c, "10.0.0.0/14"))
     ));
-    let world: Vec<u32> = c.selectors[&PeerSelector::Entity(Entity::World)]
-        .matches
+    let world: Vec<u32> = c
+        .selector_matches(&PeerSelector::Entity(Entity::World))
         .iter()
         .copied()
         .collect();
