@@ -2,7 +2,7 @@
 //! kind of document parses to, and errors that name their path.
 
 use super::*;
-use crate::policy::model::Entity;
+use crate::policy::model::{Entity, Protocol, SourceFormat};
 
 fn errors(text: &str) -> Vec<String> {
     parse_documents(text, "")
