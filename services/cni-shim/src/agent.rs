@@ -1,6 +1,25 @@
 //! The kino agent's local API (`kino.agent.v1` on its unix socket), as kino-cni uses it: one
 //! call per invocation, bounded by the configured timeout, plus the conversions between the
-//! CNI side ([`crate::spec`]) and the proto messages.
+//! CNI side ([`crate::spec`]) and the proto messages, and from the agent's failures to CNI
+//! errors ([`crate::errors`]):
+//!
+//! | agent outcome | ADD | DEL | CHECK | GC | STATUS |
+//! |---|---|---|---|---|---|
+//! | not reachable (no socket, refused), no answer in time | 11 | 11 | 11 | 11 | 50 |
+//! | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `RESOURCE_EXHAUSTED`, `CANCELLED` | 11 | 11 | 11 | 11 | 50 |
+//! | `INVALID_ARGUMENT`, `OUT_OF_RANGE`, `ALREADY_EXISTS` | 7 | 7 | 7 | 7 | 50 |
+//! | `NOT_FOUND` | 7 | success | 100 | 999 | 50 |
+//! | `FAILED_PRECONDITION` | 999 | 999 | 100 | 999 | 50 |
+//! | anything else (`INTERNAL`, `UNIMPLEMENTED`, `UNKNOWN`, …) | 999 | 999 | 999 | 999 | 50 |
+//!
+//! Why: 11 ("try again later") is for conditions that clear up by themselves: the agent not
+//! running yet, restarting, busy, a compare-and-swap race, or an exhausted pool (it clears as
+//! pods are deleted; runtimes retry ADD anyway). DEL answers 11 rather than success when the
+//! agent cannot be asked, because the endpoint (lxc, address, map entries) may still exist and
+//! the runtime forgets the attachment after a successful DEL; an answered `NOT_FOUND` means
+//! nothing is left, so DEL succeeds. STATUS has its own codes (50, or 51 when the agent reports
+//! its datapath failing), whatever the cause. 100 is kino-cni's "the attachment is not as
+//! `prevResult` says" for CHECK; 999 is libcni's "internal error".
 
 use std::fmt;
 use std::future::Future;
@@ -17,9 +36,10 @@ use kino_api::agent::{
 use kino_api::types::{Label as ProtoLabel, Labels, PodRef};
 use kino_service_kit::{ClientTlsArgs, TracedChannel};
 
+use crate::errors::{CniError, ErrorCode};
 use crate::spec::args::{AddParams, Attachment};
 use crate::spec::result::{CniResult, Dns, Interface, IpConfig, Route};
-use crate::spec::{CniEnv, NetworkConfig};
+use crate::spec::{CniEnv, Command, NetworkConfig};
 
 /// Where the agent is and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +113,91 @@ impl fmt::Display for AgentError {
             ),
         }
     }
+}
+
+impl AgentError {
+    /// The CNI self for this failed call made for `command` (see the module's table).
+    /// DEL's `NOT_FOUND` is not an self: callers treat it as success before calling this.
+    pub fn to_cni_error(&self, command: Command) -> CniError {
+        use tonic::Code;
+        let socket = socket_target(&self.socket);
+        let transient = match &self.failure {
+            AgentFailure::Unreachable { .. } | AgentFailure::TimedOut { .. } => true,
+            AgentFailure::Status { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::ResourceExhausted
+                    | Code::Cancelled
+            ),
+        };
+        let verb = match command {
+            Command::Add => "attach the container",
+            Command::Del => "detach the container",
+            Command::Check => "check the attachment",
+            Command::Gc => "garbage-collect stale endpoints",
+            Command::Status => "serve ADD requests",
+            Command::Version => "report versions",
+        };
+        if command == Command::Status {
+            let details = match self.failure {
+                AgentFailure::Status { .. } => self.to_string(),
+                _ => format!("{self}; {}", start_agent_hint(&socket)),
+            };
+            return CniError::new(
+                ErrorCode::PluginNotAvailable,
+                format!("kino-cni cannot {verb}: the kino agent is not available"),
+                details,
+            );
+        }
+        if let AgentFailure::Unreachable { .. } = self.failure {
+            let then = if command == Command::Del {
+                "; DEL is retried because the endpoint may still exist (its lxc, address and BPF map entries are only removed by the agent)"
+            } else {
+                ""
+            };
+            return CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("kino-cni cannot {verb}: the kino agent is not running at {socket}"),
+                format!("{self}; {}{then}", start_agent_hint(&socket)),
+            );
+        }
+        let code = if transient {
+            ErrorCode::TryAgainLater
+        } else {
+            match (command, self.code()) {
+                (_, Some(Code::InvalidArgument | Code::OutOfRange | Code::AlreadyExists)) => {
+                    ErrorCode::InvalidNetworkConfig
+                }
+                (Command::Add, Some(Code::NotFound)) => ErrorCode::InvalidNetworkConfig,
+                (Command::Check, Some(Code::NotFound | Code::FailedPrecondition)) => {
+                    ErrorCode::AttachmentMismatch
+                }
+                _ => ErrorCode::Internal,
+            }
+        };
+        let msg = match code {
+            ErrorCode::TryAgainLater => format!("kino-cni cannot {verb} now; try again later"),
+            ErrorCode::InvalidNetworkConfig => {
+                format!("the kino agent refused to {verb}: invalid request")
+            }
+            ErrorCode::AttachmentMismatch if self.code() == Some(Code::NotFound) => {
+                "the attachment does not exist on the kino agent".to_owned()
+            }
+            ErrorCode::AttachmentMismatch => "the attachment is not as it was created".to_owned(),
+            _ => format!("the kino agent failed to {verb}"),
+        };
+        CniError::new(code, msg, self.to_string())
+    }
+}
+
+/// How to start the agent, or point kino-cni at it; part of every "cannot reach" error.
+pub fn start_agent_hint(socket: &str) -> String {
+    format!(
+        "start kino-agent on this node (`kino-agent --socket {path}`; `kino status --agent-socket {path}` shows whether it is up), or set \"agentSocket\" in the network configuration to the socket it listens on",
+        path = socket.strip_prefix("unix:").unwrap_or(socket)
+    )
 }
 
 impl Agent {

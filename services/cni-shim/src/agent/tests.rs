@@ -247,3 +247,94 @@ async fn a_missing_socket_is_unreachable_and_a_silent_one_times_out() {
         }
     );
 }
+
+fn agent_error(failure: AgentFailure) -> AgentError {
+    AgentError {
+        rpc: "CreateEndpoint",
+        socket: "/run/kino/agent.sock".into(),
+        failure,
+    }
+}
+
+fn status(code: tonic::Code) -> AgentError {
+    agent_error(AgentFailure::Status {
+        code,
+        message: "the agent's words".into(),
+    })
+}
+
+#[test]
+fn agent_down_is_try_again_naming_the_socket_and_the_fix() {
+    let down = agent_error(AgentFailure::Unreachable {
+        detail: "No such file or directory (os error 2)".into(),
+    });
+    for command in [Command::Add, Command::Del, Command::Check, Command::Gc] {
+        let error = down.to_cni_error(command);
+        assert_eq!(error.code, ErrorCode::TryAgainLater, "{command:?}");
+        assert!(error.msg.contains("unix:/run/kino/agent.sock"), "{error}");
+        assert!(error.details.contains("start kino-agent"), "{error}");
+        assert!(error.details.contains("agentSocket"), "{error}");
+        assert!(error.details.contains("os error 2"), "{error}");
+    }
+    let del = down.to_cni_error(Command::Del);
+    assert!(del.details.contains("DEL is retried"), "{del}");
+    let slow = agent_error(AgentFailure::TimedOut {
+        after: Duration::from_secs(30),
+    });
+    let error = slow.to_cni_error(Command::Add);
+    assert_eq!(error.code, ErrorCode::TryAgainLater);
+    assert!(error.details.contains("within 30.0s"), "{error}");
+}
+
+#[test]
+fn status_is_always_plugin_not_available() {
+    for error in [
+        agent_error(AgentFailure::Unreachable {
+            detail: "refused".into(),
+        }),
+        status(tonic::Code::Unimplemented),
+        status(tonic::Code::Internal),
+    ] {
+        let mapped = error.to_cni_error(Command::Status);
+        assert_eq!(mapped.code, ErrorCode::PluginNotAvailable, "{mapped}");
+        assert!(
+            mapped.details.contains("unix:/run/kino/agent.sock"),
+            "{mapped}"
+        );
+    }
+}
+
+#[test]
+fn grpc_codes_map_per_command() {
+    use tonic::Code;
+    for (command, code, expected) in [
+        (Command::Add, Code::Unavailable, 11),
+        (Command::Add, Code::DeadlineExceeded, 11),
+        (Command::Add, Code::Aborted, 11),
+        (Command::Add, Code::ResourceExhausted, 11),
+        (Command::Add, Code::InvalidArgument, 7),
+        (Command::Add, Code::AlreadyExists, 7),
+        (Command::Add, Code::OutOfRange, 7),
+        (Command::Add, Code::NotFound, 7),
+        (Command::Add, Code::FailedPrecondition, 999),
+        (Command::Add, Code::Internal, 999),
+        (Command::Add, Code::Unimplemented, 999),
+        (Command::Add, Code::PermissionDenied, 999),
+        (Command::Del, Code::Unavailable, 11),
+        (Command::Del, Code::Internal, 999),
+        (Command::Check, Code::NotFound, 100),
+        (Command::Check, Code::FailedPrecondition, 100),
+        (Command::Check, Code::InvalidArgument, 7),
+        (Command::Check, Code::Unavailable, 11),
+        (Command::Gc, Code::NotFound, 999),
+        (Command::Gc, Code::Aborted, 11),
+    ] {
+        let error = status(code).to_cni_error(command);
+        assert_eq!(error.code.code(), expected, "{command:?} {code:?}: {error}");
+        assert!(error.details.contains("the agent's words"), "{error}");
+        assert!(
+            error.details.contains("unix:/run/kino/agent.sock"),
+            "{error}"
+        );
+    }
+}
