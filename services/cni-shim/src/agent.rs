@@ -1,6 +1,25 @@
 //! The kino agent's local API (`kino.agent.v1` on its unix socket), as kino-cni uses it: one
 //! call per invocation, bounded by the configured timeout, plus the conversions between the
-//! CNI side ([`crate::spec`]) and the proto messages.
+//! CNI side ([`crate::spec`]) and the proto messages, and from the agent's failures to CNI
+//! errors ([`crate::errors`]):
+//!
+//! | agent outcome | ADD | DEL | CHECK | GC | STATUS |
+//! |---|---|---|---|---|---|
+//! | not reachable (no socket, refused), no answer in time | 11 | 11 | 11 | 11 | 50 |
+//! | `UNAVAILABLE`, `DEADLINE_EXCEEDED`, `ABORTED`, `RESOURCE_EXHAUSTED`, `CANCELLED` | 11 | 11 | 11 | 11 | 50 |
+//! | `INVALID_ARGUMENT`, `OUT_OF_RANGE`, `ALREADY_EXISTS` | 7 | 7 | 7 | 7 | 50 |
+//! | `NOT_FOUND` | 7 | success | 100 | 999 | 50 |
+//! | `FAILED_PRECONDITION` | 999 | 999 | 100 | 999 | 50 |
+//! | anything else (`INTERNAL`, `UNIMPLEMENTED`, `UNKNOWN`, …) | 999 | 999 | 999 | 999 | 50 |
+//!
+//! Why: 11 ("try again later") is for conditions that clear up by themselves: the agent not
+//! running yet, restarting, busy, a compare-and-swap race, or an exhausted pool (it clears as
+//! pods are deleted; runtimes retry ADD anyway). DEL answers 11 rather than success when the
+//! agent cannot be asked, because the endpoint (lxc, address, map entries) may still exist and
+//! the runtime forgets the attachment after a successful DEL; an answered `NOT_FOUND` means
+//! nothing is left, so DEL succeeds. STATUS has its own codes (50, or 51 when the agent reports
+//! its datapath failing), whatever the cause. 100 is kino-cni's "the attachment is not as
+//! `prevResult` says" for CHECK; 999 is libcni's "internal error".
 
 use std::fmt;
 use std::future::Future;
@@ -17,9 +36,10 @@ use kino_api::agent::{
 use kino_api::types::{Label as ProtoLabel, Labels, PodRef};
 use kino_service_kit::{ClientTlsArgs, TracedChannel};
 
+use crate::errors::{CniError, ErrorCode};
 use crate::spec::args::{AddParams, Attachment};
 use crate::spec::result::{CniResult, Dns, Interface, IpConfig, Route};
-use crate::spec::{CniEnv, NetworkConfig};
+use crate::spec::{CniEnv, Command, NetworkConfig};
 
 /// Where the agent is and how long to wait for it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,6 +113,91 @@ impl fmt::Display for AgentError {
             ),
         }
     }
+}
+
+impl AgentError {
+    /// The CNI self for this failed call made for `command` (see the module's table).
+    /// DEL's `NOT_FOUND` is not an self: callers treat it as success before calling this.
+    pub fn to_cni_error(&self, command: Command) -> CniError {
+        use tonic::Code;
+        let socket = socket_target(&self.socket);
+        let transient = match &self.failure {
+            AgentFailure::Unreachable { .. } | AgentFailure::TimedOut { .. } => true,
+            AgentFailure::Status { code, .. } => matches!(
+                code,
+                Code::Unavailable
+                    | Code::DeadlineExceeded
+                    | Code::Aborted
+                    | Code::ResourceExhausted
+                    | Code::Cancelled
+            ),
+        };
+        let verb = match command {
+            Command::Add => "attach the container",
+            Command::Del => "detach the container",
+            Command::Check => "check the attachment",
+            Command::Gc => "garbage-collect stale endpoints",
+            Command::Status => "serve ADD requests",
+            Command::Version => "report versions",
+        };
+        if command == Command::Status {
+            let details = match self.failure {
+                AgentFailure::Status { .. } => self.to_string(),
+                _ => format!("{self}; {}", start_agent_hint(&socket)),
+            };
+            return CniError::new(
+                ErrorCode::PluginNotAvailable,
+                format!("kino-cni cannot {verb}: the kino agent is not available"),
+                details,
+            );
+        }
+        if let AgentFailure::Unreachable { .. } = self.failure {
+            let then = if command == Command::Del {
+                "; DEL is retried because the endpoint may still exist (its lxc, address and BPF map entries are only removed by the agent)"
+            } else {
+                ""
+            };
+            return CniError::new(
+                ErrorCode::TryAgainLater,
+                format!("kino-cni cannot {verb}: the kino agent is not running at {socket}"),
+                format!("{self}; {}{then}", start_agent_hint(&socket)),
+            );
+        }
+        let code = if transient {
+            ErrorCode::TryAgainLater
+        } else {
+            match (command, self.code()) {
+                (_, Some(Code::InvalidArgument | Code::OutOfRange | Code::AlreadyExists)) => {
+                    ErrorCode::InvalidNetworkConfig
+                }
+                (Command::Add, Some(Code::NotFound)) => ErrorCode::InvalidNetworkConfig,
+                (Command::Check, Some(Code::NotFound | Code::FailedPrecondition)) => {
+                    ErrorCode::AttachmentMismatch
+                }
+                _ => ErrorCode::Internal,
+            }
+        };
+        let msg = match code {
+            ErrorCode::TryAgainLater => format!("kino-cni cannot {verb} now; try again later"),
+            ErrorCode::InvalidNetworkConfig => {
+                format!("the kino agent refused to {verb}: invalid request")
+            }
+            ErrorCode::AttachmentMismatch if self.code() == Some(Code::NotFound) => {
+                "the attachment does not exist on the kino agent".to_owned()
+            }
+            ErrorCode::AttachmentMismatch => "the attachment is not as it was created".to_owned(),
+            _ => format!("the kino agent failed to {verb}"),
+        };
+        CniError::new(code, msg, self.to_string())
+    }
+}
+
+/// How to start the agent, or point kino-cni at it; part of every "cannot reach" error.
+pub fn start_agent_hint(socket: &str) -> String {
+    format!(
+        "start kino-agent on this node (`kino-agent --socket {path}`; `kino status --agent-socket {path}` shows whether it is up), or set \"agentSocket\" in the network configuration to the socket it listens on",
+        path = socket.strip_prefix("unix:").unwrap_or(socket)
+    )
 }
 
 impl Agent {
@@ -378,251 +483,4 @@ pub fn result_from_response(response: &CreateEndpointResponse) -> Result<CniResu
 }
 
 #[cfg(test)]
-mod tests {
-    use kino_api::agent::{CniDns, CniInterface, CniIpConfig, CniRoute};
-
-    use super::*;
-    use crate::spec::Command;
-    use crate::spec::args::{CniArgs, Label};
-
-    fn env(command: Command) -> CniEnv {
-        CniEnv {
-            command,
-            container_id: Some("c0ffee".into()),
-            netns: Some("/run/netns/pod1".into()),
-            ifname: Some("eth0".into()),
-            args: None,
-            path: Some("/opt/cni/bin".into()),
-        }
-    }
-
-    fn config() -> NetworkConfig {
-        NetworkConfig::parse(
-            br#"{"cniVersion":"1.1.0","name":"kino","type":"kino-cni","mtu":1400,"ipamPool":"blue"}"#,
-        )
-        .expect("valid")
-    }
-
-    fn response() -> CreateEndpointResponse {
-        CreateEndpointResponse {
-            endpoint: None,
-            interfaces: vec![
-                CniInterface {
-                    name: "lxc0a1b2c3d4e5f".into(),
-                    mac: "5e:00:00:00:00:01".into(),
-                    sandbox: String::new(),
-                    mtu: 1400,
-                },
-                CniInterface {
-                    name: "eth0".into(),
-                    mac: "0a:58:0a:00:01:17".into(),
-                    sandbox: "/run/netns/pod1".into(),
-                    mtu: 1400,
-                },
-            ],
-            ips: vec![CniIpConfig {
-                address: "10.0.1.23/32".into(),
-                gateway: "10.0.1.1".into(),
-                interface: 1,
-            }],
-            routes: vec![CniRoute {
-                destination: "0.0.0.0/0".into(),
-                gateway: "10.0.1.1".into(),
-            }],
-            dns: Some(CniDns::default()),
-        }
-    }
-
-    #[test]
-    fn create_request_carries_everything_the_runtime_gave() {
-        let args = CniArgs::parse(Some("IgnoreUnknown=1;K8S_POD_NAME=web;IP=10.0.1.9;FOO=bar"))
-            .expect("args");
-        let mut params = AddParams::new(&args, &serde_json::Map::new()).expect("params");
-        params.labels = vec![Label {
-            source: "container".into(),
-            key: "app".into(),
-            value: "web".into(),
-        }];
-        let request = create_request(&env(Command::Add), &config(), &params);
-        assert_eq!(request.container_id, "c0ffee");
-        assert_eq!(request.netns_path, "/run/netns/pod1");
-        assert_eq!(request.ifname, "eth0");
-        assert_eq!(
-            request.pod,
-            Some(PodRef {
-                namespace: "default".into(),
-                name: "web".into()
-            })
-        );
-        let labels = request.labels.expect("labels").labels;
-        assert_eq!(
-            (
-                labels[0].source.as_str(),
-                labels[0].key.as_str(),
-                labels[0].value.as_str()
-            ),
-            ("container", "app", "web")
-        );
-        assert_eq!(request.requested_ipv4, "10.0.1.9");
-        assert_eq!(request.requested_ipv6, "");
-        assert_eq!(request.requested_mac, "");
-        assert_eq!(request.ipam_pool, "blue");
-        assert_eq!(request.cni_network_name, "kino");
-        assert_eq!(request.mtu, 1400);
-        assert_eq!(request.cni_args.get("FOO").map(String::as_str), Some("bar"));
-
-        let bare = create_request(&env(Command::Add), &config(), &AddParams::default());
-        assert_eq!((bare.pod, bare.labels), (None, None));
-    }
-
-    #[test]
-    fn delete_check_and_gc_requests_name_the_attachment() {
-        let delete = delete_request(&env(Command::Del));
-        assert_eq!(delete.netns_path, "/run/netns/pod1");
-        match delete.target {
-            Some(delete_endpoint_request::Target::Attachment(a)) => {
-                assert_eq!(
-                    (a.container_id.as_str(), a.ifname.as_str()),
-                    ("c0ffee", "eth0")
-                );
-            }
-            other => panic!("by attachment, got {other:?}"),
-        }
-        let mut prev = result_from_response(&response()).expect("valid");
-        prev.ips.push(IpConfig {
-            address: "192.168.0.2/24".parse().unwrap(),
-            gateway: None,
-            interface: Some(0),
-        });
-        let check = check_request(&env(Command::Check), &prev, 1);
-        assert_eq!(check.expected_addresses, ["10.0.1.23/32"], "only eth0's");
-        assert_eq!(check.expected_mac, "0a:58:0a:00:01:17");
-        assert_eq!(check.attachment.expect("attachment").container_id, "c0ffee");
-        let gc = gc_request(
-            &config(),
-            &[Attachment {
-                container_id: "c1".into(),
-                ifname: "eth0".into(),
-            }],
-        );
-        assert_eq!(gc.valid_attachments.len(), 1);
-        assert_eq!(gc.cni_network_name, "kino");
-        assert!(!gc.dry_run);
-    }
-
-    #[test]
-    fn response_becomes_the_cni_result() {
-        let result = result_from_response(&response()).expect("valid");
-        assert_eq!(result.interfaces.len(), 2);
-        assert_eq!(result.interfaces[0].sandbox, None, "host side");
-        assert_eq!(result.interfaces[1].mtu, Some(1400));
-        assert_eq!(result.ips[0].interface, Some(1));
-        assert_eq!(result.ips[0].address.to_string(), "10.0.1.23/32");
-        assert_eq!(result.routes[0].gw, Some("10.0.1.1".parse().unwrap()));
-        assert!(result.dns.is_empty());
-    }
-
-    #[test]
-    fn add_prints_exactly_this_in_1_1_0_and_0_4_0() {
-        use crate::spec::CniVersion;
-        let result = result_from_response(&response()).expect("valid");
-        assert_eq!(
-            result.to_json(CniVersion::V1_1_0),
-            r#"{"cniVersion":"1.1.0","interfaces":[{"name":"lxc0a1b2c3d4e5f","mac":"5e:00:00:00:00:01","mtu":1400},{"name":"eth0","mac":"0a:58:0a:00:01:17","mtu":1400,"sandbox":"/run/netns/pod1"}],"ips":[{"address":"10.0.1.23/32","gateway":"10.0.1.1","interface":1}],"routes":[{"dst":"0.0.0.0/0","gw":"10.0.1.1"}]}"#
-        );
-        assert_eq!(
-            result.to_json(CniVersion::V0_4_0),
-            r#"{"cniVersion":"0.4.0","interfaces":[{"name":"lxc0a1b2c3d4e5f","mac":"5e:00:00:00:00:01"},{"name":"eth0","mac":"0a:58:0a:00:01:17","sandbox":"/run/netns/pod1"}],"ips":[{"version":"4","address":"10.0.1.23/32","gateway":"10.0.1.1","interface":1}],"routes":[{"dst":"0.0.0.0/0","gw":"10.0.1.1"}]}"#
-        );
-    }
-
-    #[test]
-    fn malformed_responses_are_named() {
-        for (change, needle) in [
-            (
-                Box::new(|r: &mut CreateEndpointResponse| r.ips.clear()) as Box<dyn Fn(&mut _)>,
-                "0 addresses",
-            ),
-            (
-                Box::new(|r: &mut CreateEndpointResponse| r.ips[0].address = "10.0.1.23".into()),
-                "ADDRESS/PREFIX",
-            ),
-            (
-                Box::new(|r: &mut CreateEndpointResponse| r.ips[0].interface = 5),
-                "only 2 interfaces",
-            ),
-            (
-                Box::new(|r: &mut CreateEndpointResponse| r.routes[0].gateway = "gw".into()),
-                "route gateway",
-            ),
-        ] {
-            let mut response = response();
-            change(&mut response);
-            let error = result_from_response(&response).expect_err(needle);
-            assert!(error.contains(needle), "{needle}: {error}");
-        }
-    }
-
-    #[test]
-    fn errors_name_the_socket_and_rpc() {
-        let error = AgentError {
-            rpc: "CreateEndpoint",
-            socket: "/run/kino/agent.sock".into(),
-            failure: AgentFailure::TimedOut {
-                after: Duration::from_secs(30),
-            },
-        };
-        assert_eq!(
-            error.to_string(),
-            "the kino agent at unix:/run/kino/agent.sock did not answer CreateEndpoint within 30.0s"
-        );
-        assert_eq!(error.code(), None);
-        let error = AgentError {
-            failure: AgentFailure::Status {
-                code: tonic::Code::NotFound,
-                message: "no endpoint".into(),
-            },
-            ..error
-        };
-        assert_eq!(error.code(), Some(tonic::Code::NotFound));
-        assert!(
-            error.to_string().contains("NotFound: no endpoint"),
-            "{error}"
-        );
-        assert_eq!(socket_target(Path::new("/x.sock")), "unix:/x.sock");
-    }
-
-    #[tokio::test]
-    async fn a_missing_socket_is_unreachable_and_a_silent_one_times_out() {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let agent = Agent {
-            socket: dir.path().join("absent.sock"),
-            timeout: Duration::from_secs(5),
-        };
-        let error = agent.status().await.expect_err("nothing there");
-        assert!(
-            matches!(&error.failure, AgentFailure::Unreachable { detail } if detail.contains("No such file")),
-            "{error:?}"
-        );
-        // Accepts connections but never speaks HTTP/2.
-        let path = dir.path().join("silent.sock");
-        let listener = tokio::net::UnixListener::bind(&path).expect("bind");
-        let _held = tokio::spawn(async move {
-            let mut held = Vec::new();
-            while let Ok((stream, _)) = listener.accept().await {
-                held.push(stream);
-            }
-        });
-        let agent = Agent {
-            socket: path,
-            timeout: Duration::from_millis(300),
-        };
-        let error = agent.status().await.expect_err("silent");
-        assert_eq!(
-            error.failure,
-            AgentFailure::TimedOut {
-                after: Duration::from_millis(300)
-            }
-        );
-    }
-}
+mod tests;

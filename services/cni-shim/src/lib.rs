@@ -17,7 +17,9 @@ use agent::{Agent, check_request, create_request, delete_request, gc_request};
 use errors::{CniError, ErrorCode};
 use spec::args::{AddParams, CniArgs, valid_attachments};
 use spec::result::CniResult;
-use spec::{CniEnv, Command, NetworkConfig, VersionResult, decode_object, peek_version};
+use spec::{
+    CniEnv, Command, NetworkConfig, PREFERRED_VERSION, VersionResult, decode_object, peek_version,
+};
 use tracing::Instrument;
 
 /// What to print on stdout and how to exit.
@@ -40,7 +42,7 @@ pub async fn run(env: impl Fn(&str) -> Option<String>, stdin: std::io::Result<Ve
             success: true,
         },
         Err(error) => Reply {
-            stdout: error.to_json(reply_version.as_deref()),
+            stdout: error.to_json(reply_version.as_deref().unwrap_or(PREFERRED_VERSION)),
             success: false,
         },
     }
@@ -154,7 +156,7 @@ async fn add(env: &CniEnv, config: &NetworkConfig, agent: &Agent) -> Result<Stri
     let response = agent
         .create_endpoint(create_request(env, config, &params))
         .await
-        .map_err(|error| CniError::from_agent(Command::Add, &error))?;
+        .map_err(|error| error.to_cni_error(Command::Add))?;
     let invalid_answer = |reason: String| {
         CniError::new(
             ErrorCode::Internal,
@@ -211,7 +213,7 @@ async fn del(env: &CniEnv, agent: &Agent) -> Result<String, CniError> {
             ),
         )),
         Err(error) if error.code() == Some(tonic::Code::NotFound) => Ok(String::new()),
-        Err(error) => Err(CniError::from_agent(Command::Del, &error)),
+        Err(error) => Err(error.to_cni_error(Command::Del)),
     }
 }
 
@@ -253,7 +255,7 @@ async fn check(env: &CniEnv, config: &NetworkConfig, agent: &Agent) -> Result<St
     agent
         .check_endpoint(check_request(env, &prev, index))
         .await
-        .map_err(|error| CniError::from_agent(Command::Check, &error))?;
+        .map_err(|error| error.to_cni_error(Command::Check))?;
     Ok(String::new())
 }
 
@@ -263,7 +265,7 @@ async fn status(agent: &Agent) -> Result<String, CniError> {
     let status = agent
         .status()
         .await
-        .map_err(|error| CniError::from_agent(Command::Status, &error))?;
+        .map_err(|error| error.to_cni_error(Command::Status))?;
     if status.ready {
         return Ok(String::new());
     }
@@ -302,7 +304,7 @@ async fn gc(config: &NetworkConfig, agent: &Agent) -> Result<String, CniError> {
     let response = agent
         .gc(gc_request(config, &valid))
         .await
-        .map_err(|error| CniError::from_agent(Command::Gc, &error))?;
+        .map_err(|error| error.to_cni_error(Command::Gc))?;
     tracing::info!(
         deleted = response.deleted.len(),
         released = response.released_addresses.len(),

@@ -1,6 +1,9 @@
-//! Conversions between the domain types and `kino.policy.v1` / `kino.types.v1` messages.
-//! Stored policies are read back through [`policy_from_proto`], which checks what it reads
-//! (a record written by something else must not become a wider policy).
+//! Conversions between the domain types and `kino.policy.v1` / `kino.types.v1` messages:
+//! the stored forms (policies, identities' labels, times) the service and the datastore
+//! follower share, and the compiled policy the API returns. Stored policies are read back
+//! through [`policy_from_proto`], which checks what it reads (a record written by something
+//! else must not become a wider policy). The stream's messages are converted in the gRPC
+//! layer (`grpc/watch.rs`), next to the only code that sends them.
 
 use std::collections::BTreeSet;
 use std::time::SystemTime;
@@ -10,7 +13,6 @@ use kino_api::quote::quote;
 use kino_api::types as pbt;
 
 use crate::cidr::Cidr;
-use crate::ipcache::{EndpointRef, IpcacheEntry, IpcacheSource};
 use crate::labels::{Label, Labels};
 use crate::policy::model::{
     CidrRule, DefaultDeny, Direction, Entity, K8sPeer, K8sPolicy, K8sRule, KinoPolicy, KinoRule,
@@ -19,7 +21,6 @@ use crate::policy::model::{
 use crate::policy::{DocumentError, validate};
 use crate::policy_map::{CompiledPolicy, Enforcement, MapEntry, MapKey, Verdict};
 use crate::selector::{Operator, Requirement, Selector, SelectorKey};
-use crate::stream::{PolicyUpdate, StreamMessage};
 
 // ---- labels ------------------------------------------------------------------------------
 
@@ -564,64 +565,6 @@ pub fn compiled_to_proto(p: &CompiledPolicy, labels: &Labels, revision: i64) -> 
             .collect(),
         selected_by: p.selected_by.iter().map(policy_ref).collect(),
         revision,
-    }
-}
-
-/// An ipcache entry → proto.
-pub fn ipcache_to_proto(e: &IpcacheEntry) -> pb::IpCacheEntry {
-    pb::IpCacheEntry {
-        prefix: e.prefix.to_string(),
-        identity: e.identity,
-        host_ip: e.host_ip.map(|ip| ip.to_string()).unwrap_or_default(),
-        node_name: e.node_name.clone(),
-        endpoint: e.endpoint.as_ref().map(endpoint_ref_to_proto),
-        source: match e.source {
-            IpcacheSource::Endpoint => pb::IpCacheSource::Endpoint,
-            IpcacheSource::Node => pb::IpCacheSource::Node,
-            IpcacheSource::PolicyCidr => pb::IpCacheSource::PolicyCidr,
-            IpcacheSource::Reserved => pb::IpCacheSource::Reserved,
-        } as i32,
-    }
-}
-
-fn endpoint_ref_to_proto(r: &EndpointRef) -> pbt::EndpointRef {
-    pbt::EndpointRef {
-        node_name: r.node_name.clone(),
-        endpoint_id: r.endpoint_id,
-        container_id: r.container_id.clone(),
-        ifname: r.ifname.clone(),
-        pod: r.pod.as_ref().map(|(ns, name)| pbt::PodRef {
-            namespace: ns.clone(),
-            name: name.clone(),
-        }),
-    }
-}
-
-fn update_to_proto(u: &PolicyUpdate) -> pb::EndpointPolicyUpdate {
-    pb::EndpointPolicyUpdate {
-        identity: u.identity,
-        removed: u.removed,
-        replace: u.replace,
-        enforcement: (!u.removed).then(|| enforcement_to_proto(u.enforcement)),
-        upserts: u
-            .upserts
-            .iter()
-            .map(|(k, e)| map_entry_to_proto(k, e))
-            .collect(),
-        deletes: u.deletes.iter().map(map_key_to_proto).collect(),
-    }
-}
-
-/// A stream message → proto.
-pub fn stream_message_to_proto(m: &StreamMessage, epoch: &str) -> pb::WatchEndpointPolicyResponse {
-    pb::WatchEndpointPolicyResponse {
-        revision: m.revision,
-        reset: m.reset,
-        synced: m.synced,
-        policy_updates: m.policy_updates.iter().map(update_to_proto).collect(),
-        ipcache_deletes: m.ipcache_deletes.iter().map(|p| p.to_string()).collect(),
-        ipcache_upserts: m.ipcache_upserts.iter().map(ipcache_to_proto).collect(),
-        epoch: epoch.to_owned(),
     }
 }
 

@@ -1,5 +1,8 @@
 //! The `kino.policy.v1` gRPC adapter: translates requests into [`PolicyService`] calls and
 //! domain results and errors into responses and status codes. No logic lives here.
+//! [`watch`] converts the policy stream's messages.
+
+pub mod watch;
 
 use std::net::IpAddr;
 use std::pin::Pin;
@@ -25,7 +28,7 @@ use tonic::{Request, Response, Status};
 use crate::convert::{
     compiled_to_proto, direction_to_proto, document_error_to_proto, labels_from_proto,
     map_entry_to_proto, policy_ref, policy_to_proto, protocol_from_proto, rule_ref_to_proto,
-    selector_from_proto, stream_message_to_proto, timestamp, verdict_to_proto,
+    selector_from_proto, timestamp, verdict_to_proto,
 };
 use crate::error::PolicyError;
 use crate::policy::model::{PolicyKey, PolicyKind, Protocol};
@@ -33,6 +36,7 @@ use crate::realization::RealizationQuery;
 use crate::service::{ImportAction, PolicyService};
 use crate::stream::{Interest, StreamMessage};
 use crate::trace::{SideTrace, TraceReason, TraceSubject};
+use watch::stream_message_to_proto;
 
 /// Fully-qualified gRPC service name, for health checks.
 pub const SERVICE_NAME: &str = kino_api::policy::policy_service_server::SERVICE_NAME;

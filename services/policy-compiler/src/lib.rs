@@ -14,8 +14,9 @@
 //! - [`trace`]: verdicts explained (TracePolicy).
 //! - [`realization`]: whether the agents enforce a revision (GetPolicyRealization).
 //! - [`store`], [`sync`]: the datastore client and the watches feeding the view.
-//! - [`service`]: the domain behind the API; [`grpc`] translates; [`authorization`] says who
-//!   may call what; [`metrics`] reports it to Prometheus.
+//! - [`service`]: the domain behind the API (its gauges report the view to Prometheus);
+//!   [`grpc`] translates; [`authorization`] says who may call what; [`metrics`] holds the
+//!   Prometheus instruments.
 
 #![warn(missing_docs)]
 

@@ -105,7 +105,7 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(kino_policy_compiler::sync::collect_identities(
         service.clone(),
     ));
-    kino_policy_compiler::metrics::install(service.clone());
+    kino_policy_compiler::service::gauges::install(service.clone());
     let _metrics =
         kino_telemetry::metrics::serve("kino-policy-compiler", config.metrics_address).await?;
     tracing::info!(

@@ -1,16 +1,14 @@
-//! The policy-compiler's Prometheus metrics: compile latency (timed where the view
-//! recompiles) and — read from the view at scrape time — identities, policies, compiled
-//! entries and endpoints.
+//! The policy-compiler's Prometheus instruments: compile latency (timed where the view
+//! recompiles) and the gauges of identities, policies, compiled entries and endpoints (set
+//! at scrape time by the service, `service/gauges.rs`, which reads the view).
+//!
+//! Instruments only: this file names nothing of the crate, so any layer may record into it
+//! without an import loop.
 
-use std::sync::{Arc, LazyLock};
+use std::sync::LazyLock;
 
-use kino_telemetry::metrics::{gauge, gauge_vec, on_scrape};
+use kino_telemetry::metrics::{gauge, gauge_vec};
 use prometheus::{Counter, Gauge, GaugeVec, Histogram, HistogramOpts, Opts};
-
-use crate::compile::kind_name;
-use crate::identity::{IdentityClass, LOCAL_SCOPE};
-use crate::policy_map::CompiledPolicy;
-use crate::service::PolicyService;
 
 /// Compile latency buckets: 10 µs to 10 s (a small change recompiles in microseconds).
 const COMPILE_BUCKETS: &[f64] = &[
@@ -48,16 +46,23 @@ pub(crate) static COMPILE: LazyLock<CompileMetrics> = LazyLock::new(|| {
 }
 });
 
-struct ViewGauges {
-    identities: GaugeVec,
-    policies: GaugeVec,
-    compiled_identities: GaugeVec,
-    compiled_entries: Gauge,
-    endpoints: Gauge,
-    revision: Gauge,
+/// Gauges of the compiler's view, set before every scrape.
+pub(crate) struct ViewGauges {
+    /// Identities by class.
+    pub(crate) identities: GaugeVec,
+    /// Policies by kind.
+    pub(crate) policies: GaugeVec,
+    /// Compiled endpoint identities by enforcement.
+    pub(crate) compiled_identities: GaugeVec,
+    /// Policy-map entries summed over identities.
+    pub(crate) compiled_entries: Gauge,
+    /// Endpoints followed.
+    pub(crate) endpoints: Gauge,
+    /// The view's datastore revision.
+    pub(crate) revision: Gauge,
 }
 
-static VIEW: LazyLock<ViewGauges> = LazyLock::new(|| ViewGauges {
+pub(crate) static VIEW: LazyLock<ViewGauges> = LazyLock::new(|| ViewGauges {
     identities: gauge_vec(
         "kino_policy_identities",
         "Security identities the compiler knows, by class (endpoint, cidr, reserved).",
@@ -86,65 +91,3 @@ static VIEW: LazyLock<ViewGauges> = LazyLock::new(|| ViewGauges {
         "Datastore revision the compiled state reflects.",
     ),
 });
-
-fn enforcement(policy: &CompiledPolicy) -> &'static str {
-    match (policy.enforcement.ingress, policy.enforcement.egress) {
-        (false, false) => "none",
-        (true, false) => "ingress",
-        (false, true) => "egress",
-        (true, true) => "both",
-    }
-}
-
-/// Reads the view into the gauges before every scrape.
-pub fn install(service: Arc<PolicyService>) {
-    LazyLock::force(&COMPILE);
-    on_scrape(move || {
-        let service = service.clone();
-        async move {
-            let gauges = &*VIEW;
-            let view = service.view();
-            let compiler = view.compiler();
-            // Counted without walking the CIDR identities (one per prefix policies name):
-            // a scrape holds the view's read lock, which the compiler waits for.
-            let cidr = compiler.cidr_identities().len();
-            let (mut endpoint, mut reserved) = (0usize, 0usize);
-            for info in compiler.identities().range(..LOCAL_SCOPE).map(|(_, i)| i) {
-                match info.class {
-                    IdentityClass::Endpoint => endpoint += 1,
-                    IdentityClass::Reserved => reserved += 1,
-                    IdentityClass::Cidr(_) => {}
-                }
-            }
-            for (class, count) in [
-                ("endpoint", endpoint),
-                ("cidr", cidr),
-                ("reserved", reserved),
-            ] {
-                gauges
-                    .identities
-                    .with_label_values(&[class])
-                    .set(count as f64);
-            }
-            gauges.policies.reset();
-            for policy in compiler.policies().values() {
-                gauges
-                    .policies
-                    .with_label_values(&[kind_name(policy.kind)])
-                    .inc();
-            }
-            gauges.compiled_identities.reset();
-            for policy in compiler.compiled().values() {
-                gauges
-                    .compiled_identities
-                    .with_label_values(&[enforcement(policy)])
-                    .inc();
-            }
-            gauges
-                .compiled_entries
-                .set(compiler.compiled_entries() as f64);
-            gauges.endpoints.set(view.endpoints().count() as f64);
-            gauges.revision.set(view.revision() as f64);
-        }
-    });
-}

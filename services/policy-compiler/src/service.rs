@@ -1,5 +1,9 @@
 //! The domain behind `kino.policy.v1`: policies stored in the datastore, identities, the
-//! compiler's view (fed by [`crate::sync`]), streams and trace. [`crate::grpc`] translates.
+//! compiler's view (fed by the datastore follower, `sync.rs`), streams and trace. The gRPC
+//! adapter (`grpc.rs`) translates; nothing here names the layers above.
+//! [`gauges`] report the view to Prometheus at scrape time.
+
+pub mod gauges;
 
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -147,8 +151,8 @@ pub struct PolicyService {
 }
 
 impl PolicyService {
-    /// A service over the datastore `store`; [`crate::sync::follow_datastore`] must run
-    /// for the compiled state.
+    /// A service over the datastore `store`; the datastore follower
+    /// (`sync::follow_datastore`) must run for the compiled state.
     pub fn new(store: Store, options: ServiceOptions) -> PolicyService {
         let (revisions, _) = watch::channel(0);
         PolicyService {

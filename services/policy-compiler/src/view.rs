@@ -2,8 +2,8 @@
 //! store revision, the compiled policies and ipcache derived from them, and the history of
 //! changes that lets a stream resume from an earlier revision.
 //!
-//! Everything here is synchronous and deterministic; [`crate::sync`] feeds it from the
-//! datastore watches.
+//! Everything here is synchronous and deterministic; the datastore follower (`sync.rs`)
+//! feeds it from the datastore watches.
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::IpAddr;

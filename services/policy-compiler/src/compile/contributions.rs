@@ -13,7 +13,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use super::{CompilerConfig, EnforcementMode, PeerBlock, Work, port_keys};
+use super::rules::{PeerBlock, port_keys};
+use super::{CompilerConfig, EnforcementMode, Work};
 use crate::identity;
 use crate::policy::model::{Direction, PolicyKey, RuleRef};
 use crate::policy_map::{
