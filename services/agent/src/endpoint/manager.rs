@@ -40,9 +40,9 @@ use crate::datapath::{
     CtListing, Datapath, DropReason, EndpointEntry, Enforcement, EntryChange, IpPrefix,
     IpcacheEntry, PolicyEntryInfo, PolicyKey, PolicyUpdate, Verdict,
 };
+use crate::endpoint::compiled_policy::{ipcache_entry_from_proto, policy_update_from_proto};
 use crate::endpoint::release::PendingReleases;
 use crate::endpoint::state::{StateDir, StateError};
-use crate::grpc::policy::{ipcache_entry_from_proto, policy_update_from_proto};
 use crate::netlink::{MacAddr, Netlink};
 use crate::netns::NetnsError;
 

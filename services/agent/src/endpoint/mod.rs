@@ -4,6 +4,7 @@
 //!
 //! Call both from the node's network namespace (the datapath attaches by interface name).
 
+pub mod compiled_policy;
 pub mod manager;
 pub mod release;
 pub mod state;

@@ -16,7 +16,7 @@ use kino_api::types::{Label, Labels};
 
 use super::{EndpointManager, IdentityPolicy, Inner, ManagerError, with_counters};
 use crate::datapath::{EntryChange, IpPrefix, IpcacheEntry};
-use crate::grpc::policy::policy_update_from_proto;
+use crate::endpoint::compiled_policy::policy_update_from_proto;
 
 /// Label sources an operator may not set: the compiler gives them meaning of its own.
 const PROTECTED_SOURCES: &[&str] = &["reserved", "cidr"];
