@@ -44,7 +44,6 @@ use crate::endpoint::compiled_policy::{ipcache_entry_from_proto, policy_update_f
 use crate::endpoint::release::PendingReleases;
 use crate::endpoint::state::{StateDir, StateError};
 use crate::netlink::{MacAddr, Netlink};
-use crate::netns::NetnsError;
 
 mod labels;
 mod ownership;
@@ -129,52 +128,6 @@ fn kernel(error: impl Into<EndpointError>) -> ManagerError {
 impl From<EndpointError> for ManagerError {
     fn from(e: EndpointError) -> Self {
         ManagerError::Kernel(Box::new(e))
-    }
-}
-
-impl ManagerError {
-    /// The gRPC status callers (kino-cni, kino) act on.
-    pub fn to_status(&self) -> tonic::Status {
-        let message = self.to_string();
-        match self {
-            ManagerError::Invalid(_) => tonic::Status::invalid_argument(message),
-            ManagerError::NotFound(_) => tonic::Status::not_found(message),
-            ManagerError::CheckFailed(_) => tonic::Status::failed_precondition(message),
-            ManagerError::Ipam { status, .. }
-            | ManagerError::Datastore { status, .. }
-            | ManagerError::Policy { status, .. } => {
-                match status.code() {
-                    // A peer that cannot be reached is the agent being unable to serve now.
-                    tonic::Code::Unknown | tonic::Code::Internal => {
-                        tonic::Status::unavailable(message)
-                    }
-                    code => tonic::Status::new(code, message),
-                }
-            }
-            ManagerError::Kernel(e) => match e.as_ref() {
-                EndpointError::InvalidRequest(_)
-                | EndpointError::PodInterfaceExists { .. }
-                | EndpointError::Netns(
-                    NetnsError::Open { .. }
-                    | NetnsError::NotNetworkNamespace { .. }
-                    | NetnsError::Enter { .. },
-                ) => tonic::Status::invalid_argument(message),
-                EndpointError::PodHasDefaultRoute { .. }
-                | EndpointError::LxcExists { .. }
-                | EndpointError::Sysctl { .. } => tonic::Status::failed_precondition(message),
-                // The kernel refused a step (netlink, a BPF map, a program): the creation
-                // was undone, and the node may well manage on the next try.
-                _ => tonic::Status::unavailable(message),
-            },
-            // The kernel part of a DEL is retried by DEL.
-            ManagerError::Teardown(_) | ManagerError::Incomplete { .. } => {
-                tonic::Status::unavailable(message)
-            }
-            ManagerError::State(_) => tonic::Status::failed_precondition(message),
-            ManagerError::Conflict(_) => tonic::Status::aborted(message),
-            ManagerError::Exhausted(_) => tonic::Status::resource_exhausted(message),
-            ManagerError::Internal(_) => tonic::Status::internal(message),
-        }
     }
 }
 

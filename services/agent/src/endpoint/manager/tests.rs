@@ -1,4 +1,4 @@
-//! Unit tests of the endpoint manager's pure parts: labels, CNI results, status codes.
+//! Unit tests of the endpoint manager's pure parts: labels and CNI results.
 
 use super::*;
 
@@ -89,77 +89,5 @@ fn cni_results_carry_ipv6_after_ipv4_when_the_endpoint_has_it() {
             IpAddr::from([10, 0, 1, 23]),
             "fd00::117".parse::<IpAddr>().expect("v6")
         ]
-    );
-}
-
-#[test]
-fn every_failure_has_the_code_its_caller_acts_on() {
-    use tonic::Code;
-    let peer_down = ManagerError::Ipam {
-        target: "127.0.0.1:7402".into(),
-        status: tonic::Status::unavailable("connection refused"),
-    };
-    let not_a_netns = kernel(crate::netns::NetnsError::NotNetworkNamespace {
-        path: "/tmp/file".into(),
-        what: "a regular file".into(),
-    });
-    for (error, code) in [
-        (not_a_netns, Code::InvalidArgument),
-        (
-            ManagerError::Incomplete {
-                what: "endpoint 7".into(),
-                errors: vec![peer_down],
-            },
-            Code::Unavailable,
-        ),
-        (
-            ManagerError::Exhausted("all ids in use".into()),
-            Code::ResourceExhausted,
-        ),
-        (
-            ManagerError::Conflict("keeps changing".into()),
-            Code::Aborted,
-        ),
-        (
-            ManagerError::State(StateError {
-                path: "/var/lib/kino/endpoints".into(),
-                reason: "read-only file system".into(),
-            }),
-            Code::FailedPrecondition,
-        ),
-        (
-            kernel(EndpointError::Vanished {
-                lxc: "lxc0123456789ab".into(),
-            }),
-            Code::Unavailable,
-        ),
-    ] {
-        let status = error.to_status();
-        assert_eq!(status.code(), code, "{error}");
-    }
-}
-
-#[test]
-fn peer_failures_become_unavailable_or_keep_their_code() {
-    let e = ManagerError::Ipam {
-        target: "127.0.0.1:7402".into(),
-        status: tonic::Status::resource_exhausted("pool default is full"),
-    };
-    assert_eq!(e.to_status().code(), tonic::Code::ResourceExhausted);
-    assert!(e.to_status().message().contains("127.0.0.1:7402"));
-    let e = ManagerError::Datastore {
-        target: "x".into(),
-        status: tonic::Status::unknown("transport error"),
-    };
-    assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
-    let e = ManagerError::Policy {
-        target: "127.0.0.1:7403".into(),
-        status: tonic::Status::unavailable("tcp connect error"),
-    };
-    assert_eq!(e.to_status().code(), tonic::Code::Unavailable);
-    assert!(
-        e.to_status()
-            .message()
-            .contains("policy-compiler (127.0.0.1:7403)")
     );
 }
