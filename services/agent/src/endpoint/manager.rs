@@ -14,22 +14,15 @@ use kino_api::agent::{
     CreateEndpointResponse, DropCounter, Endpoint, EndpointAddressing, EndpointCounters,
     EndpointNetworking, EndpointPolicyStatus, EndpointState, GcRequest, GcResponse,
 };
-use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
-use kino_api::datastore::{
-    CreateRequest, DeleteRequest, GetRequest, Resource, ResourceKey, UpdateRequest,
-};
-use kino_api::ipam::ipam_service_client::IpamServiceClient;
-use kino_api::ipam::{AllocateRequest, GcRequest as IpamGcRequest, Owner, ReleaseRequest};
-use kino_api::policy::policy_service_client::PolicyServiceClient;
-use kino_api::policy::{AllocateIdentityRequest, WatchEndpointPolicyResponse};
+use kino_api::ipam::{AllocateRequest, GcRequest as IpamGcRequest, Owner};
+use kino_api::policy::WatchEndpointPolicyResponse;
 use kino_api::types::{
     Direction, DropReason as PbDropReason, IpFamily, Label, Labels, PodRef, PolicyEnforcement,
     PolicyEnforcementMode,
 };
-use kino_service_kit::TracedChannel;
-use prost::Message;
 use tokio::sync::Mutex;
 
+use super::peers::{PeerError, Peers};
 use super::veth::validate_mtu;
 use super::{
     EndpointError, EndpointSpec, TeardownError, VethRequest, create_endpoint, delete_endpoint,
@@ -67,30 +60,9 @@ pub enum ManagerError {
     /// The endpoint is not as it should be (CNI CHECK).
     #[error("{0}")]
     CheckFailed(String),
-    /// IPAM refused or is unreachable; its status is kept.
-    #[error("IPAM ({target}): {}", status.message())]
-    Ipam {
-        /// IPAM's address.
-        target: String,
-        /// Its answer.
-        status: tonic::Status,
-    },
-    /// The datastore refused or is unreachable.
-    #[error("datastore ({target}): {}", status.message())]
-    Datastore {
-        /// The gateway's address.
-        target: String,
-        /// Its answer.
-        status: tonic::Status,
-    },
-    /// The policy-compiler refused or is unreachable.
-    #[error("policy-compiler ({target}): {}", status.message())]
-    Policy {
-        /// The compiler's address.
-        target: String,
-        /// Its answer.
-        status: tonic::Status,
-    },
+    /// A peer service (IPAM, the datastore, the policy-compiler) failed or refused.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
     /// The kernel side failed.
     #[error(transparent)]
     Kernel(Box<EndpointError>),
@@ -100,9 +72,6 @@ pub enum ManagerError {
     /// The local checkpoint directory (`--state-dir`) could not be read or written.
     #[error(transparent)]
     State(#[from] StateError),
-    /// A concurrent change kept winning (the endpoint record kept changing); retry.
-    #[error("{0}")]
-    Conflict(String),
     /// The node ran out of something (endpoint ids).
     #[error("{0}")]
     Exhausted(String),
@@ -153,32 +122,13 @@ pub struct ManagerConfig {
     /// MTU of endpoint veths when the CNI config sets none (0 keeps the kernel's
     /// [`DEFAULT_MTU`]).
     pub mtu: u32,
-    /// The IPAM service's address, for messages.
-    pub ipam_target: String,
-    /// The datastore-gateway's address, for messages.
-    pub datastore_target: String,
-    /// The policy-compiler's address, for messages.
-    pub policy_target: String,
-}
-
-/// The services the manager calls.
-#[derive(Clone)]
-pub struct Peers {
-    /// kino-ipam.
-    pub ipam: IpamServiceClient<TracedChannel>,
-    /// kino-datastore-gateway.
-    pub datastore: DatastoreServiceClient<TracedChannel>,
-    /// kino-policy-compiler (identities, policy stream).
-    pub policy: PolicyServiceClient<TracedChannel>,
 }
 
 /// The per-node endpoint manager.
 pub struct EndpointManager {
     config: ManagerConfig,
     network: NodeNetwork,
-    ipam: IpamServiceClient<TracedChannel>,
-    datastore: DatastoreServiceClient<TracedChannel>,
-    policy: PolicyServiceClient<TracedChannel>,
+    peers: Peers,
     state: StateDir,
     /// Releases of failed ADDs that could not reach IPAM, retried in the background.
     releases: Arc<PendingReleases>,
@@ -348,13 +298,11 @@ impl EndpointManager {
         datapath: Datapath,
     ) -> Result<Self, ManagerError> {
         let state = StateDir::open(state_dir)?;
-        let releases = PendingReleases::start(state_dir, peers.ipam.clone())?;
+        let releases = PendingReleases::start(state_dir, peers.addresses.clone())?;
         Ok(EndpointManager {
             config,
             network,
-            ipam: peers.ipam,
-            datastore: peers.datastore,
-            policy: peers.policy,
+            peers,
             state,
             releases,
             inner: Mutex::new(Inner {
@@ -378,27 +326,6 @@ impl EndpointManager {
     /// The node's network.
     pub fn network(&self) -> &NodeNetwork {
         &self.network
-    }
-
-    fn ipam_err(&self, status: tonic::Status) -> ManagerError {
-        ManagerError::Ipam {
-            target: self.config.ipam_target.clone(),
-            status,
-        }
-    }
-
-    fn policy_err(&self, status: tonic::Status) -> ManagerError {
-        ManagerError::Policy {
-            target: self.config.policy_target.clone(),
-            status,
-        }
-    }
-
-    fn datastore_err(&self, status: tonic::Status) -> ManagerError {
-        ManagerError::Datastore {
-            target: self.config.datastore_target.clone(),
-            status,
-        }
     }
 
     /// The MTU of a new endpoint's veth: the CNI config's `mtu` when set (`requested`), else
@@ -490,27 +417,10 @@ impl EndpointManager {
         // endpoint: it keeps identity 0 (unknown).
         let labels = endpoint_labels(request.labels.as_ref(), pod.as_ref());
         let identity = async {
-            let identity = if labels.labels.is_empty() {
-                0
-            } else {
-                let identity = self
-                    .policy
-                    .clone()
-                    .allocate_identity(AllocateIdentityRequest {
-                        labels: Some(labels.clone()),
-                    })
-                    .await
-                    .map_err(|s| self.policy_err(s))?
-                    .into_inner()
-                    .identity
-                    .map(|i| i.id)
-                    .filter(|id| *id != 0)
-                    .ok_or_else(|| {
-                        ManagerError::Internal("the policy-compiler returned no identity".into())
-                    })?;
+            let identity = self.identity_of(&labels).await?;
+            if identity != 0 {
                 tracing::info!(container = %request.container_id, identity, "identity allocated");
-                identity
-            };
+            }
             // Its policy before the endpoint exists: it starts enforced as compiled.
             self.prefetch_policy(identity).await?;
             Ok::<_, ManagerError>(identity)
@@ -526,12 +436,10 @@ impl EndpointManager {
                 requested_address: requested.to_owned(),
             };
             async move {
-                self.ipam
-                    .clone()
+                self.peers
+                    .addresses
                     .allocate(request)
-                    .await
-                    .map_err(|s| self.ipam_err(s))?
-                    .into_inner()
+                    .await?
                     .allocation
                     .ok_or_else(|| {
                         ManagerError::Internal(format!(
@@ -765,85 +673,14 @@ impl EndpointManager {
         cni_response(endpoint)
     }
 
-    fn key(&self, id: u32) -> ResourceKey {
-        ResourceKey {
-            kind: "Endpoint".into(),
-            namespace: self.config.node.clone(),
-            name: id.to_string(),
-        }
-    }
-
-    /// Writes the endpoint's datastore record (create, or CAS-update a stale one).
+    /// Writes the endpoint's datastore record (create, or replace a stale one).
     async fn publish(&self, endpoint: &Endpoint) -> Result<(), ManagerError> {
-        let mut stored = endpoint.clone();
-        stored.counters = None;
-        let spec = prost_types::Any {
-            type_url: "type.googleapis.com/kino.agent.v1.Endpoint".into(),
-            value: stored.encode_to_vec(),
-        };
-        let key = self.key(endpoint.id);
-        let resource = Resource {
-            kind: key.kind.clone(),
-            namespace: key.namespace.clone(),
-            name: key.name.clone(),
-            spec: Some(spec),
-            // On no lease: a record outlives its agent's absence (DESIGN §3).
-            ..Default::default()
-        };
-        let mut client = self.datastore.clone();
-        for _ in 0..5 {
-            match client
-                .create(CreateRequest {
-                    resource: Some(resource.clone()),
-                })
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(s) if s.code() == tonic::Code::AlreadyExists => {}
-                Err(s) => return Err(self.datastore_err(s)),
-            }
-            let current = match client
-                .get(GetRequest {
-                    key: Some(key.clone()),
-                })
-                .await
-            {
-                Ok(r) => r.into_inner().resource.map(|r| r.revision).unwrap_or(0),
-                Err(s) if s.code() == tonic::Code::NotFound => continue,
-                Err(s) => return Err(self.datastore_err(s)),
-            };
-            match client
-                .update(UpdateRequest {
-                    resource: Some(resource.clone()),
-                    expected_revision: current,
-                })
-                .await
-            {
-                Ok(_) => return Ok(()),
-                Err(s) if matches!(s.code(), tonic::Code::Aborted | tonic::Code::NotFound) => {}
-                Err(s) => return Err(self.datastore_err(s)),
-            }
-        }
-        Err(ManagerError::Conflict(format!(
-            "endpoint {} record keeps changing in the datastore; retry",
-            endpoint.id
-        )))
+        Ok(self.peers.records.publish(endpoint).await?)
     }
 
+    /// Deletes the endpoint's datastore record (a missing one is fine).
     async fn unpublish(&self, id: u32) -> Result<(), ManagerError> {
-        match self
-            .datastore
-            .clone()
-            .delete(DeleteRequest {
-                key: Some(self.key(id)),
-                expected_revision: 0,
-            })
-            .await
-        {
-            Ok(_) => Ok(()),
-            Err(s) if s.code() == tonic::Code::NotFound => Ok(()),
-            Err(s) => Err(self.datastore_err(s)),
-        }
+        Ok(self.peers.records.unpublish(id).await?)
     }
 
     /// Releases an owner's addresses on rollback; one IPAM cannot take now is retried in
@@ -861,17 +698,8 @@ impl EndpointManager {
     }
 
     async fn release_owner(&self, owner: &Owner) -> Result<(), ManagerError> {
-        self.ipam
-            .clone()
-            .release(ReleaseRequest {
-                target: Some(kino_api::ipam::release_request::Target::Owner(
-                    owner.clone(),
-                )),
-                family: IpFamily::Unspecified as i32,
-            })
-            .await
-            .map(|_| ())
-            .map_err(|s| self.ipam_err(s))
+        self.peers.addresses.release(owner.clone()).await?;
+        Ok(())
     }
 
     /// CNI DEL (by attachment) or `kino` (by id). Idempotent: a missing endpoint is
@@ -1243,8 +1071,8 @@ impl EndpointManager {
         // with this GC keeps its fresh address).
         let valid_owners: Vec<Owner> = self.list().await.iter().map(owner_of).collect();
         match self
-            .ipam
-            .clone()
+            .peers
+            .addresses
             .gc(IpamGcRequest {
                 node: self.config.node.clone(),
                 pool: String::new(),
@@ -1257,10 +1085,8 @@ impl EndpointManager {
             })
             .await
         {
-            Ok(r) => response
-                .released_addresses
-                .extend(r.into_inner().freed.into_iter().map(|a| a.address)),
-            Err(s) => response.errors.push(self.ipam_err(s).to_string()),
+            Ok(freed) => response.released_addresses.extend(freed),
+            Err(e) => response.errors.push(e.to_string()),
         }
         Ok(response)
     }
@@ -1395,26 +1221,6 @@ impl EndpointManager {
             tracing::warn!(error = %e, "removing an orphan lxc");
         }
         Ok((adopted.len(), removed))
-    }
-
-    /// The datastore-gateway client (for the policy sync's realization reports).
-    pub fn datastore_client(&self) -> DatastoreServiceClient<TracedChannel> {
-        self.datastore.clone()
-    }
-
-    /// The datastore-gateway's address, for messages.
-    pub fn datastore_target(&self) -> &str {
-        &self.config.datastore_target
-    }
-
-    /// The policy-compiler client (for the policy sync).
-    pub fn policy_client(&self) -> PolicyServiceClient<TracedChannel> {
-        self.policy.clone()
-    }
-
-    /// The policy-compiler's address, for messages.
-    pub fn policy_target(&self) -> &str {
-        &self.config.policy_target
     }
 
     /// The last synced policy revision applied.

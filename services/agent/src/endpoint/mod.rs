@@ -6,6 +6,7 @@
 
 pub mod compiled_policy;
 pub mod manager;
+pub mod peers;
 pub mod release;
 pub mod state;
 pub mod veth;

@@ -6,6 +6,7 @@ use tonic::{Code, Status};
 
 use crate::endpoint::EndpointError;
 use crate::endpoint::manager::ManagerError;
+use crate::endpoint::peers::PeerError;
 use crate::netns::NetnsError;
 
 /// The gRPC status callers (kino-cni, kino) act on.
@@ -15,15 +16,17 @@ pub fn to_status(error: &ManagerError) -> Status {
         ManagerError::Invalid(_) => Status::invalid_argument(message),
         ManagerError::NotFound(_) => Status::not_found(message),
         ManagerError::CheckFailed(_) => Status::failed_precondition(message),
-        ManagerError::Ipam { status, .. }
-        | ManagerError::Datastore { status, .. }
-        | ManagerError::Policy { status, .. } => {
-            match status.code() {
+        ManagerError::Peer(peer) => match peer {
+            PeerError::Ipam { status, .. }
+            | PeerError::Datastore { status, .. }
+            | PeerError::Policy { status, .. } => match status.code() {
                 // A peer that cannot be reached is the agent being unable to serve now.
                 Code::Unknown | Code::Internal => Status::unavailable(message),
                 code => Status::new(code, message),
-            }
-        }
+            },
+            PeerError::Conflict(_) => Status::aborted(message),
+            PeerError::Internal(_) => Status::internal(message),
+        },
         ManagerError::Kernel(e) => match e.as_ref() {
             EndpointError::InvalidRequest(_)
             | EndpointError::PodInterfaceExists { .. }
@@ -42,7 +45,6 @@ pub fn to_status(error: &ManagerError) -> Status {
         // The kernel part of a DEL is retried by DEL.
         ManagerError::Teardown(_) | ManagerError::Incomplete { .. } => Status::unavailable(message),
         ManagerError::State(_) => Status::failed_precondition(message),
-        ManagerError::Conflict(_) => Status::aborted(message),
         ManagerError::Exhausted(_) => Status::resource_exhausted(message),
         ManagerError::Internal(_) => Status::internal(message),
     }
@@ -55,10 +57,10 @@ mod tests {
 
     #[test]
     fn every_failure_has_the_code_its_caller_acts_on() {
-        let peer_down = ManagerError::Ipam {
+        let peer_down = ManagerError::Peer(PeerError::Ipam {
             target: "127.0.0.1:7402".into(),
             status: Status::unavailable("connection refused"),
-        };
+        });
         let not_a_netns =
             ManagerError::from(EndpointError::from(NetnsError::NotNetworkNamespace {
                 path: "/tmp/file".into(),
@@ -78,7 +80,7 @@ mod tests {
                 Code::ResourceExhausted,
             ),
             (
-                ManagerError::Conflict("keeps changing".into()),
+                ManagerError::Peer(PeerError::Conflict("keeps changing".into())),
                 Code::Aborted,
             ),
             (
@@ -102,21 +104,21 @@ mod tests {
 
     #[test]
     fn peer_failures_become_unavailable_or_keep_their_code() {
-        let e = ManagerError::Ipam {
+        let e = ManagerError::Peer(PeerError::Ipam {
             target: "127.0.0.1:7402".into(),
             status: Status::resource_exhausted("pool default is full"),
-        };
+        });
         assert_eq!(to_status(&e).code(), Code::ResourceExhausted);
         assert!(to_status(&e).message().contains("127.0.0.1:7402"));
-        let e = ManagerError::Datastore {
+        let e = ManagerError::Peer(PeerError::Datastore {
             target: "x".into(),
             status: Status::unknown("transport error"),
-        };
+        });
         assert_eq!(to_status(&e).code(), Code::Unavailable);
-        let e = ManagerError::Policy {
+        let e = ManagerError::Peer(PeerError::Policy {
             target: "127.0.0.1:7403".into(),
             status: Status::unavailable("tcp connect error"),
-        };
+        });
         assert_eq!(to_status(&e).code(), Code::Unavailable);
         assert!(
             to_status(&e)
