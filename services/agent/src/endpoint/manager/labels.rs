@@ -12,7 +12,8 @@ use kino_api::agent::Endpoint;
 use kino_api::policy::EndpointPolicyUpdate;
 use kino_api::types::{Label, Labels};
 
-use super::{EndpointManager, IdentityPolicy, Inner, ManagerError, with_counters};
+use super::inspect::with_counters;
+use super::{EndpointManager, IdentityPolicy, Inner, ManagerError};
 use crate::datapath::{EntryChange, IpPrefix, IpcacheEntry};
 use crate::endpoint::compiled_policy::policy_update_from_proto;
 

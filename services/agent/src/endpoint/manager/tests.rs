@@ -1,6 +1,11 @@
 //! Unit tests of the endpoint manager's pure parts: labels and CNI results.
 
-use super::*;
+use std::net::IpAddr;
+
+use kino_api::agent::{Endpoint, EndpointAddressing, EndpointNetworking};
+use kino_api::types::{Label, Labels, PodRef};
+
+use super::{addresses_of, cni_response, endpoint_labels};
 
 #[test]
 fn labels_add_pod_and_namespace_and_sort() {
