@@ -12,7 +12,8 @@
 //! GC, orphans), [`check`] (CHECK), [`restore`] and [`ownership`] (adoption at start-up,
 //! re-claiming addresses), [`policy`] (the policy stream applied, realization), [`labels`]
 //! (label changes at run time) and [`inspect`] (list/get and the BPF map dumps). None of
-//! them names the transport: errors become gRPC statuses in `crate::grpc::status`.
+//! them names the transport: the gRPC layer turns their errors into statuses
+//! (`grpc/status.rs`).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};

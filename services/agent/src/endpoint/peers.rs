@@ -2,13 +2,13 @@
 //! [`Addresses`] (IPAM), [`Identities`] and [`CompiledPolicies`] (the policy-compiler) and
 //! [`EndpointRecords`] (the `Endpoint` resources in the datastore). The manager holds them as
 //! [`Peers`] and never names a transport: the agent's binary plugs in the gRPC clients of
-//! `crate::clients`, and the tests a fake that fails on demand, so that every step of the
+//! `clients/`, and the tests a fake that fails on demand, so that every step of the
 //! all-or-nothing ADD can be broken and its rollback checked without live services.
 //!
 //! Payloads are the APIs' own messages (`kino.ipam.v1.Owner`, `kino.agent.v1.Endpoint`, …):
 //! the manager already speaks them, and a fake answering in them answers as the real
 //! service would. A failure is a [`PeerError`] that keeps the peer's status, so its code
-//! reaches the agent's caller (`crate::grpc::status`).
+//! reaches the agent's caller (`grpc/status.rs`).
 
 use std::sync::Arc;
 

@@ -1,7 +1,7 @@
 //! Policy application: the compiler's `WatchEndpointPolicy` stream applied to the datapath
 //! (each identity's policy to every local endpoint with it, the ipcache changes except the
 //! agent's own entries, snapshots that keep the old ipcache until they are synced), and what
-//! the datapath realizes as a result — reported by `crate::policy_realization`.
+//! the datapath realizes as a result — reported by `policy_realization.rs`.
 
 use kino_api::policy::WatchEndpointPolicyResponse;
 
