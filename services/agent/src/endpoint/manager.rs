@@ -8,10 +8,10 @@
 //! This file holds the manager's types, its construction and the state its operations share
 //! (the kernel handles and the endpoint table behind one lock, the peers of
 //! [`super::peers`], the checkpoints and the pending releases). Each operation has a file of
-//! its own, as ipam's `service/` does: [`create`] (ADD and its rollback), [`delete`] (DEL,
-//! GC, orphans), [`check`] (CHECK), [`restore`] and [`ownership`] (adoption at start-up,
-//! re-claiming addresses), [`policy`] (the policy stream applied, realization), [`labels`]
-//! (label changes at run time) and [`inspect`] (list/get and the BPF map dumps). None of
+//! its own, as ipam's `service/` does: `create` (ADD and its rollback), `delete` (DEL,
+//! GC, orphans), `check` (CHECK), `restore` and `ownership` (adoption at start-up,
+//! re-claiming addresses), `policy` (the policy stream applied, realization), `labels`
+//! (label changes at run time) and `inspect` (list/get and the BPF map dumps). None of
 //! them names the transport: the gRPC layer turns their errors into statuses
 //! (`grpc/status.rs`).
 
