@@ -30,7 +30,8 @@ use kino_api::agent::CreateEndpointRequest;
 use kino_api::types::PodRef;
 use support::fake_peers::{FakePeers, Fault, Step};
 use support::{
-    GATEWAY, GATEWAY_V6, World, in_node, kernel_tests_possible, node_with_dual_stack_pods, run,
+    GATEWAY, GATEWAY_V6, Netns, Pins, World, in_node, kernel_tests_possible,
+    node_with_dual_stack_pods, run,
 };
 use tonic::Code;
 
@@ -94,6 +95,35 @@ impl Scene {
             ..Default::default()
         }
     }
+}
+
+/// One test's namespaces and pins, removed when dropped (pins first, then the pod, then the
+/// node: fields drop in order).
+struct Stage {
+    _pins: Pins,
+    pod: Netns,
+    node: Netns,
+}
+
+/// A world for `test` (None when kernel tests cannot run here): a node, a pod, and the scene
+/// the node thread works in.
+fn stage(test: &str) -> Option<(Stage, Scene)> {
+    if !kernel_tests_possible(test) {
+        return None;
+    }
+    let world = World::new();
+    let stage = Stage {
+        node: world.netns("node"),
+        pod: world.netns("pod"),
+        _pins: world.pins(),
+    };
+    let scene = Scene {
+        node_name: world.node.clone(),
+        pod_ns: stage.pod.name.clone(),
+        pod_path: stage.pod.path(),
+        container: format!("{}-container", world.prefix),
+    };
+    Some((stage, scene))
 }
 
 /// A dual-stack node's manager over the fake suite, its checkpoints under `state`.
@@ -220,23 +250,15 @@ async fn leftovers(
 /// Runs an ADD with `broken` broken, checks it fails with `code` and a message naming
 /// `says`, and that it left nothing behind.
 fn add_fails_and_leaves_nothing(test: &str, broken: Break, code: Code, says: &'static str) {
-    if !kernel_tests_possible(test) {
+    let Some((stage, scene)) = stage(test) else {
         return;
-    }
-    let world = World::new();
-    let node = world.netns("node");
-    let pod = world.netns("pod");
-    let _pins = world.pins();
-    if let Break::PodDefaultRoute = broken {
-        pod.exec_ok(&["ip", "route", "add", "default", "dev", "lo"]);
-    }
-    let scene = Scene {
-        node_name: world.node.clone(),
-        pod_ns: pod.name.clone(),
-        pod_path: pod.path(),
-        container: format!("{}-rollback", world.prefix),
     };
-    in_node(&node, move || async move {
+    if let Break::PodDefaultRoute = broken {
+        stage
+            .pod
+            .exec_ok(&["ip", "route", "add", "default", "dev", "lo"]);
+    }
+    in_node(&stage.node, move || async move {
         let fake = FakePeers::new();
         let state = tempfile::tempdir().expect("state dir");
         match broken {
@@ -349,20 +371,10 @@ fn add_rolls_back_when_the_checkpoint_write_fails() {
 #[test]
 fn add_rollback_retries_a_refused_release_until_ipam_takes_it() {
     let test = "add_rollback_retries_a_refused_release_until_ipam_takes_it";
-    if !kernel_tests_possible(test) {
+    let Some((stage, scene)) = stage(test) else {
         return;
-    }
-    let world = World::new();
-    let node = world.netns("node");
-    let pod = world.netns("pod");
-    let _pins = world.pins();
-    let scene = Scene {
-        node_name: world.node.clone(),
-        pod_ns: pod.name.clone(),
-        pod_path: pod.path(),
-        container: format!("{}-rollback", world.prefix),
     };
-    in_node(&node, move || async move {
+    in_node(&stage.node, move || async move {
         let fake = FakePeers::new();
         let state = tempfile::tempdir().expect("state dir");
         fake.fail(Step::AllocateIpv6, Fault::Unavailable);
@@ -409,20 +421,10 @@ fn add_rollback_retries_a_refused_release_until_ipam_takes_it() {
 #[test]
 fn the_leak_check_sees_every_part_of_a_live_endpoint() {
     let test = "the_leak_check_sees_every_part_of_a_live_endpoint";
-    if !kernel_tests_possible(test) {
+    let Some((stage, scene)) = stage(test) else {
         return;
-    }
-    let world = World::new();
-    let node = world.netns("node");
-    let pod = world.netns("pod");
-    let _pins = world.pins();
-    let scene = Scene {
-        node_name: world.node.clone(),
-        pod_ns: pod.name.clone(),
-        pod_path: pod.path(),
-        container: format!("{}-live", world.prefix),
     };
-    in_node(&node, move || async move {
+    in_node(&stage.node, move || async move {
         let fake = FakePeers::new();
         let state = tempfile::tempdir().expect("state dir");
         let manager = manager(&scene.node_name, &fake, state.path()).await;

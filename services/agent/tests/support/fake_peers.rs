@@ -3,7 +3,7 @@
 //! the real services do, and failing on demand at any [`Step`] — so a test can break one
 //! step of an ADD and then ask the fake what is still held (addresses, records).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -60,8 +60,6 @@ struct State {
     faults: BTreeMap<Step, Fault>,
     /// Held addresses by (container id, ifname, family).
     held: BTreeMap<(String, String, i32), String>,
-    /// Every address ever handed out.
-    handed_out: BTreeSet<String>,
     next_host: u8,
     identities: BTreeMap<Vec<(String, String, String)>, u32>,
     records: BTreeMap<u32, Endpoint>,
@@ -103,11 +101,6 @@ impl FakePeers {
         self.state().held.values().cloned().collect()
     }
 
-    /// Every address IPAM ever handed out.
-    pub fn handed_out(&self) -> Vec<String> {
-        self.state().handed_out.iter().cloned().collect()
-    }
-
     /// The ids of the Endpoint records in the datastore.
     pub fn records(&self) -> Vec<u32> {
         self.state().records.keys().copied().collect()
@@ -116,10 +109,37 @@ impl FakePeers {
     fn fault(&self, step: Step) -> Option<Fault> {
         self.state().faults.get(&step).copied()
     }
+
+    /// The status `step` fails with, if it is told to.
+    fn refusal(&self, step: Step) -> Result<(), tonic::Status> {
+        match self.fault(step) {
+            None => Ok(()),
+            Some(_) => Err(tonic::Status::unavailable(format!(
+                "fake: {step:?} fails on demand"
+            ))),
+        }
+    }
 }
 
-fn unavailable(step: Step) -> tonic::Status {
-    tonic::Status::unavailable(format!("fake: {step:?} fails on demand"))
+fn ipam(status: tonic::Status) -> PeerError {
+    PeerError::Ipam {
+        target: "fake IPAM".into(),
+        status,
+    }
+}
+
+fn compiler(status: tonic::Status) -> PeerError {
+    PeerError::Policy {
+        target: "fake policy-compiler".into(),
+        status,
+    }
+}
+
+fn datastore(status: tonic::Status) -> PeerError {
+    PeerError::Datastore {
+        target: "fake datastore".into(),
+        status,
+    }
 }
 
 impl Addresses for FakePeers {
@@ -134,15 +154,10 @@ impl Addresses for FakePeers {
             } else {
                 Step::AllocateIpv4
             };
-            let failed = |status| PeerError::Ipam {
-                target: "fake IPAM".into(),
-                status,
-            };
-            let garbage = match self.fault(step) {
-                Some(Fault::Unavailable) => return Err(failed(unavailable(step))),
-                Some(Fault::Garbage) => true,
-                None => false,
-            };
+            let garbage = self.fault(step) == Some(Fault::Garbage);
+            if !garbage {
+                self.refusal(step).map_err(ipam)?;
+            }
             let owner = request.owner.unwrap_or_default();
             let key = (owner.container_id, owner.ifname, request.family);
             let mut state = self.state();
@@ -161,7 +176,6 @@ impl Addresses for FakePeers {
                 (None, requested) => requested.to_owned(),
             };
             state.held.insert(key, address.clone());
-            state.handed_out.insert(address.clone());
             let gateway = if ipv6 {
                 GATEWAY_V6.to_string()
             } else {
@@ -187,12 +201,7 @@ impl Addresses for FakePeers {
 
     fn release(&self, owner: Owner) -> BoxFuture<'_, Result<Vec<String>, PeerError>> {
         Box::pin(async move {
-            if self.fault(Step::ReleaseAddresses).is_some() {
-                return Err(PeerError::Ipam {
-                    target: "fake IPAM".into(),
-                    status: unavailable(Step::ReleaseAddresses),
-                });
-            }
+            self.refusal(Step::ReleaseAddresses).map_err(ipam)?;
             let mut state = self.state();
             let mut released = Vec::new();
             state.held.retain(|(container, ifname, _), address| {
@@ -214,12 +223,7 @@ impl Addresses for FakePeers {
 impl Identities for FakePeers {
     fn allocate(&self, labels: Labels) -> BoxFuture<'_, Result<u32, PeerError>> {
         Box::pin(async move {
-            if self.fault(Step::AllocateIdentity).is_some() {
-                return Err(PeerError::Policy {
-                    target: "fake policy-compiler".into(),
-                    status: unavailable(Step::AllocateIdentity),
-                });
-            }
+            self.refusal(Step::AllocateIdentity).map_err(compiler)?;
             let key = labels
                 .labels
                 .into_iter()
@@ -241,12 +245,7 @@ impl CompiledPolicies for FakePeers {
     /// an endpoint created with it has entries in the policy map).
     fn endpoint_policy(&self, identity: u32) -> BoxFuture<'_, Result<EndpointPolicy, PeerError>> {
         Box::pin(async move {
-            if self.fault(Step::FetchPolicy).is_some() {
-                return Err(PeerError::Policy {
-                    target: "fake policy-compiler".into(),
-                    status: unavailable(Step::FetchPolicy),
-                });
-            }
+            self.refusal(Step::FetchPolicy).map_err(compiler)?;
             Ok(EndpointPolicy {
                 identity,
                 enforcement: Some(PolicyEnforcement {
@@ -274,12 +273,7 @@ impl CompiledPolicies for FakePeers {
 impl EndpointRecords for FakePeers {
     fn publish<'a>(&'a self, endpoint: &'a Endpoint) -> BoxFuture<'a, Result<(), PeerError>> {
         Box::pin(async move {
-            if self.fault(Step::PublishRecord).is_some() {
-                return Err(PeerError::Datastore {
-                    target: "fake datastore".into(),
-                    status: unavailable(Step::PublishRecord),
-                });
-            }
+            self.refusal(Step::PublishRecord).map_err(datastore)?;
             self.state().records.insert(endpoint.id, endpoint.clone());
             Ok(())
         })
@@ -287,12 +281,7 @@ impl EndpointRecords for FakePeers {
 
     fn unpublish(&self, id: u32) -> BoxFuture<'_, Result<(), PeerError>> {
         Box::pin(async move {
-            if self.fault(Step::UnpublishRecord).is_some() {
-                return Err(PeerError::Datastore {
-                    target: "fake datastore".into(),
-                    status: unavailable(Step::UnpublishRecord),
-                });
-            }
+            self.refusal(Step::UnpublishRecord).map_err(datastore)?;
             self.state().records.remove(&id);
             Ok(())
         })
