@@ -394,7 +394,7 @@ async fn main() -> anyhow::Result<()> {
                 gateway_v6,
                 pod_cidrs,
             },
-            peers.clone(),
+            peers,
             &config.state_dir.join(&node),
             netlink,
             datapath,
@@ -410,7 +410,7 @@ async fn main() -> anyhow::Result<()> {
             .context("starting the flow observer")?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
         // The compiler's policy for this node's endpoints, applied as it streams.
-        tokio::spawn(kino_agent::policy_sync::run(
+        tokio::spawn(policy_sync::run(
             manager.clone(),
             policy_sync::Peer {
                 client: policy.clone(),
