@@ -73,12 +73,14 @@ pub fn decode(data: &[u8]) -> Work {
         }
         8 => {
             if let Ok(update) = pbp::EndpointPolicyUpdate::decode(spec) {
-                let _ = kino_agent::grpc::policy::policy_update_from_proto(&update, 1);
+                let _ = kino_agent::endpoint::compiled_policy::policy_update_from_proto(&update, 1);
             }
         }
         9 => {
             if let Ok(entry) = pbp::IpCacheEntry::decode(spec) {
-                let _ = kino_agent::grpc::policy::ipcache_entry_from_proto(&entry, "entry");
+                let _ = kino_agent::endpoint::compiled_policy::ipcache_entry_from_proto(
+                    &entry, "entry",
+                );
             }
         }
         _ => {

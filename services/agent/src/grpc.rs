@@ -5,3 +5,4 @@ pub mod authorization;
 pub mod flow;
 pub mod input_limits;
 pub mod policy;
+pub mod status;

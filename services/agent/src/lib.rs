@@ -8,7 +8,9 @@
 //! (`kino_host` ↔ `kino_net`), [`datapath`] (the eBPF programs in `bpf/`, loaded with aya,
 //! pinned under `/sys/fs/bpf/kino/<node>/` and adopted on restart; the endpoint, ipcache,
 //! policy and conntrack maps with their typed APIs, issue #5), [`endpoint`] (lxc veth pairs,
-//! map entries, attachment; all or nothing), on top of [`netlink`] and [`netns`].
+//! map entries, attachment; all or nothing), on top of [`netlink`] and [`netns`]. The
+//! endpoint manager reaches IPAM, the policy-compiler and the datastore through the traits of
+//! [`endpoint::peers`]; [`clients`] implements them over gRPC.
 //! [`flows`] is the flow observer (issue #6): datapath events from the `kino_events` ring
 //! buffer turned into flows, kept in a ring and served as `kino.flow.v1`. [`metrics`]
 //! reports endpoints, drops and flows to Prometheus.
@@ -16,6 +18,7 @@
 
 #![warn(missing_docs)]
 
+pub mod clients;
 pub mod datapath;
 pub mod devices;
 pub mod endpoint;

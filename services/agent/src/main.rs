@@ -11,13 +11,17 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
+use kino_agent::clients::endpoint_records::EndpointRecordClient;
+use kino_agent::clients::ipam::IpamClient;
+use kino_agent::clients::policy_compiler::PolicyCompilerClient;
 use kino_agent::datapath::Datapath;
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::devices::{
     HOST_DEVICE, Ipv4Cidr, Ipv6Cidr, NET_DEVICE, NodeDevicesConfig, NodeIpv6Config,
     enable_ip_forwarding, ensure_node_devices, ensure_node_ipv6,
 };
-use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork, Peers};
+use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork};
+use kino_agent::endpoint::peers::Peers;
 use kino_agent::flows::FlowObserver;
 use kino_agent::flows::directory::AgentDirectory;
 use kino_agent::grpc::agent::{AgentGrpc, AgentInfo};
@@ -25,6 +29,7 @@ use kino_agent::grpc::authorization;
 use kino_agent::grpc::flow::FlowGrpc;
 use kino_agent::netlink::Netlink;
 use kino_agent::node::{parse_socket_path, resolve_node_name};
+use kino_agent::policy_sync;
 use kino_agent::registration::Registration;
 use kino_api::agent::NodeDevice;
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
@@ -33,6 +38,7 @@ use kino_api::ipam::{AllocateNodeCidrsRequest, NodeAllocation};
 use kino_api::policy::policy_service_client::PolicyServiceClient;
 use kino_api::types::IpFamily;
 use kino_service_kit::principal::Role;
+use kino_service_kit::records::RecordClient;
 use kino_service_kit::{ClientTlsArgs, ListenAddr, Listener, PkiArgs, ServeSpec, TlsArgs, serve};
 use kino_telemetry::LogArgs;
 use kino_telemetry::metrics::MetricsAddress;
@@ -254,7 +260,8 @@ async fn main() -> anyhow::Result<()> {
         kino_service_kit::connect_lazy(target, &upstream_tls)
             .with_context(|| format!("checking {flag} {target:?}"))
     };
-    let datastore = DatastoreServiceClient::new(connect("--datastore", &config.datastore)?);
+    let datastore_channel = connect("--datastore", &config.datastore)?;
+    let datastore = DatastoreServiceClient::new(datastore_channel.clone());
     let mut ipam = IpamServiceClient::new(connect("--ipam", &config.ipam)?);
     // A snapshot of the policy stream carries every entry of the node's identities: far
     // more than tonic's default 4 MiB per message at 100 000 entries.
@@ -365,37 +372,55 @@ async fn main() -> anyhow::Result<()> {
             adoption.maps_reused.len(),
             adoption.links_adopted.len()
         );
+        let compiler = Arc::new(PolicyCompilerClient::new(policy.clone(), &config.policy));
+        let peers = Peers {
+            addresses: Arc::new(IpamClient::new(ipam.clone(), &config.ipam)),
+            identities: compiler.clone(),
+            policies: compiler,
+            records: Arc::new(EndpointRecordClient::new(
+                RecordClient::new(datastore_channel.clone()),
+                &node,
+                &config.datastore,
+            )),
+        };
         let manager = Arc::new(EndpointManager::new(
             ManagerConfig {
                 node: node.clone(),
                 pool: config.ipam_pool.clone(),
                 mtu: config.endpoint_mtu,
-                ipam_target: config.ipam.clone(),
-                datastore_target: config.datastore.clone(),
-                policy_target: config.policy.clone(),
             },
             NodeNetwork {
                 gateway_v4: gateway,
                 gateway_v6,
                 pod_cidrs,
             },
-            Peers {
-                ipam: ipam.clone(),
-                datastore: datastore.clone(),
-                policy: policy.clone(),
-            },
+            peers,
             &config.state_dir.join(&node),
             netlink,
             datapath,
         )?);
         let (adopted, removed) = manager.restore().await?;
         // Flows: the datapath's event ring, read and enriched for kino.flow.v1.
-        let directory = Arc::new(AgentDirectory::new(manager.clone(), &pin_dir));
+        let directory = Arc::new(AgentDirectory::new(
+            manager.clone(),
+            &pin_dir,
+            policy.clone(),
+        ));
         kino_agent::flows::start(flow_observer.clone(), &pin_dir, directory)
             .context("starting the flow observer")?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
         // The compiler's policy for this node's endpoints, applied as it streams.
-        tokio::spawn(kino_agent::policy_sync::run(manager.clone()));
+        tokio::spawn(policy_sync::run(
+            manager.clone(),
+            policy_sync::Peer {
+                client: policy.clone(),
+                target: config.policy.clone(),
+            },
+            policy_sync::Peer {
+                client: datastore.clone(),
+                target: config.datastore.clone(),
+            },
+        ));
 
         let reassert = manager.clone();
         tokio::spawn(registration.keep_alive(move || {

@@ -8,7 +8,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::policy::WatchEndpointPolicyRequest;
+use kino_api::policy::policy_service_client::PolicyServiceClient;
+use kino_service_kit::TracedChannel;
 use tokio::sync::watch;
 
 use crate::endpoint::manager::EndpointManager;
@@ -28,12 +31,26 @@ pub struct Resume {
     pub revision: i64,
 }
 
-/// Runs the sync (and the reporting of what it realized) until the task is dropped.
-pub async fn run(manager: Arc<EndpointManager>) {
+/// A peer service the sync talks to, and its address (for messages).
+#[derive(Clone)]
+pub struct Peer<C> {
+    /// The client.
+    pub client: C,
+    /// The service's address.
+    pub target: String,
+}
+
+/// Runs the sync (and the reporting of what it realized) until the task is dropped: follows
+/// `compiler`'s stream and reports to `datastore`.
+pub async fn run(
+    manager: Arc<EndpointManager>,
+    compiler: Peer<PolicyServiceClient<TracedChannel>>,
+    datastore: Peer<DatastoreServiceClient<TracedChannel>>,
+) {
     let (reports, receiver) = watch::channel(None);
     let reporter = tokio::spawn(policy_realization::run(
-        manager.datastore_client(),
-        manager.datastore_target().to_owned(),
+        datastore.client,
+        datastore.target,
         manager.node().to_owned(),
         receiver,
     ));
@@ -42,13 +59,13 @@ pub async fn run(manager: Arc<EndpointManager>) {
     let mut resume = Resume::default();
     let mut backoff = MIN_BACKOFF;
     loop {
-        match follow(&manager, &mut resume, &mut backoff, &reports).await {
+        match follow(&manager, &compiler, &mut resume, &mut backoff, &reports).await {
             Ok(()) => tracing::warn!(
-                compiler = manager.policy_target(),
+                compiler = compiler.target.as_str(),
                 "policy stream ended; reconnecting"
             ),
             Err(e) => tracing::warn!(
-                compiler = manager.policy_target(),
+                compiler = compiler.target.as_str(),
                 error = %e,
                 retry_in = ?backoff,
                 "policy stream failed; reconnecting"
@@ -62,6 +79,7 @@ pub async fn run(manager: Arc<EndpointManager>) {
 /// One stream: opens it and applies messages until it ends or fails.
 async fn follow(
     manager: &EndpointManager,
+    compiler: &Peer<PolicyServiceClient<TracedChannel>>,
     resume: &mut Resume,
     backoff: &mut Duration,
     reports: &watch::Sender<Option<Report>>,
@@ -72,14 +90,15 @@ async fn follow(
         resume_revision: resume.revision,
         resume_epoch: resume.epoch.clone(),
     };
-    let mut stream = manager
-        .policy_client()
+    let mut stream = compiler
+        .client
+        .clone()
         .watch_endpoint_policy(request)
         .await
         .map_err(|s| s.message().to_owned())?
         .into_inner();
     tracing::info!(
-        compiler = manager.policy_target(),
+        compiler = compiler.target.as_str(),
         resume_revision = resume.revision,
         "following the policy stream"
     );

@@ -811,7 +811,7 @@ fn a_policy_snapshot_keeps_streamed_prefixes_until_it_is_synced() {
     if !kernel_tests_possible("a_policy_snapshot_keeps_streamed_prefixes_until_it_is_synced") {
         return;
     }
-    use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork, Peers};
+    use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork};
     use kino_api::policy::{IpCacheEntry, WatchEndpointPolicyResponse};
     let world = World::new();
     let node = world.netns("node");
@@ -820,26 +820,13 @@ fn a_policy_snapshot_keeps_streamed_prefixes_until_it_is_synced() {
     in_node(&node, move || async move {
         let (netlink, datapath) = node_with_pods(&node_name, &[]).await;
         let state = tempfile::tempdir().expect("state dir");
-        // Nothing here calls another service: lazy clients of an address nobody serves.
-        let lazy = || {
-            kino_service_kit::connect_lazy("http://127.0.0.1:9", &Default::default())
-                .expect("lazy channel")
-        };
-        let peers = Peers {
-            ipam: kino_api::ipam::ipam_service_client::IpamServiceClient::new(lazy()),
-            datastore: kino_api::datastore::datastore_service_client::DatastoreServiceClient::new(
-                lazy(),
-            ),
-            policy: kino_api::policy::policy_service_client::PolicyServiceClient::new(lazy()),
-        };
+        // Nothing here calls another service: the fake suite answers if anything did.
+        let peers = support::fake_peers::FakePeers::new().peers();
         let manager = EndpointManager::new(
             ManagerConfig {
                 node: node_name.clone(),
                 pool: "default".into(),
                 mtu: 0,
-                ipam_target: "none".into(),
-                datastore_target: "none".into(),
-                policy_target: "none".into(),
             },
             NodeNetwork {
                 gateway_v4: GATEWAY,

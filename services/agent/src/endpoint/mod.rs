@@ -4,7 +4,9 @@
 //!
 //! Call both from the node's network namespace (the datapath attaches by interface name).
 
+pub mod compiled_policy;
 pub mod manager;
+pub mod peers;
 pub mod release;
 pub mod state;
 pub mod veth;

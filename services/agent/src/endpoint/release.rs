@@ -16,14 +16,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use kino_api::ipam::ipam_service_client::IpamServiceClient;
-use kino_api::ipam::{Owner, ReleaseRequest, release_request};
-use kino_api::types::IpFamily;
-use kino_service_kit::TracedChannel;
+use kino_api::ipam::Owner;
 use prost::Message;
 use tokio::sync::{Mutex, Notify};
 
 use super::lxc_name;
+use super::peers::Addresses;
 use super::state::StateError;
 
 /// First wait before retrying, doubled after each failed round up to [`MAX_BACKOFF`].
@@ -36,7 +34,7 @@ const RELEASE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The pending releases of this node, persisted, and the task that retries them.
 pub struct PendingReleases {
     dir: PathBuf,
-    ipam: IpamServiceClient<TracedChannel>,
+    ipam: Arc<dyn Addresses>,
     /// By file name (the attachment's lxc name). Held across a release call, so an ADD of
     /// the same attachment waits for it rather than racing it.
     pending: Mutex<BTreeMap<String, Owner>>,
@@ -48,7 +46,7 @@ impl PendingReleases {
     /// starts the retry task (on the current tokio runtime).
     pub fn start(
         state_root: &Path,
-        ipam: IpamServiceClient<TracedChannel>,
+        ipam: Arc<dyn Addresses>,
     ) -> Result<Arc<PendingReleases>, StateError> {
         let dir = state_root.join("pending-releases");
         std::fs::create_dir_all(&dir).map_err(|e| StateError {
@@ -132,26 +130,15 @@ impl PendingReleases {
         let names: Vec<String> = pending.keys().cloned().collect();
         for name in names {
             let owner = pending[&name].clone();
-            let request = ReleaseRequest {
-                target: Some(release_request::Target::Owner(owner.clone())),
-                family: IpFamily::Unspecified as i32,
-            };
-            let mut client = self.ipam.clone();
-            let call = client.release(request);
+            let call = self.ipam.release(owner.clone());
             match tokio::time::timeout(RELEASE_TIMEOUT, call).await {
-                Ok(Ok(response)) => {
-                    let released: Vec<String> = response
-                        .into_inner()
-                        .released
-                        .into_iter()
-                        .map(|a| a.address)
-                        .collect();
+                Ok(Ok(released)) => {
                     tracing::info!(container = %owner.container_id, ifname = %owner.ifname, ?released, "pending address release done");
                     pending.remove(&name);
                     self.unpersist(&name);
                 }
-                Ok(Err(status)) => {
-                    tracing::debug!(container = %owner.container_id, error = %status.message(), "pending address release: IPAM still refuses");
+                Ok(Err(error)) => {
+                    tracing::debug!(container = %owner.container_id, %error, "pending address release: IPAM still refuses");
                 }
                 Err(_) => {
                     tracing::debug!(container = %owner.container_id, "pending address release: IPAM did not answer");

@@ -31,8 +31,12 @@ pub struct AgentDirectory {
 
 impl AgentDirectory {
     /// Lookups through `manager`, the ipcache pinned in `pin_dir` (none if it cannot be
-    /// opened: peers' identities then come from events only) and the manager's compiler.
-    pub fn new(manager: Arc<EndpointManager>, pin_dir: &Path) -> Self {
+    /// opened: peers' identities then come from events only) and the compiler `policy`.
+    pub fn new(
+        manager: Arc<EndpointManager>,
+        pin_dir: &Path,
+        policy: PolicyServiceClient<TracedChannel>,
+    ) -> Self {
         let path = pin_dir.join(IPCACHE_MAP);
         let ipcache = MapData::from_pin(&path)
             .map_err(|e| e.to_string())
@@ -45,7 +49,6 @@ impl AgentDirectory {
                 None
             }
         };
-        let policy = manager.policy_client();
         AgentDirectory {
             manager,
             ipcache,

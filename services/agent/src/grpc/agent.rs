@@ -1,5 +1,6 @@
 //! The `kino.agent.v1` gRPC adapter (the local API on the agent's unix socket): translates
-//! between the API and the [`EndpointManager`], and maps its errors onto status codes.
+//! between the API and the [`EndpointManager`]; its errors become status codes through
+//! [`crate::grpc::status`].
 //! Label updates (identities, issue #5) answer `UNIMPLEMENTED`.
 
 use std::collections::HashMap;
@@ -23,6 +24,7 @@ use crate::datapath::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use crate::endpoint::manager::EndpointManager;
 use crate::grpc::input_limits::{check_create, check_update_labels};
 use crate::grpc::policy::{bpf_conntrack_entry, bpf_ipcache_entry, bpf_policy_entry};
+use crate::grpc::status::to_status;
 
 /// Conntrack entries listed when a request names no limit.
 const DEFAULT_CT_LIST: usize = 10_000;
@@ -107,7 +109,7 @@ impl AgentService for AgentGrpc {
                 Ok(Response::new(response))
             }
             Err(e) => {
-                let status = e.to_status();
+                let status = to_status(&e);
                 span.record("otel.status_description", status.message());
                 Err(status)
             }
@@ -126,7 +128,7 @@ impl AgentService for AgentGrpc {
             .manager
             .delete(target)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(DeleteEndpointResponse {
             endpoint,
             errors: Vec::new(),
@@ -146,7 +148,7 @@ impl AgentService for AgentGrpc {
         self.manager
             .check(request)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         let endpoint = self
             .manager
             .get(kino_api::agent::get_endpoint_request::Lookup::ContainerId(
@@ -181,7 +183,7 @@ impl AgentService for AgentGrpc {
         let lookup = request.into_inner().lookup.ok_or_else(|| {
             Status::invalid_argument("lookup (id, ip, container_id or pod) is required")
         })?;
-        let endpoint = self.manager.get(lookup).await.map_err(|e| e.to_status())?;
+        let endpoint = self.manager.get(lookup).await.map_err(|e| to_status(&e))?;
         Ok(Response::new(GetEndpointResponse {
             endpoint: Some(endpoint),
         }))
@@ -203,7 +205,7 @@ impl AgentService for AgentGrpc {
             .manager
             .update_labels(request.id, &add, &request.delete)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(UpdateEndpointLabelsResponse {
             endpoint: Some(updated.endpoint),
             previous_identity: updated.previous_identity,
@@ -256,7 +258,7 @@ impl AgentService for AgentGrpc {
             .manager
             .gc(request.into_inner())
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(response))
     }
 
@@ -268,12 +270,12 @@ impl AgentService for AgentGrpc {
             .manager
             .bpf_endpoints()
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         let modes = self
             .manager
             .bpf_attach_modes()
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(ListBpfEndpointsResponse {
             entries: entries
                 .into_iter()
@@ -299,7 +301,7 @@ impl AgentService for AgentGrpc {
             .manager
             .bpf_ipcache()
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(ListBpfIpcacheResponse {
             entries: entries.iter().map(bpf_ipcache_entry).collect(),
         }))
@@ -317,7 +319,7 @@ impl AgentService for AgentGrpc {
             .manager
             .bpf_policy(endpoint_id)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(ListBpfPolicyResponse {
             endpoint_id,
             identity: policy.identity,
@@ -354,7 +356,7 @@ impl AgentService for AgentGrpc {
             .manager
             .bpf_conntrack(max, family)
             .await
-            .map_err(|e| e.to_status())?;
+            .map_err(|e| to_status(&e))?;
         Ok(Response::new(ListBpfConntrackResponse {
             entries: listing.entries.iter().map(bpf_conntrack_entry).collect(),
             truncated: listing.truncated,

@@ -1,9 +1,12 @@
 //! What the kernel tests of the policy datapath share: the guard of kernel capabilities,
 //! namespaces and pins removed on drop, a thread in the node's namespace, pods, and TCP/UDP
 //! traffic made by sockets opened inside a pod's namespace (no external tools beyond `ip` and
-//! `ping`). Same structure as tests/datapath.rs.
+//! `ping`). Same structure as tests/datapath.rs. [`fake_peers`] stands in for the suite's
+//! services where a test runs the endpoint manager.
 
 #![allow(dead_code)]
+
+pub mod fake_peers;
 
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener, TcpStream, UdpSocket};

@@ -9,14 +9,13 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use kino_api::agent::Endpoint;
-use kino_api::policy::{
-    AllocateIdentityRequest, EndpointPolicyUpdate, GetEndpointPolicyRequest, ReleaseIdentityRequest,
-};
+use kino_api::policy::EndpointPolicyUpdate;
 use kino_api::types::{Label, Labels};
 
-use super::{EndpointManager, IdentityPolicy, Inner, ManagerError, with_counters};
+use super::inspect::with_counters;
+use super::{EndpointManager, IdentityPolicy, Inner, ManagerError};
 use crate::datapath::{EntryChange, IpPrefix, IpcacheEntry};
-use crate::grpc::policy::policy_update_from_proto;
+use crate::endpoint::compiled_policy::policy_update_from_proto;
 
 /// Label sources an operator may not set: the compiler gives them meaning of its own.
 const PROTECTED_SOURCES: &[&str] = &["reserved", "cidr"];
@@ -230,20 +229,7 @@ impl EndpointManager {
         if labels.labels.is_empty() {
             return Ok(0);
         }
-        self.policy
-            .clone()
-            .allocate_identity(AllocateIdentityRequest {
-                labels: Some(labels.clone()),
-            })
-            .await
-            .map_err(|s| self.policy_err(s))?
-            .into_inner()
-            .identity
-            .map(|i| i.id)
-            .filter(|id| *id != 0)
-            .ok_or_else(|| {
-                ManagerError::Internal("the policy-compiler returned no identity".into())
-            })
+        Ok(self.peers.identities.allocate(labels.clone()).await?)
     }
 
     /// The compiled policy of `identity` for an endpoint about to get it: the streamed one
@@ -264,19 +250,7 @@ impl EndpointManager {
                 return Ok(Some(policy.clone()));
             }
         }
-        let compiled = self
-            .policy
-            .clone()
-            .get_endpoint_policy(GetEndpointPolicyRequest { identity })
-            .await
-            .map_err(|s| self.policy_err(s))?
-            .into_inner()
-            .policy
-            .ok_or_else(|| {
-                ManagerError::Internal(format!(
-                    "the policy-compiler returned no policy for identity {identity}"
-                ))
-            })?;
+        let compiled = self.peers.policies.endpoint_policy(identity).await?;
         let update = EndpointPolicyUpdate {
             identity,
             removed: false,
@@ -385,13 +359,8 @@ impl EndpointManager {
         if in_use {
             return;
         }
-        if let Err(status) = self
-            .policy
-            .clone()
-            .release_identity(ReleaseIdentityRequest { id: identity })
-            .await
-        {
-            tracing::warn!(identity, error = %status.message(), "releasing an identity; the compiler's GC will");
+        if let Err(e) = self.peers.identities.release(identity).await {
+            tracing::warn!(identity, error = %e, "releasing an identity; the compiler's GC will");
         }
     }
 }

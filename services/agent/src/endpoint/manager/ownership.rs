@@ -19,6 +19,7 @@ use tonic::Code;
 
 use super::{EndpointManager, ManagerError, addresses_of, owner_of};
 use crate::datapath::{IpPrefix, IpcacheEntry};
+use crate::endpoint::peers::PeerError;
 
 /// What IPAM said of an endpoint's addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,9 +74,8 @@ impl EndpointManager {
                 owner: Some(owner.clone()),
                 requested_address: address.to_string(),
             };
-            match self.ipam.clone().allocate(request).await {
+            match self.peers.addresses.allocate(request).await {
                 Ok(response) => {
-                    let response = response.into_inner();
                     let given = response.allocation.map(|a| a.address).unwrap_or_default();
                     if given != address.to_string() {
                         return Ok(Ownership::Conflict(format!(
@@ -87,19 +87,22 @@ impl EndpointManager {
                             "IPAM had freed the address of a running endpoint; claimed it back");
                     }
                 }
-                Err(status) => match status.code() {
-                    Code::AlreadyExists
-                    | Code::InvalidArgument
-                    | Code::FailedPrecondition
-                    | Code::ResourceExhausted
-                    | Code::NotFound => {
-                        return Ok(Ownership::Conflict(format!(
-                            "IPAM refuses {address} to this endpoint: {}",
-                            status.message()
-                        )));
-                    }
-                    _ => return Err(self.ipam_err(status)),
-                },
+                Err(PeerError::Ipam { status, .. })
+                    if matches!(
+                        status.code(),
+                        Code::AlreadyExists
+                            | Code::InvalidArgument
+                            | Code::FailedPrecondition
+                            | Code::ResourceExhausted
+                            | Code::NotFound
+                    ) =>
+                {
+                    return Ok(Ownership::Conflict(format!(
+                        "IPAM refuses {address} to this endpoint: {}",
+                        status.message()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
             }
         }
         Ok(Ownership::Held)
