@@ -30,8 +30,15 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             // The agent's APIs: gRPC on the unix socket and TCP, Prometheus scrapes.
             &["grpc", "metrics"],
             // What runs beside the API: the policy stream, realization reports, node
-            // registration, the flow observer.
-            &["policy_sync", "policy_realization", "registration", "flows"],
+            // registration, the flow observer; the gRPC clients of the peers (they implement
+            // the endpoint layer's peer traits).
+            &[
+                "policy_sync",
+                "policy_realization",
+                "registration",
+                "flows",
+                "clients",
+            ],
             // Endpoints: CNI ADD/DEL/CHECK/GC, restore, policy application.
             &["endpoint"],
             // The kernel's objects as the agent sees them: eBPF programs and maps, node
