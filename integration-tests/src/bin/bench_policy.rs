@@ -50,6 +50,7 @@ use kino_api::policy::policy_service_client::PolicyServiceClient;
 use kino_api::policy::{DeletePolicyRequest, ImportPoliciesRequest, PolicyRef};
 use kino_api::types::PodRef;
 use kino_integration_tests::bin_dir;
+use kino_integration_tests::stats::median;
 use kino_integration_tests::world::{Netns, Suite, unique_prefix};
 use kino_telemetry::TracedChannel;
 use serde_json::{Value, json};
@@ -176,16 +177,6 @@ impl Test {
 struct Endpoints {
     client_netns: String,
     server: SocketAddr,
-}
-
-fn median(values: &[f64]) -> f64 {
-    let mut v = values.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    match v.len() {
-        0 => f64::NAN,
-        n if n % 2 == 1 => v[n / 2],
-        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
-    }
 }
 
 fn min_max(values: &[f64]) -> (f64, f64) {
