@@ -1,78 +1,42 @@
-//! kino-ipam's records in the datastore, through the gateway's `kino.datastore.v1` API: typed
-//! get / create / compare-and-swap update / delete / list, and the datastore names of every
-//! record (see the key conventions at the top of `proto/kino/ipam/v1/ipam.proto`).
+//! kino-ipam's records in the datastore: service-kit's typed records failing with
+//! [`IpamError`], the queries kino-ipam makes over its records, and the datastore names of
+//! every record (see the key conventions at the top of `proto/kino/ipam/v1/ipam.proto`).
 
 use std::net::IpAddr;
 
 use kino_api::datastore::{Resource, WatchResponse};
 use kino_service_kit::TracedChannel;
-use kino_service_kit::records::{
-    RecordClient, RecordFailure, WriteOutcome, new_resource, spec_bytes,
-};
-use prost::Message;
+use kino_service_kit::records::{self, RecordError, Records, Spec};
 use tonic::Status;
 
 use crate::error::IpamError;
 use crate::owner::CLAIM_PREFIX;
 use crate::prefix::{IpPrefix, address_name};
-use crate::records::{Allocation, Claim, NodeBlocks, Pool, Spec};
+use crate::records::{Allocation, Claim, NodeBlocks, Pool};
 
 /// Name prefix of block-claim records (NodeAllocation kind, namespace = pool).
 pub const BLOCK_PREFIX: &str = "block:";
 /// Largest page the gateway serves.
 pub use kino_service_kit::records::MAX_PAGE;
-
 /// A record with its datastore metadata.
-#[derive(Clone, Debug)]
-pub struct Versioned<T> {
-    /// The record.
-    pub value: T,
-    /// Its datastore name.
-    pub name: String,
-    /// Revision of its last change (for compare-and-swap).
-    pub revision: i64,
-    /// Revision at which it was created.
-    pub create_revision: i64,
-    /// Lease it hangs on (0 for none).
-    pub lease: i64,
-}
+pub use kino_service_kit::records::Stored;
 
-/// Why a write did not happen (besides the datastore failing).
-#[derive(Debug)]
-pub enum WriteError {
-    /// Create: the name is taken.
-    Exists,
-    /// Update/Delete: the record changed since it was read.
-    Conflict,
-    /// Update/Delete: the record is gone.
-    NotFound,
-    /// The lease to attach no longer exists (expired or revoked).
-    LeaseGone,
-    /// The datastore failed or refused.
-    Failed(IpamError),
-}
+/// Why a write did not happen (besides the datastore failing, as an [`IpamError`]).
+pub type WriteError = records::WriteError<IpamError>;
 
-impl From<IpamError> for WriteError {
-    fn from(e: IpamError) -> Self {
-        WriteError::Failed(e)
-    }
-}
-
-impl WriteError {
-    /// As an error for callers that treat every outcome but success as a failure.
-    pub fn into_error(self, what: &str) -> IpamError {
-        match self {
-            WriteError::Failed(e) => e,
-            WriteError::Exists => {
-                IpamError::Aborted(format!("{what}: created concurrently; retry"))
+/// How the datastore's failures read for kino-ipam's callers.
+impl From<RecordError> for IpamError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Datastore(failure) if failure.is_unavailable() => {
+                IpamError::Unavailable(failure.unavailable_message())
             }
-            WriteError::Conflict => {
-                IpamError::Aborted(format!("{what}: changed concurrently; retry"))
-            }
-            WriteError::NotFound => {
-                IpamError::Aborted(format!("{what}: deleted concurrently; retry"))
-            }
-            WriteError::LeaseGone => IpamError::FailedPrecondition(format!(
+            RecordError::Datastore(failure) => IpamError::Internal(failure.refused_message()),
+            RecordError::Unreadable(why) => IpamError::Corrupt(format!(
+                "{why}; was it written by something other than kino-ipam?"
+            )),
+            RecordError::Raced(message) => IpamError::Aborted(message),
+            RecordError::LeaseGone { what } => IpamError::FailedPrecondition(format!(
                 "{what}: the node's datastore lease expired or was revoked; register the node again"
             )),
         }
@@ -89,17 +53,17 @@ pub fn block_record_name(block: &IpPrefix) -> String {
     format!("{BLOCK_PREFIX}{}", block.name())
 }
 
-/// The datastore client of kino-ipam.
+/// The datastore client of kino-ipam: the typed records, and its queries over them.
 #[derive(Clone, Debug)]
 pub struct Datastore {
-    records: RecordClient,
+    records: Records<IpamError>,
 }
 
 impl Datastore {
     /// Uses `channel` to the gateway.
     pub fn new(channel: TracedChannel) -> Self {
         Datastore {
-            records: RecordClient::new(channel),
+            records: Records::new(channel),
         }
     }
 
@@ -108,12 +72,8 @@ impl Datastore {
         &self,
         namespace: &str,
         name: &str,
-    ) -> Result<Option<Versioned<T>>, IpamError> {
-        match self.records.get(T::KIND, namespace, name).await {
-            Ok(Some(resource)) => decode(&resource).map(Some),
-            Ok(None) => Ok(None),
-            Err(failure) => Err(failed(failure)),
-        }
+    ) -> Result<Option<Stored<T>>, IpamError> {
+        self.records.get(namespace, name).await
     }
 
     /// Creates a record; `Exists` when the name is taken.
@@ -123,12 +83,8 @@ impl Datastore {
         name: &str,
         value: &T,
         lease: i64,
-    ) -> Result<Versioned<T>, WriteError> {
-        self.records
-            .create(resource(namespace, name, value, lease))
-            .await
-            .map(|stored| with_value(stored, value))
-            .map_err(WriteError::from)
+    ) -> Result<Stored<T>, WriteError> {
+        self.records.create(namespace, name, value, lease).await
     }
 
     /// Replaces a record if it is still at `expected_revision`.
@@ -139,12 +95,10 @@ impl Datastore {
         value: &T,
         lease: i64,
         expected_revision: i64,
-    ) -> Result<Versioned<T>, WriteError> {
+    ) -> Result<Stored<T>, WriteError> {
         self.records
-            .update(resource(namespace, name, value, lease), expected_revision)
+            .update(namespace, name, value, lease, expected_revision)
             .await
-            .map(|stored| with_value(stored, value))
-            .map_err(WriteError::from)
     }
 
     /// Deletes a record, only at `expected_revision` when it is > 0.
@@ -155,16 +109,10 @@ impl Datastore {
         name: &str,
         expected_revision: i64,
     ) -> Result<(), WriteError> {
-        match self
-            .records
+        self.records
             .delete(kind, namespace, name, expected_revision)
             .await
-        {
-            Ok(_) => Ok(()),
-            // A delete attaches no lease: a "lease" NotFound is the record being gone.
-            Err(WriteOutcome::LeaseGone) => Err(WriteError::NotFound),
-            Err(outcome) => Err(outcome.into()),
-        }
+            .map(drop)
     }
 
     /// One page of raw resources of `kind` in `namespace` ("" = every namespace) whose names
@@ -177,11 +125,11 @@ impl Datastore {
         limit: i32,
         page_token: &str,
     ) -> Result<(Vec<Resource>, String), IpamError> {
-        self.records
+        let page = self
+            .records
             .list_page(kind, namespace, prefix, limit, page_token)
-            .await
-            .map(|page| (page.resources, page.next_page_token))
-            .map_err(failed)
+            .await?;
+        Ok((page.resources, page.next_page_token))
     }
 
     /// Every raw resource of `kind` in `namespace` with names starting with `prefix`, until
@@ -193,15 +141,12 @@ impl Datastore {
         prefix: &str,
         stop: impl Fn(&str) -> bool,
     ) -> Result<Vec<Resource>, IpamError> {
-        self.records
-            .list_all(kind, namespace, prefix, stop)
-            .await
-            .map(|(resources, _)| resources)
-            .map_err(failed)
+        let (resources, _) = self.records.scan(kind, namespace, prefix, stop).await?;
+        Ok(resources)
     }
 
     /// Every pool, sorted by name.
-    pub async fn pools(&self) -> Result<Vec<Versioned<Pool>>, IpamError> {
+    pub async fn pools(&self) -> Result<Vec<Stored<Pool>>, IpamError> {
         self.list_all(Pool::KIND, "", "", |_| false)
             .await?
             .iter()
@@ -214,7 +159,7 @@ impl Datastore {
     pub async fn node_records(
         &self,
         pool: &str,
-    ) -> Result<(Vec<Versioned<NodeBlocks>>, Vec<Versioned<NodeBlocks>>), IpamError> {
+    ) -> Result<(Vec<Stored<NodeBlocks>>, Vec<Stored<NodeBlocks>>), IpamError> {
         let mut nodes = Vec::new();
         let mut blocks = Vec::new();
         for resource in self.list_all(NodeBlocks::KIND, pool, "", |_| false).await? {
@@ -228,7 +173,7 @@ impl Datastore {
     }
 
     /// A pool's block claims.
-    pub async fn block_claims(&self, pool: &str) -> Result<Vec<Versioned<NodeBlocks>>, IpamError> {
+    pub async fn block_claims(&self, pool: &str) -> Result<Vec<Stored<NodeBlocks>>, IpamError> {
         self.list_all(NodeBlocks::KIND, pool, BLOCK_PREFIX, |_| false)
             .await?
             .iter()
@@ -240,7 +185,7 @@ impl Datastore {
     pub async fn address_records(
         &self,
         pool: &str,
-    ) -> Result<(Vec<Versioned<Allocation>>, Vec<Versioned<Claim>>), IpamError> {
+    ) -> Result<(Vec<Stored<Allocation>>, Vec<Stored<Claim>>), IpamError> {
         let mut addresses = Vec::new();
         let mut claims = Vec::new();
         for resource in self.list_all(Allocation::KIND, pool, "", |_| false).await? {
@@ -269,7 +214,7 @@ impl Datastore {
             .await?;
         let mut taken = Vec::with_capacity(resources.len());
         for resource in &resources {
-            let allocation: Versioned<Allocation> = decode(resource)?;
+            let allocation: Stored<Allocation> = decode(resource)?;
             if block.contains(allocation.value.address) {
                 taken.push(allocation.value.address);
             }
@@ -287,77 +232,48 @@ impl Datastore {
     }
 }
 
-impl From<WriteOutcome> for WriteError {
-    fn from(outcome: WriteOutcome) -> Self {
-        match outcome {
-            WriteOutcome::Exists => WriteError::Exists,
-            WriteOutcome::Conflict => WriteError::Conflict,
-            WriteOutcome::NotFound => WriteError::NotFound,
-            WriteOutcome::LeaseGone => WriteError::LeaseGone,
-            WriteOutcome::Failed(failure) => WriteError::Failed(failed(failure)),
-        }
-    }
-}
-
-fn resource<T: Spec>(namespace: &str, name: &str, value: &T, lease: i64) -> Resource {
-    new_resource(
-        T::KIND,
-        namespace,
-        name,
-        T::MESSAGE,
-        value.to_proto().encode_to_vec(),
-        lease,
-    )
-}
-
-/// The stored record after a write: metadata from the gateway, value as written.
-fn with_value<T: Spec>(resource: Resource, value: &T) -> Versioned<T> {
-    Versioned {
-        value: value.clone(),
-        name: resource.name,
-        revision: resource.revision,
-        create_revision: resource.create_revision,
-        lease: resource.lease_id,
-    }
-}
-
-/// Decodes a stored resource as `T`, checking its message type.
-pub fn decode<T: Spec>(resource: &Resource) -> Result<Versioned<T>, IpamError> {
-    let unreadable = |why: String| {
-        IpamError::Corrupt(format!(
-            "{why}; was it written by something other than kino-ipam?"
-        ))
-    };
-    let bytes = spec_bytes(resource, T::MESSAGE).map_err(unreadable)?;
-    let named = |why: String| {
-        unreadable(format!(
-            "stored {} {}/{} is unreadable: {why}",
-            resource.kind, resource.namespace, resource.name
-        ))
-    };
-    let proto = T::Proto::decode(bytes).map_err(|e| named(e.to_string()))?;
-    let value = T::from_proto(proto).map_err(named)?;
-    Ok(Versioned {
-        value,
-        name: resource.name.clone(),
-        revision: resource.revision,
-        create_revision: resource.create_revision,
-        lease: resource.lease_id,
-    })
-}
-
-/// A datastore failure as an error naming the record.
-fn failed(failure: RecordFailure) -> IpamError {
-    if failure.is_unavailable() {
-        IpamError::Unavailable(failure.unavailable_message())
-    } else {
-        IpamError::Internal(failure.refused_message())
-    }
+/// Reads a stored resource as `T`, checking its message type.
+pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, IpamError> {
+    Ok(records::decode(resource)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use kino_service_kit::records::RecordFailure;
+
     use super::*;
+
+    #[test]
+    fn datastore_failures_read_as_ipam_errors() {
+        let failure = |status| {
+            IpamError::from(RecordError::Datastore(RecordFailure {
+                what: "IPPool /p".into(),
+                status,
+            }))
+        };
+        assert!(
+            matches!(failure(Status::unavailable("down")), IpamError::Unavailable(m)
+                if m.contains("is kino-datastore-gateway running"))
+        );
+        assert!(matches!(
+            failure(Status::invalid_argument("no")),
+            IpamError::Internal(_)
+        ));
+        assert!(matches!(
+            IpamError::from(RecordError::Unreadable("stored IPPool /p is unreadable: x".into())),
+            IpamError::Corrupt(m)
+                if m == "stored IPPool /p is unreadable: x; was it written by something other than kino-ipam?"
+        ));
+        assert!(matches!(
+            WriteError::Conflict.into_error("pool p"),
+            IpamError::Aborted(m) if m == "pool p: changed concurrently; retry"
+        ));
+        assert!(matches!(
+            WriteError::LeaseGone.into_error("block 10.0.1.0/24"),
+            IpamError::FailedPrecondition(m)
+                if m == "block 10.0.1.0/24: the node's datastore lease expired or was revoked; register the node again"
+        ));
+    }
 
     #[test]
     fn record_names() {

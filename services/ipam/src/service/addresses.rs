@@ -22,15 +22,17 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use kino_service_kit::records::Spec;
+
 use super::node_cidrs::Grow;
 use super::{Ipam, MAX_ATTEMPTS, lock, pause};
 use crate::allocator::BlockAllocator;
 use crate::error::{Exhaustion, InvalidField, IpamError, Result};
 use crate::owner::{Owner, OwnerKey};
-use crate::persistence::{Versioned, WriteError, address_record_name};
+use crate::persistence::{Stored, WriteError, address_record_name};
 use crate::pool::reserved;
 use crate::prefix::{Family, IpPrefix};
-use crate::records::{Allocation, Claim, NodeBlocks, Spec};
+use crate::records::{Allocation, Claim, NodeBlocks};
 
 /// An Allocate request, validated.
 #[derive(Clone, Debug)]
@@ -202,9 +204,9 @@ impl Ipam {
     async fn claimant(
         &self,
         args: &AllocateArgs,
-        mut claim: Versioned<Claim>,
+        mut claim: Stored<Claim>,
         mut candidate: Candidate<'_>,
-        node: Versioned<NodeBlocks>,
+        node: Stored<NodeBlocks>,
     ) -> Result<Step> {
         let pool = &args.pool;
         loop {
@@ -327,8 +329,8 @@ impl Ipam {
     async fn settle(
         &self,
         args: &AllocateArgs,
-        record: Versioned<Allocation>,
-        claim: Versioned<Claim>,
+        record: Stored<Allocation>,
+        claim: Stored<Claim>,
         existing: bool,
     ) -> Result<Step> {
         let pool = &args.pool;
@@ -493,7 +495,7 @@ impl Ipam {
     }
 
     /// Deletes a claim at the revision we wrote it (not if someone changed it since).
-    async fn drop_claim(&self, claim: &Versioned<Claim>) {
+    async fn drop_claim(&self, claim: &Stored<Claim>) {
         let _ = self
             .store
             .delete(Claim::KIND, &claim.value.pool, &claim.name, claim.revision)
@@ -504,7 +506,7 @@ impl Ipam {
     fn requested_candidate(
         &self,
         args: &AllocateArgs,
-        node: &Versioned<NodeBlocks>,
+        node: &Stored<NodeBlocks>,
         addr: IpAddr,
     ) -> Result<Candidate<'_>> {
         let Some(block) = node.value.block_of(addr) else {
@@ -551,8 +553,8 @@ impl Ipam {
     async fn next_candidate(
         &self,
         args: &AllocateArgs,
-        mut node: Versioned<NodeBlocks>,
-    ) -> Result<(Candidate<'_>, Versioned<NodeBlocks>)> {
+        mut node: Stored<NodeBlocks>,
+    ) -> Result<(Candidate<'_>, Stored<NodeBlocks>)> {
         let pool = &args.pool;
         let family = args.family;
         for _ in 0..=self.options.max_node_blocks {
@@ -797,15 +799,15 @@ impl Ipam {
         let mut freed = Vec::new();
         for pool in pools {
             let (addresses, claims) = self.store.address_records(&pool).await?;
-            let claims_by_name: HashMap<&str, &Versioned<Claim>> =
+            let claims_by_name: HashMap<&str, &Stored<Claim>> =
                 claims.iter().map(|c| (c.name.as_str(), c)).collect();
-            let dead_claims: Vec<&Versioned<Claim>> = claims
+            let dead_claims: Vec<&Stored<Claim>> = claims
                 .iter()
                 .filter(|c| c.value.node == args.node)
                 .filter(|c| !valid.contains(&c.value.owner.key()))
                 .filter(|c| old_enough(c.value.update_time))
                 .collect();
-            let doomed: Vec<&Versioned<Allocation>> = addresses
+            let doomed: Vec<&Stored<Allocation>> = addresses
                 .iter()
                 .filter(|a| a.value.node == args.node)
                 .filter(|a| old_enough(a.value.allocate_time))
