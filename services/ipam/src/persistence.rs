@@ -1,13 +1,13 @@
 //! kino-ipam's records in the datastore: service-kit's typed records failing with
-//! [`IpamError`], the queries kino-ipam makes over its records, and the datastore names of
-//! every record (see the key conventions at the top of `proto/kino/ipam/v1/ipam.proto`).
+//! [`IpamError`] ([`Datastore`]), the queries kino-ipam makes over its records
+//! ([`IpamQueries`]), and the datastore names of every record (see the key conventions at
+//! the top of `proto/kino/ipam/v1/ipam.proto`).
 
+use std::future::Future;
 use std::net::IpAddr;
 
-use kino_api::datastore::{Resource, WatchResponse};
-use kino_service_kit::TracedChannel;
+use kino_api::datastore::Resource;
 use kino_service_kit::records::{self, RecordError, Records, Spec};
-use tonic::Status;
 
 use crate::error::IpamError;
 use crate::owner::CLAIM_PREFIX;
@@ -53,116 +53,60 @@ pub fn block_record_name(block: &IpPrefix) -> String {
     format!("{BLOCK_PREFIX}{}", block.name())
 }
 
-/// The datastore client of kino-ipam: the typed records, and its queries over them.
-#[derive(Clone, Debug)]
-pub struct Datastore {
-    records: Records<IpamError>,
+/// The datastore client of kino-ipam: service-kit's typed records (get, create,
+/// compare-and-swap update, delete, list, watch), with [`IpamQueries`] over them.
+pub type Datastore = Records<IpamError>;
+
+/// kino-ipam's queries over its records.
+pub trait IpamQueries {
+    /// Every pool, sorted by name.
+    fn pools(&self) -> impl Future<Output = Result<Vec<Stored<Pool>>, IpamError>> + Send;
+
+    /// A pool's node records and block claims.
+    fn node_records(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<NodeRecords, IpamError>> + Send;
+
+    /// A pool's block claims.
+    fn block_claims(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<Vec<Stored<NodeBlocks>>, IpamError>> + Send;
+
+    /// A pool's address records and owner claims.
+    fn address_records(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<AddressRecords, IpamError>> + Send;
+
+    /// The addresses taken in `block` of `pool` (from their record names' common prefix).
+    fn taken_in_block(
+        &self,
+        pool: &str,
+        block: &IpPrefix,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, IpamError>> + Send;
 }
 
-impl Datastore {
-    /// Uses `channel` to the gateway.
-    pub fn new(channel: TracedChannel) -> Self {
-        Datastore {
-            records: Records::new(channel),
-        }
-    }
+/// A pool's node records, and its block claims.
+pub type NodeRecords = (Vec<Stored<NodeBlocks>>, Vec<Stored<NodeBlocks>>);
+/// A pool's address records, and its owner claims.
+pub type AddressRecords = (Vec<Stored<Allocation>>, Vec<Stored<Claim>>);
 
-    /// Reads one record; `None` if it does not exist.
-    pub async fn get<T: Spec>(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Stored<T>>, IpamError> {
-        self.records.get(namespace, name).await
-    }
-
-    /// Creates a record; `Exists` when the name is taken.
-    pub async fn create<T: Spec>(
-        &self,
-        namespace: &str,
-        name: &str,
-        value: &T,
-        lease: i64,
-    ) -> Result<Stored<T>, WriteError> {
-        self.records.create(namespace, name, value, lease).await
-    }
-
-    /// Replaces a record if it is still at `expected_revision`.
-    pub async fn update<T: Spec>(
-        &self,
-        namespace: &str,
-        name: &str,
-        value: &T,
-        lease: i64,
-        expected_revision: i64,
-    ) -> Result<Stored<T>, WriteError> {
-        self.records
-            .update(namespace, name, value, lease, expected_revision)
-            .await
-    }
-
-    /// Deletes a record, only at `expected_revision` when it is > 0.
-    pub async fn delete(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        expected_revision: i64,
-    ) -> Result<(), WriteError> {
-        self.records
-            .delete(kind, namespace, name, expected_revision)
-            .await
-            .map(drop)
-    }
-
-    /// One page of raw resources of `kind` in `namespace` ("" = every namespace) whose names
-    /// start with `prefix`.
-    pub async fn list_page(
-        &self,
-        kind: &str,
-        namespace: &str,
-        prefix: &str,
-        limit: i32,
-        page_token: &str,
-    ) -> Result<(Vec<Resource>, String), IpamError> {
-        let page = self
-            .records
-            .list_page(kind, namespace, prefix, limit, page_token)
-            .await?;
-        Ok((page.resources, page.next_page_token))
-    }
-
-    /// Every raw resource of `kind` in `namespace` with names starting with `prefix`, until
-    /// `stop` says a name ends the scan.
-    pub async fn list_all(
-        &self,
-        kind: &str,
-        namespace: &str,
-        prefix: &str,
-        stop: impl Fn(&str) -> bool,
-    ) -> Result<Vec<Resource>, IpamError> {
-        let (resources, _) = self.records.scan(kind, namespace, prefix, stop).await?;
-        Ok(resources)
-    }
-
-    /// Every pool, sorted by name.
-    pub async fn pools(&self) -> Result<Vec<Stored<Pool>>, IpamError> {
-        self.list_all(Pool::KIND, "", "", |_| false)
-            .await?
+impl IpamQueries for Datastore {
+    async fn pools(&self) -> Result<Vec<Stored<Pool>>, IpamError> {
+        let (resources, _) = self.list_all(Pool::KIND, "").await?;
+        resources
             .iter()
             .filter(|r| r.namespace.is_empty())
             .map(decode)
             .collect()
     }
 
-    /// A pool's node records and block claims.
-    pub async fn node_records(
-        &self,
-        pool: &str,
-    ) -> Result<(Vec<Stored<NodeBlocks>>, Vec<Stored<NodeBlocks>>), IpamError> {
+    async fn node_records(&self, pool: &str) -> Result<NodeRecords, IpamError> {
         let mut nodes = Vec::new();
         let mut blocks = Vec::new();
-        for resource in self.list_all(NodeBlocks::KIND, pool, "", |_| false).await? {
+        for resource in self.list_all(NodeBlocks::KIND, pool).await?.0 {
             if resource.name.starts_with(BLOCK_PREFIX) {
                 blocks.push(decode(&resource)?);
             } else {
@@ -172,23 +116,17 @@ impl Datastore {
         Ok((nodes, blocks))
     }
 
-    /// A pool's block claims.
-    pub async fn block_claims(&self, pool: &str) -> Result<Vec<Stored<NodeBlocks>>, IpamError> {
-        self.list_all(NodeBlocks::KIND, pool, BLOCK_PREFIX, |_| false)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+    async fn block_claims(&self, pool: &str) -> Result<Vec<Stored<NodeBlocks>>, IpamError> {
+        let (resources, _) = self
+            .scan(NodeBlocks::KIND, pool, BLOCK_PREFIX, |_| false)
+            .await?;
+        resources.iter().map(decode).collect()
     }
 
-    /// A pool's address records and owner claims.
-    pub async fn address_records(
-        &self,
-        pool: &str,
-    ) -> Result<(Vec<Stored<Allocation>>, Vec<Stored<Claim>>), IpamError> {
+    async fn address_records(&self, pool: &str) -> Result<AddressRecords, IpamError> {
         let mut addresses = Vec::new();
         let mut claims = Vec::new();
-        for resource in self.list_all(Allocation::KIND, pool, "", |_| false).await? {
+        for resource in self.list_all(Allocation::KIND, pool).await?.0 {
             if resource.name.starts_with(CLAIM_PREFIX) {
                 claims.push(decode(&resource)?);
             } else {
@@ -198,14 +136,9 @@ impl Datastore {
         Ok((addresses, claims))
     }
 
-    /// The addresses taken in `block` of `pool` (from their record names' common prefix).
-    pub async fn taken_in_block(
-        &self,
-        pool: &str,
-        block: &IpPrefix,
-    ) -> Result<Vec<IpAddr>, IpamError> {
-        let resources = self
-            .list_all(
+    async fn taken_in_block(&self, pool: &str, block: &IpPrefix) -> Result<Vec<IpAddr>, IpamError> {
+        let (resources, _) = self
+            .scan(
                 Allocation::KIND,
                 pool,
                 &block.common_text_prefix(),
@@ -221,15 +154,6 @@ impl Datastore {
         }
         Ok(taken)
     }
-
-    /// Streams changes to `kind` from `start_revision` (0 = from now).
-    pub async fn watch(
-        &self,
-        kind: &str,
-        start_revision: i64,
-    ) -> Result<tonic::Streaming<WatchResponse>, Status> {
-        self.records.watch(kind, start_revision).await
-    }
 }
 
 /// Reads a stored resource as `T`, checking its message type.
@@ -240,6 +164,7 @@ pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, IpamError> {
 #[cfg(test)]
 mod tests {
     use kino_service_kit::records::RecordFailure;
+    use tonic::Status;
 
     use super::*;
 

@@ -29,7 +29,7 @@ use super::{Ipam, MAX_ATTEMPTS, lock, pause};
 use crate::allocator::BlockAllocator;
 use crate::error::{Exhaustion, InvalidField, IpamError, Result};
 use crate::owner::{Owner, OwnerKey};
-use crate::persistence::{Stored, WriteError, address_record_name};
+use crate::persistence::{IpamQueries, Stored, WriteError, address_record_name};
 use crate::pool::reserved;
 use crate::prefix::{Family, IpPrefix};
 use crate::records::{Allocation, Claim, NodeBlocks};
@@ -701,7 +701,7 @@ impl Ipam {
                 .delete(Claim::KIND, pool, &claim_name, claim.revision)
                 .await
             {
-                Ok(()) => return self.free_if_held_by(pool, claim.value.address, owner).await,
+                Ok(_) => return self.free_if_held_by(pool, claim.value.address, owner).await,
                 Err(WriteError::Conflict) => continue,
                 Err(WriteError::NotFound) => return Ok(None),
                 Err(e) => return Err(e.into_error(&format!("releasing {owner}"))),
@@ -732,7 +732,7 @@ impl Ipam {
                 .delete(Allocation::KIND, pool, &name, record.revision)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.address_freed(pool, &record.value.block, addr);
                     return Ok(Some(record.value));
                 }
@@ -761,7 +761,7 @@ impl Ipam {
                     .delete(Claim::KIND, pool, &claim_name, claim.revision)
                     .await
                 {
-                    Ok(()) | Err(WriteError::NotFound) => {}
+                    Ok(_) | Err(WriteError::NotFound) => {}
                     Err(WriteError::Conflict) => continue,
                     Err(e) => return Err(e.into_error(&format!("releasing {addr}"))),
                 }
@@ -771,7 +771,7 @@ impl Ipam {
                 .delete(Allocation::KIND, pool, &name, record.revision)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.address_freed(pool, &record.value.block, addr);
                     return Ok(Some(record.value));
                 }
@@ -845,7 +845,7 @@ impl Ipam {
                     .delete(Allocation::KIND, &pool, &record.name, record.revision)
                     .await
                 {
-                    Ok(()) => {
+                    Ok(_) => {
                         self.address_freed(&pool, &record.value.block, record.value.address);
                         freed.push(record.value.clone());
                     }

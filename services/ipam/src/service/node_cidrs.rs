@@ -20,7 +20,7 @@ use kino_service_kit::records::Spec;
 use super::pools::unknown_pool;
 use super::{Ipam, MAX_ATTEMPTS, summarize};
 use crate::error::{IpamError, Result};
-use crate::persistence::{Stored, WriteError, block_record_name};
+use crate::persistence::{IpamQueries, Stored, WriteError, block_record_name};
 use crate::pool::PoolPhase;
 use crate::prefix::{Family, IpPrefix};
 use crate::records::{Allocation, Claim, NodeBlock, NodeBlocks, Pool};
@@ -538,7 +538,7 @@ impl Ipam {
                     .delete(Allocation::KIND, pool, &address.name, 0)
                     .await
                 {
-                    Ok(()) => freed.push(address.value),
+                    Ok(_) => freed.push(address.value),
                     Err(WriteError::NotFound) => {}
                     Err(e) => return Err(e.into_error(&format!("freeing {}", address.name))),
                 }
@@ -561,7 +561,7 @@ impl Ipam {
                 .delete(NodeBlocks::KIND, pool, node, marked.revision)
                 .await
             {
-                Ok(()) | Err(WriteError::NotFound) => {
+                Ok(_) | Err(WriteError::NotFound) => {
                     self.forget_node(pool, node);
                     let mut released = marked.value;
                     released.releasing = false;

@@ -18,7 +18,7 @@ use kino_service_kit::records::Spec;
 
 use super::{Ipam, MAX_ATTEMPTS};
 use crate::error::{IpamError, Result};
-use crate::persistence::{Stored, WriteError, decode};
+use crate::persistence::{IpamQueries, Stored, WriteError, decode};
 use crate::prefix::IpPrefix;
 use crate::records::{Allocation, NodeBlocks};
 
@@ -130,14 +130,10 @@ impl Ipam {
                 .entry(name.to_owned())
                 .or_insert_with(|| NodeView::new(name))
         }
-        for resource in self.store.list_all(Node::KIND, "", "", |_| false).await? {
+        for resource in self.store.list_all(Node::KIND, "").await?.0 {
             view(&mut views, &resource.name).node = Some(decode(&resource)?);
         }
-        for resource in self
-            .store
-            .list_all(NodeHealth::KIND, "", "", |_| false)
-            .await?
-        {
+        for resource in self.store.list_all(NodeHealth::KIND, "").await?.0 {
             view(&mut views, &resource.name).health = Some(decode(&resource)?);
         }
         for pool in self.store.pools().await? {
@@ -165,11 +161,7 @@ impl Ipam {
                 }
             }
         }
-        for resource in self
-            .store
-            .list_all(ENDPOINT_KIND, "", "", |_| false)
-            .await?
-        {
+        for resource in self.store.list_all(ENDPOINT_KIND, "").await?.0 {
             view(&mut views, &resource.namespace)
                 .endpoints
                 .push(resource.name);
@@ -206,8 +198,9 @@ impl Ipam {
         }
         view.endpoints = self
             .store
-            .list_all(ENDPOINT_KIND, name, "", |_| false)
+            .list_all(ENDPOINT_KIND, name)
             .await?
+            .0
             .into_iter()
             .map(|r| r.name)
             .collect();
@@ -236,17 +229,13 @@ impl Ipam {
         tracing::info!(node = %name, force, live = before.health.is_some(), "deleting node");
 
         let mut deleted_endpoints = 0;
-        for resource in self
-            .store
-            .list_all(ENDPOINT_KIND, name, "", |_| false)
-            .await?
-        {
+        for resource in self.store.list_all(ENDPOINT_KIND, name).await?.0 {
             match self
                 .store
                 .delete(ENDPOINT_KIND, name, &resource.name, 0)
                 .await
             {
-                Ok(()) => deleted_endpoints += 1,
+                Ok(_) => deleted_endpoints += 1,
                 Err(WriteError::NotFound) => {}
                 Err(e) => {
                     return Err(
@@ -262,7 +251,7 @@ impl Ipam {
             .collect();
         for kind in [NodeHealth::KIND, POLICY_REALIZATION_KIND] {
             match self.store.delete(kind, "", name, 0).await {
-                Ok(()) | Err(WriteError::NotFound) => {}
+                Ok(_) | Err(WriteError::NotFound) => {}
                 Err(e) => return Err(e.into_error(&format!("deleting {kind} {name}"))),
             }
         }
@@ -322,7 +311,7 @@ impl Ipam {
                 .delete(Node::KIND, "", name, marked.revision)
                 .await
             {
-                Ok(()) | Err(WriteError::NotFound) => return Ok(()),
+                Ok(_) | Err(WriteError::NotFound) => return Ok(()),
                 Err(WriteError::Failed(e)) => return Err(e),
                 Err(_) => match self.store.get::<Node>("", name).await? {
                     Some(now) => marked = now,
@@ -359,7 +348,7 @@ impl Ipam {
     /// Names of the nodes marked for deletion, with when they were marked.
     pub async fn marked_nodes(&self) -> Result<Vec<(String, SystemTime)>> {
         let mut marked = Vec::new();
-        for resource in self.store.list_all(Node::KIND, "", "", |_| false).await? {
+        for resource in self.store.list_all(Node::KIND, "").await?.0 {
             let node: Stored<Node> = decode(&resource)?;
             if let Some(at) = node
                 .value

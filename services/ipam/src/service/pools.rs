@@ -7,7 +7,7 @@ use kino_service_kit::records::Spec;
 
 use super::{Ipam, MAX_ATTEMPTS, lock, summarize};
 use crate::error::{InvalidField, IpamError, Result};
-use crate::persistence::{Stored, WriteError};
+use crate::persistence::{IpamQueries, Stored, WriteError};
 use crate::pool::{PoolConfig, PoolPhase};
 use crate::prefix::Family;
 use crate::records::Pool;
@@ -255,7 +255,7 @@ impl Ipam {
                 .delete(Pool::KIND, &name_ns(), name, marked.revision)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.forget_pool(name);
                     return Ok(before);
                 }
