@@ -7,6 +7,7 @@ pub mod otlp;
 pub mod pki;
 pub mod process;
 pub mod scrape;
+pub mod stats;
 pub mod world;
 
 use std::path::PathBuf;

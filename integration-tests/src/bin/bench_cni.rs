@@ -21,6 +21,7 @@ use clap::Parser;
 use kino_api::agent::ListEndpointsRequest;
 use kino_api::agent::agent_service_client::AgentServiceClient;
 use kino_integration_tests::bin_dir;
+use kino_integration_tests::stats::percentile;
 use kino_integration_tests::world::{Netns, Suite, run, unique_prefix};
 
 #[derive(Parser, Debug)]
@@ -50,16 +51,6 @@ struct RunResult {
     add_total: Duration,
     /// What was checked to be left over, for the report.
     leftovers: Vec<String>,
-}
-
-fn percentile(samples: &[Duration], p: f64) -> Duration {
-    let mut sorted = samples.to_vec();
-    sorted.sort();
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> f64 {

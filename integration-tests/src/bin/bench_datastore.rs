@@ -19,6 +19,7 @@ use kino_datastore_gateway::store::embedded::{EmbeddedOptions, EmbeddedStore};
 use kino_datastore_gateway::store::etcd::{EtcdOptions, EtcdStore};
 use kino_datastore_gateway::{Gateway, Limits};
 use kino_integration_tests::etcd::Etcd;
+use kino_integration_tests::stats::percentile;
 use tokio::sync::Mutex;
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
@@ -51,14 +52,6 @@ struct Row {
     watch_p99: Duration,
     delivered: usize,
     expected: usize,
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let idx = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[idx.min(sorted.len() - 1)]
 }
 
 fn resource(name: &str, n: u64) -> Resource {
@@ -180,7 +173,6 @@ async fn summarize(
     for t in tasks {
         all.extend(t.await??);
     }
-    all.sort();
     Ok((
         all.len() as f64 / seconds as f64,
         percentile(&all, 0.5),
@@ -327,7 +319,6 @@ fn latencies(
             }
         }
     }
-    all.sort();
     Ok((percentile(&all, 0.5), percentile(&all, 0.99), all.len()))
 }
 

@@ -20,6 +20,7 @@ use kino_api::ipam::ipam_service_client::IpamServiceClient;
 use kino_api::types::IpFamily;
 use kino_integration_tests::etcd::Etcd;
 use kino_integration_tests::process::{ServiceProcess, wait_for_port};
+use kino_integration_tests::stats::percentile;
 use kino_integration_tests::{bin_dir, free_port};
 use tokio::io::AsyncWriteExt;
 use tonic::transport::Channel;
@@ -58,14 +59,6 @@ struct Row {
     points: Vec<Point>,
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[index.min(sorted.len() - 1)]
-}
-
 /// Runs `count` operations with `concurrency` workers; `op(i)` does operation i.
 async fn measure<F, Fut>(count: usize, concurrency: usize, op: F) -> anyhow::Result<Point>
 where
@@ -96,7 +89,6 @@ where
         all.extend(task.await??);
     }
     let elapsed = started.elapsed();
-    all.sort();
     Ok(Point {
         concurrency,
         per_second: count as f64 / elapsed.as_secs_f64(),

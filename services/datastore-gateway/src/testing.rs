@@ -1,6 +1,7 @@
 //! Test support for every crate whose tests need a datastore (feature `testing`): a fresh
 //! backend per test — an embedded file in a temporary directory, or a unique key prefix in a
-//! real etcd (`KINO_TEST_ETCD_ENDPOINTS`) — and a gateway served over it on loopback.
+//! real etcd (`KINO_TEST_ETCD_ENDPOINTS`) — a gateway served over it on loopback, and
+//! [`suite!`], which runs a list of test cases against both backends.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -154,3 +155,48 @@ pub async fn serve_gateway(store: Arc<dyn Store>) -> ServedGateway {
         task,
     }
 }
+
+/// Runs every listed case against both backends: one `#[tokio::test]` per case in a module
+/// `embedded` (a fresh file) and one in a module `etcd` (a fresh prefix in the test etcd, or
+/// a loud skip outside CI; its keys removed when the case returns). Each case is the async fn
+/// `cases::<name>` in the module that invokes the macro; `|backend| arg` turns the fresh
+/// [`Backend`] into what the cases take (the store, the backend itself, a whole world);
+/// `"what"` names the etcd prefix (`/kino-<what>-test-…`).
+///
+/// ```ignore
+/// kino_datastore_gateway::testing::suite!("gateway", |backend| backend.store.clone();
+///     crud_with_compare_and_swap,
+///     list_pages_in_key_order,
+/// );
+/// ```
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __datastore_backend_suite {
+    ($what:literal, |$backend:ident| $arg:expr; $($case:ident),* $(,)?) => {
+        mod embedded {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let $backend = $crate::testing::embedded().await;
+                    super::cases::$case($arg).await;
+                }
+            )*
+        }
+        mod etcd {
+            $(
+                #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some($backend) = $crate::testing::etcd($what).await else {
+                        return;
+                    };
+                    let cleanup = $backend.cleanup_handle();
+                    super::cases::$case($arg).await;
+                    cleanup.run().await;
+                }
+            )*
+        }
+    };
+}
+
+#[doc(inline)]
+pub use crate::__datastore_backend_suite as suite;

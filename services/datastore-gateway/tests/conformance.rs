@@ -3,8 +3,6 @@
 //! http://127.0.0.1:2379; `./integration-tests/run.sh` starts one). Without etcd the etcd
 //! half skips loudly, except under CI=true where it fails.
 
-mod backends;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -399,31 +397,7 @@ mod cases {
     }
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let backend = crate::backends::embedded().await;
-                    crate::cases::$case(backend.store.clone()).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(backend) = crate::backends::etcd().await else { return };
-                    crate::cases::$case(backend.store.clone()).await;
-                    backend.cleanup().await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+kino_datastore_gateway::testing::suite!("gateway", |backend| backend.store.clone();
     crud_with_compare_and_swap,
     list_pages_in_key_order,
     watch_replays_history_and_resumes,

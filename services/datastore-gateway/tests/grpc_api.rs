@@ -1,8 +1,6 @@
 //! The `kino.datastore.v1` API over real gRPC (tonic on loopback), on both backends: status
 //! codes and field names of bad input, CAS conflicts, watch fan-out and resume.
 
-mod backends;
-
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,6 +11,7 @@ use kino_api::datastore::{
     ListRequest, Resource, ResourceKey, StatusRequest, UpdateRequest, WatchRequest, WatchResponse,
 };
 use kino_datastore_gateway::grpc::{CURRENT_REVISION_HEADER, DatastoreGrpc};
+use kino_datastore_gateway::testing::{Backend, embedded};
 use kino_datastore_gateway::{Gateway, Limits};
 use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
@@ -21,7 +20,7 @@ use tonic::{Code, Streaming};
 type Client = DatastoreServiceClient<Channel>;
 
 /// Serves a gateway over `backend` on 127.0.0.1:0; the server stops when the test ends.
-async fn serve(backend: &backends::Backend) -> Client {
+async fn serve(backend: &Backend) -> Client {
     let limits = Limits {
         max_value_bytes: 4096,
         watch_buffer_events: 10_000,
@@ -93,7 +92,7 @@ fn assert_invalid(result: Result<impl std::fmt::Debug, tonic::Status>, field: &s
 mod cases {
     use super::*;
 
-    pub async fn bad_input_names_the_field_and_writes_nothing(b: backends::Backend) {
+    pub async fn bad_input_names_the_field_and_writes_nothing(b: Backend) {
         let mut c = serve(&b).await;
         let r = c
             .create(CreateRequest {
@@ -204,7 +203,7 @@ mod cases {
         assert!(missing.message().contains("Node \"n\""), "{missing:?}");
     }
 
-    pub async fn conflicts_are_aborted_with_the_current_revision(b: backends::Backend) {
+    pub async fn conflicts_are_aborted_with_the_current_revision(b: Backend) {
         let mut c = serve(&b).await;
         let r = create(&mut c, resource("IPPool", "", "default")).await;
         assert!(r.revision > 0);
@@ -262,7 +261,7 @@ mod cases {
         assert_eq!(deleted.resource.unwrap().spec, Some(spec(16)));
     }
 
-    pub async fn many_watchers_share_one_backend_watch(b: backends::Backend) {
+    pub async fn many_watchers_share_one_backend_watch(b: Backend) {
         let mut c = serve(&b).await;
         let mut watchers = Vec::new();
         for _ in 0..50 {
@@ -317,7 +316,7 @@ mod cases {
         panic!("subscribers were not released");
     }
 
-    pub async fn watch_resumes_and_filters(b: backends::Backend) {
+    pub async fn watch_resumes_and_filters(b: Backend) {
         let mut c = serve(&b).await;
         let mut w = c
             .watch(WatchRequest {
@@ -373,7 +372,7 @@ mod cases {
         );
     }
 
-    pub async fn deletes_carry_the_last_state_of_keys_older_than_the_watch(b: backends::Backend) {
+    pub async fn deletes_carry_the_last_state_of_keys_older_than_the_watch(b: Backend) {
         let mut c = serve(&b).await;
         let old = create(&mut c, resource("Node", "", "node-a")).await;
         // The first watch of the kind starts the shared backend watch after `old` exists.
@@ -399,7 +398,7 @@ mod cases {
         assert!(last.revision > old.revision);
     }
 
-    pub async fn compacted_start_is_out_of_range(b: backends::Backend) {
+    pub async fn compacted_start_is_out_of_range(b: Backend) {
         let mut c = serve(&b).await;
         let first = create(&mut c, resource("Identity", "", "256")).await;
         let later = create(&mut c, resource("Identity", "", "257")).await;
@@ -423,7 +422,7 @@ mod cases {
         assert!(status.message().contains("re-list"), "{status:?}");
     }
 
-    pub async fn list_pages_with_a_name_prefix(b: backends::Backend) {
+    pub async fn list_pages_with_a_name_prefix(b: Backend) {
         let mut c = serve(&b).await;
         for ns in ["a", "b", "c"] {
             for i in 0..4 {
@@ -478,7 +477,7 @@ mod cases {
 /// the message repeats at most 128 bytes of it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn huge_names_are_refused_and_not_echoed() {
-    let backend = backends::embedded().await;
+    let backend = embedded().await;
     let mut c = serve(&backend).await;
     let huge = "x".repeat(1 << 20);
     let short = |result: Result<(), tonic::Status>, field: &str| {
@@ -523,31 +522,7 @@ async fn huge_names_are_refused_and_not_echoed() {
     short(listed, "name_prefix");
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    crate::cases::$case(crate::backends::embedded().await).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(backend) = crate::backends::etcd().await else { return };
-                    let cleanup = backend.cleanup_handle();
-                    crate::cases::$case(backend).await;
-                    cleanup.run().await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+kino_datastore_gateway::testing::suite!("gateway", |backend| backend;
     bad_input_names_the_field_and_writes_nothing,
     conflicts_are_aborted_with_the_current_revision,
     many_watchers_share_one_backend_watch,

@@ -14,6 +14,7 @@ use kino_api::ipam as pb;
 use kino_api::ipam::ipam_service_server::{IpamService, IpamServiceServer};
 use kino_api::types::IpFamily;
 use kino_service_kit::principal::Caller;
+use kino_service_kit::records::Spec;
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -24,7 +25,7 @@ use crate::metrics::ADDRESSES;
 use crate::owner::Owner;
 use crate::pool::{DEFAULT_POOL, PoolConfig, RawFamily, validate_node_name, validate_pool_name};
 use crate::prefix::Family;
-use crate::records::{Spec, family_from_proto, family_to_proto, owner_from_proto};
+use crate::records::{family_from_proto, family_to_proto, owner_from_proto};
 use crate::service::{
     AllocateArgs, FamilyUsage, GcArgs, Ipam, ListArgs, NodeUsage, PoolUsage, ReleaseTarget,
 };

@@ -14,6 +14,7 @@ use std::time::{Duration, SystemTime};
 
 use futures::StreamExt;
 use kino_api::datastore::EventType;
+use kino_service_kit::records::Spec;
 use tonic::Code;
 
 use crate::persistence::decode;
@@ -26,7 +27,11 @@ pub async fn finish_interrupted_deletions(ipam: Arc<Ipam>) {
     let mut next_revision = 0i64;
     let mut listed = false;
     loop {
-        match ipam.store().watch("Node", next_revision).await {
+        match ipam
+            .store()
+            .watch(kino_api::types::Node::KIND, next_revision)
+            .await
+        {
             Ok(mut stream) => {
                 tracing::debug!(from = next_revision, "watching Node deletion marks");
                 // Watching first, then listing: a mark made in between is in one or both.

@@ -1,78 +1,42 @@
-//! kino-ipam's records in the datastore, through the gateway's `kino.datastore.v1` API: typed
-//! get / create / compare-and-swap update / delete / list, and the datastore names of every
-//! record (see the key conventions at the top of `proto/kino/ipam/v1/ipam.proto`).
+//! kino-ipam's records in the datastore: service-kit's typed records failing with
+//! [`IpamError`] ([`Datastore`]), the queries kino-ipam makes over its records
+//! ([`IpamQueries`]), and the datastore names of every record (see the key conventions at
+//! the top of `proto/kino/ipam/v1/ipam.proto`).
 
+use std::future::Future;
 use std::net::IpAddr;
 
-use kino_api::datastore::{Resource, WatchResponse};
-use kino_service_kit::TracedChannel;
-use kino_service_kit::records::{
-    RecordClient, RecordFailure, WriteOutcome, new_resource, spec_bytes,
-};
-use prost::Message;
-use tonic::Status;
+use kino_api::datastore::Resource;
+use kino_service_kit::records::{self, RecordError, Records, Spec};
 
 use crate::error::IpamError;
 use crate::owner::CLAIM_PREFIX;
 use crate::prefix::{IpPrefix, address_name};
-use crate::records::{Allocation, Claim, NodeBlocks, Pool, Spec};
+use crate::records::{Allocation, Claim, NodeBlocks, Pool};
 
 /// Name prefix of block-claim records (NodeAllocation kind, namespace = pool).
 pub const BLOCK_PREFIX: &str = "block:";
 /// Largest page the gateway serves.
 pub use kino_service_kit::records::MAX_PAGE;
-
 /// A record with its datastore metadata.
-#[derive(Clone, Debug)]
-pub struct Versioned<T> {
-    /// The record.
-    pub value: T,
-    /// Its datastore name.
-    pub name: String,
-    /// Revision of its last change (for compare-and-swap).
-    pub revision: i64,
-    /// Revision at which it was created.
-    pub create_revision: i64,
-    /// Lease it hangs on (0 for none).
-    pub lease: i64,
-}
+pub use kino_service_kit::records::Stored;
 
-/// Why a write did not happen (besides the datastore failing).
-#[derive(Debug)]
-pub enum WriteError {
-    /// Create: the name is taken.
-    Exists,
-    /// Update/Delete: the record changed since it was read.
-    Conflict,
-    /// Update/Delete: the record is gone.
-    NotFound,
-    /// The lease to attach no longer exists (expired or revoked).
-    LeaseGone,
-    /// The datastore failed or refused.
-    Failed(IpamError),
-}
+/// Why a write did not happen (besides the datastore failing, as an [`IpamError`]).
+pub type WriteError = records::WriteError<IpamError>;
 
-impl From<IpamError> for WriteError {
-    fn from(e: IpamError) -> Self {
-        WriteError::Failed(e)
-    }
-}
-
-impl WriteError {
-    /// As an error for callers that treat every outcome but success as a failure.
-    pub fn into_error(self, what: &str) -> IpamError {
-        match self {
-            WriteError::Failed(e) => e,
-            WriteError::Exists => {
-                IpamError::Aborted(format!("{what}: created concurrently; retry"))
+/// How the datastore's failures read for kino-ipam's callers.
+impl From<RecordError> for IpamError {
+    fn from(e: RecordError) -> Self {
+        match e {
+            RecordError::Datastore(failure) if failure.is_unavailable() => {
+                IpamError::Unavailable(failure.unavailable_message())
             }
-            WriteError::Conflict => {
-                IpamError::Aborted(format!("{what}: changed concurrently; retry"))
-            }
-            WriteError::NotFound => {
-                IpamError::Aborted(format!("{what}: deleted concurrently; retry"))
-            }
-            WriteError::LeaseGone => IpamError::FailedPrecondition(format!(
+            RecordError::Datastore(failure) => IpamError::Internal(failure.refused_message()),
+            RecordError::Unreadable(why) => IpamError::Corrupt(format!(
+                "{why}; was it written by something other than kino-ipam?"
+            )),
+            RecordError::Raced(message) => IpamError::Aborted(message),
+            RecordError::LeaseGone { what } => IpamError::FailedPrecondition(format!(
                 "{what}: the node's datastore lease expired or was revoked; register the node again"
             )),
         }
@@ -89,135 +53,60 @@ pub fn block_record_name(block: &IpPrefix) -> String {
     format!("{BLOCK_PREFIX}{}", block.name())
 }
 
-/// The datastore client of kino-ipam.
-#[derive(Clone, Debug)]
-pub struct Datastore {
-    records: RecordClient,
+/// The datastore client of kino-ipam: service-kit's typed records (get, create,
+/// compare-and-swap update, delete, list, watch), with [`IpamQueries`] over them.
+pub type Datastore = Records<IpamError>;
+
+/// kino-ipam's queries over its records.
+pub trait IpamQueries {
+    /// Every pool, sorted by name.
+    fn pools(&self) -> impl Future<Output = Result<Vec<Stored<Pool>>, IpamError>> + Send;
+
+    /// A pool's node records and block claims.
+    fn node_records(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<NodeRecords, IpamError>> + Send;
+
+    /// A pool's block claims.
+    fn block_claims(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<Vec<Stored<NodeBlocks>>, IpamError>> + Send;
+
+    /// A pool's address records and owner claims.
+    fn address_records(
+        &self,
+        pool: &str,
+    ) -> impl Future<Output = Result<AddressRecords, IpamError>> + Send;
+
+    /// The addresses taken in `block` of `pool` (from their record names' common prefix).
+    fn taken_in_block(
+        &self,
+        pool: &str,
+        block: &IpPrefix,
+    ) -> impl Future<Output = Result<Vec<IpAddr>, IpamError>> + Send;
 }
 
-impl Datastore {
-    /// Uses `channel` to the gateway.
-    pub fn new(channel: TracedChannel) -> Self {
-        Datastore {
-            records: RecordClient::new(channel),
-        }
-    }
+/// A pool's node records, and its block claims.
+pub type NodeRecords = (Vec<Stored<NodeBlocks>>, Vec<Stored<NodeBlocks>>);
+/// A pool's address records, and its owner claims.
+pub type AddressRecords = (Vec<Stored<Allocation>>, Vec<Stored<Claim>>);
 
-    /// Reads one record; `None` if it does not exist.
-    pub async fn get<T: Spec>(
-        &self,
-        namespace: &str,
-        name: &str,
-    ) -> Result<Option<Versioned<T>>, IpamError> {
-        match self.records.get(T::KIND, namespace, name).await {
-            Ok(Some(resource)) => decode(&resource).map(Some),
-            Ok(None) => Ok(None),
-            Err(failure) => Err(failed(failure)),
-        }
-    }
-
-    /// Creates a record; `Exists` when the name is taken.
-    pub async fn create<T: Spec>(
-        &self,
-        namespace: &str,
-        name: &str,
-        value: &T,
-        lease: i64,
-    ) -> Result<Versioned<T>, WriteError> {
-        self.records
-            .create(resource(namespace, name, value, lease))
-            .await
-            .map(|stored| with_value(stored, value))
-            .map_err(WriteError::from)
-    }
-
-    /// Replaces a record if it is still at `expected_revision`.
-    pub async fn update<T: Spec>(
-        &self,
-        namespace: &str,
-        name: &str,
-        value: &T,
-        lease: i64,
-        expected_revision: i64,
-    ) -> Result<Versioned<T>, WriteError> {
-        self.records
-            .update(resource(namespace, name, value, lease), expected_revision)
-            .await
-            .map(|stored| with_value(stored, value))
-            .map_err(WriteError::from)
-    }
-
-    /// Deletes a record, only at `expected_revision` when it is > 0.
-    pub async fn delete(
-        &self,
-        kind: &str,
-        namespace: &str,
-        name: &str,
-        expected_revision: i64,
-    ) -> Result<(), WriteError> {
-        match self
-            .records
-            .delete(kind, namespace, name, expected_revision)
-            .await
-        {
-            Ok(_) => Ok(()),
-            // A delete attaches no lease: a "lease" NotFound is the record being gone.
-            Err(WriteOutcome::LeaseGone) => Err(WriteError::NotFound),
-            Err(outcome) => Err(outcome.into()),
-        }
-    }
-
-    /// One page of raw resources of `kind` in `namespace` ("" = every namespace) whose names
-    /// start with `prefix`.
-    pub async fn list_page(
-        &self,
-        kind: &str,
-        namespace: &str,
-        prefix: &str,
-        limit: i32,
-        page_token: &str,
-    ) -> Result<(Vec<Resource>, String), IpamError> {
-        self.records
-            .list_page(kind, namespace, prefix, limit, page_token)
-            .await
-            .map(|page| (page.resources, page.next_page_token))
-            .map_err(failed)
-    }
-
-    /// Every raw resource of `kind` in `namespace` with names starting with `prefix`, until
-    /// `stop` says a name ends the scan.
-    pub async fn list_all(
-        &self,
-        kind: &str,
-        namespace: &str,
-        prefix: &str,
-        stop: impl Fn(&str) -> bool,
-    ) -> Result<Vec<Resource>, IpamError> {
-        self.records
-            .list_all(kind, namespace, prefix, stop)
-            .await
-            .map(|(resources, _)| resources)
-            .map_err(failed)
-    }
-
-    /// Every pool, sorted by name.
-    pub async fn pools(&self) -> Result<Vec<Versioned<Pool>>, IpamError> {
-        self.list_all(Pool::KIND, "", "", |_| false)
-            .await?
+impl IpamQueries for Datastore {
+    async fn pools(&self) -> Result<Vec<Stored<Pool>>, IpamError> {
+        let (resources, _) = self.list_all(Pool::KIND, "").await?;
+        resources
             .iter()
             .filter(|r| r.namespace.is_empty())
             .map(decode)
             .collect()
     }
 
-    /// A pool's node records and block claims.
-    pub async fn node_records(
-        &self,
-        pool: &str,
-    ) -> Result<(Vec<Versioned<NodeBlocks>>, Vec<Versioned<NodeBlocks>>), IpamError> {
+    async fn node_records(&self, pool: &str) -> Result<NodeRecords, IpamError> {
         let mut nodes = Vec::new();
         let mut blocks = Vec::new();
-        for resource in self.list_all(NodeBlocks::KIND, pool, "", |_| false).await? {
+        for resource in self.list_all(NodeBlocks::KIND, pool).await?.0 {
             if resource.name.starts_with(BLOCK_PREFIX) {
                 blocks.push(decode(&resource)?);
             } else {
@@ -227,23 +116,17 @@ impl Datastore {
         Ok((nodes, blocks))
     }
 
-    /// A pool's block claims.
-    pub async fn block_claims(&self, pool: &str) -> Result<Vec<Versioned<NodeBlocks>>, IpamError> {
-        self.list_all(NodeBlocks::KIND, pool, BLOCK_PREFIX, |_| false)
-            .await?
-            .iter()
-            .map(decode)
-            .collect()
+    async fn block_claims(&self, pool: &str) -> Result<Vec<Stored<NodeBlocks>>, IpamError> {
+        let (resources, _) = self
+            .scan(NodeBlocks::KIND, pool, BLOCK_PREFIX, |_| false)
+            .await?;
+        resources.iter().map(decode).collect()
     }
 
-    /// A pool's address records and owner claims.
-    pub async fn address_records(
-        &self,
-        pool: &str,
-    ) -> Result<(Vec<Versioned<Allocation>>, Vec<Versioned<Claim>>), IpamError> {
+    async fn address_records(&self, pool: &str) -> Result<AddressRecords, IpamError> {
         let mut addresses = Vec::new();
         let mut claims = Vec::new();
-        for resource in self.list_all(Allocation::KIND, pool, "", |_| false).await? {
+        for resource in self.list_all(Allocation::KIND, pool).await?.0 {
             if resource.name.starts_with(CLAIM_PREFIX) {
                 claims.push(decode(&resource)?);
             } else {
@@ -253,14 +136,9 @@ impl Datastore {
         Ok((addresses, claims))
     }
 
-    /// The addresses taken in `block` of `pool` (from their record names' common prefix).
-    pub async fn taken_in_block(
-        &self,
-        pool: &str,
-        block: &IpPrefix,
-    ) -> Result<Vec<IpAddr>, IpamError> {
-        let resources = self
-            .list_all(
+    async fn taken_in_block(&self, pool: &str, block: &IpPrefix) -> Result<Vec<IpAddr>, IpamError> {
+        let (resources, _) = self
+            .scan(
                 Allocation::KIND,
                 pool,
                 &block.common_text_prefix(),
@@ -269,95 +147,58 @@ impl Datastore {
             .await?;
         let mut taken = Vec::with_capacity(resources.len());
         for resource in &resources {
-            let allocation: Versioned<Allocation> = decode(resource)?;
+            let allocation: Stored<Allocation> = decode(resource)?;
             if block.contains(allocation.value.address) {
                 taken.push(allocation.value.address);
             }
         }
         Ok(taken)
     }
-
-    /// Streams changes to `kind` from `start_revision` (0 = from now).
-    pub async fn watch(
-        &self,
-        kind: &str,
-        start_revision: i64,
-    ) -> Result<tonic::Streaming<WatchResponse>, Status> {
-        self.records.watch(kind, start_revision).await
-    }
 }
 
-impl From<WriteOutcome> for WriteError {
-    fn from(outcome: WriteOutcome) -> Self {
-        match outcome {
-            WriteOutcome::Exists => WriteError::Exists,
-            WriteOutcome::Conflict => WriteError::Conflict,
-            WriteOutcome::NotFound => WriteError::NotFound,
-            WriteOutcome::LeaseGone => WriteError::LeaseGone,
-            WriteOutcome::Failed(failure) => WriteError::Failed(failed(failure)),
-        }
-    }
-}
-
-fn resource<T: Spec>(namespace: &str, name: &str, value: &T, lease: i64) -> Resource {
-    new_resource(
-        T::KIND,
-        namespace,
-        name,
-        T::MESSAGE,
-        value.to_proto().encode_to_vec(),
-        lease,
-    )
-}
-
-/// The stored record after a write: metadata from the gateway, value as written.
-fn with_value<T: Spec>(resource: Resource, value: &T) -> Versioned<T> {
-    Versioned {
-        value: value.clone(),
-        name: resource.name,
-        revision: resource.revision,
-        create_revision: resource.create_revision,
-        lease: resource.lease_id,
-    }
-}
-
-/// Decodes a stored resource as `T`, checking its message type.
-pub fn decode<T: Spec>(resource: &Resource) -> Result<Versioned<T>, IpamError> {
-    let unreadable = |why: String| {
-        IpamError::Corrupt(format!(
-            "{why}; was it written by something other than kino-ipam?"
-        ))
-    };
-    let bytes = spec_bytes(resource, T::MESSAGE).map_err(unreadable)?;
-    let named = |why: String| {
-        unreadable(format!(
-            "stored {} {}/{} is unreadable: {why}",
-            resource.kind, resource.namespace, resource.name
-        ))
-    };
-    let proto = T::Proto::decode(bytes).map_err(|e| named(e.to_string()))?;
-    let value = T::from_proto(proto).map_err(named)?;
-    Ok(Versioned {
-        value,
-        name: resource.name.clone(),
-        revision: resource.revision,
-        create_revision: resource.create_revision,
-        lease: resource.lease_id,
-    })
-}
-
-/// A datastore failure as an error naming the record.
-fn failed(failure: RecordFailure) -> IpamError {
-    if failure.is_unavailable() {
-        IpamError::Unavailable(failure.unavailable_message())
-    } else {
-        IpamError::Internal(failure.refused_message())
-    }
+/// Reads a stored resource as `T`, checking its message type.
+pub fn decode<T: Spec>(resource: &Resource) -> Result<Stored<T>, IpamError> {
+    Ok(records::decode(resource)?)
 }
 
 #[cfg(test)]
 mod tests {
+    use kino_service_kit::records::RecordFailure;
+    use tonic::Status;
+
     use super::*;
+
+    #[test]
+    fn datastore_failures_read_as_ipam_errors() {
+        let failure = |status| {
+            IpamError::from(RecordError::Datastore(RecordFailure {
+                what: "IPPool /p".into(),
+                status,
+            }))
+        };
+        assert!(
+            matches!(failure(Status::unavailable("down")), IpamError::Unavailable(m)
+                if m.contains("is kino-datastore-gateway running"))
+        );
+        assert!(matches!(
+            failure(Status::invalid_argument("no")),
+            IpamError::Internal(_)
+        ));
+        assert!(matches!(
+            IpamError::from(RecordError::Unreadable("stored IPPool /p is unreadable: x".into())),
+            IpamError::Corrupt(m)
+                if m == "stored IPPool /p is unreadable: x; was it written by something other than kino-ipam?"
+        ));
+        assert!(matches!(
+            WriteError::Conflict.into_error("pool p"),
+            IpamError::Aborted(m) if m == "pool p: changed concurrently; retry"
+        ));
+        assert!(matches!(
+            WriteError::LeaseGone.into_error("block 10.0.1.0/24"),
+            IpamError::FailedPrecondition(m)
+                if m == "block 10.0.1.0/24: the node's datastore lease expired or was revoked; register the node again"
+        ));
+    }
 
     #[test]
     fn record_names() {

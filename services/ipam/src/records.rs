@@ -1,13 +1,15 @@
 //! The records kino-ipam keeps in the datastore, as domain types, and their protobuf specs
 //! (`kino.ipam.v1` IPPool, NodeAllocation, IPAllocation, OwnerClaim). The same messages
-//! are the API's, so `grpc` reuses the `to_proto` side. Also the agents' Node and NodeHealth
-//! records, which the node deletion reads and removes.
+//! are the API's, so `grpc` reuses the `to_proto` side. Each is a service-kit record
+//! [`Spec`]; the agents' Node and NodeHealth records, which the node deletion reads and
+//! removes, are specs there (the API messages as they are).
 
 use std::net::IpAddr;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use kino_api::ipam as pb;
 use kino_api::types::IpFamily;
+use kino_service_kit::records::Spec;
 
 use crate::owner::Owner;
 use crate::pool::{FamilyPool, PoolConfig, PoolPhase, RawFamily, gateway_of};
@@ -110,20 +112,6 @@ pub struct Claim {
     pub bound: bool,
     /// When the claim last changed.
     pub update_time: SystemTime,
-}
-
-/// A stored record's spec: its datastore kind and protobuf message.
-pub trait Spec: Sized + Clone {
-    /// Datastore kind.
-    const KIND: &'static str;
-    /// Fully-qualified protobuf message name.
-    const MESSAGE: &'static str;
-    /// The protobuf message.
-    type Proto: prost::Message + Default;
-    /// Domain → protobuf.
-    fn to_proto(&self) -> Self::Proto;
-    /// Protobuf → domain; the error says what is wrong.
-    fn from_proto(proto: Self::Proto) -> Result<Self, String>;
 }
 
 impl Spec for Pool {
@@ -290,39 +278,6 @@ impl Spec for Claim {
             bound: p.bound,
             update_time: system_time(p.update_time),
         })
-    }
-}
-
-/// A node's existence (kind Node, written by its agent; read, marked for deletion and
-/// deleted here by the node deletion). The protobuf message is the domain type: kino-ipam
-/// only reads its name and `deletion_time`.
-impl Spec for kino_api::types::Node {
-    const KIND: &'static str = "Node";
-    const MESSAGE: &'static str = "kino.types.v1.Node";
-    type Proto = Self;
-
-    fn to_proto(&self) -> Self {
-        self.clone()
-    }
-
-    fn from_proto(proto: Self) -> Result<Self, String> {
-        Ok(proto)
-    }
-}
-
-/// A node's liveness (kind NodeHealth, on its agent's lease; read and, by the node deletion,
-/// deleted here).
-impl Spec for kino_api::types::NodeHealth {
-    const KIND: &'static str = "NodeHealth";
-    const MESSAGE: &'static str = "kino.types.v1.NodeHealth";
-    type Proto = Self;
-
-    fn to_proto(&self) -> Self {
-        self.clone()
-    }
-
-    fn from_proto(proto: Self) -> Result<Self, String> {
-        Ok(proto)
     }
 }
 

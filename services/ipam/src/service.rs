@@ -31,7 +31,7 @@ pub use pools::{DefaultPoolOutcome, describe as describe_pool};
 pub use status::{AllocationPage, FamilyUsage, ListArgs, NodeUsage, PoolUsage};
 
 use crate::allocator::BlockAllocator;
-use crate::persistence::{Datastore, Versioned};
+use crate::persistence::{Datastore, Stored};
 use crate::prefix::IpPrefix;
 use crate::records::{NodeBlocks, Pool};
 
@@ -68,9 +68,9 @@ pub struct Ipam {
     store: Datastore,
     options: IpamOptions,
     /// READY pools by name.
-    pools: Mutex<HashMap<String, Versioned<Pool>>>,
+    pools: Mutex<HashMap<String, Stored<Pool>>>,
     /// Node records by (pool, node).
-    nodes: Mutex<HashMap<(String, String), Versioned<NodeBlocks>>>,
+    nodes: Mutex<HashMap<(String, String), Stored<NodeBlocks>>>,
     /// Candidate addresses by (pool, block).
     blocks: Mutex<HashMap<(String, IpPrefix), BlockAllocator>>,
 }
@@ -92,13 +92,13 @@ impl Ipam {
         &self.store
     }
 
-    fn cached_node(&self, pool: &str, node: &str) -> Option<Versioned<NodeBlocks>> {
+    fn cached_node(&self, pool: &str, node: &str) -> Option<Stored<NodeBlocks>> {
         lock(&self.nodes)
             .get(&(pool.to_owned(), node.to_owned()))
             .cloned()
     }
 
-    fn cache_node(&self, record: &Versioned<NodeBlocks>) {
+    fn cache_node(&self, record: &Stored<NodeBlocks>) {
         let key = (record.value.pool.clone(), record.value.node.clone());
         let mut nodes = lock(&self.nodes);
         match nodes.get(&key) {

@@ -1657,29 +1657,7 @@ async fn create_raw(store: &Datastore, claim: &Claim) {
         .expect("writing a half-done claim");
 }
 
-macro_rules! suite {
-    ($($case:ident),* $(,)?) => {
-        mod embedded {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    crate::cases::$case(crate::World::new(crate::backends::embedded().await).await).await;
-                }
-            )*
-        }
-        mod etcd {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(backend) = crate::backends::etcd().await else { return };
-                    crate::cases::$case(crate::World::new(backend).await).await;
-                }
-            )*
-        }
-    };
-}
-
-suite!(
+kino_datastore_gateway::testing::suite!("ipam", |backend| crate::World::new(backend).await;
     pools_are_validated_created_listed_and_deleted,
     node_cidrs_are_idempotent_across_replicas_and_restarts,
     allocate_release_and_gc,

@@ -379,7 +379,7 @@ impl PolicyService {
             for _ in 0..8 {
                 let existing = self
                     .store
-                    .get::<pb::Policy>(KIND_POLICY, &key.namespace, &key.name)
+                    .get::<pb::Policy>(&key.namespace, &key.name)
                     .await?;
                 value.import_time = Some(timestamp(SystemTime::now()));
                 let result = match &existing {
@@ -393,13 +393,13 @@ impl PolicyService {
                             break;
                         }
                         self.store
-                            .update(KIND_POLICY, &key.namespace, &key.name, &value, old.revision)
+                            .update(&key.namespace, &key.name, &value, 0, old.revision)
                             .await
                             .map(|s| (ImportAction::Updated, s.revision))
                     }
                     None => self
                         .store
-                        .create(KIND_POLICY, &key.namespace, &key.name, &value)
+                        .create(&key.namespace, &key.name, &value, 0)
                         .await
                         .map(|s| (ImportAction::Created, s.revision)),
                 };
@@ -411,8 +411,8 @@ impl PolicyService {
                     Err(WriteError::Exists | WriteError::Conflict | WriteError::NotFound) => {
                         continue;
                     }
-                    Err(WriteError::Failed(e)) => {
-                        return Err(partial(e, &imported));
+                    Err(e @ (WriteError::Failed(_) | WriteError::LeaseGone)) => {
+                        return Err(partial(e.into_error(&what), &imported));
                     }
                 }
             }
@@ -438,7 +438,7 @@ impl PolicyService {
     pub async fn get_policy(&self, key: &PolicyKey) -> Result<(pb::Policy, i64), PolicyError> {
         check_key(key)?;
         self.store
-            .get::<pb::Policy>(KIND_POLICY, &key.namespace, &key.name)
+            .get::<pb::Policy>(&key.namespace, &key.name)
             .await?
             .map(|s| (s.value, s.revision))
             .ok_or_else(|| PolicyError::NotFound(format!("policy {key} does not exist")))

@@ -1,4 +1,5 @@
-//! The one error type of the service kit.
+//! The service kit's error for starting, serving and connecting (datastore records have their
+//! own, [`crate::records::RecordError`], which each service turns into its error).
 
 use std::path::PathBuf;
 

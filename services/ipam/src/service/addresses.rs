@@ -22,15 +22,17 @@ use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::time::{Duration, Instant, SystemTime};
 
+use kino_service_kit::records::Spec;
+
 use super::node_cidrs::Grow;
 use super::{Ipam, MAX_ATTEMPTS, lock, pause};
 use crate::allocator::BlockAllocator;
 use crate::error::{Exhaustion, InvalidField, IpamError, Result};
 use crate::owner::{Owner, OwnerKey};
-use crate::persistence::{Versioned, WriteError, address_record_name};
+use crate::persistence::{IpamQueries, Stored, WriteError, address_record_name};
 use crate::pool::reserved;
 use crate::prefix::{Family, IpPrefix};
-use crate::records::{Allocation, Claim, NodeBlocks, Spec};
+use crate::records::{Allocation, Claim, NodeBlocks};
 
 /// An Allocate request, validated.
 #[derive(Clone, Debug)]
@@ -202,9 +204,9 @@ impl Ipam {
     async fn claimant(
         &self,
         args: &AllocateArgs,
-        mut claim: Versioned<Claim>,
+        mut claim: Stored<Claim>,
         mut candidate: Candidate<'_>,
-        node: Versioned<NodeBlocks>,
+        node: Stored<NodeBlocks>,
     ) -> Result<Step> {
         let pool = &args.pool;
         loop {
@@ -327,8 +329,8 @@ impl Ipam {
     async fn settle(
         &self,
         args: &AllocateArgs,
-        record: Versioned<Allocation>,
-        claim: Versioned<Claim>,
+        record: Stored<Allocation>,
+        claim: Stored<Claim>,
         existing: bool,
     ) -> Result<Step> {
         let pool = &args.pool;
@@ -493,7 +495,7 @@ impl Ipam {
     }
 
     /// Deletes a claim at the revision we wrote it (not if someone changed it since).
-    async fn drop_claim(&self, claim: &Versioned<Claim>) {
+    async fn drop_claim(&self, claim: &Stored<Claim>) {
         let _ = self
             .store
             .delete(Claim::KIND, &claim.value.pool, &claim.name, claim.revision)
@@ -504,7 +506,7 @@ impl Ipam {
     fn requested_candidate(
         &self,
         args: &AllocateArgs,
-        node: &Versioned<NodeBlocks>,
+        node: &Stored<NodeBlocks>,
         addr: IpAddr,
     ) -> Result<Candidate<'_>> {
         let Some(block) = node.value.block_of(addr) else {
@@ -551,8 +553,8 @@ impl Ipam {
     async fn next_candidate(
         &self,
         args: &AllocateArgs,
-        mut node: Versioned<NodeBlocks>,
-    ) -> Result<(Candidate<'_>, Versioned<NodeBlocks>)> {
+        mut node: Stored<NodeBlocks>,
+    ) -> Result<(Candidate<'_>, Stored<NodeBlocks>)> {
         let pool = &args.pool;
         let family = args.family;
         for _ in 0..=self.options.max_node_blocks {
@@ -699,7 +701,7 @@ impl Ipam {
                 .delete(Claim::KIND, pool, &claim_name, claim.revision)
                 .await
             {
-                Ok(()) => return self.free_if_held_by(pool, claim.value.address, owner).await,
+                Ok(_) => return self.free_if_held_by(pool, claim.value.address, owner).await,
                 Err(WriteError::Conflict) => continue,
                 Err(WriteError::NotFound) => return Ok(None),
                 Err(e) => return Err(e.into_error(&format!("releasing {owner}"))),
@@ -730,7 +732,7 @@ impl Ipam {
                 .delete(Allocation::KIND, pool, &name, record.revision)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.address_freed(pool, &record.value.block, addr);
                     return Ok(Some(record.value));
                 }
@@ -759,7 +761,7 @@ impl Ipam {
                     .delete(Claim::KIND, pool, &claim_name, claim.revision)
                     .await
                 {
-                    Ok(()) | Err(WriteError::NotFound) => {}
+                    Ok(_) | Err(WriteError::NotFound) => {}
                     Err(WriteError::Conflict) => continue,
                     Err(e) => return Err(e.into_error(&format!("releasing {addr}"))),
                 }
@@ -769,7 +771,7 @@ impl Ipam {
                 .delete(Allocation::KIND, pool, &name, record.revision)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.address_freed(pool, &record.value.block, addr);
                     return Ok(Some(record.value));
                 }
@@ -797,15 +799,15 @@ impl Ipam {
         let mut freed = Vec::new();
         for pool in pools {
             let (addresses, claims) = self.store.address_records(&pool).await?;
-            let claims_by_name: HashMap<&str, &Versioned<Claim>> =
+            let claims_by_name: HashMap<&str, &Stored<Claim>> =
                 claims.iter().map(|c| (c.name.as_str(), c)).collect();
-            let dead_claims: Vec<&Versioned<Claim>> = claims
+            let dead_claims: Vec<&Stored<Claim>> = claims
                 .iter()
                 .filter(|c| c.value.node == args.node)
                 .filter(|c| !valid.contains(&c.value.owner.key()))
                 .filter(|c| old_enough(c.value.update_time))
                 .collect();
-            let doomed: Vec<&Versioned<Allocation>> = addresses
+            let doomed: Vec<&Stored<Allocation>> = addresses
                 .iter()
                 .filter(|a| a.value.node == args.node)
                 .filter(|a| old_enough(a.value.allocate_time))
@@ -843,7 +845,7 @@ impl Ipam {
                     .delete(Allocation::KIND, &pool, &record.name, record.revision)
                     .await
                 {
-                    Ok(()) => {
+                    Ok(_) => {
                         self.address_freed(&pool, &record.value.block, record.value.address);
                         freed.push(record.value.clone());
                     }

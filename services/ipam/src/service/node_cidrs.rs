@@ -15,13 +15,15 @@
 use std::collections::BTreeSet;
 use std::time::SystemTime;
 
+use kino_service_kit::records::Spec;
+
 use super::pools::unknown_pool;
 use super::{Ipam, MAX_ATTEMPTS, summarize};
 use crate::error::{IpamError, Result};
-use crate::persistence::{Versioned, WriteError, block_record_name};
+use crate::persistence::{IpamQueries, Stored, WriteError, block_record_name};
 use crate::pool::PoolPhase;
 use crate::prefix::{Family, IpPrefix};
-use crate::records::{Allocation, Claim, NodeBlock, NodeBlocks, Pool, Spec};
+use crate::records::{Allocation, Claim, NodeBlock, NodeBlocks, Pool};
 
 /// The lease every record of kino-ipam is written on: none.
 const NO_LEASE: i64 = 0;
@@ -36,20 +38,12 @@ pub(super) struct Grow {
 
 impl Ipam {
     /// Gives `node` its blocks of `pool` (AllocateNodeCidrs).
-    pub async fn allocate_node_cidrs(
-        &self,
-        pool: &str,
-        node: &str,
-    ) -> Result<Versioned<NodeBlocks>> {
+    pub async fn allocate_node_cidrs(&self, pool: &str, node: &str) -> Result<Stored<NodeBlocks>> {
         self.ensure_node_blocks("pool", pool, node, None).await
     }
 
     /// The node's record in `pool`: cached, or made (the node gets its blocks) if missing.
-    pub(super) async fn node_blocks(
-        &self,
-        pool: &str,
-        node: &str,
-    ) -> Result<Versioned<NodeBlocks>> {
+    pub(super) async fn node_blocks(&self, pool: &str, node: &str) -> Result<Stored<NodeBlocks>> {
         if let Some(cached) = self.cached_node(pool, node)
             && cached.lease == NO_LEASE
         {
@@ -66,7 +60,7 @@ impl Ipam {
         pool_name: &str,
         node: &str,
         grow: Option<Grow>,
-    ) -> Result<Versioned<NodeBlocks>> {
+    ) -> Result<Stored<NodeBlocks>> {
         for attempt in 0..MAX_ATTEMPTS {
             let pool = self
                 .pool_for_use(pool_field, pool_name, attempt > 0)
@@ -122,12 +116,12 @@ impl Ipam {
                 .flat_map(|c| c.value.blocks.iter().map(|b| b.cidr))
                 .collect();
             let listed = |b: &IpPrefix| current.as_ref().is_some_and(|c| c.value.has(b));
-            let mut orphans: Vec<&Versioned<NodeBlocks>> = claims
+            let mut orphans: Vec<&Stored<NodeBlocks>> = claims
                 .iter()
                 .filter(|c| c.value.node == node)
                 .filter(|c| c.value.blocks.iter().all(|b| !listed(&b.cidr)))
                 .collect();
-            let mut fresh: Vec<Versioned<NodeBlocks>> = Vec::new();
+            let mut fresh: Vec<Stored<NodeBlocks>> = Vec::new();
             let mut added: Vec<NodeBlock> = Vec::new();
             let mut lost_race = false;
             for family in missing {
@@ -280,7 +274,7 @@ impl Ipam {
 
     /// Deletes block claims this request created, at the revision it created them (a claim
     /// adopted by another request meanwhile has a newer revision and stays).
-    async fn drop_fresh(&self, pool: &str, fresh: &[Versioned<NodeBlocks>]) {
+    async fn drop_fresh(&self, pool: &str, fresh: &[Stored<NodeBlocks>]) {
         for claim in fresh {
             let _ = self
                 .store
@@ -293,8 +287,8 @@ impl Ipam {
     /// (DeletePool marked it meanwhile) the node record and its blocks are removed again.
     async fn check_pool_still_there(
         &self,
-        pool: &Versioned<Pool>,
-        written: &Versioned<NodeBlocks>,
+        pool: &Stored<Pool>,
+        written: &Stored<NodeBlocks>,
     ) -> Result<()> {
         let name = &pool.value.config.name;
         let now = self.store.get::<Pool>("", name).await?;
@@ -326,9 +320,9 @@ impl Ipam {
     /// Moves a node record, then its block claims, addresses and owner claims, to `lease`.
     async fn move_node_lease(
         &self,
-        current: &Versioned<NodeBlocks>,
+        current: &Stored<NodeBlocks>,
         lease: i64,
-    ) -> Result<Versioned<NodeBlocks>, WriteError> {
+    ) -> Result<Stored<NodeBlocks>, WriteError> {
         let pool = &current.value.pool;
         let moved = self
             .store
@@ -347,7 +341,7 @@ impl Ipam {
 
     /// Puts every record of the node (block claims, then addresses, then owner claims:
     /// an owner claim must never outlive its address) on the node record's lease.
-    async fn move_records_lease(&self, node: &Versioned<NodeBlocks>) -> Result<()> {
+    async fn move_records_lease(&self, node: &Stored<NodeBlocks>) -> Result<()> {
         let pool = &node.value.pool;
         let name = &node.value.node;
         let lease = node.lease;
@@ -407,7 +401,7 @@ impl Ipam {
         &self,
         pool: &str,
         lease: i64,
-        mut record: Versioned<T>,
+        mut record: Stored<T>,
     ) -> Result<()> {
         let name = record.name.clone();
         let name = name.as_str();
@@ -436,7 +430,7 @@ impl Ipam {
         &self,
         node: &str,
         pool: Option<&str>,
-    ) -> Result<Vec<Versioned<NodeBlocks>>> {
+    ) -> Result<Vec<Stored<NodeBlocks>>> {
         let pools = self.selected_pools(pool).await?;
         let mut out = Vec::new();
         for pool in pools {
@@ -478,7 +472,7 @@ impl Ipam {
     ) -> Result<(Option<NodeBlocks>, Vec<Allocation>)> {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.store.get::<NodeBlocks>(pool, node).await?;
-            let own_claims: Vec<Versioned<NodeBlocks>> = self
+            let own_claims: Vec<Stored<NodeBlocks>> = self
                 .store
                 .block_claims(pool)
                 .await?
@@ -512,7 +506,7 @@ impl Ipam {
             };
             self.forget_node(pool, node);
             let (addresses, claims) = self.store.address_records(pool).await?;
-            let addresses: Vec<Versioned<Allocation>> = addresses
+            let addresses: Vec<Stored<Allocation>> = addresses
                 .into_iter()
                 .filter(|a| a.value.node == node)
                 .collect();
@@ -544,7 +538,7 @@ impl Ipam {
                     .delete(Allocation::KIND, pool, &address.name, 0)
                     .await
                 {
-                    Ok(()) => freed.push(address.value),
+                    Ok(_) => freed.push(address.value),
                     Err(WriteError::NotFound) => {}
                     Err(e) => return Err(e.into_error(&format!("freeing {}", address.name))),
                 }
@@ -567,7 +561,7 @@ impl Ipam {
                 .delete(NodeBlocks::KIND, pool, node, marked.revision)
                 .await
             {
-                Ok(()) | Err(WriteError::NotFound) => {
+                Ok(_) | Err(WriteError::NotFound) => {
                     self.forget_node(pool, node);
                     let mut released = marked.value;
                     released.releasing = false;
@@ -600,7 +594,7 @@ impl Ipam {
         for _ in 0..MAX_ATTEMPTS {
             let current = self.store.get::<NodeBlocks>(pool, node).await?;
             let listed = |b: &IpPrefix| current.as_ref().is_some_and(|c| c.value.has(b));
-            let orphans: Vec<Versioned<NodeBlocks>> = self
+            let orphans: Vec<Stored<NodeBlocks>> = self
                 .store
                 .block_claims(pool)
                 .await?

@@ -14,18 +14,19 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use kino_api::types::{Node, NodeHealth};
+use kino_service_kit::records::Spec;
 
 use super::{Ipam, MAX_ATTEMPTS};
 use crate::error::{IpamError, Result};
-use crate::persistence::{Versioned, WriteError, decode};
+use crate::persistence::{IpamQueries, Stored, WriteError, decode};
 use crate::prefix::IpPrefix;
-use crate::records::{Allocation, NodeBlocks, Spec};
+use crate::records::{Allocation, NodeBlocks};
 
 /// Datastore kind of the agents' endpoint records (namespace = node name).
-pub const ENDPOINT_KIND: &str = "Endpoint";
+pub const ENDPOINT_KIND: &str = kino_api::agent::Endpoint::KIND;
 /// The kind of what a node's datapath enforces (written by its agent, `kino.policy.v1`);
 /// it goes with the node.
-pub const POLICY_REALIZATION_KIND: &str = "PolicyRealization";
+pub const POLICY_REALIZATION_KIND: &str = kino_api::policy::PolicyRealization::KIND;
 
 /// How long a marked Node may stay before another replica (or this one, after a restart)
 /// finishes its deletion: a deletion in progress takes well under this, so the finisher does
@@ -61,9 +62,9 @@ pub struct NodeView {
     /// Node name.
     pub name: String,
     /// Its Node record.
-    pub node: Option<Versioned<Node>>,
+    pub node: Option<Stored<Node>>,
     /// Its NodeHealth record (present while its agent is alive).
-    pub health: Option<Versioned<NodeHealth>>,
+    pub health: Option<Stored<NodeHealth>>,
     /// Its blocks in every pool.
     pub blocks: Vec<BlockUsage>,
     /// Names of its Endpoint records.
@@ -129,14 +130,10 @@ impl Ipam {
                 .entry(name.to_owned())
                 .or_insert_with(|| NodeView::new(name))
         }
-        for resource in self.store.list_all(Node::KIND, "", "", |_| false).await? {
+        for resource in self.store.list_all(Node::KIND, "").await?.0 {
             view(&mut views, &resource.name).node = Some(decode(&resource)?);
         }
-        for resource in self
-            .store
-            .list_all(NodeHealth::KIND, "", "", |_| false)
-            .await?
-        {
+        for resource in self.store.list_all(NodeHealth::KIND, "").await?.0 {
             view(&mut views, &resource.name).health = Some(decode(&resource)?);
         }
         for pool in self.store.pools().await? {
@@ -164,11 +161,7 @@ impl Ipam {
                 }
             }
         }
-        for resource in self
-            .store
-            .list_all(ENDPOINT_KIND, "", "", |_| false)
-            .await?
-        {
+        for resource in self.store.list_all(ENDPOINT_KIND, "").await?.0 {
             view(&mut views, &resource.namespace)
                 .endpoints
                 .push(resource.name);
@@ -205,8 +198,9 @@ impl Ipam {
         }
         view.endpoints = self
             .store
-            .list_all(ENDPOINT_KIND, name, "", |_| false)
+            .list_all(ENDPOINT_KIND, name)
             .await?
+            .0
             .into_iter()
             .map(|r| r.name)
             .collect();
@@ -235,17 +229,13 @@ impl Ipam {
         tracing::info!(node = %name, force, live = before.health.is_some(), "deleting node");
 
         let mut deleted_endpoints = 0;
-        for resource in self
-            .store
-            .list_all(ENDPOINT_KIND, name, "", |_| false)
-            .await?
-        {
+        for resource in self.store.list_all(ENDPOINT_KIND, name).await?.0 {
             match self
                 .store
                 .delete(ENDPOINT_KIND, name, &resource.name, 0)
                 .await
             {
-                Ok(()) => deleted_endpoints += 1,
+                Ok(_) => deleted_endpoints += 1,
                 Err(WriteError::NotFound) => {}
                 Err(e) => {
                     return Err(
@@ -261,7 +251,7 @@ impl Ipam {
             .collect();
         for kind in [NodeHealth::KIND, POLICY_REALIZATION_KIND] {
             match self.store.delete(kind, "", name, 0).await {
-                Ok(()) | Err(WriteError::NotFound) => {}
+                Ok(_) | Err(WriteError::NotFound) => {}
                 Err(e) => return Err(e.into_error(&format!("deleting {kind} {name}"))),
             }
         }
@@ -279,7 +269,7 @@ impl Ipam {
 
     /// Sets `deletion_time` on the node's record (creating a marked record if it has none),
     /// off any lease; returns the marked record (an existing mark is kept).
-    async fn mark_deleting(&self, name: &str) -> Result<Versioned<Node>> {
+    async fn mark_deleting(&self, name: &str) -> Result<Stored<Node>> {
         for _ in 0..MAX_ATTEMPTS {
             let now = prost_types::Timestamp::from(SystemTime::now());
             let written = match self.store.get::<Node>("", name).await? {
@@ -314,14 +304,14 @@ impl Ipam {
     }
 
     /// Deletes the marked Node record (at the marked revision, re-reading if it changed).
-    async fn delete_marked(&self, name: &str, mut marked: Versioned<Node>) -> Result<()> {
+    async fn delete_marked(&self, name: &str, mut marked: Stored<Node>) -> Result<()> {
         for _ in 0..MAX_ATTEMPTS {
             match self
                 .store
                 .delete(Node::KIND, "", name, marked.revision)
                 .await
             {
-                Ok(()) | Err(WriteError::NotFound) => return Ok(()),
+                Ok(_) | Err(WriteError::NotFound) => return Ok(()),
                 Err(WriteError::Failed(e)) => return Err(e),
                 Err(_) => match self.store.get::<Node>("", name).await? {
                     Some(now) => marked = now,
@@ -358,8 +348,8 @@ impl Ipam {
     /// Names of the nodes marked for deletion, with when they were marked.
     pub async fn marked_nodes(&self) -> Result<Vec<(String, SystemTime)>> {
         let mut marked = Vec::new();
-        for resource in self.store.list_all(Node::KIND, "", "", |_| false).await? {
-            let node: Versioned<Node> = decode(&resource)?;
+        for resource in self.store.list_all(Node::KIND, "").await?.0 {
+            let node: Stored<Node> = decode(&resource)?;
             if let Some(at) = node
                 .value
                 .deletion_time

@@ -3,12 +3,14 @@
 
 use std::time::SystemTime;
 
+use kino_service_kit::records::Spec;
+
 use super::{Ipam, MAX_ATTEMPTS, lock, summarize};
 use crate::error::{InvalidField, IpamError, Result};
-use crate::persistence::{Versioned, WriteError};
+use crate::persistence::{IpamQueries, Stored, WriteError};
 use crate::pool::{PoolConfig, PoolPhase};
 use crate::prefix::Family;
-use crate::records::{Pool, Spec};
+use crate::records::Pool;
 
 /// What start-up did about the default pool.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -25,7 +27,7 @@ impl Ipam {
     /// Creates a pool. Its CIDRs must not overlap any other pool's: the pool is written in
     /// phase CREATING, compared with every pool created before it (by datastore revision,
     /// which all replicas see alike), and becomes READY only if none overlaps.
-    pub async fn create_pool(&self, config: PoolConfig) -> Result<Versioned<Pool>> {
+    pub async fn create_pool(&self, config: PoolConfig) -> Result<Stored<Pool>> {
         let name = config.name.clone();
         let pool = Pool {
             config,
@@ -50,7 +52,7 @@ impl Ipam {
 
     /// Compares a CREATING pool with the pools created before it; READY if none overlaps,
     /// deleted (and an INVALID_ARGUMENT naming the overlap) otherwise.
-    async fn finish_creation(&self, mut pool: Versioned<Pool>) -> Result<Versioned<Pool>> {
+    async fn finish_creation(&self, mut pool: Stored<Pool>) -> Result<Stored<Pool>> {
         for _ in 0..MAX_ATTEMPTS {
             let others = self.store.pools().await?;
             let earlier = others.iter().filter(|o| {
@@ -106,7 +108,7 @@ impl Ipam {
     }
 
     /// One pool, as stored (a pool left CREATING by a dead replica is finished first).
-    pub async fn get_pool(&self, name: &str) -> Result<Versioned<Pool>> {
+    pub async fn get_pool(&self, name: &str) -> Result<Stored<Pool>> {
         match self.store.get::<Pool>(&name_ns(), name).await? {
             None => Err(unknown_pool("name", name)),
             Some(p) if p.value.phase == PoolPhase::Creating => self.finish_creation(p).await,
@@ -115,7 +117,7 @@ impl Ipam {
     }
 
     /// Every pool, sorted by name.
-    pub async fn list_pools(&self) -> Result<Vec<Versioned<Pool>>> {
+    pub async fn list_pools(&self) -> Result<Vec<Stored<Pool>>> {
         self.store.pools().await
     }
 
@@ -125,7 +127,7 @@ impl Ipam {
         field: &str,
         name: &str,
         fresh: bool,
-    ) -> Result<Versioned<Pool>> {
+    ) -> Result<Stored<Pool>> {
         if !fresh && let Some(pool) = lock(&self.pools).get(name).cloned() {
             return Ok(pool);
         }
@@ -160,7 +162,7 @@ impl Ipam {
     /// Deletes a pool that has no node blocks and no addresses; FAILED_PRECONDITION naming
     /// them otherwise. The pool is marked DELETING first, so no replica gives out a block
     /// from it while it is checked.
-    pub async fn delete_pool(&self, name: &str) -> Result<Versioned<Pool>> {
+    pub async fn delete_pool(&self, name: &str) -> Result<Stored<Pool>> {
         for _ in 0..MAX_ATTEMPTS {
             let before = match self.store.get::<Pool>(&name_ns(), name).await? {
                 None => return Err(unknown_pool("name", name)),
@@ -253,7 +255,7 @@ impl Ipam {
                 .delete(Pool::KIND, &name_ns(), name, marked.revision)
                 .await
             {
-                Ok(()) => {
+                Ok(_) => {
                     self.forget_pool(name);
                     return Ok(before);
                 }

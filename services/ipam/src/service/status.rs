@@ -3,13 +3,15 @@
 
 use std::collections::BTreeMap;
 
+use kino_service_kit::records::{Page, Spec};
+
 use super::Ipam;
 use super::pools::unknown_pool;
 use crate::error::{InvalidField, IpamError, Result};
 use crate::owner::CLAIM_PREFIX;
-use crate::persistence::{MAX_PAGE, decode};
+use crate::persistence::{IpamQueries, MAX_PAGE, decode};
 use crate::prefix::{Family, IpPrefix, addr_to_u128};
-use crate::records::{Allocation, NodeBlocks, Spec};
+use crate::records::{Allocation, NodeBlocks};
 
 /// Default page size of ListAllocations.
 pub const DEFAULT_PAGE: usize = 500;
@@ -135,7 +137,11 @@ impl Ipam {
         for (index, pool) in pools.iter().enumerate().skip(start) {
             loop {
                 let need = (page_size - page.allocations.len()) as i32;
-                let (resources, next) = self
+                let Page {
+                    resources,
+                    next_page_token: next,
+                    ..
+                } = self
                     .store
                     .list_page(Allocation::KIND, pool, "", need, &gateway_token)
                     .await?;

@@ -21,12 +21,6 @@ use tonic::transport::Channel;
 use kino_datastore_gateway::testing::serve_gateway;
 pub use kino_datastore_gateway::testing::{Backend, embedded};
 
-/// The etcd store under a unique prefix, or None (skip) outside CI without an etcd.
-#[allow(dead_code)]
-pub async fn etcd() -> Option<Backend> {
-    kino_datastore_gateway::testing::etcd("ipam").await
-}
-
 /// A gateway over a backend, and the replicas started against it.
 pub struct World {
     pub backend: Backend,

@@ -205,7 +205,7 @@ impl Allocator {
                         value.unused_since = None;
                         match self
                             .store
-                            .update(KIND_IDENTITY, "", &record.name, &value, record.revision)
+                            .update("", &record.name, &value, 0, record.revision)
                             .await
                         {
                             Ok(_) => {
@@ -243,7 +243,7 @@ impl Allocator {
             value.id = reserved.value.id;
             match self
                 .store
-                .create(KIND_IDENTITY, INDEX_NAMESPACE, &index, &value.to_proto())
+                .create(INDEX_NAMESPACE, &index, &value.to_proto(), 0)
                 .await
             {
                 Ok(_) => {
@@ -299,7 +299,7 @@ impl Allocator {
         }
         Ok(self
             .store
-            .get::<pb::Identity>(KIND_IDENTITY, "", &id.to_string())
+            .get::<pb::Identity>("", &id.to_string())
             .await?
             .map(|r| IdentityRecord::from_proto(&r.value)))
     }
@@ -336,11 +336,7 @@ impl Allocator {
             });
         }
         for _ in 0..MAX_ATTEMPTS {
-            let Some(record) = self
-                .store
-                .get::<pb::Identity>(KIND_IDENTITY, "", &id.to_string())
-                .await?
-            else {
+            let Some(record) = self.store.get::<pb::Identity>("", &id.to_string()).await? else {
                 return Ok(Release::default());
             };
             let current = IdentityRecord::from_proto(&record.value);
@@ -355,7 +351,7 @@ impl Allocator {
             value.unused_since = Some(timestamp(now));
             match self
                 .store
-                .update(KIND_IDENTITY, "", &record.name, &value, record.revision)
+                .update("", &record.name, &value, 0, record.revision)
                 .await
             {
                 Ok(_) => {
@@ -410,7 +406,7 @@ impl Allocator {
                     value.unused_since = None;
                     if self
                         .store
-                        .update(KIND_IDENTITY, "", &stored.name, &value, stored.revision)
+                        .update("", &stored.name, &value, 0, stored.revision)
                         .await
                         .is_ok()
                     {
@@ -425,7 +421,7 @@ impl Allocator {
                     value.unused_since = Some(timestamp(now));
                     if self
                         .store
-                        .update(KIND_IDENTITY, "", &stored.name, &value, stored.revision)
+                        .update("", &stored.name, &value, 0, stored.revision)
                         .await
                         .is_ok()
                     {
@@ -474,7 +470,7 @@ impl Allocator {
     async fn find(&self, labels: &Labels, index: &str) -> Result<Option<Found>, PolicyError> {
         let Some(ix) = self
             .store
-            .get::<pb::Identity>(KIND_IDENTITY, INDEX_NAMESPACE, index)
+            .get::<pb::Identity>(INDEX_NAMESPACE, index)
             .await?
         else {
             return Ok(None);
@@ -492,7 +488,7 @@ impl Allocator {
         }
         match self
             .store
-            .get::<pb::Identity>(KIND_IDENTITY, "", &ix.value.id.to_string())
+            .get::<pb::Identity>("", &ix.value.id.to_string())
             .await?
         {
             Some(record)
@@ -524,7 +520,7 @@ impl Allocator {
             value.id = candidate;
             match self
                 .store
-                .create(KIND_IDENTITY, "", &candidate.to_string(), &value.to_proto())
+                .create("", &candidate.to_string(), &value.to_proto(), 0)
                 .await
             {
                 Ok(stored) => {
