@@ -58,9 +58,18 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             // Views of the compiled state: what a subscriber gets, traces, realization.
             &["view", "stream", "trace", "realization", "reference"],
             // Compilation, identities and their storage.
-            &["compile", "ipcache", "identity", "store", "convert", "error"],
+            &[
+                "compile", "ipcache", "identity", "store", "convert", "error",
+            ],
             // The policy model.
-            &["policy", "policy_map", "selector", "cidr", "labels", "metrics"],
+            &[
+                "policy",
+                "policy_map",
+                "selector",
+                "cidr",
+                "labels",
+                "metrics",
+            ],
         ],
     ),
 ];
@@ -228,8 +237,7 @@ fn code_only(text: &str) -> String {
             }
             blank(&mut out, &rest[..j]);
             i += j;
-        } else if rest[0] == b'r' && (rest.get(1) == Some(&b'"') || rest.get(1) == Some(&b'#'))
-        {
+        } else if rest[0] == b'r' && (rest.get(1) == Some(&b'"') || rest.get(1) == Some(&b'#')) {
             let hashes = rest[1..].iter().take_while(|&&b| b == b'#').count();
             if rest.get(1 + hashes) != Some(&b'"') {
                 out.push('r');
@@ -366,7 +374,8 @@ fn paths(code: &str) -> Vec<(Vec<String>, usize)> {
     let mut out = Vec::new();
     let mut i = 0;
     while i < toks.len() {
-        let starts = matches!(&toks[i].0, Tok::Ident(w) if w == "crate" || w == "super" || w == "self");
+        let starts =
+            matches!(&toks[i].0, Tok::Ident(w) if w == "crate" || w == "super" || w == "self");
         let after_sep = i > 0 && toks[i - 1].0 == Tok::Sep;
         if starts && !after_sep {
             let mut found = Vec::new();
@@ -699,7 +708,11 @@ fn no_hand_written_source_file_is_too_long_to_hold_in_ones_head() {
             );
         }
     }
-    assert!(seen > 100, "only {seen} source files found under {}", root.display());
+    assert!(
+        seen > 100,
+        "only {seen} source files found under {}",
+        root.display()
+    );
     assert!(report.is_empty(), "\n{report}");
 }
 
@@ -723,13 +736,19 @@ fn the_checker_finds_a_planted_loop_and_an_upward_import() {
     );
     write("low.rs", "pub mod a;\npub mod b;\n");
     write("low/a.rs", "use super::b::Thing;\nuse super::Parent;\n");
-    write("low/b.rs", "fn f() { crate::low::a::g(); let _ = crate::mid::Z; }\n");
+    write(
+        "low/b.rs",
+        "fn f() { crate::low::a::g(); let _ = crate::mid::Z; }\n",
+    );
     let tree = trees_of(&dir, &src).remove(0);
     let edges = edges(&dir, &tree);
     let found = loops(&edges);
     let _ = std::fs::remove_dir_all(&dir);
 
-    let members: Vec<Vec<String>> = found.iter().map(|(_, c, _)| c.iter().cloned().collect()).collect();
+    let members: Vec<Vec<String>> = found
+        .iter()
+        .map(|(_, c, _)| c.iter().cloned().collect())
+        .collect();
     assert_eq!(
         members,
         [vec!["a".to_owned(), "b".to_owned()]],

@@ -5,15 +5,12 @@
 
 use futures::future::BoxFuture;
 use kino_api::agent::Endpoint;
-use kino_service_kit::records::{RecordClient, WriteOutcome, new_resource};
-use prost::Message;
+use kino_service_kit::records::{RecordClient, Spec, WriteError, to_resource};
 
 use crate::endpoint::peers::{EndpointRecords, PeerError};
 
 /// The datastore kind of endpoint records.
-pub const KIND: &str = "Endpoint";
-/// The message their spec holds.
-const MESSAGE: &str = "kino.agent.v1.Endpoint";
+pub const KIND: &str = <Endpoint as Spec>::KIND;
 /// How many times a publish re-reads a stale record and tries again before giving up.
 const ATTEMPTS: usize = 5;
 
@@ -44,13 +41,13 @@ impl EndpointRecordClient {
     }
 
     /// A write the gateway did not carry out, where the caller has no use for it.
-    fn refused(&self, outcome: WriteOutcome) -> PeerError {
+    fn refused(&self, outcome: WriteError) -> PeerError {
         let status = match outcome {
-            WriteOutcome::Failed(failure) => failure.status,
-            WriteOutcome::Exists => tonic::Status::already_exists("the record exists"),
-            WriteOutcome::Conflict => tonic::Status::aborted("the record changed meanwhile"),
-            WriteOutcome::NotFound => tonic::Status::not_found("the record is gone"),
-            WriteOutcome::LeaseGone => tonic::Status::not_found("the record's lease is gone"),
+            WriteError::Failed(failure) => failure.status,
+            WriteError::Exists => tonic::Status::already_exists("the record exists"),
+            WriteError::Conflict => tonic::Status::aborted("the record changed meanwhile"),
+            WriteError::NotFound => tonic::Status::not_found("the record is gone"),
+            WriteError::LeaseGone => tonic::Status::not_found("the record's lease is gone"),
         };
         self.failed(status)
     }
@@ -64,12 +61,11 @@ impl EndpointRecords for EndpointRecordClient {
             let mut stored = endpoint.clone();
             stored.counters = None;
             let name = endpoint.id.to_string();
-            let resource =
-                new_resource(KIND, &self.node, &name, MESSAGE, stored.encode_to_vec(), 0);
+            let resource = to_resource(&self.node, &name, &stored, 0);
             for _ in 0..ATTEMPTS {
                 match self.records.create(resource.clone()).await {
                     Ok(_) => return Ok(()),
-                    Err(WriteOutcome::Exists) => {}
+                    Err(WriteError::Exists) => {}
                     Err(other) => return Err(self.refused(other)),
                 }
                 let current = match self.records.get(KIND, &self.node, &name).await {
@@ -79,7 +75,7 @@ impl EndpointRecords for EndpointRecordClient {
                 };
                 match self.records.update(resource.clone(), current).await {
                     Ok(_) => return Ok(()),
-                    Err(WriteOutcome::Conflict | WriteOutcome::NotFound) => {}
+                    Err(WriteError::Conflict | WriteError::NotFound) => {}
                     Err(other) => return Err(self.refused(other)),
                 }
             }
@@ -97,7 +93,7 @@ impl EndpointRecords for EndpointRecordClient {
                 .delete(KIND, &self.node, &id.to_string(), 0)
                 .await
             {
-                Ok(_) | Err(WriteOutcome::NotFound) => Ok(()),
+                Ok(_) | Err(WriteError::NotFound) => Ok(()),
                 Err(other) => Err(self.refused(other)),
             }
         })
