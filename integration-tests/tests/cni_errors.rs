@@ -181,10 +181,12 @@ async fn a_cni_netns_that_is_not_a_network_namespace_is_refused_by_name() {
     assert!(suite.lxc_links().is_empty());
 }
 
-/// Runs an ADD that allocates while IPAM is up, then fails in the kernel (the pod already
-/// has a default route) after IPAM was killed: the policy-compiler is frozen meanwhile so the
-/// order is certain — the ADD waits for its identity while its address is allocated. IPAM is
-/// left killed (reap it with `stop_ipam`).
+/// Runs an ADD that allocates while IPAM is up, then fails after IPAM was killed: the
+/// policy-compiler is frozen meanwhile so the order is certain — the ADD waits for its
+/// identity while its address is allocated. It fails in the kernel (the pod already has a
+/// default route) or, when IPAM died between its commit and its answer, at the allocation
+/// itself; either way the address is held and the agent must give it back. IPAM is left
+/// killed (reap it with `stop_ipam`).
 async fn add_failing_with_ipam_down(suite: &Suite, container: &str, ns: &Netns) {
     ns.exec(&["ip", "route", "add", "default", "dev", "lo"]);
     let config = suite.cni_config("1.1.0");

@@ -40,6 +40,8 @@ use tonic::Code;
 enum Break {
     /// One call to the fake suite fails.
     Peer(Step, Fault),
+    /// Several calls fail at once.
+    Peers(&'static [(Step, Fault)]),
     /// The pod's namespace already has a default route: the kernel part fails once the lxc
     /// and the pod side exist.
     PodDefaultRoute,
@@ -263,6 +265,11 @@ fn add_fails_and_leaves_nothing(test: &str, broken: Break, code: Code, says: &'s
         let state = tempfile::tempdir().expect("state dir");
         match broken {
             Break::Peer(step, fault) => fake.fail(step, fault),
+            Break::Peers(faults) => {
+                for &(step, fault) in faults {
+                    fake.fail(step, fault);
+                }
+            }
             Break::Checkpoint => std::fs::create_dir_all(state.path().join("endpoints/1.pb.tmp"))
                 .expect("blocking the checkpoint"),
             Break::PodDefaultRoute => {}
@@ -303,6 +310,21 @@ fn add_rolls_back_when_ipam_refuses_the_ipv6_address() {
         Break::Peer(Step::AllocateIpv6, Fault::Unavailable),
         Code::Unavailable,
         "AllocateIpv6",
+    );
+}
+
+/// IPAM allocated both addresses but both answers were lost (killed between commit and
+/// reply): the ADD cannot know, so it releases by owner anyway.
+#[test]
+fn add_rolls_back_when_both_allocation_answers_are_lost() {
+    add_fails_and_leaves_nothing(
+        "add_rolls_back_when_both_allocation_answers_are_lost",
+        Break::Peers(&[
+            (Step::AllocateIpv4, Fault::LostAnswer),
+            (Step::AllocateIpv6, Fault::LostAnswer),
+        ]),
+        Code::Unavailable,
+        "answer to Allocate",
     );
 }
 

@@ -45,6 +45,9 @@ pub enum Fault {
     /// The service answers something its API rules out (an allocation whose address is not
     /// an IP address). Only for the allocation steps.
     Garbage,
+    /// The service does the work, then its answer is lost (UNAVAILABLE, as when IPAM is
+    /// killed between its commit and its reply). Only for the allocation steps.
+    LostAnswer,
 }
 
 /// First IPv4 address the fake IPAM hands out (10.244.0.100 and up; test pods of
@@ -154,8 +157,10 @@ impl Addresses for FakePeers {
             } else {
                 Step::AllocateIpv4
             };
-            let garbage = self.fault(step) == Some(Fault::Garbage);
-            if !garbage {
+            let fault = self.fault(step);
+            let garbage = fault == Some(Fault::Garbage);
+            let lost = fault == Some(Fault::LostAnswer);
+            if !garbage && !lost {
                 self.refusal(step).map_err(ipam)?;
             }
             let owner = request.owner.unwrap_or_default();
@@ -176,6 +181,11 @@ impl Addresses for FakePeers {
                 (None, requested) => requested.to_owned(),
             };
             state.held.insert(key, address.clone());
+            if lost {
+                return Err(ipam(tonic::Status::unavailable(format!(
+                    "fake: the answer to {step:?} was lost"
+                ))));
+            }
             let gateway = if ipv6 {
                 GATEWAY_V6.to_string()
             } else {

@@ -160,8 +160,16 @@ impl EndpointManager {
                 (identity, allocation, allocation_v6)
             }
             (identity, allocation, allocation_v6) => {
-                // Release what was allocated (both families) and report the first failure.
-                if inherited || allocation.is_ok() || matches!(allocation_v6, Ok(Some(_))) {
+                // Release what was (or may have been) allocated, both families, and
+                // report the first failure. An allocation whose answer was lost (IPAM
+                // killed after its commit, a broken connection) may hold an address: only
+                // an answer that says nothing was done spares the release.
+                let v6_may_hold = match &allocation_v6 {
+                    Ok(v6) => v6.is_some(),
+                    Err(e) => may_have_allocated(e),
+                };
+                let v4_may_hold = allocation.as_ref().err().is_none_or(may_have_allocated);
+                if inherited || v4_may_hold || v6_may_hold {
                     self.release(&owner).await;
                 }
                 let error = [identity.err(), allocation.err(), allocation_v6.err()]
@@ -414,5 +422,28 @@ pub fn cni_response(endpoint: &Endpoint) -> CreateEndpointResponse {
         ips,
         routes,
         dns: None,
+    }
+}
+
+/// Whether an allocation that failed with `error` may still hold an address in IPAM. Only
+/// IPAM's own refusals (bad request, pool exhausted, no such pool or node, not allowed) say
+/// that nothing was written; a lost answer (UNAVAILABLE, a reset connection, a deadline) or
+/// any other failure may come after the commit.
+fn may_have_allocated(error: &ManagerError) -> bool {
+    use crate::endpoint::peers::PeerError;
+    use tonic::Code;
+    match error {
+        ManagerError::Peer(PeerError::Ipam { status, .. }) => !matches!(
+            status.code(),
+            Code::InvalidArgument
+                | Code::ResourceExhausted
+                | Code::NotFound
+                | Code::FailedPrecondition
+                | Code::AlreadyExists
+                | Code::OutOfRange
+                | Code::PermissionDenied
+                | Code::Unauthenticated
+        ),
+        _ => true,
     }
 }
