@@ -3,9 +3,13 @@
 //!
 //! Entries come from several owners; when two give the same prefix the higher source wins:
 //! endpoint addresses (/32, /128, from Endpoint resources) over node addresses (from Node
-//! resources) over policy CIDRs (their CIDR identities) over the built-in `0.0.0.0/0` and
-//! `::/0` → world. Node addresses are stored as remote-node (6); the stream to a node turns
-//! that node's own addresses into host (1) ([`IpcacheEntry::for_node`]).
+//! resources) over policy CIDRs (their CIDR identities) over nodes' pod CIDRs (world, with
+//! the node as tunnel endpoint) over the built-in `0.0.0.0/0` and `::/0` → world. A winner
+//! without a tunnel endpoint takes the one of a lower entry of the same prefix (a policy
+//! naming exactly a node's pod CIDR keeps that traffic going to the node). Node addresses are
+//! stored as remote-node (6); the stream to a node turns that node's own addresses into host
+//! (1) and drops the tunnel endpoint of whatever lives on that node
+//! ([`IpcacheEntry::for_node`]): a node never tunnels to itself.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::IpAddr;
@@ -19,6 +23,8 @@ use crate::policy_map::NumericIdentity;
 pub enum IpcacheSource {
     /// Built in (`/0` → world).
     Reserved,
+    /// A node's pod CIDR (world, with that node as tunnel endpoint).
+    PodCidr,
     /// A prefix named by a policy.
     PolicyCidr,
     /// A node address.
@@ -60,12 +66,15 @@ pub struct IpcacheEntry {
 }
 
 impl IpcacheEntry {
-    /// The entry as the agent of `node` sees it: its own node addresses are host (1).
+    /// The entry as the agent of `node` sees it: its own node addresses are host (1), and
+    /// nothing on its own node has a tunnel endpoint.
     pub fn for_node(&self, node: Option<&str>) -> IpcacheEntry {
         let mut entry = self.clone();
-        if self.source == IpcacheSource::Node && node == Some(self.node_name.as_str()) {
-            entry.identity = identity::HOST;
+        if node == Some(self.node_name.as_str()) {
             entry.host_ip = None;
+            if self.source == IpcacheSource::Node {
+                entry.identity = identity::HOST;
+            }
         }
         entry
     }
@@ -190,9 +199,17 @@ impl Ipcache {
         let mut out = Vec::new();
         for prefix in std::mem::take(&mut self.touched) {
             let winner = self.candidates.get(&prefix).and_then(|c| {
-                c.iter()
+                let mut winner = c
+                    .iter()
                     .max_by_key(|(owner, _)| owner.0)
-                    .map(|(_, e)| e.clone())
+                    .map(|(_, e)| e.clone())?;
+                if winner.host_ip.is_none()
+                    && let Some(via) = c.values().find(|e| e.host_ip.is_some())
+                {
+                    winner.host_ip = via.host_ip;
+                    winner.node_name = via.node_name.clone();
+                }
+                Some(winner)
             });
             if self.current.get(&prefix) == winner.as_ref() {
                 continue;
@@ -289,6 +306,34 @@ mod tests {
         let node = entry("192.0.2.1/32", identity::REMOTE_NODE, IpcacheSource::Node);
         assert_eq!(node.for_node(Some("n1")).identity, identity::HOST);
         assert_eq!(node.for_node(Some("n2")).identity, identity::REMOTE_NODE);
+    }
+
+    #[test]
+    fn pod_cidrs_lead_to_their_node_and_never_back_to_it() {
+        let mut cache = Ipcache::new();
+        let mut pod_cidr = entry("10.0.1.0/24", identity::WORLD, IpcacheSource::PodCidr);
+        pod_cidr.host_ip = Some("192.0.2.2".parse().unwrap());
+        pod_cidr.node_name = "n2".into();
+        cache.set_owner((IpcacheSource::PodCidr, "n2".into()), vec![pod_cidr.clone()]);
+        // A policy CIDR of exactly that prefix wins the identity, keeps the tunnel.
+        cache.set_owner(
+            (IpcacheSource::PolicyCidr, "policies".into()),
+            vec![entry("10.0.1.0/24", 16777217, IpcacheSource::PolicyCidr)],
+        );
+        cache.take_changes();
+        let got = cache.lookup("10.0.1.7".parse().unwrap()).unwrap().clone();
+        assert_eq!(got.identity, 16777217);
+        assert_eq!(got.host_ip, pod_cidr.host_ip);
+        assert_eq!(got.node_name, "n2");
+        // Node n2 itself sees no tunnel endpoint; n1 does.
+        assert_eq!(got.for_node(Some("n2")).host_ip, None);
+        assert_eq!(got.for_node(Some("n1")).host_ip, pod_cidr.host_ip);
+        assert_eq!(got.for_node(Some("n2")).identity, 16777217);
+        // The pod CIDR gone: the policy CIDR stays, without a tunnel endpoint.
+        cache.set_owner((IpcacheSource::PodCidr, "n2".into()), vec![]);
+        cache.take_changes();
+        let got = cache.lookup("10.0.1.7".parse().unwrap()).unwrap();
+        assert_eq!((got.identity, got.host_ip), (16777217, None));
     }
 
     #[test]

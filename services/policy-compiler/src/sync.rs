@@ -173,6 +173,11 @@ pub fn node_record(name: &str, node: &kino_api::types::Node) -> NodeRecord {
         name: name.to_owned(),
         addresses,
         tunnel,
+        pod_cidrs: node
+            .pod_cidrs
+            .iter()
+            .filter_map(|c| c.parse().ok())
+            .collect(),
     }
 }
 

@@ -38,6 +38,10 @@ pub struct NodeRecord {
     pub addresses: Vec<IpAddr>,
     /// The address other nodes reach its pods through (tunnel endpoint or next hop).
     pub tunnel: Option<IpAddr>,
+    /// Its pod CIDRs (both families): in the ipcache as world with the node as tunnel
+    /// endpoint, so traffic to an address of them no endpoint holds (yet) still goes to
+    /// that node, as Cilium's ipcache holds remote pod CIDRs.
+    pub pod_cidrs: Vec<Cidr>,
 }
 
 /// One change of an input.
@@ -198,6 +202,8 @@ impl View {
                 Change::DeleteNode(name) => {
                     endpoints_of_nodes.insert(name.clone());
                     self.nodes.remove(&name);
+                    self.ipcache
+                        .set_owner((IpcacheSource::PodCidr, name.clone()), vec![]);
                     self.ipcache.set_owner((IpcacheSource::Node, name), vec![]);
                 }
             }
@@ -330,6 +336,20 @@ impl View {
             .collect();
         self.ipcache
             .set_owner((IpcacheSource::Node, node.name.clone()), entries);
+        let pod_cidrs = node
+            .pod_cidrs
+            .iter()
+            .map(|prefix| IpcacheEntry {
+                prefix: *prefix,
+                identity: identity::WORLD,
+                host_ip: node.tunnel,
+                node_name: node.name.clone(),
+                endpoint: None,
+                source: IpcacheSource::PodCidr,
+            })
+            .collect();
+        self.ipcache
+            .set_owner((IpcacheSource::PodCidr, node.name.clone()), pod_cidrs);
     }
 
     /// The ipcache entries of the prefixes whose CIDR identity came, changed or went.

@@ -450,6 +450,7 @@ fn node(name: &str, ip: &str) -> Change {
         name: name.into(),
         addresses: vec![ip.parse().unwrap()],
         tunnel: Some(ip.parse().unwrap()),
+        pod_cidrs: Vec::new(),
     })
 }
 

@@ -22,6 +22,7 @@ pub fn ipcache_to_proto(e: &IpcacheEntry) -> pb::IpCacheEntry {
             IpcacheSource::Node => pb::IpCacheSource::Node,
             IpcacheSource::PolicyCidr => pb::IpCacheSource::PolicyCidr,
             IpcacheSource::Reserved => pb::IpCacheSource::Reserved,
+            IpcacheSource::PodCidr => pb::IpCacheSource::PodCidr,
         } as i32,
     }
 }
