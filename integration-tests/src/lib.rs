@@ -1,6 +1,7 @@
 //! Shared pieces of the end-to-end tests and benchmarks: real processes (etcd, the
 //! Kinocilium binaries) started on free loopback ports and stopped (and cleaned up) on drop.
 
+pub mod cluster;
 pub mod etcd;
 pub mod forward;
 pub mod otlp;

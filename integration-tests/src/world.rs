@@ -202,6 +202,58 @@ pub struct Suite {
     agent: Option<ServiceProcess>,
 }
 
+/// One agent of a world: its node namespace and its own paths.
+#[derive(Debug, Clone)]
+pub struct AgentSpec {
+    /// The node namespace, also the node's name.
+    pub netns: String,
+    /// Its API socket.
+    pub socket: PathBuf,
+    /// Its flow observer address.
+    pub flows: String,
+    /// Its `--state-dir`.
+    pub state_dir: PathBuf,
+    /// Where its log goes (`nsenter.log`).
+    pub log_dir: PathBuf,
+    /// Further flags.
+    pub args: Vec<String>,
+}
+
+/// An agent command line, ready to start.
+#[derive(Debug, Clone)]
+pub struct AgentLaunch {
+    args: Vec<String>,
+    env: Vec<(String, String)>,
+    socket: PathBuf,
+    log_dir: PathBuf,
+}
+
+impl AgentLaunch {
+    /// Adds flags.
+    pub fn push_args(&mut self, args: &[String]) {
+        self.args.extend(args.iter().cloned());
+    }
+
+    /// Starts it and waits for its API socket.
+    pub fn start(&self) -> ServiceProcess {
+        let _ = std::fs::remove_file(&self.socket);
+        let env: Vec<(&str, &str)> = self
+            .env
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let agent = ServiceProcess::start(
+            Path::new("/usr/bin/nsenter"),
+            &self.args,
+            &env,
+            &self.log_dir,
+        )
+        .unwrap();
+        wait_for_socket(&self.socket, &agent);
+        agent
+    }
+}
+
 /// How [`Suite::start_with`] starts the world.
 #[derive(Debug, Clone, Default)]
 pub struct SuiteOptions {
@@ -219,6 +271,9 @@ pub struct SuiteOptions {
     /// (e.g. an OTLP receiver of the test), relayed by [`LoopbackForward`]s set up before the
     /// agent starts.
     pub forward_to_host: Vec<u16>,
+    /// Start no agent: the caller finishes the node namespace first (an underlay, say) and
+    /// calls [`Suite::start_agent`].
+    pub defer_agent: bool,
     /// Serve the cluster services on host loopback TCP with mTLS (the world's PKI) and
     /// authorization, the agent reaching them through relays into its namespace and serving
     /// its flow observer on the node namespace's `127.0.0.1` with mTLS: the deployed setup.
@@ -381,7 +436,9 @@ impl Suite {
             policy,
             agent: None,
         };
-        suite.start_agent();
+        if !suite.options.defer_agent {
+            suite.start_agent();
+        }
         suite
     }
 
@@ -414,17 +471,34 @@ impl Suite {
     /// pins land in the real bpffs) and waits for its socket.
     pub fn start_agent(&mut self) {
         assert!(self.agent.is_none(), "agent already running");
-        let d = self.dir.path();
-        let _ = std::fs::remove_file(self.agent_socket());
-        let args: Vec<String> = vec![
-            format!("--net=/run/netns/{}", self.node.name),
+        let spec = AgentSpec {
+            netns: self.node.name.clone(),
+            socket: self.agent_socket(),
+            flows: self.addresses.flows.clone(),
+            state_dir: self.dir.path().join("agent-state"),
+            log_dir: self.dir.path().to_owned(),
+            args: self.options.agent_args.clone(),
+        };
+        let mut agent = self.spawn_agent(&spec);
+        if let Some(metrics) = &self.metrics {
+            agent.push_args(&["--metrics-address".into(), metrics.agent.clone()]);
+        }
+        self.agent = Some(agent.start());
+    }
+
+    /// An agent of this world's services for `spec`'s node, ready to start: the flags every
+    /// agent of the world takes (node name = namespace name, the services, pins under the
+    /// world's pin root) and `spec`'s own.
+    pub fn spawn_agent(&self, spec: &AgentSpec) -> AgentLaunch {
+        let mut args: Vec<String> = vec![
+            format!("--net=/run/netns/{}", spec.netns),
             binary("kino-agent").display().to_string(),
             "--node-name".into(),
-            self.node.name.clone(),
+            spec.netns.clone(),
             "--socket".into(),
-            self.agent_socket().display().to_string(),
+            spec.socket.display().to_string(),
             "--flow-listen".into(),
-            self.addresses.flows.clone(),
+            spec.flows.clone(),
             "--datastore".into(),
             self.datastore_target(),
             "--ipam".into(),
@@ -432,28 +506,22 @@ impl Suite {
             "--policy".into(),
             self.policy_target(),
             "--state-dir".into(),
-            d.join("agent-state").display().to_string(),
+            spec.state_dir.display().to_string(),
             "--bpf-pin-root".into(),
             self.pin_root.display().to_string(),
         ];
-        let mut args = args;
-        args.extend(self.options.agent_args.iter().cloned());
-        if let Some(metrics) = &self.metrics {
-            args.extend(["--metrics-address".into(), metrics.agent.clone()]);
+        args.extend(spec.args.iter().cloned());
+        let mut env = vec![(
+            "KINO_PKI_DIR".to_owned(),
+            self.pki.dir().display().to_string(),
+        )];
+        env.extend(self.options.env.iter().cloned());
+        AgentLaunch {
+            args,
+            env,
+            socket: spec.socket.clone(),
+            log_dir: spec.log_dir.clone(),
         }
-        let pki_dir = self.pki.dir().display().to_string();
-        let env = self
-            .options
-            .env
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()));
-        let env: Vec<(&str, &str)> = [("KINO_PKI_DIR", pki_dir.as_str())]
-            .into_iter()
-            .chain(env)
-            .collect();
-        let agent = ServiceProcess::start(Path::new("/usr/bin/nsenter"), &args, &env, d).unwrap();
-        wait_for_socket(&self.agent_socket(), &agent);
-        self.agent = Some(agent);
     }
 
     /// Stops the agent with a signal ("KILL" for a crash, "TERM" for a clean stop).
@@ -540,11 +608,16 @@ impl Suite {
 
     /// Runs the `kino` CLI against this world (as admin, with the world's PKI).
     pub fn kino(&self, args: &[&str]) -> Output {
+        self.kino_at(&self.agent_socket(), args)
+    }
+
+    /// Runs the `kino` CLI against this world with `agent_socket` as the local agent.
+    pub fn kino_at(&self, agent_socket: &Path, args: &[&str]) -> Output {
         Command::new(binary("kino"))
             .arg("--pki-dir")
             .arg(self.pki.dir())
             .arg("--agent-socket")
-            .arg(self.agent_socket())
+            .arg(agent_socket)
             .arg("--ipam")
             .arg(self.ipam_target())
             .arg("--datastore")

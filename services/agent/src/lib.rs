@@ -13,12 +13,16 @@
 //! [`endpoint::peers`]; [`clients`] implements them over gRPC.
 //! [`flows`] is the flow observer (issue #6): datapath events from the `kino_events` ring
 //! buffer turned into flows, kept in a ring and served as `kino.flow.v1`. [`metrics`]
-//! reports endpoints, drops and flows to Prometheus.
+//! reports endpoints, drops and flows to Prometheus. [`cluster`] (issue #13) connects the
+//! node to the others: its routing mode and underlay address in its Node record, every
+//! other node followed from theirs, the routes to their pods reconciled, masquerading of
+//! traffic that leaves the cluster.
 //! See docs/datapath.md.
 
 #![warn(missing_docs)]
 
 pub mod clients;
+pub mod cluster;
 pub mod datapath;
 pub mod devices;
 pub mod endpoint;

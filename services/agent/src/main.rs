@@ -14,6 +14,12 @@ use clap::Parser;
 use kino_agent::clients::endpoint_records::EndpointRecordClient;
 use kino_agent::clients::ipam::IpamClient;
 use kino_agent::clients::policy_compiler::PolicyCompilerClient;
+use kino_agent::cluster::config::{
+    ClusterConfig, DEFAULT_TUNNEL_PORT, RoutingMode, TUNNEL_OVERHEAD, check_node_ips,
+    detect_node_ips, mtu_of,
+};
+use kino_agent::cluster::masquerade::MasqueradeSpec;
+use kino_agent::cluster::routes::LocalRouting;
 use kino_agent::datapath::Datapath;
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::devices::{
@@ -30,7 +36,7 @@ use kino_agent::grpc::flow::FlowGrpc;
 use kino_agent::netlink::Netlink;
 use kino_agent::node::{parse_socket_path, resolve_node_name};
 use kino_agent::policy_sync;
-use kino_agent::registration::Registration;
+use kino_agent::registration::{NodeSpec, Registration};
 use kino_api::agent::NodeDevice;
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
@@ -94,9 +100,42 @@ struct Config {
     #[arg(long, env = "KINO_NODE_LEASE_TTL", default_value_t = 30)]
     node_lease_ttl: i64,
     /// MTU of both ends of every endpoint veth, unless the CNI network config sets "mtu"
-    /// (68..=65535; at least 1280 when pods get IPv6).
-    #[arg(long, env = "KINO_ENDPOINT_MTU", default_value_t = kino_agent::endpoint::manager::DEFAULT_MTU)]
-    endpoint_mtu: u32,
+    /// (68..=65535; at least 1280 when pods get IPv6). Default: the underlay's MTU − 50 in
+    /// tunnel mode (what fits into the VXLAN tunnel), the underlay's in native mode, 1500
+    /// on a node without an underlay address.
+    #[arg(long, env = "KINO_ENDPOINT_MTU")]
+    endpoint_mtu: Option<u32>,
+    /// How pod traffic reaches other nodes: `tunnel` (VXLAN through kino_vxlan, the source
+    /// identity in the VNI) or `native` (routes to other nodes' pod CIDRs via their
+    /// underlay addresses; the nodes share an L2 segment).
+    #[arg(long, env = "KINO_ROUTING_MODE", default_value = "tunnel")]
+    routing_mode: RoutingMode,
+    /// The node's underlay address, once per family (comma-separated in the environment):
+    /// other nodes' tunnel remote / next hop for this node's pods. Default: the first
+    /// global address of each family on a link that is not the agent's own.
+    #[arg(long = "node-ip", env = "KINO_NODE_IP", value_delimiter = ',')]
+    node_ip: Vec<std::net::IpAddr>,
+    /// UDP port of kino_vxlan (tunnel mode).
+    #[arg(long, env = "KINO_TUNNEL_PORT", default_value_t = DEFAULT_TUNNEL_PORT)]
+    tunnel_port: u16,
+    /// Masquerade traffic from this node's pods to outside the cluster (not to a pod CIDR,
+    /// a node address or a --native-routing-cidr) to the node's address: --masquerade=false
+    /// turns it off.
+    #[arg(long, env = "KINO_MASQUERADE", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    masquerade: bool,
+    /// A destination range reachable without masquerading besides the cluster's pod CIDRs
+    /// and node addresses (Cilium's --ipv4-native-routing-cidr); repeatable.
+    #[arg(
+        long = "native-routing-cidr",
+        env = "KINO_NATIVE_ROUTING_CIDR",
+        value_delimiter = ','
+    )]
+    native_routing_cidr: Vec<String>,
+    /// Seconds between two passes of the route reconciler, which repairs routes to other
+    /// nodes' pods deleted or changed behind the agent's back (it also runs whenever a node
+    /// comes, changes or goes).
+    #[arg(long, env = "KINO_ROUTE_RECONCILE_INTERVAL", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    route_reconcile_interval: u64,
     /// Seconds between two passes of the conntrack GC, which removes expired entries from
     /// kino_ct (the datapath ignores them, but they take LRU slots); 0 turns it off.
     #[arg(long, env = "KINO_CONNTRACK_GC_INTERVAL", default_value_t = 30)]
@@ -224,6 +263,47 @@ fn ipv6_block(allocation: &NodeAllocation) -> anyhow::Result<Option<NodeIpv6Conf
     }))
 }
 
+/// The node's cluster settings: the flags, and the underlay found on its links when
+/// `--node-ip` is not given.
+async fn cluster_config(config: &Config, netlink: &Netlink) -> anyhow::Result<ClusterConfig> {
+    let links = netlink.links().await?;
+    let addresses = netlink.link_addresses().await?;
+    let node_ips = if config.node_ip.is_empty() {
+        detect_node_ips(&links, &addresses)
+    } else {
+        config.node_ip.clone()
+    };
+    if node_ips.is_empty() {
+        tracing::warn!(
+            "no underlay address (--node-ip, or a global address on a link of the node): other nodes cannot reach this node's pods"
+        );
+    }
+    let underlay_mtu = node_ips
+        .first()
+        .and_then(|ip| mtu_of(&links, &addresses, *ip));
+    let route_mtu = match (config.routing_mode, underlay_mtu) {
+        (_, None) => kino_agent::endpoint::manager::DEFAULT_MTU,
+        (RoutingMode::Tunnel, Some(mtu)) => mtu.saturating_sub(TUNNEL_OVERHEAD),
+        (RoutingMode::Native, Some(mtu)) => mtu,
+    };
+    let cluster = ClusterConfig {
+        mode: config.routing_mode,
+        node_ips,
+        tunnel_port: config.tunnel_port,
+        route_mtu,
+        masquerade: config.masquerade,
+        native_routing_cidrs: config.native_routing_cidr.clone(),
+    };
+    tracing::info!(
+        mode = %cluster.mode,
+        node_ips = ?cluster.node_ips,
+        route_mtu = cluster.route_mtu,
+        masquerade = cluster.masquerade,
+        "cluster settings"
+    );
+    Ok(cluster)
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Checkpoints and anything else written are private.
@@ -254,8 +334,23 @@ async fn main() -> anyhow::Result<()> {
                 config.state_dir.display()
             )
         })?;
-    kino_agent::endpoint::veth::validate_mtu(config.endpoint_mtu, false)
-        .map_err(|e| anyhow::anyhow!("--endpoint-mtu (KINO_ENDPOINT_MTU): {e}"))?;
+    if let Some(mtu) = config.endpoint_mtu {
+        kino_agent::endpoint::veth::validate_mtu(mtu, false)
+            .map_err(|e| anyhow::anyhow!("--endpoint-mtu (KINO_ENDPOINT_MTU): {e}"))?;
+    }
+    check_node_ips(&config.node_ip).map_err(anyhow::Error::msg)?;
+    for cidr in &config.native_routing_cidr {
+        let parsed = if cidr.contains(':') {
+            cidr.parse::<Ipv6Cidr>().map(|_| ())
+        } else {
+            cidr.parse::<Ipv4Cidr>().map(|_| ())
+        };
+        parsed.map_err(|e| {
+            anyhow::anyhow!(
+                "--native-routing-cidr {cidr:?} is invalid: {e}; give a prefix such as 10.0.0.0/16"
+            )
+        })?;
+    }
     let connect = |flag: &str, target: &str| {
         kino_service_kit::connect_lazy(target, &upstream_tls)
             .with_context(|| format!("checking {flag} {target:?}"))
@@ -312,17 +407,26 @@ async fn main() -> anyhow::Result<()> {
         let pod_cidrs: Vec<String> = allocation.cidrs.iter().map(|c| c.cidr.clone()).collect();
         tracing::info!(%node, %pod_cidr, %gateway, "pod CIDR allocated");
 
+        let netlink = Netlink::connect().context("opening a netlink socket")?;
+        let cluster = cluster_config(&config, &netlink).await?;
+        let ipv6 = ipv6_block(&allocation)?;
+        let gateways: Vec<std::net::IpAddr> = std::iter::once(gateway.into())
+            .chain(ipv6.as_ref().map(|v6| v6.gateway.into()))
+            .collect();
+        let published = NodeSpec {
+            pod_cidrs: pod_cidrs.clone(),
+            addresses: cluster.node_addresses(&gateways),
+            routing: cluster.node_routing(),
+        };
         let registration = retry("registering the node in the datastore", || {
             Registration::register(
                 datastore.clone(),
                 &node,
                 config.node_lease_ttl,
-                pod_cidrs.clone(),
+                published.clone(),
             )
         })
         .await;
-
-        let netlink = Netlink::connect().context("opening a netlink socket")?;
         enable_ip_forwarding()?;
         let devices = ensure_node_devices(
             &netlink,
@@ -334,7 +438,7 @@ async fn main() -> anyhow::Result<()> {
         .await?;
         // Dual-stack pool: IPv6 on kino_host too. A node that cannot (no IPv6 in its
         // kernel) still serves IPv4: its pods get IPv4 only.
-        let gateway_v6 = match ipv6_block(&allocation)? {
+        let gateway_v6 = match ipv6 {
             None => None,
             Some(ipv6) => match ensure_node_ipv6(&netlink, &ipv6).await {
                 Ok(()) => {
@@ -387,12 +491,12 @@ async fn main() -> anyhow::Result<()> {
             ManagerConfig {
                 node: node.clone(),
                 pool: config.ipam_pool.clone(),
-                mtu: config.endpoint_mtu,
+                mtu: config.endpoint_mtu.unwrap_or(cluster.route_mtu),
             },
             NodeNetwork {
                 gateway_v4: gateway,
                 gateway_v6,
-                pod_cidrs,
+                pod_cidrs: pod_cidrs.clone(),
             },
             peers,
             &config.state_dir.join(&node),
@@ -409,6 +513,37 @@ async fn main() -> anyhow::Result<()> {
         kino_agent::flows::start(flow_observer.clone(), &pin_dir, directory)
             .context("starting the flow observer")?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
+        // The other nodes: routes to their pods, masquerading of what leaves the cluster.
+        let own_pod_cidrs: Vec<(std::net::IpAddr, u8)> = pod_cidrs
+            .iter()
+            .filter_map(|c| {
+                let (ip, len) = c.split_once('/')?;
+                Some((ip.parse().ok()?, len.parse().ok()?))
+            })
+            .collect();
+        kino_agent::cluster::start(
+            RecordClient::new(datastore_channel.clone()),
+            &node,
+            LocalRouting {
+                mode: cluster.mode,
+                route_mtu: cluster.route_mtu,
+                gateway_v4: Some(gateway),
+                gateway_v6,
+                own_pod_cidrs,
+            },
+            cluster.masquerade.then(|| MasqueradeSpec {
+                own_pod_cidrs: pod_cidrs.clone(),
+                own_addresses: cluster
+                    .node_ips
+                    .iter()
+                    .copied()
+                    .chain(gateways.iter().copied())
+                    .collect(),
+                native_routing_cidrs: cluster.native_routing_cidrs.clone(),
+            }),
+            Duration::from_secs(config.route_reconcile_interval),
+        )
+        .context("starting the route reconciler")?;
         // The compiler's policy for this node's endpoints, applied as it streams.
         tokio::spawn(policy_sync::run(
             manager.clone(),

@@ -13,7 +13,11 @@ use rtnetlink::packet_route::link::{LinkAttribute, LinkFlags, LinkInfo, LinkMess
 use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
+mod address;
+mod route;
 mod tc;
+pub use address::LinkAddress;
+pub use route::{KINO_ROUTE_PROTOCOL, ManagedRoute, RouteVia};
 pub use tc::{BpfFilter, TcHook};
 
 /// An Ethernet MAC address.
@@ -100,6 +104,8 @@ pub struct LinkDetails {
     pub up: bool,
     /// The link kind (`veth`, `dummy`, …) when it has one.
     pub kind: Option<String>,
+    /// Its MTU.
+    pub mtu: u32,
 }
 
 impl LinkDetails {
@@ -110,10 +116,12 @@ impl LinkDetails {
             mac: MacAddr::default(),
             up: message.header.flags.contains(LinkFlags::Up),
             kind: None,
+            mtu: 0,
         };
         for attribute in &message.attributes {
             match attribute {
                 LinkAttribute::IfName(name) => details.name.clone_from(name),
+                LinkAttribute::Mtu(mtu) => details.mtu = *mtu,
                 LinkAttribute::Address(bytes) if bytes.len() == 6 => {
                     details.mac.0.copy_from_slice(bytes);
                 }
@@ -208,31 +216,11 @@ impl Netlink {
     /// Every address configured on any link of the namespace (IPv4 and IPv6, loopback
     /// included), without duplicates.
     pub async fn local_addresses(&self) -> Result<Vec<IpAddr>, NetlinkError> {
-        use rtnetlink::packet_route::address::{AddressAttribute, AddressMessage};
-        let messages: Vec<AddressMessage> = self
-            .handle
-            .address()
-            .get()
-            .execute()
-            .try_collect()
-            .await
-            .map_err(nl_err("list addresses"))?;
-        // IFA_LOCAL is the local address where it differs from IFA_ADDRESS (point-to-point
-        // links, where IFA_ADDRESS is the peer's); IPv6 has only IFA_ADDRESS.
-        let mut addresses: Vec<IpAddr> = messages
-            .iter()
-            .filter_map(|m| {
-                let local = m.attributes.iter().find_map(|a| match a {
-                    AddressAttribute::Local(ip) => Some(*ip),
-                    _ => None,
-                });
-                local.or_else(|| {
-                    m.attributes.iter().find_map(|a| match a {
-                        AddressAttribute::Address(ip) => Some(*ip),
-                        _ => None,
-                    })
-                })
-            })
+        let mut addresses: Vec<IpAddr> = self
+            .link_addresses()
+            .await?
+            .into_iter()
+            .map(|a| a.address)
             .collect();
         addresses.sort();
         addresses.dedup();

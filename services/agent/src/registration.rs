@@ -21,7 +21,7 @@ use kino_api::datastore::{
     CreateRequest, GetRequest, GrantLeaseRequest, KeepAliveLeaseRequest, Resource, ResourceKey,
     UpdateRequest,
 };
-use kino_api::types::{Node, NodeHealth, NodeRouting, RoutingMode};
+use kino_api::types::{Node, NodeAddress, NodeHealth, NodeRouting};
 use kino_service_kit::TracedChannel;
 use prost::Message;
 use tonic::{Code, Status};
@@ -31,13 +31,24 @@ pub const NODE_KIND: &str = "Node";
 /// Datastore kind of a node's liveness record.
 pub const NODE_HEALTH_KIND: &str = "NodeHealth";
 
+/// What the node's Node record tells the cluster about it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NodeSpec {
+    /// Its pod CIDRs from IPAM, both families.
+    pub pod_cidrs: Vec<String>,
+    /// Its underlay addresses (InternalIP) and the pods' gateways (KinoInternalIP).
+    pub addresses: Vec<NodeAddress>,
+    /// How other nodes reach its pods (routing mode, tunnel endpoint or next hop).
+    pub routing: NodeRouting,
+}
+
 /// The node's registration: its records and the lease its NodeHealth hangs on.
 pub struct Registration {
     datastore: DatastoreServiceClient<TracedChannel>,
     node: String,
     ttl_seconds: i64,
     lease: i64,
-    pod_cidrs: Vec<String>,
+    published: NodeSpec,
     agent_start_time: prost_types::Timestamp,
 }
 
@@ -64,14 +75,14 @@ impl Registration {
         datastore: DatastoreServiceClient<TracedChannel>,
         node: &str,
         ttl_seconds: i64,
-        pod_cidrs: Vec<String>,
+        published: NodeSpec,
     ) -> Result<Self, Status> {
         let mut registration = Registration {
             datastore,
             node: node.to_owned(),
             ttl_seconds,
             lease: 0,
-            pod_cidrs,
+            published,
             agent_start_time: prost_types::Timestamp::from(SystemTime::now()),
         };
         registration.write_node().await?;
@@ -134,12 +145,9 @@ impl Registration {
     async fn write_node(&self) -> Result<(), Status> {
         let spec = Node {
             name: self.node.clone(),
-            addresses: Vec::new(),
-            pod_cidrs: self.pod_cidrs.clone(),
-            routing: Some(NodeRouting {
-                mode: RoutingMode::Unspecified as i32,
-                ..Default::default()
-            }),
+            addresses: self.published.addresses.clone(),
+            pod_cidrs: self.published.pod_cidrs.clone(),
+            routing: Some(self.published.routing.clone()),
             labels: None,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             register_time: Some(prost_types::Timestamp::from(SystemTime::now())),

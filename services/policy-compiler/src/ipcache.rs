@@ -314,7 +314,10 @@ mod tests {
         let mut pod_cidr = entry("10.0.1.0/24", identity::WORLD, IpcacheSource::PodCidr);
         pod_cidr.host_ip = Some("192.0.2.2".parse().unwrap());
         pod_cidr.node_name = "n2".into();
-        cache.set_owner((IpcacheSource::PodCidr, "n2".into()), vec![pod_cidr.clone()]);
+        cache.set_owner(
+            (IpcacheSource::PodCidr, "n2".into()),
+            vec![pod_cidr.clone()],
+        );
         // A policy CIDR of exactly that prefix wins the identity, keeps the tunnel.
         cache.set_owner(
             (IpcacheSource::PolicyCidr, "policies".into()),
