@@ -16,7 +16,7 @@ use kino_service_kit::{ClientTlsArgs, TracedChannel};
 use serde::Serialize;
 
 /// `kino ipam ...`.
-#[derive(Args, Debug)]
+#[derive(Args, Debug, Clone)]
 pub struct IpamArgs {
     /// What to show.
     #[command(subcommand)]
@@ -24,21 +24,21 @@ pub struct IpamArgs {
 }
 
 /// The `kino ipam` commands.
-#[derive(Subcommand, Debug)]
+#[derive(Subcommand, Debug, Clone)]
 pub enum IpamCommand {
     /// Pools and their utilisation, per family and per node.
     Pools {
         /// Only this pool.
         #[arg(long)]
         pool: Option<String>,
-        /// Only this node in the per-node table.
-        #[arg(long)]
+        /// Only this node in the per-node table (the global `--node`).
+        #[arg(skip)]
         node: Option<String>,
     },
     /// Allocated addresses and who holds them.
     Allocations {
-        /// Only this node.
-        #[arg(long)]
+        /// Only this node (the global `--node`).
+        #[arg(skip)]
         node: Option<String>,
         /// Only this pool.
         #[arg(long)]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 use kino_cli::compiler::CompilerTarget;
 use kino_cli::duration::parse_duration;
-use kino_cli::ipam::IpamArgs;
+use kino_cli::ipam::{IpamArgs, IpamCommand};
 use kino_cli::status::{Targets, components, probe_all};
 use kino_cli::stdout;
 use kino_service_kit::ClientTlsArgs;
@@ -69,6 +69,11 @@ struct GlobalArgs {
         default_value = "/run/kino/agent.sock"
     )]
     agent: String,
+    /// A node of a cluster (`cluster.sh`): its agent's socket /run/kino/<NAME>/agent.sock
+    /// unless --agent-socket is given; `kino observe` then shows only that node's flows and
+    /// `kino ipam pools|allocations` only its addresses.
+    #[arg(long, global = true, env = "KINO_NODE", value_name = "NAME")]
+    node: Option<String>,
     /// The agent's flow observer (`kino observe --server`).
     #[arg(
         long,
@@ -140,6 +145,16 @@ async fn main() -> ExitCode {
         &kino_service_kit::PkiArgs::at(&cli.global.pki_dir),
         Role::Admin.as_str(),
     );
+    // --node names the agent's socket in the cluster layout, unless the socket is given.
+    if let Some(node) = &cli.global.node {
+        let explicit = matches!(
+            matches.value_source("agent"),
+            Some(clap::parser::ValueSource::CommandLine)
+        );
+        if !explicit {
+            cli.global.agent = node_agent_socket(node);
+        }
+    }
     // Quiet by default: the output is the table; KINO_LOG=debug shows the RPCs.
     let log = LogArgs {
         log_format: LogFormat::Pretty,
@@ -192,7 +207,8 @@ async fn main() -> ExitCode {
             let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
             return kino_cli::bpf::execute(&args, agent, timeout, json).await;
         }
-        Command::Observe(args) => {
+        Command::Observe(mut args) => {
+            args.node_name.extend(cli.global.node.clone());
             let format = match cli.global.output {
                 Output::Json => kino_cli::observe::Format::Json,
                 Output::Jsonpb => kino_cli::observe::Format::Jsonpb,
@@ -225,10 +241,18 @@ fn output_format(global: &GlobalArgs) -> kino_cli::policy::OutputFormat {
     }
 }
 
+/// The agent socket of `node` in the cluster layout (`cluster.sh`).
+fn node_agent_socket(node: &str) -> String {
+    format!("/run/kino/{node}/agent.sock")
+}
+
 async fn ipam(global: &GlobalArgs, args: &IpamArgs) -> ExitCode {
     let json = global.output == Output::Json;
     let (target, tls, timeout) = (&global.ipam, &global.upstream_tls, global.timeout);
-    let result = kino_cli::ipam::run(&args.command, target, tls, timeout, json).await;
+    let mut command = args.command.clone();
+    let (IpamCommand::Pools { node, .. } | IpamCommand::Allocations { node, .. }) = &mut command;
+    node.clone_from(&global.node);
+    let result = kino_cli::ipam::run(&command, target, tls, timeout, json).await;
     // The ipam tables end with a newline; its JSON does not.
     print_ipam(result.map(|text| if json { text + "\n" } else { text }))
 }
@@ -293,6 +317,17 @@ mod tests {
         for bad in ["", "fast", "0s", "-1s", "2h"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn node_names_its_agent_socket_in_the_cluster_layout() {
+        assert_eq!(node_agent_socket("kino-node-2"), "/run/kino/kino-node-2/agent.sock");
+        let cli = Cli::try_parse_from(["kino", "endpoint", "list", "--node", "kino-node-2"])
+            .expect("parses");
+        assert_eq!(cli.global.node.as_deref(), Some("kino-node-2"));
+        let cli = Cli::try_parse_from(["kino", "ipam", "allocations", "--node", "n1"])
+            .expect("the global --node also follows ipam's subcommands");
+        assert_eq!(cli.global.node.as_deref(), Some("n1"));
     }
 
     #[test]

@@ -12,7 +12,7 @@ use kino_api::node::{
     DeleteNodeRequest, DeleteNodeResponse, GetNodeRequest, ListNodesRequest, NodeHealthState,
     NodeStatus,
 };
-use kino_api::types::IpFamily;
+use kino_api::types::{IpFamily, Node, NodeAddressType, RoutingMode};
 use kino_service_kit::ClientTlsArgs;
 
 use crate::ipam::{IpamCliError, connect, refused, within};
@@ -159,6 +159,16 @@ pub fn render_list(nodes: &[NodeStatus]) -> String {
                     .map(|r| r.agent_version.clone())
                     .filter(|v| !v.is_empty())
                     .unwrap_or_else(|| "-".to_owned()),
+                n.node
+                    .as_ref()
+                    .map(routing_mode)
+                    .unwrap_or("-")
+                    .to_owned(),
+                n.node
+                    .as_ref()
+                    .map(|r| addresses_of(r, NodeAddressType::InternalIp))
+                    .filter(|a| !a.is_empty())
+                    .unwrap_or_else(|| "-".to_owned()),
             ]
         })
         .collect();
@@ -171,9 +181,34 @@ pub fn render_list(nodes: &[NodeStatus]) -> String {
             "ENDPOINTS",
             "ADDRESSES",
             "AGENT",
+            "ROUTING",
+            "INTERNAL IP",
         ],
         &rows,
     )
+}
+
+/// The routing mode a Node record says its agent runs in.
+fn routing_mode(node: &Node) -> &'static str {
+    match node
+        .routing
+        .as_ref()
+        .and_then(|r| RoutingMode::try_from(r.mode).ok())
+    {
+        Some(RoutingMode::Tunnel) => "tunnel",
+        Some(RoutingMode::Native) => "native",
+        _ => "-",
+    }
+}
+
+/// A Node record's addresses of one type, comma-separated.
+fn addresses_of(node: &Node, kind: NodeAddressType) -> String {
+    node.addresses
+        .iter()
+        .filter(|a| a.r#type == kind as i32)
+        .map(|a| a.address.as_str())
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 fn timestamp(t: Option<&prost_types::Timestamp>, now: SystemTime) -> String {
@@ -192,6 +227,26 @@ pub fn render_node(node: &NodeStatus, now: SystemTime) -> String {
     let _ = writeln!(out, "health:      {}", health_name(node));
     if let Some(record) = &node.node {
         let _ = writeln!(out, "agent:       kino-agent {}", record.agent_version);
+        let routing = record.routing.clone().unwrap_or_default();
+        let how = match routing_mode(record) {
+            "tunnel" => format!(
+                " (VXLAN to {}, UDP {})",
+                routing.tunnel_endpoint, routing.tunnel_port
+            ),
+            "native" => format!(" (pod CIDRs via {})", routing.next_hop),
+            _ => String::new(),
+        };
+        let _ = writeln!(out, "routing:     {}{how}", routing_mode(record));
+        for (label, kind) in [
+            ("internal IP", NodeAddressType::InternalIp),
+            ("external IP", NodeAddressType::ExternalIp),
+            ("kino_host", NodeAddressType::KinoInternalIp),
+        ] {
+            let addresses = addresses_of(record, kind);
+            if !addresses.is_empty() {
+                let _ = writeln!(out, "{:<13}{addresses}", format!("{label}:"));
+            }
+        }
         let _ = writeln!(
             out,
             "registered:  {}",
@@ -268,6 +323,16 @@ mod tests {
             node: Some(kino_api::types::Node {
                 name: name.into(),
                 agent_version: "0.1.0".into(),
+                addresses: vec![kino_api::types::NodeAddress {
+                    r#type: NodeAddressType::InternalIp as i32,
+                    address: "192.0.2.11".into(),
+                }],
+                routing: Some(kino_api::types::NodeRouting {
+                    mode: RoutingMode::Tunnel as i32,
+                    tunnel_endpoint: "192.0.2.11".into(),
+                    tunnel_port: 8472,
+                    ..Default::default()
+                }),
                 ..Default::default()
             }),
             heartbeat: None,
@@ -302,7 +367,17 @@ mod tests {
         assert!(lines[2].starts_with("b") && lines[2].contains("unreachable"));
         assert_eq!(
             lines[1].split_whitespace().collect::<Vec<_>>(),
-            ["a", "live", "10.0.0.0/24", "fd00::/120", "2", "3", "0.1.0"]
+            [
+                "a",
+                "live",
+                "10.0.0.0/24",
+                "fd00::/120",
+                "2",
+                "3",
+                "0.1.0",
+                "tunnel",
+                "192.0.2.11"
+            ]
         );
         assert!(render_list(&[]).contains("No nodes"));
     }
@@ -312,6 +387,11 @@ mod tests {
         let text = render_node(&node("b", NodeHealthState::Unreachable), SystemTime::now());
         assert!(text.contains("health:      unreachable"), "{text}");
         assert!(text.contains("keep their addresses"), "{text}");
+        assert!(
+            text.contains("routing:     tunnel (VXLAN to 192.0.2.11, UDP 8472)"),
+            "{text}"
+        );
+        assert!(text.contains("internal IP: 192.0.2.11"), "{text}");
         assert!(
             text.contains("10.0.0.0/24") && text.contains("2 allocated"),
             "{text}"
