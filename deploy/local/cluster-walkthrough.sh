@@ -1,0 +1,127 @@
+#!/usr/bin/env bash
+# The cross-node walkthrough on the cluster ./deploy/local/cluster.sh up started, printed as a
+# user sees it (every command echoed with "$ " before its real output) and checked (exit 1 on
+# the first check that fails):
+#
+#   1. a pod on each node, attached by `kino-cni ADD` with that node's agentSocket, exactly as
+#      a runtime on that node runs it
+#   2. `kino --node <node> endpoint list` on each node: its pod, with its address
+#   3. every pod pings every other pod (IPv4 and IPv6) and opens a TCP connection to it
+#   4. `kino node list`: every node, live, with its routing mode and underlay address
+#   5. the pods are deleted (`kino-cni DEL`, then the namespace): their lxcs are gone
+#
+# Only the namespaces created here (kino-cwt-*) send or receive traffic. Whatever happens,
+# the pods are deleted on exit; `cluster.sh down` also removes any a killed run left.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+bin="${KINO_BIN:-$repo/target/release}"
+eval "$("$repo/deploy/local/cluster.sh" env)"
+export PATH="$bin:$PATH"
+nodes=$(cat /run/kino/cluster/nodes 2>/dev/null || echo 0)
+[ "$nodes" -ge 1 ] || { echo "no cluster: run ./deploy/local/cluster.sh up first" >&2; exit 1; }
+work=/run/kino/cluster/walkthrough
+mkdir -p "$work"
+
+heading() { printf '\n%s\n' "$*"; }
+show() { printf '$ %s\n' "$*"; "$@"; }
+fail() {
+  printf '\nCLUSTER WALKTHROUGH FAILED: %s\n' "$*" >&2
+  exit 1
+}
+ok() { printf '  \342\234\223 %s\n' "$*"; }
+
+cni() { # command node-index
+  local command=$1 i=$2
+  printf '{"cniVersion": "1.1.0", "name": "kino", "type": "kino-cni", "agentSocket": "/run/kino/kino-node-%s/agent.sock"}\n' \
+    "$i" >"$work/kino-$i.json"
+  CNI_COMMAND=$command CNI_CONTAINERID="cwt-pod-$i" CNI_NETNS="/run/netns/kino-cwt-$i" \
+    CNI_IFNAME=eth0 CNI_ARGS="K8S_POD_NAMESPACE=default;K8S_POD_NAME=pod-$i" CNI_PATH=$bin \
+    kino-cni <"$work/kino-$i.json"
+}
+
+declare -a servers=()
+cleanup() {
+  for pid in "${servers[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for i in $(seq 1 "$nodes"); do
+    if ip netns list | grep -q "^kino-cwt-$i\b"; then
+      cni DEL "$i" >/dev/null 2>&1 || true
+      ip netns del "kino-cwt-$i" 2>/dev/null || true
+    fi
+  done
+}
+trap cleanup EXIT
+
+declare -a ip4 ip6
+heading "1. a pod on each node (kino-cni ADD with that node's agent socket)"
+for i in $(seq 1 "$nodes"); do
+  ip netns add "kino-cwt-$i"
+  ip -n "kino-cwt-$i" link set lo up
+  printf '$ CNI_COMMAND=ADD CNI_NETNS=/run/netns/kino-cwt-%s ... kino-cni < %s\n' "$i" "$work/kino-$i.json"
+  result=$(cni ADD "$i") || fail "ADD of pod-$i on kino-node-$i: $result"
+  ip4[i]=$(python3 -c 'import json,sys; r=json.load(sys.stdin); print([a["address"].split("/")[0] for a in r["ips"] if ":" not in a["address"]][0])' <<<"$result")
+  ip6[i]=$(python3 -c 'import json,sys; r=json.load(sys.stdin); print(next((a["address"].split("/")[0] for a in r["ips"] if ":" in a["address"]), ""))' <<<"$result")
+  ok "pod-$i on kino-node-$i: ${ip4[i]} ${ip6[i]}"
+done
+
+heading "2. each node's endpoints"
+for i in $(seq 1 "$nodes"); do
+  out=$(show kino --node "kino-node-$i" endpoint list)
+  printf '%s\n' "$out"
+  grep -q "${ip4[i]}" <<<"$out" || fail "kino-node-$i does not list pod-$i (${ip4[i]})"
+  ok "kino-node-$i lists pod-$i"
+done
+
+heading "3. every pod reaches every other pod across the nodes (ping, TCP)"
+for i in $(seq 1 "$nodes"); do
+  # A TCP listener in each pod that answers with its pod name.
+  ip netns exec "kino-cwt-$i" python3 -c "
+import socket, threading
+def serve(family, addr):
+    s = socket.socket(family); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind((addr, 8080)); s.listen(16)
+    while True:
+        c, _ = s.accept(); c.sendall(b'pod-$i'); c.close()
+threads = [threading.Thread(target=serve, args=(socket.AF_INET, '0.0.0.0'), daemon=True)]
+if '${ip6[i]}': threads.append(threading.Thread(target=serve, args=(socket.AF_INET6, '::'), daemon=True))
+[t.start() for t in threads]
+import time; time.sleep(300)
+" >/dev/null 2>&1 &
+  servers+=($!)
+done
+sleep 0.5
+for i in $(seq 1 "$nodes"); do
+  for j in $(seq 1 "$nodes"); do
+    [ "$i" = "$j" ] && continue
+    for dst in "${ip4[j]}" "${ip6[j]}"; do
+      [ -n "$dst" ] || continue
+      ip netns exec "kino-cwt-$i" ping -c 1 -W 5 "$dst" >/dev/null ||
+        fail "pod-$i (kino-node-$i) cannot ping pod-$j ($dst, kino-node-$j)"
+      got=$(ip netns exec "kino-cwt-$i" python3 -c "
+import socket; c = socket.create_connection(('$dst', 8080), timeout=5); print(c.recv(64).decode())") ||
+        fail "pod-$i cannot open TCP to pod-$j ($dst:8080)"
+      [ "$got" = "pod-$j" ] || fail "TCP to $dst:8080 answered '$got', not pod-$j"
+      ok "pod-$i → pod-$j ($dst): ping and TCP"
+    done
+  done
+done
+
+heading "4. the nodes"
+out=$(show kino node list)
+printf '%s\n' "$out"
+for i in $(seq 1 "$nodes"); do
+  grep -E "^kino-node-$i +live" <<<"$out" >/dev/null || fail "kino-node-$i is not live in kino node list"
+done
+ok "every node is live"
+
+heading "5. delete the pods"
+for i in $(seq 1 "$nodes"); do
+  out=$(cni DEL "$i") || fail "DEL of pod-$i: $out"
+  ip netns del "kino-cwt-$i"
+  if ip -n "kino-node-$i" -o link show | grep -q ': lxc'; then
+    fail "kino-node-$i still has an lxc after its pod was deleted"
+  fi
+  ok "pod-$i deleted; kino-node-$i has no lxc left"
+done
+echo
+echo "Cluster walkthrough passed."
