@@ -14,7 +14,9 @@ use rtnetlink::packet_route::route::RouteScope;
 use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder};
 
 mod tc;
+mod vxlan;
 pub use tc::{BpfFilter, TcHook};
+pub use vxlan::VxlanDetails;
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
