@@ -148,17 +148,8 @@ static __always_inline int to_container_flow(struct __sk_buff *skb,
 					     struct endpoint_metrics *m, __u8 family,
 					     const struct flow4 *f)
 {
-	__u32 remote = ipcache_peer_identity(family, f, KINO_DIR_INGRESS);
-	struct point pt;
-
-	if (!enforce(skb, ep, KINO_DIR_INGRESS, remote, family, f, &pt, 0))
-		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
-				   KINO_OBS_TO_ENDPOINT, &pt);
-	if (pt.ct == CT_NEW) {
-		ct_create(family, f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
-		verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
-	}
-	return -1;
+	return enforce_ingress(skb, ep, m, ipcache_peer_identity(family, f, KINO_DIR_INGRESS),
+			       family, f);
 }
 
 /* An IPv6 packet the stack sends to the pod: neighbour discovery passes, anything else as

@@ -101,6 +101,19 @@ fn serve(node: &Node, k: usize) -> EchoServer {
     EchoServer::start_on(&node.pod(k).netns, &addresses, &[PORT])
 }
 
+/// Node a with pods of identities X and Y, node b with one of Z.
+fn x_and_y_to_z(world: &World, underlay: &Underlay, mode: Mode) -> (Node, Node) {
+    two_nodes(
+        world,
+        underlay,
+        mode,
+        [
+            &[PodSpec::identity(X), PodSpec::identity(Y)],
+            &[PodSpec::identity(Z)],
+        ],
+    )
+}
+
 #[test]
 fn tunnel_mode_carries_pods_of_both_families_between_nodes() {
     if !kernel_tests_possible("tunnel_mode_carries_pods_of_both_families_between_nodes") {
@@ -187,15 +200,7 @@ fn the_identity_rides_in_the_vni_and_the_receiver_enforces_it() {
     }
     let world = World::new();
     let underlay = Underlay::new(&world);
-    let (mut a, mut b) = two_nodes(
-        &world,
-        &underlay,
-        Mode::Tunnel,
-        [
-            &[PodSpec::identity(X), PodSpec::identity(Y)],
-            &[PodSpec::identity(Z)],
-        ],
-    );
+    let (mut a, mut b) = x_and_y_to_z(&world, &underlay, Mode::Tunnel);
     let _servers = [serve(&a, 0), serve(&b, 0)];
     // Node b's ipcache swaps the identities of a's pods: only the VNI can tell them apart.
     let (x_pod, y_pod) = (a.pod(0).clone(), a.pod(1).clone());
@@ -433,15 +438,7 @@ fn native_mode_routes_pods_of_both_families_between_nodes() {
     }
     let world = World::new();
     let underlay = Underlay::new(&world);
-    let (mut a, mut b) = two_nodes(
-        &world,
-        &underlay,
-        Mode::Native,
-        [
-            &[PodSpec::identity(X), PodSpec::identity(Y)],
-            &[PodSpec::identity(Z)],
-        ],
-    );
+    let (mut a, mut b) = x_and_y_to_z(&world, &underlay, Mode::Native);
     assert_eq!(
         a.datapath.node_config().expect("node config"),
         RoutingConfig::Native

@@ -62,6 +62,28 @@ static __always_inline struct endpoint_info *local_destination(__u8 family, cons
 }
 
 /*
+ * The ingress point of local endpoint `ep` for a packet (either family: parse.h) from a peer
+ * of identity `remote` that arrives through the stack (to_container) or the overlay:
+ * conntrack and the endpoint's ingress policy, a new connection recorded and reported at its
+ * to-endpoint point. -1: deliver it; else the drop's verdict.
+ */
+static __always_inline int enforce_ingress(struct __sk_buff *skb, const struct endpoint_info *ep,
+					   struct endpoint_metrics *m, __u32 remote, __u8 family,
+					   const struct flow4 *f)
+{
+	struct point pt;
+
+	if (!enforce(skb, ep, KINO_DIR_INGRESS, remote, family, f, &pt, 0))
+		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
+				   KINO_OBS_TO_ENDPOINT, &pt);
+	if (pt.ct == CT_NEW) {
+		ct_create(family, f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
+		verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
+	}
+	return -1;
+}
+
+/*
  * Delivers a packet (either family: parse.h) to a pod on this node, found by its destination
  * address in kino_endpoints, after the source's egress and the destination's ingress policy;
  * returns -1 when the destination is not a local pod. Both identities are known from the

@@ -153,15 +153,10 @@ static __always_inline int deliver_from_overlay(struct __sk_buff *skb, struct et
 	if (!dst)
 		return -1;
 	struct endpoint_metrics *m = metrics_of(dst->endpoint_id);
-	struct point pt;
+	int ret = enforce_ingress(skb, dst, m, identity, family, f);
 
-	if (!enforce(skb, dst, KINO_DIR_INGRESS, identity, family, f, &pt, 0))
-		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, dst, KINO_DIR_INGRESS,
-				   KINO_OBS_TO_ENDPOINT, &pt);
-	if (pt.ct == CT_NEW) {
-		ct_create(family, f, KINO_DIR_INGRESS, identity, dst->endpoint_id, &pt);
-		verdict_event(skb, dst, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
-	}
+	if (ret >= 0)
+		return ret;
 	return redirect_to_pod(skb, eth, dst, NULL, m);
 }
 

@@ -2,7 +2,6 @@
 //! runs on, and reading back how an existing VXLAN link is set up, so that the device can be
 //! adopted when it is as wanted and replaced when it is not.
 
-use futures::TryStreamExt;
 use rtnetlink::LinkVxlan;
 use rtnetlink::packet_route::link::{InfoData, InfoKind, InfoVxlan, LinkAttribute, LinkFlags};
 use rtnetlink::packet_route::link::{LinkInfo, LinkMessage};
@@ -77,19 +76,11 @@ impl Netlink {
         &self,
         name: &str,
     ) -> Result<Option<Option<VxlanDetails>>, NetlinkError> {
-        let mut links = self
-            .handle
-            .link()
-            .get()
-            .match_name(name.to_owned())
-            .execute();
-        match links.try_next().await {
-            Ok(link) => Ok(link.as_ref().map(VxlanDetails::from_message)),
-            Err(e) => {
-                let e = nl_err(format!("get link {name}"))(e);
-                if e.is_not_found() { Ok(None) } else { Err(e) }
-            }
-        }
+        Ok(self
+            .link_message_by_name(name)
+            .await?
+            .as_ref()
+            .map(VxlanDetails::from_message))
     }
 
     /// Creates the collect-metadata VXLAN link `name` on UDP port `port` with MTU `mtu`:
