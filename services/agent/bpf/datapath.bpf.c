@@ -8,6 +8,13 @@
  *                   to the stack.
  *   to_container    lxc egress (packets the stack sends toward the pod): conntrack and the
  *                   pod's INGRESS policy; counts.
+ *   from_overlay    kino_vxlan ingress (#13, decapsulated packets from other nodes): the
+ *                   sender and the VNI checked, then to a local pod by redirect after
+ *                   conntrack and its INGRESS policy with the VNI as the peer's identity;
+ *                   anything else to the stack.
+ *   to_overlay      kino_vxlan egress (what the STACK routes to the tunnel: the node's own
+ *                   traffic, forwarded packets): the tunnel key from the destination's
+ *                   ipcache entry, unless from_container already set it.
  *
  * Per packet: hash lookups (endpoint, conntrack), one array lookup (enforcement), at most one
  * ipcache LPM lookup and two policy LPM lookups per enforcement point — nothing walks rules,
@@ -30,6 +37,7 @@
  *   lib/events.h          flow events: drops and new connections' verdicts
  *   lib/local_delivery.h  pod to pod on this node, by redirect
  *   lib/ndp.h             IPv6 neighbour discovery, the NA responder
+ *   lib/overlay.h         between nodes (#13): tunnel keys, the overlay's checks
  *
  * Flow events (#6): every drop and every new connection an enforcement point allows is
  * reported to the kino_events ring buffer. Drop with lib/events.h's drop_*() rather than
@@ -54,6 +62,7 @@
 #include "lib/events.h"
 #include "lib/local_delivery.h"
 #include "lib/ndp.h"
+#include "lib/overlay.h"
 
 char _license[] SEC("license") = "Dual MIT/GPL";
 
@@ -69,9 +78,10 @@ struct {
 
 /*
  * A packet the pod sent (either family: lib/parse.h), parsed, its source checked: to a local
- * pod by redirect after both points' policy; anything else (the node: kino_host's gateway IP;
- * other nodes; the world) to the stack, which routes it, after the egress policy, the peer's
- * identity from the ipcache.
+ * pod by redirect after both points' policy; after the egress policy (the peer's identity
+ * from the ipcache), to another node's pod through the tunnel in tunnel mode
+ * (lib/overlay.h), anything else (the node: kino_host's gateway IP; other nodes in native
+ * mode; the world; too big for the tunnel) to the stack, which routes it.
  */
 static __always_inline int from_container_flow(struct __sk_buff *skb, struct ethhdr *eth,
 					       __u8 family, const struct flow4 *f,
@@ -82,16 +92,20 @@ static __always_inline int from_container_flow(struct __sk_buff *skb, struct eth
 
 	if (ret >= 0)
 		return ret;
+	struct ipcache_entry *peer = ipcache_peer(family, f, KINO_DIR_EGRESS);
 	struct point pt;
 
-	if (!enforce(skb, ep, KINO_DIR_EGRESS, ipcache_peer_identity(family, f, KINO_DIR_EGRESS),
-		     family, f, &pt, 0))
+	if (!enforce(skb, ep, KINO_DIR_EGRESS, peer ? peer->identity : KINO_IDENTITY_WORLD, family,
+		     f, &pt, 0))
 		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED, ep, KINO_DIR_EGRESS,
 				   KINO_OBS_FROM_ENDPOINT, &pt);
 	if (pt.ct == CT_NEW) {
 		ct_create(family, f, KINO_DIR_EGRESS, ep->identity, ep->endpoint_id, &pt);
 		verdict_event(skb, ep, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &pt);
 	}
+	ret = to_tunnel(skb, peer, ep->identity);
+	if (ret >= 0)
+		return ret;
 	return to_stack(m);
 }
 
@@ -134,17 +148,8 @@ static __always_inline int to_container_flow(struct __sk_buff *skb,
 					     struct endpoint_metrics *m, __u8 family,
 					     const struct flow4 *f)
 {
-	__u32 remote = ipcache_peer_identity(family, f, KINO_DIR_INGRESS);
-	struct point pt;
-
-	if (!enforce(skb, ep, KINO_DIR_INGRESS, remote, family, f, &pt, 0))
-		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
-				   KINO_OBS_TO_ENDPOINT, &pt);
-	if (pt.ct == CT_NEW) {
-		ct_create(family, f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
-		verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
-	}
-	return -1;
+	return enforce_ingress(skb, ep, m, ipcache_peer_identity(family, f, KINO_DIR_INGRESS),
+			       family, f);
 }
 
 /* An IPv6 packet the stack sends to the pod: neighbour discovery passes, anything else as
@@ -265,5 +270,135 @@ int to_container(struct __sk_buff *skb)
 		m->to_container_packets++;
 		m->to_container_bytes += skb->len;
 	}
+	return TC_ACT_OK;
+}
+
+/* A drop by from_overlay or to_overlay: no endpoint's point (counted under endpoint id 0),
+ * the identity the packet carries (the VNI) reported when known. */
+static __always_inline int drop_overlay(struct __sk_buff *skb, __u32 reason, __u32 identity,
+					__u8 flags)
+{
+	return drop_event(skb, metrics_of(0), reason, 0, 0, 0, identity, 0, flags);
+}
+
+/* The decapsulated IPv6 packet of from_overlay: neighbour discovery (never sent over the
+ * tunnel by a node of ours) to the stack, anything else as IPv4. -1: to the stack. */
+static __always_inline int from_overlay_ipv6(struct __sk_buff *skb, struct ethhdr *eth,
+					     const struct ipv6hdr *ip6, __u32 identity)
+{
+	__u32 slot = 0;
+	struct flow6 *f = bpf_map_lookup_elem(&kino_flow6_scratch, &slot);
+
+	if (!f || parse_flow6(skb, ip6, f) < 0)
+		return drop_overlay(skb, KINO_DROP_INVALID_PACKET, identity,
+				    KINO_EVENT_F_SRC_IDENTITY);
+	if (icmp6_is_neighbour_discovery(f))
+		return -1;
+	return deliver_from_overlay(skb, eth, KINO_FAMILY_IPV6, &f->l4, identity);
+}
+
+SEC("classifier")
+int from_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+	int ret = tunnel_key_of(skb, &key);
+
+	if (ret < 0)
+		return drop_overlay(skb, KINO_DROP_ERROR_RETRIEVING_TUNNEL_KEY, 0, 0);
+	__u32 identity = key.tunnel_id;
+
+	if (!overlay_sender_known(&key, ret))
+		return drop_overlay(skb, KINO_DROP_UNKNOWN_SENDER, identity,
+				    KINO_EVENT_F_SRC_IDENTITY);
+	if (!overlay_identity_ok(identity))
+		return drop_overlay(skb, KINO_DROP_INVALID_IDENTITY, identity,
+				    KINO_EVENT_F_SRC_IDENTITY);
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop_overlay(skb, KINO_DROP_INVALID_PACKET, identity,
+				    KINO_EVENT_F_SRC_IDENTITY);
+	/* The inner frame is addressed to the sending side's MAC, so the device took it for
+	 * another host's: it is for this one (the stack would drop it otherwise). */
+	bpf_skb_change_type(skb, KINO_PACKET_HOST);
+	ret = -1;
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip4 = (void *)(eth + 1);
+		struct flow4 f;
+
+		if ((void *)(ip4 + 1) > data_end || parse_flow4(skb, ip4, &f) < 0)
+			return drop_overlay(skb, KINO_DROP_INVALID_PACKET, identity,
+					    KINO_EVENT_F_SRC_IDENTITY);
+		ret = deliver_from_overlay(skb, eth, KINO_FAMILY_IPV4, &f, identity);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return drop_overlay(skb, KINO_DROP_INVALID_PACKET, identity,
+					    KINO_EVENT_F_SRC_IDENTITY);
+		ret = from_overlay_ipv6(skb, eth, ip6, identity);
+	} else {
+		return drop_overlay(skb, KINO_DROP_UNSUPPORTED_L3, identity,
+				    KINO_EVENT_F_SRC_IDENTITY);
+	}
+	/* Not for a local pod: the node's own addresses, or to be forwarded. */
+	return ret >= 0 ? ret : TC_ACT_OK;
+}
+
+SEC("classifier")
+int to_overlay(struct __sk_buff *skb)
+{
+	struct bpf_tunnel_key key = {};
+
+	/* Redirected by from_container with its key (and the pod's identity): as it is. */
+	if (tunnel_key_of(skb, &key) >= 0)
+		return TC_ACT_OK;
+
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	union kino_addr saddr = {}, daddr = {};
+	__u8 family;
+
+	if ((void *)(eth + 1) > data_end)
+		return drop_overlay(skb, KINO_DROP_INVALID_PACKET, 0, 0);
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip4 = (void *)(eth + 1);
+
+		if ((void *)(ip4 + 1) > data_end)
+			return drop_overlay(skb, KINO_DROP_INVALID_PACKET, 0, 0);
+		family = KINO_FAMILY_IPV4;
+		saddr.ip4 = ip4->saddr;
+		daddr.ip4 = ip4->daddr;
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+
+		if ((void *)(ip6 + 1) > data_end)
+			return drop_overlay(skb, KINO_DROP_INVALID_PACKET, 0, 0);
+		/* The device's own link-local control traffic (MLD reports: kino_vxlan is a
+		 * router's interface) has no node to go to; it is not anyone's packet to report. */
+		if (ip6->daddr.in6_u.u6_addr8[0] == 0xff)
+			return TC_ACT_SHOT;
+		family = KINO_FAMILY_IPV6;
+		__builtin_memcpy(saddr.ip6, &ip6->saddr, sizeof(saddr.ip6));
+		__builtin_memcpy(daddr.ip6, &ip6->daddr, sizeof(daddr.ip6));
+	} else {
+		return drop_overlay(skb, KINO_DROP_UNSUPPORTED_L3, 0, 0);
+	}
+	/* A local pod's packet the stack routed here (fragmented, or too big for the tunnel
+	 * and not DF) keeps the pod's identity; the node's own traffic, and whatever else it
+	 * forwards, goes as remote-node (as Cilium sends host traffic). */
+	struct endpoint_info *src = local_endpoint(family, family == KINO_FAMILY_IPV4
+								   ? (const void *)&saddr.ip4
+								   : (const void *)saddr.ip6);
+	__u32 identity = src ? src->identity : KINO_IDENTITY_REMOTE_NODE;
+	struct ipcache_entry *peer = ipcache_of(family, &daddr);
+
+	if (!peer || !has_tunnel_endpoint(peer) || set_tunnel_key(skb, peer, identity) < 0)
+		return drop_overlay(skb, KINO_DROP_NO_TUNNEL_ENDPOINT, identity,
+				    KINO_EVENT_F_SRC_IDENTITY);
 	return TC_ACT_OK;
 }

@@ -53,7 +53,13 @@ struct endpoint_info {
 #define KINO_DROP_POLICY_DENIED    4 /* the endpoint's egress policy denied a packet it sent */
 #define KINO_DROP_CT_INVALID       5 /* reserved: invalid conntrack state */
 #define KINO_DROP_POLICY_DENIED_INGRESS 6 /* its ingress policy denied a packet to it */
-#define KINO_DROP_REASONS          8
+/* The overlay (issue #13): from kino_vxlan, counted under endpoint id 0 unless a local
+ * endpoint's policy decided. */
+#define KINO_DROP_ERROR_RETRIEVING_TUNNEL_KEY 7 /* from the overlay without a readable key */
+#define KINO_DROP_UNKNOWN_SENDER   8 /* outer source is not a known node's underlay address */
+#define KINO_DROP_INVALID_IDENTITY 9 /* VNI is neither a cluster identity nor remote-node */
+#define KINO_DROP_NO_TUNNEL_ENDPOINT 10 /* routed to kino_vxlan, no node hosts the address */
+#define KINO_DROP_REASONS          16
 
 /*
  * Value of kino_metrics (per-CPU hash keyed by endpoint id; id 0 counts packets on unknown
@@ -309,6 +315,28 @@ struct flow_event {
 struct event_counters {
 	__u64 emitted;
 	__u64 lost;
+};
+
+/* ------------------------------------------------------------------------------------------
+ * The node (issue #13): how pod traffic crosses nodes. kino_node_config, an array of one
+ * element written by the agent at start-up; all zero (not configured yet, or one node)
+ * behaves as before: everything that is not for a local pod goes to the stack.
+ * ------------------------------------------------------------------------------------------ */
+
+/* node_config.routing_mode, as kino.types.v1.RoutingMode. */
+#define KINO_ROUTING_NONE   0 /* not configured: no encapsulation */
+#define KINO_ROUTING_TUNNEL 1 /* VXLAN: remote prefixes are encapsulated to their node */
+#define KINO_ROUTING_NATIVE 2 /* no encapsulation: the stack routes to other nodes */
+
+/* The smallest cluster identity: a VNI below it is not a pod's (kino.types.v1). */
+#define KINO_IDENTITY_CLUSTER_MIN 256
+/* TTL of the outer (underlay) header of encapsulated packets. */
+#define KINO_TUNNEL_TTL 64
+
+/* Value of kino_node_config (key 0). */
+struct node_config {
+	__u32 routing_mode;    /* KINO_ROUTING_* */
+	__u32 vxlan_ifindex;   /* kino_vxlan (tunnel mode): where encapsulated packets go */
 };
 
 #endif /* KINO_MAPS_H */

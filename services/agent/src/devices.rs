@@ -12,11 +12,19 @@
 //! except for neighbour discovery: the kernel answers a solicitation only for addresses of
 //! the interface it arrives on, so the datapath answers pods' solicitations for the gateway
 //! itself (see `bpf/lib/ndp.h`, `answer_neighbour_solicitation`).
+//!
+//! Between nodes (issue #13), [`vxlan`] holds the overlay's device, `kino_vxlan`.
 
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::PathBuf;
 
 use crate::netlink::{LinkDetails, Netlink, NetlinkError};
+
+pub mod vxlan;
+
+pub use vxlan::{
+    DEFAULT_TUNNEL_PORT, VXLAN_DEVICE, VxlanConfig, ensure_vxlan, remove_vxlan, tunnel_mtu,
+};
 
 /// The host side of the node's device pair; holds the gateway IP.
 pub const HOST_DEVICE: &str = "kino_host";
@@ -133,6 +141,22 @@ pub enum DeviceError {
     /// A link disappeared right after being created or found.
     #[error("link {0} vanished while being set up; is another agent managing this node?")]
     Vanished(&'static str),
+    /// The overlay device's settings are unusable.
+    #[error("cannot set up kino_vxlan with {0}")]
+    InvalidVxlan(String),
+    /// Another VXLAN device of the namespace holds the overlay's UDP port.
+    #[error(
+        "cannot create kino_vxlan on UDP port {port}: another VXLAN device of this network \
+         namespace uses that port (see `ip -d link show type vxlan`); delete it or give the \
+         agent another tunnel port ({error})"
+    )]
+    VxlanPortInUse {
+        /// The port.
+        port: u16,
+        /// The kernel's refusal.
+        #[source]
+        error: NetlinkError,
+    },
     /// A sysctl could not be written.
     #[error("cannot write {path}: {source}")]
     Sysctl {

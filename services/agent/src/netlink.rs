@@ -16,9 +16,11 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 mod address;
 mod route;
 mod tc;
+mod vxlan;
 pub use address::LinkAddress;
 pub use route::{KINO_ROUTE_PROTOCOL, ManagedRoute, RouteVia};
 pub use tc::{BpfFilter, TcHook};
+pub use vxlan::VxlanDetails;
 
 /// An Ethernet MAC address.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
@@ -173,6 +175,15 @@ impl Netlink {
 
     /// The link named `name`, if there is one.
     pub async fn link_by_name(&self, name: &str) -> Result<Option<LinkDetails>, NetlinkError> {
+        Ok(self
+            .link_message_by_name(name)
+            .await?
+            .as_ref()
+            .map(LinkDetails::from_message))
+    }
+
+    /// The kernel's message of the link named `name`, if there is one.
+    async fn link_message_by_name(&self, name: &str) -> Result<Option<LinkMessage>, NetlinkError> {
         let mut links = self
             .handle
             .link()
@@ -180,7 +191,7 @@ impl Netlink {
             .match_name(name.to_owned())
             .execute();
         match links.try_next().await {
-            Ok(link) => Ok(link.as_ref().map(LinkDetails::from_message)),
+            Ok(link) => Ok(link),
             Err(e) => {
                 let e = nl_err(format!("get link {name}"))(e);
                 if e.is_not_found() { Ok(None) } else { Err(e) }

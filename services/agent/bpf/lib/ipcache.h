@@ -1,7 +1,9 @@
 /* SPDX-License-Identifier: (Apache-2.0 OR GPL-2.0-only) */
 /*
  * The ipcache (kino_ipcache, an LPM trie written by the agent): the security identity of a
- * packet's peer, its address's longest prefix's, world when no prefix covers it.
+ * packet's peer, its address's longest prefix's, world when no prefix covers it; and, between
+ * nodes (overlay.h), the node hosting a prefix (its tunnel endpoint) and whether an underlay
+ * address is a known node's.
  */
 #ifndef KINO_LIB_IPCACHE_H
 #define KINO_LIB_IPCACHE_H
@@ -14,12 +16,12 @@
 #include "parse.h"
 
 /*
- * The identity of the peer of a packet (either family: parse.h) at a point of `direction`:
- * its destination at egress, its source at ingress. The peer's longest ipcache prefix
- * decides; world when none covers it.
+ * The ipcache entry of the peer of a packet (either family: parse.h) at a point of
+ * `direction`: its destination at egress, its source at ingress — the peer's longest prefix;
+ * NULL when none covers it (world).
  */
-static __always_inline __u32 ipcache_peer_identity(__u8 family, const struct flow4 *f,
-						   __u8 direction)
+static __always_inline struct ipcache_entry *ipcache_peer(__u8 family, const struct flow4 *f,
+							  __u8 direction)
 {
 	struct ipcache_key key = {};
 
@@ -34,9 +36,34 @@ static __always_inline __u32 ipcache_peer_identity(__u8 family, const struct flo
 		key.prefixlen = KINO_IPCACHE_PREFIX_STATIC + 128;
 		__builtin_memcpy(key.addr.ip6, addr->ip6, sizeof(key.addr.ip6));
 	}
-	struct ipcache_entry *e = bpf_map_lookup_elem(&kino_ipcache, &key);
+	return bpf_map_lookup_elem(&kino_ipcache, &key);
+}
+
+/* The identity of the peer of a packet at a point of `direction` (ipcache_peer): world when
+ * no prefix covers it. */
+static __always_inline __u32 ipcache_peer_identity(__u8 family, const struct flow4 *f,
+						   __u8 direction)
+{
+	struct ipcache_entry *e = ipcache_peer(family, f, direction);
 
 	return e ? e->identity : KINO_IDENTITY_WORLD;
+}
+
+/* The ipcache entry of one address: IPv4 (network order, in the first 4 bytes) or the 16
+ * IPv6 bytes of `addr`. NULL when no prefix covers it. */
+static __always_inline struct ipcache_entry *ipcache_of(__u8 family, const union kino_addr *addr)
+{
+	struct ipcache_key key = {};
+
+	key.family = family;
+	if (family == KINO_FAMILY_IPV4) {
+		key.prefixlen = KINO_IPCACHE_PREFIX_STATIC + 32;
+		key.addr.ip4 = addr->ip4;
+	} else {
+		key.prefixlen = KINO_IPCACHE_PREFIX_STATIC + 128;
+		__builtin_memcpy(key.addr.ip6, addr->ip6, sizeof(key.addr.ip6));
+	}
+	return bpf_map_lookup_elem(&kino_ipcache, &key);
 }
 
 #endif /* KINO_LIB_IPCACHE_H */

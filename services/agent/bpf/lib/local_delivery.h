@@ -3,7 +3,8 @@
  * Local delivery: a packet from one pod to another pod of this node goes through the source's
  * egress and the destination's ingress policy, then straight into the destination pod's
  * netns by bpf_redirect_peer, skipping the node's stack and the destination lxc's egress
- * (so this path counts it as the destination's to_container traffic itself).
+ * (so this path counts it as the destination's to_container traffic itself). The overlay
+ * (overlay.h) ends its deliveries with redirect_to_pod too.
  */
 #ifndef KINO_LIB_LOCAL_DELIVERY_H
 #define KINO_LIB_LOCAL_DELIVERY_H
@@ -39,6 +40,49 @@ static __always_inline int redirect_to_pod(struct __sk_buff *skb, struct ethhdr 
 	return bpf_redirect_peer(dst->ifindex, 0);
 }
 
+/* The local endpoint holding `addr` (IPv4: 4 bytes, network order; IPv6: 16 bytes), or NULL. */
+static __always_inline struct endpoint_info *local_endpoint(__u8 family, const void *addr)
+{
+	struct endpoint_key key = {};
+
+	if (family == KINO_FAMILY_IPV4)
+		__builtin_memcpy(&key.ip4, addr, sizeof(key.ip4));
+	else
+		__builtin_memcpy(key.ip6, addr, sizeof(key.ip6));
+	key.family = family;
+	return bpf_map_lookup_elem(&kino_endpoints, &key);
+}
+
+/* The local endpoint a packet (either family: parse.h) is for, or NULL. */
+static __always_inline struct endpoint_info *local_destination(__u8 family, const struct flow4 *f)
+{
+	if (family == KINO_FAMILY_IPV4)
+		return local_endpoint(family, &f->daddr);
+	return local_endpoint(family, flow6_of(f)->daddr.ip6);
+}
+
+/*
+ * The ingress point of local endpoint `ep` for a packet (either family: parse.h) from a peer
+ * of identity `remote` that arrives through the stack (to_container) or the overlay:
+ * conntrack and the endpoint's ingress policy, a new connection recorded and reported at its
+ * to-endpoint point. -1: deliver it; else the drop's verdict.
+ */
+static __always_inline int enforce_ingress(struct __sk_buff *skb, const struct endpoint_info *ep,
+					   struct endpoint_metrics *m, __u32 remote, __u8 family,
+					   const struct flow4 *f)
+{
+	struct point pt;
+
+	if (!enforce(skb, ep, KINO_DIR_INGRESS, remote, family, f, &pt, 0))
+		return drop_policy(skb, m, KINO_DROP_POLICY_DENIED_INGRESS, ep, KINO_DIR_INGRESS,
+				   KINO_OBS_TO_ENDPOINT, &pt);
+	if (pt.ct == CT_NEW) {
+		ct_create(family, f, KINO_DIR_INGRESS, remote, ep->endpoint_id, &pt);
+		verdict_event(skb, ep, KINO_DIR_INGRESS, KINO_OBS_TO_ENDPOINT, &pt);
+	}
+	return -1;
+}
+
 /*
  * Delivers a packet (either family: parse.h) to a pod on this node, found by its destination
  * address in kino_endpoints, after the source's egress and the destination's ingress policy;
@@ -49,14 +93,7 @@ static __always_inline int deliver_local(struct __sk_buff *skb, struct ethhdr *e
 					 const struct flow4 *f, const struct endpoint_info *src,
 					 struct endpoint_metrics *src_metrics)
 {
-	struct endpoint_key key = {};
-
-	if (family == KINO_FAMILY_IPV4)
-		key.ip4 = f->daddr;
-	else
-		__builtin_memcpy(key.ip6, flow6_of(f)->daddr.ip6, sizeof(key.ip6));
-	key.family = family;
-	struct endpoint_info *dst = bpf_map_lookup_elem(&kino_endpoints, &key);
+	struct endpoint_info *dst = local_destination(family, f);
 
 	if (!dst || dst->ifindex == src->ifindex)
 		return -1;

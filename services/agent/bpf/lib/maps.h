@@ -94,4 +94,13 @@ struct {
 	__uint(pinning, LIBBPF_PIN_BY_NAME);
 } kino_event_counters SEC(".maps");
 
+/* The node's routing configuration (issue #13), key 0. */
+struct {
+	__uint(type, BPF_MAP_TYPE_ARRAY);
+	__uint(max_entries, 1);
+	__type(key, __u32);
+	__type(value, struct node_config);
+	__uint(pinning, LIBBPF_PIN_BY_NAME);
+} kino_node_config SEC(".maps");
+
 #endif /* KINO_LIB_MAPS_H */

@@ -16,6 +16,7 @@ mod conntrack;
 mod endpoints;
 mod events;
 mod ipcache;
+mod node_config;
 mod policy;
 #[cfg(test)]
 mod tests;
@@ -24,6 +25,7 @@ pub use conntrack::*;
 pub use endpoints::*;
 pub use events::*;
 pub use ipcache::*;
+pub use node_config::*;
 pub use policy::*;
 
 /// The datapath object, as compiled by build.rs from `bpf/datapath.bpf.c`.
@@ -40,7 +42,7 @@ pub const FAMILY_IPV4: u8 = 1;
 pub const FAMILY_IPV6: u8 = 2;
 
 /// Every map of the datapath, in the order they are pinned.
-pub const ALL_MAPS: [&str; 9] = [
+pub const ALL_MAPS: [&str; 10] = [
     ENDPOINTS_MAP,
     LXC_MAP,
     METRICS_MAP,
@@ -50,6 +52,7 @@ pub const ALL_MAPS: [&str; 9] = [
     CT_MAP,
     EVENTS_MAP,
     EVENT_COUNTERS_MAP,
+    NODE_CONFIG_MAP,
 ];
 
 /// Capacities of the maps that grow with policy, for [`super::Datapath::load_with`]. They

@@ -20,7 +20,8 @@
 //! with: `hook` (the programs and their hooks), `error`, `pins` (bpffs, the node's pin
 //! directory, incompatible pins, link pins), `program` (program lookup and identity),
 //! `attach` (tc filters, and what runs on an lxc), `tcx` (the TCX links of older agents),
-//! `adoption` (what a load takes over from a previous agent). This file loads the object.
+//! `adoption` (what a load takes over from a previous agent), `overlay` (the node's routing
+//! configuration and the programs of `kino_vxlan`). This file loads the object.
 //! They import each other in that order only (a later one may use an earlier one).
 
 use std::path::{Path, PathBuf};
@@ -29,17 +30,19 @@ use aya::{Ebpf, EbpfLoader};
 
 use super::abi::{
     ALL_MAPS, CT_MAP, DATAPATH_OBJECT, ENDPOINTS_MAP, EP_POLICY_MAP, IPCACHE_MAP, LXC_MAP,
-    METRICS_MAP, POLICY_MAP,
+    METRICS_MAP, NODE_CONFIG_MAP, POLICY_MAP,
 };
 use super::conntrack::ConntrackMap;
 use super::ipcache::IpcacheMap;
 use super::maps::EndpointMaps;
+use super::node_config::NodeConfigMap;
 use super::policy::PolicyMaps;
 
 mod adoption;
 mod attach;
 mod error;
 mod hook;
+mod overlay;
 mod pins;
 mod program;
 mod tcx;
@@ -73,6 +76,7 @@ pub struct Datapath {
     policy: PolicyMaps,
     ipcache: IpcacheMap,
     conntrack: ConntrackMap,
+    node_config: NodeConfigMap,
     adoption: Adoption,
     /// Each hook's loaded program, to tell it from a previous agent's.
     identities: Vec<(Hook, ProgramIdentity)>,
@@ -130,6 +134,7 @@ impl Datapath {
         let policy = PolicyMaps::new(take(POLICY_MAP)?, take(EP_POLICY_MAP)?)?;
         let ipcache = IpcacheMap::new(take(IPCACHE_MAP)?)?;
         let conntrack = ConntrackMap::new(take(CT_MAP)?)?;
+        let node_config = NodeConfigMap::new(take(NODE_CONFIG_MAP)?)?;
 
         let mut datapath = Self {
             ebpf,
@@ -138,6 +143,7 @@ impl Datapath {
             policy,
             ipcache,
             conntrack,
+            node_config,
             adoption: Adoption {
                 maps_reused,
                 maps_replaced,

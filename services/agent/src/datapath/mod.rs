@@ -1,6 +1,7 @@
 //! The eBPF datapath of the node: the programs in `bpf/` loaded and attached by [`loader`],
 //! their maps typed in [`maps`] (endpoints, counters), [`ipcache`], [`policy`],
-//! [`conntrack`] and [`events`] (the flow event ring buffer), all over [`abi`], the one Rust
+//! [`conntrack`], [`events`] (the flow event ring buffer) and [`node_config`] (how pod
+//! traffic crosses nodes: tunnel or native), all over [`abi`], the one Rust
 //! twin of `bpf/kino_maps.h`. See docs/datapath.md.
 //!
 //! Layers, each importing only those below it: [`abi`] (layouts, names, numbers; imports
@@ -15,6 +16,7 @@ pub mod ipcache;
 pub mod loader;
 pub mod map_access;
 pub mod maps;
+pub mod node_config;
 pub mod policy;
 
 pub use abi::{Direction, DropReason, MapCapacities};
@@ -26,6 +28,7 @@ pub use loader::{
 };
 pub use map_access::MapOpError;
 pub use maps::{EndpointCounters, EndpointEntry, EndpointMaps};
+pub use node_config::{NodeConfigError, NodeConfigMap, RoutingConfig};
 pub use policy::{
     ApplyStats, Enforcement, EntryChange, PolicyEntryInfo, PolicyKey, PolicyMapError, PolicyMaps,
     PolicyUpdate, Verdict,

@@ -232,6 +232,10 @@ impl Flow {
             DropReason::SpoofedSource => ApiDropReason::SpoofedSource,
             DropReason::UnsupportedL3 => ApiDropReason::UnsupportedL3Protocol,
             DropReason::CtInvalid => ApiDropReason::CtUnknownState,
+            DropReason::ErrorRetrievingTunnelKey => ApiDropReason::ErrorRetrievingTunnelKey,
+            DropReason::UnknownSender => ApiDropReason::UnknownSender,
+            DropReason::InvalidIdentity => ApiDropReason::InvalidIdentity,
+            DropReason::NoTunnelEndpoint => ApiDropReason::NoTunnelEndpoint,
             DropReason::PolicyDenied | DropReason::PolicyDeniedIngress => {
                 if matches!(self.match_type, MatchType::None | MatchType::NotEnforced) {
                     ApiDropReason::PolicyDenied

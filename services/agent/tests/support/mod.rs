@@ -2,10 +2,12 @@
 //! namespaces and pins removed on drop, a thread in the node's namespace, pods, and TCP/UDP
 //! traffic made by sockets opened inside a pod's namespace (no external tools beyond `ip` and
 //! `ping`). Same structure as tests/datapath.rs. [`fake_peers`] stands in for the suite's
-//! services where a test runs the endpoint manager.
+//! services where a test runs the endpoint manager; [`cluster`] builds nodes on an underlay
+//! for the tests between nodes.
 
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod fake_peers;
 
 use std::io::{Read, Write};

@@ -18,7 +18,7 @@ pub const MAX_ENDPOINTS: u32 = 16384;
 /// `KINO_EP_F_IPV6`: `EndpointInfoRaw::ipv6` is set.
 pub const EP_F_IPV6: u32 = 1;
 /// `KINO_DROP_REASONS`: length of `EndpointMetricsRaw::drops`.
-pub const DROP_REASONS: usize = 8;
+pub const DROP_REASONS: usize = 16;
 
 /// `struct endpoint_key`: one IP address of a local endpoint (the union is `addr`).
 #[repr(C)]
@@ -106,7 +106,7 @@ unsafe impl aya::Pod for EndpointMetricsRaw {}
 
 const _: () = assert!(size_of::<EndpointKeyRaw>() == 20);
 const _: () = assert!(size_of::<EndpointInfoRaw>() == 48);
-const _: () = assert!(size_of::<EndpointMetricsRaw>() == 112);
+const _: () = assert!(size_of::<EndpointMetricsRaw>() == 176);
 
 /// Why the datapath dropped a packet (`KINO_DROP_*`, the index into the drop counters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -125,11 +125,19 @@ pub enum DropReason {
     CtInvalid = 5,
     /// The endpoint's ingress policy denied a packet to it.
     PolicyDeniedIngress = 6,
+    /// A packet from the overlay whose tunnel key could not be read (counted under id 0).
+    ErrorRetrievingTunnelKey = 7,
+    /// A packet from the overlay whose outer source is not a known node's underlay address.
+    UnknownSender = 8,
+    /// A packet from the overlay whose VNI is neither a cluster identity nor remote-node.
+    InvalidIdentity = 9,
+    /// A packet the stack routed to the overlay for an address no node hosts.
+    NoTunnelEndpoint = 10,
 }
 
 impl DropReason {
     /// Every reason, in counter order.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 11] = [
         Self::UnknownEndpoint,
         Self::InvalidPacket,
         Self::SpoofedSource,
@@ -137,6 +145,10 @@ impl DropReason {
         Self::PolicyDenied,
         Self::CtInvalid,
         Self::PolicyDeniedIngress,
+        Self::ErrorRetrievingTunnelKey,
+        Self::UnknownSender,
+        Self::InvalidIdentity,
+        Self::NoTunnelEndpoint,
     ];
 
     /// The name operators see (Cilium's style).
@@ -149,6 +161,10 @@ impl DropReason {
             Self::PolicyDenied => "POLICY_DENIED",
             Self::CtInvalid => "CT_INVALID",
             Self::PolicyDeniedIngress => "POLICY_DENIED_INGRESS",
+            Self::ErrorRetrievingTunnelKey => "ERROR_RETRIEVING_TUNNEL_KEY",
+            Self::UnknownSender => "UNKNOWN_SENDER",
+            Self::InvalidIdentity => "INVALID_IDENTITY",
+            Self::NoTunnelEndpoint => "NO_TUNNEL_ENDPOINT",
         }
     }
 }

@@ -412,6 +412,31 @@ fn event_mirrors_match_the_object_btf() {
 }
 
 #[test]
+fn node_config_mirrors_match_the_object_btf() {
+    let structs = object_btf();
+    assert_layout(
+        &structs,
+        "node_config",
+        size_of::<NodeConfigRaw>(),
+        &[
+            ("routing_mode", offset_of!(NodeConfigRaw, routing_mode)),
+            ("vxlan_ifindex", offset_of!(NodeConfigRaw, vxlan_ifindex)),
+        ],
+    );
+}
+
+#[test]
+fn node_config_constants_match_the_header() {
+    assert_defines(&[
+        ("KINO_ROUTING_NONE", ROUTING_NONE.into()),
+        ("KINO_ROUTING_TUNNEL", ROUTING_TUNNEL.into()),
+        ("KINO_ROUTING_NATIVE", ROUTING_NATIVE.into()),
+        ("KINO_IDENTITY_CLUSTER_MIN", IDENTITY_CLUSTER_MIN.into()),
+        ("KINO_TUNNEL_TTL", TUNNEL_TTL.into()),
+    ]);
+}
+
+#[test]
 fn endpoint_constants_match_the_header() {
     assert_defines(&[
         ("KINO_MAX_ENDPOINTS", MAX_ENDPOINTS.into()),
@@ -553,6 +578,7 @@ fn each_map_of_the_object_has_the_mirrored_key_and_value() {
         (CT_MAP, size_of::<CtKeyRaw>(), size_of::<CtEntryRaw>()),
         (EVENTS_MAP, 0, 0),
         (EVENT_COUNTERS_MAP, u32_size, size_of::<EventCountersRaw>()),
+        (NODE_CONFIG_MAP, u32_size, size_of::<NodeConfigRaw>()),
     ] {
         let map = maps
             .get(name)

@@ -64,10 +64,29 @@ impl Datapath {
         lxc_name: &str,
         ifindex: u32,
     ) -> Result<LxcAttachment, DatapathError> {
+        let hooks = self
+            .adopt_hooks(netlink, lxc_name, ifindex, &Hook::LXC)
+            .await?;
+        Ok(LxcAttachment {
+            lxc_name: lxc_name.to_owned(),
+            ifindex,
+            hooks,
+        })
+    }
+
+    /// [`Datapath::adopt_endpoint`] for the programs `hooks` of the device `name`: the
+    /// lxc's, or `kino_vxlan`'s (which never has TCX link pins).
+    pub(super) async fn adopt_hooks(
+        &mut self,
+        netlink: &Netlink,
+        lxc_name: &str,
+        ifindex: u32,
+        wanted: &[Hook],
+    ) -> Result<Vec<HookAttachment>, DatapathError> {
         let pins = self.link_pins()?;
         let mut hooks = Vec::new();
         let mut have_qdisc = false;
-        for hook in Hook::ALL {
+        for &hook in wanted {
             if let Some(pin) = self.link_pin_of(&pins, lxc_name, ifindex, hook) {
                 // Load already switched live pins to our program (adopt_links).
                 let change = if pinned_program(&pin) == Some(self.identity(hook).id) {
@@ -118,10 +137,6 @@ impl Datapath {
                 change: Some(change),
             });
         }
-        Ok(LxcAttachment {
-            lxc_name: lxc_name.to_owned(),
-            ifindex,
-            hooks,
-        })
+        Ok(hooks)
     }
 }

@@ -111,7 +111,7 @@ pub struct LxcAttachment {
     pub lxc_name: String,
     /// Its ifindex.
     pub ifindex: u32,
-    /// Each attached hook, in [`Hook::ALL`] order (a hook missing here has no program).
+    /// Each attached hook, in [`Hook::LXC`] order (a hook missing here has no program).
     pub hooks: Vec<HookAttachment>,
 }
 
@@ -131,7 +131,7 @@ impl LxcAttachment {
 
     /// Whether both programs are attached.
     pub fn complete(&self) -> bool {
-        Hook::ALL
+        Hook::LXC
             .iter()
             .all(|hook| self.hooks.iter().any(|h| h.hook == *hook))
     }
@@ -160,7 +160,7 @@ impl Datapath {
                 source: Box::new(source),
             })?;
         let mut hooks = Vec::new();
-        for hook in Hook::ALL {
+        for hook in Hook::LXC {
             self.set_filter(
                 netlink,
                 lxc_name,
@@ -198,7 +198,7 @@ impl Datapath {
     ) -> Result<LxcAttachment, DatapathError> {
         let pins = self.link_pins()?;
         let mut hooks = Vec::new();
-        for hook in Hook::ALL {
+        for hook in Hook::LXC {
             if let Some(pin) = self.link_pin_of(&pins, lxc_name, ifindex, hook) {
                 let program_id = pinned_program(&pin).unwrap_or(0);
                 hooks.push(HookAttachment {

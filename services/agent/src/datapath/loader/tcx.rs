@@ -27,7 +27,7 @@ impl Datapath {
         let ifindex = ifindex_of(lxc_name)?;
         let mut hooks = Vec::new();
         let mut created = Vec::new();
-        for hook in Hook::ALL {
+        for hook in Hook::LXC {
             let path = self
                 .links_dir()
                 .join(link_pin_name(lxc_name, ifindex, hook));

@@ -215,5 +215,9 @@ fn drop_reason(reason: DropReason) -> PbDropReason {
         DropReason::PolicyDenied => PbDropReason::PolicyDenied,
         DropReason::CtInvalid => PbDropReason::CtUnknownState,
         DropReason::PolicyDeniedIngress => PbDropReason::PolicyDenied,
+        DropReason::ErrorRetrievingTunnelKey => PbDropReason::ErrorRetrievingTunnelKey,
+        DropReason::UnknownSender => PbDropReason::UnknownSender,
+        DropReason::InvalidIdentity => PbDropReason::InvalidIdentity,
+        DropReason::NoTunnelEndpoint => PbDropReason::NoTunnelEndpoint,
     }
 }
