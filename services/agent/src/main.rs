@@ -15,16 +15,16 @@ use kino_agent::clients::endpoint_records::EndpointRecordClient;
 use kino_agent::clients::ipam::IpamClient;
 use kino_agent::clients::policy_compiler::PolicyCompilerClient;
 use kino_agent::cluster::config::{
-    ClusterConfig, DEFAULT_TUNNEL_PORT, RoutingMode, TUNNEL_OVERHEAD, check_node_ips,
-    detect_node_ips, mtu_of,
+    ClusterConfig, RoutingMode, check_node_ips, detect_node_ips, mtu_of,
 };
 use kino_agent::cluster::masquerade::MasqueradeSpec;
 use kino_agent::cluster::routes::LocalRouting;
-use kino_agent::datapath::Datapath;
+use kino_agent::datapath::{Datapath, RoutingConfig};
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::devices::{
-    HOST_DEVICE, Ipv4Cidr, Ipv6Cidr, NET_DEVICE, NodeDevicesConfig, NodeIpv6Config,
-    enable_ip_forwarding, ensure_node_devices, ensure_node_ipv6,
+    DEFAULT_TUNNEL_PORT, HOST_DEVICE, Ipv4Cidr, Ipv6Cidr, NET_DEVICE, NodeDevicesConfig,
+    NodeIpv6Config, VXLAN_DEVICE, VxlanConfig, enable_ip_forwarding, ensure_node_devices,
+    ensure_node_ipv6, ensure_vxlan, remove_vxlan, tunnel_mtu,
 };
 use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork};
 use kino_agent::endpoint::peers::Peers;
@@ -281,9 +281,11 @@ async fn cluster_config(config: &Config, netlink: &Netlink) -> anyhow::Result<Cl
     let underlay_mtu = node_ips
         .first()
         .and_then(|ip| mtu_of(&links, &addresses, *ip));
+    // The tunnel's outer header is of the underlay's first family (IPv4 when it has one).
+    let ipv6_underlay = node_ips.first().is_some_and(std::net::IpAddr::is_ipv6);
     let route_mtu = match (config.routing_mode, underlay_mtu) {
         (_, None) => kino_agent::endpoint::manager::DEFAULT_MTU,
-        (RoutingMode::Tunnel, Some(mtu)) => mtu.saturating_sub(TUNNEL_OVERHEAD),
+        (RoutingMode::Tunnel, Some(mtu)) => tunnel_mtu(mtu, ipv6_underlay),
         (RoutingMode::Native, Some(mtu)) => mtu,
     };
     let cluster = ClusterConfig {
@@ -455,13 +457,39 @@ async fn main() -> anyhow::Result<()> {
             conntrack: config.conntrack_max,
             ..Default::default()
         };
-        let datapath =
+        let mut datapath =
             Datapath::load_with(&config.bpf_pin_root, &node, capacities).with_context(|| {
                 format!(
                     "loading the eBPF datapath (pins under {})",
                     config.bpf_pin_root.display()
                 )
             })?;
+        // Between nodes: kino_vxlan and its programs in tunnel mode, nothing in native mode.
+        let routing = match cluster.mode {
+            RoutingMode::Tunnel => {
+                let vxlan = VxlanConfig {
+                    port: cluster.tunnel_port,
+                    mtu: cluster.route_mtu,
+                };
+                let ifindex = ensure_vxlan(&netlink, &vxlan).await?;
+                datapath
+                    .attach_overlay(&netlink, VXLAN_DEVICE, ifindex)
+                    .await
+                    .with_context(|| format!("attaching the overlay programs to {VXLAN_DEVICE}"))?;
+                RoutingConfig::Tunnel {
+                    vxlan_ifindex: ifindex,
+                }
+            }
+            RoutingMode::Native => {
+                if remove_vxlan(&netlink).await? {
+                    tracing::info!(device = VXLAN_DEVICE, "removed: native routing needs no tunnel");
+                }
+                RoutingConfig::Native
+            }
+        };
+        datapath
+            .set_node_config(routing)
+            .context("writing the datapath's routing mode")?;
         let adoption = datapath.adoption().clone();
         if config.conntrack_gc_interval > 0 {
             // Its own handle on the pinned map: a pass never holds up endpoint changes.

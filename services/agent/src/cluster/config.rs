@@ -8,13 +8,6 @@ use kino_api::types::{NodeAddress, NodeAddressType, NodeRouting, RoutingMode as 
 
 use crate::netlink::{LinkAddress, LinkDetails};
 
-/// The VXLAN device of tunnel mode.
-pub const VXLAN_DEVICE: &str = "kino_vxlan";
-/// Default UDP port of the VXLAN device (Cilium's, and the Linux default before IANA's 4789).
-pub const DEFAULT_TUNNEL_PORT: u16 = 8472;
-/// What VXLAN adds to a packet: outer IPv4 (20) + UDP (8) + VXLAN (8) + inner Ethernet (14).
-pub const TUNNEL_OVERHEAD: u32 = 50;
-
 /// How pod traffic reaches other nodes.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum RoutingMode {
@@ -182,6 +175,7 @@ pub fn check_node_ips(ips: &[IpAddr]) -> Result<(), String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::devices::DEFAULT_TUNNEL_PORT;
     use crate::netlink::MacAddr;
 
     fn link(index: u32, name: &str) -> LinkDetails {

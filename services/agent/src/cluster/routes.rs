@@ -22,7 +22,8 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use super::config::{RoutingMode, VXLAN_DEVICE};
+use super::config::RoutingMode;
+use crate::devices::VXLAN_DEVICE;
 use super::nodes::PeerNodes;
 use crate::netlink::{ManagedRoute, Netlink, NetlinkError, RouteVia};
 
