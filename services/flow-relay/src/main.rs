@@ -30,8 +30,8 @@ struct Config {
     /// Address to serve on: host:port or unix:/path.
     #[arg(long, env = "KINO_FLOW_RELAY_LISTEN", default_value = "127.0.0.1:7405")]
     listen: ListenAddr,
-    /// A node to read flows from, NAME=HOST:PORT (repeat, or comma-separate in the env);
-    /// wins over a Node record of the same name.
+    /// A node to read flows from, NAME=HOST:PORT or NAME=unix:/path (repeat, or
+    /// comma-separate in the env); wins over a Node record of the same name.
     #[arg(long = "peer", env = "KINO_FLOW_RELAY_PEERS", value_delimiter = ',')]
     peers: Vec<String>,
     /// The datastore-gateway whose Node records name the nodes (host:port,

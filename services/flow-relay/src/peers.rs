@@ -27,7 +27,7 @@ pub struct Peer {
 }
 
 impl Peer {
-    /// Parses a `--peer NAME=HOST:PORT` flag.
+    /// Parses a `--peer NAME=HOST:PORT` (or `NAME=unix:/path`) flag.
     pub fn parse_flag(flag: &str) -> Result<Peer, RelayError> {
         let invalid = |reason: &str| RelayError::InvalidPeer {
             flag: flag.to_owned(),
@@ -44,6 +44,16 @@ impl Peer {
             return Err(invalid(
                 "a node name has no whitespace, commas or control characters",
             ));
+        }
+        if let Some(path) = address.strip_prefix("unix:") {
+            // A flow observer on a unix socket of this machine (its owner is admin there).
+            if path.trim_start_matches('/').is_empty() {
+                return Err(invalid("the unix socket path is empty"));
+            }
+            return Ok(Peer {
+                name: name.to_owned(),
+                address: address.to_owned(),
+            });
         }
         let (host, port) = address
             .rsplit_once(':')
@@ -142,6 +152,12 @@ mod tests {
                 .address,
             "[2001:db8::2]:7404"
         );
+        assert_eq!(
+            Peer::parse_flag("n3=unix:/run/kino/n3/flows.sock")
+                .unwrap()
+                .address,
+            "unix:/run/kino/n3/flows.sock"
+        );
         for bad in [
             "n1",
             "=192.0.2.1:7404",
@@ -150,6 +166,7 @@ mod tests {
             "n1=h:0",
             "n1=h:x",
             "a b=h:1",
+            "n1=unix:",
         ] {
             let message = Peer::parse_flag(bad).expect_err(bad).to_string();
             assert!(

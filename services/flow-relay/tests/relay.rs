@@ -298,12 +298,20 @@ fn options() -> RelayOptions {
     }
 }
 
+/// For follows whose order is not checked: the last flow waits only briefly.
+fn short_window() -> RelayOptions {
+    RelayOptions {
+        reorder_window: Duration::from_millis(50),
+        ..options()
+    }
+}
+
 /// (node, source port) of a response's flow.
 fn key(response: &GetFlowsResponse) -> (String, u16) {
     let Some(Event::Flow(flow)) = &response.event else {
         panic!("not a flow: {response:?}");
     };
-    let Some(Protocol::Udp(udp)) = flow.l4.as_ref().and_then(|l4| l4.protocol.clone()) else {
+    let Some(Protocol::Udp(udp)) = flow.l4.as_ref().and_then(|l4| l4.protocol) else {
         panic!("not the test's UDP flow: {flow:?}");
     };
     (flow.node_name.clone(), udp.source_port as u16)
@@ -357,16 +365,40 @@ async fn two_nodes(pki: &TestPki, base: SystemTime) -> (NodeServer, NodeServer) 
     (n1, n2)
 }
 
+/// [`two_nodes`] behind a relay, and an admin client of it.
+struct TwoNodes {
+    base: SystemTime,
+    n1: NodeServer,
+    n2: NodeServer,
+    client: FlowServiceClient<TracedChannel>,
+    relay: RelayServer,
+    pki: TestPki,
+}
+
+impl TwoNodes {
+    async fn start(options: RelayOptions) -> TwoNodes {
+        let pki = TestPki::new();
+        let base = SystemTime::now();
+        let (n1, n2) = two_nodes(&pki, base).await;
+        let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
+        let relay = RelayServer::start(&pki, peers, options).await;
+        let client = relay.client(&pki, "admin").await;
+        TwoNodes {
+            base,
+            n1,
+            n2,
+            client,
+            relay,
+            pki,
+        }
+    }
+}
+
 #[tokio::test]
 async fn flows_of_every_node_merged_by_time_and_number_counts_the_cluster() {
-    let pki = TestPki::new();
-    let base = SystemTime::now();
-    let (n1, n2) = two_nodes(&pki, base).await;
-    let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
-    let relay = RelayServer::start(&pki, peers, options()).await;
-    let mut client = relay.client(&pki, "admin").await;
+    let mut w = TwoNodes::start(options()).await;
 
-    let (all, metadata) = get_all(&mut client, GetFlowsRequest::default()).await;
+    let (all, metadata) = get_all(&mut w.client, GetFlowsRequest::default()).await;
     let expected: Vec<_> = (1..=7u16)
         .map(|s| k(if s % 2 == 1 { "n1" } else { "n2" }, s))
         .collect();
@@ -379,7 +411,7 @@ async fn flows_of_every_node_merged_by_time_and_number_counts_the_cluster() {
         number: 3,
         ..Default::default()
     };
-    let (last, _) = get_all(&mut client, last).await;
+    let (last, _) = get_all(&mut w.client, last).await;
     assert_eq!(
         keys(&last),
         [k("n1", 5), k("n2", 6), k("n1", 7)],
@@ -390,28 +422,23 @@ async fn flows_of_every_node_merged_by_time_and_number_counts_the_cluster() {
         first: true,
         ..Default::default()
     };
-    let (first, _) = get_all(&mut client, first).await;
+    let (first, _) = get_all(&mut w.client, first).await;
     assert_eq!(keys(&first), [k("n1", 1), k("n2", 2)]);
 
     let window = GetFlowsRequest {
-        since: Some(second(3, base).into()),
-        until: Some(second(5, base).into()),
+        since: Some(second(3, w.base).into()),
+        until: Some(second(5, w.base).into()),
         ..Default::default()
     };
-    let (window, _) = get_all(&mut client, window).await;
+    let (window, _) = get_all(&mut w.client, window).await;
     assert_eq!(keys(&window), [k("n1", 3), k("n2", 4), k("n1", 5)]);
 }
 
 #[tokio::test]
 async fn the_node_filter_asks_only_the_named_nodes() {
-    let pki = TestPki::new();
-    let base = SystemTime::now();
-    let (mut n1, n2) = two_nodes(&pki, base).await;
-    let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
-    let relay = RelayServer::start(&pki, peers, options()).await;
-    let mut client = relay.client(&pki, "admin").await;
-    // n1 is down: a request for n2 alone does not ask it, so nothing is unavailable.
-    n1.stop().await;
+    let mut w = TwoNodes::start(options()).await;
+    // w.n1 is down: a request for w.n2 alone does not ask it, so nothing is unavailable.
+    w.n1.stop().await;
     let only_n2 = GetFlowsRequest {
         whitelist: vec![FlowFilter {
             node_name: vec!["n2".into()],
@@ -419,7 +446,7 @@ async fn the_node_filter_asks_only_the_named_nodes() {
         }],
         ..Default::default()
     };
-    let (flows, metadata) = get_all(&mut client, only_n2).await;
+    let (flows, metadata) = get_all(&mut w.client, only_n2).await;
     assert_eq!(keys(&flows), [k("n2", 2), k("n2", 4), k("n2", 6)]);
     assert_eq!(header(&metadata, NODES_HEADER), ["n2"]);
     assert!(header(&metadata, UNAVAILABLE_HEADER).is_empty());
@@ -431,7 +458,7 @@ async fn the_node_filter_asks_only_the_named_nodes() {
         number: 1,
         ..Default::default()
     };
-    let (flows, metadata) = get_all(&mut client, not_n1).await;
+    let (flows, metadata) = get_all(&mut w.client, not_n1).await;
     assert_eq!(keys(&flows), [k("n2", 6)]);
     assert_eq!(header(&metadata, NODES_HEADER), ["n2"]);
 }
@@ -477,15 +504,11 @@ async fn a_dead_node_is_reported_and_the_others_answer() {
 
 #[tokio::test]
 async fn server_status_sums_the_nodes() {
-    let pki = TestPki::new();
-    let base = SystemTime::now();
-    let (n1, n2) = two_nodes(&pki, base).await;
-    n2.observer
+    let mut w = TwoNodes::start(options()).await;
+    w.n2.observer
         .report_lost(kino_agent::flows::LostSource::DatapathRing, 5);
-    let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
-    let relay = RelayServer::start(&pki, peers, options()).await;
-    let mut client = relay.client(&pki, "admin").await;
-    let status = client
+    let status = w
+        .client
         .server_status(ServerStatusRequest {})
         .await
         .expect("ServerStatus");
@@ -510,18 +533,17 @@ async fn server_status_sums_the_nodes() {
 
 #[tokio::test]
 async fn bad_requests_and_callers_are_refused() {
-    let pki = TestPki::new();
-    let base = SystemTime::now();
-    let (n1, n2) = two_nodes(&pki, base).await;
-    let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
-    let relay = RelayServer::start(&pki, peers, options()).await;
-    let mut client = relay.client(&pki, "admin").await;
+    let mut w = TwoNodes::start(options()).await;
     let contradictory = GetFlowsRequest {
         first: true,
         follow: true,
         ..Default::default()
     };
-    let status = client.get_flows(contradictory).await.expect_err("refused");
+    let status = w
+        .client
+        .get_flows(contradictory)
+        .await
+        .expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     // A malformed filter is the agents' to judge: their answer comes back, naming the node.
     let malformed = GetFlowsRequest {
@@ -531,7 +553,7 @@ async fn bad_requests_and_callers_are_refused() {
         }],
         ..Default::default()
     };
-    let status = client.get_flows(malformed).await.expect_err("refused");
+    let status = w.client.get_flows(malformed).await.expect_err("refused");
     assert_eq!(status.code(), Code::InvalidArgument);
     assert!(
         status.message().contains("source_ip") && status.message().contains("node \"n"),
@@ -539,7 +561,7 @@ async fn bad_requests_and_callers_are_refused() {
         status.message()
     );
     // Flows show every pod's traffic: an agent's certificate may not read them here.
-    let mut agent = relay.client(&pki, "agent").await;
+    let mut agent = w.relay.client(&w.pki, "agent").await;
     let status = agent
         .get_flows(GetFlowsRequest::default())
         .await
@@ -563,18 +585,10 @@ async fn next_flow(stream: &mut tonic::Streaming<GetFlowsResponse>) -> GetFlowsR
 
 #[tokio::test]
 async fn follow_starts_with_the_last_flows_of_the_cluster() {
-    let pki = TestPki::new();
-    let base = SystemTime::now();
-    let (n1, n2) = two_nodes(&pki, base).await;
-    let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
     // A short window: the last new flow waits for it (its order is not checked here).
-    let short = RelayOptions {
-        reorder_window: Duration::from_millis(50),
-        ..options()
-    };
-    let relay = RelayServer::start(&pki, peers, short).await;
-    let mut client = relay.client(&pki, "admin").await;
-    let mut stream = client
+    let mut w = TwoNodes::start(short_window()).await;
+    let mut stream = w
+        .client
         .get_flows(GetFlowsRequest {
             number: 3,
             follow: true,
@@ -589,8 +603,8 @@ async fn follow_starts_with_the_last_flows_of_the_cluster() {
     }
     assert_eq!(keys(&head), [k("n1", 5), k("n2", 6), k("n1", 7)]);
     // New flows of both nodes follow, each once (none repeated from the ring).
-    n1.publish(second(9, base), 9);
-    n2.publish(second(10, base), 10);
+    w.n1.publish(second(9, w.base), 9);
+    w.n2.publish(second(10, w.base), 10);
     let mut next = vec![next_flow(&mut stream).await, next_flow(&mut stream).await];
     next.sort_by_key(key);
     assert_eq!(keys(&next), [k("n1", 9), k("n2", 10)]);
@@ -674,15 +688,7 @@ async fn follow_picks_up_a_late_node_and_one_that_comes_back() {
     let n1 = NodeServer::start(&pki, "n1", "127.0.0.1:0", AGENT_FLOWS).await;
     let mut n2 = NodeServer::start(&pki, "n2", "127.0.0.1:0", AGENT_FLOWS).await;
     let peers = Arc::new(PeerSet::new([n1.peer()]));
-    let relay = RelayServer::start(
-        &pki,
-        peers.clone(),
-        RelayOptions {
-            reorder_window: Duration::from_millis(50),
-            ..options()
-        },
-    )
-    .await;
+    let relay = RelayServer::start(&pki, peers.clone(), short_window()).await;
     let mut client = relay.client(&pki, "admin").await;
     let mut stream = client
         .get_flows(GetFlowsRequest {
@@ -710,15 +716,7 @@ async fn follow_of_a_node_down_at_the_start_picks_it_up_when_it_comes() {
     let mut n2 = NodeServer::start(&pki, "n2", "127.0.0.1:0", AGENT_FLOWS).await;
     n2.stop().await;
     let peers = Arc::new(PeerSet::new([n1.peer(), n2.peer()]));
-    let relay = RelayServer::start(
-        &pki,
-        peers,
-        RelayOptions {
-            reorder_window: Duration::from_millis(50),
-            ..options()
-        },
-    )
-    .await;
+    let relay = RelayServer::start(&pki, peers, short_window()).await;
     let mut client = relay.client(&pki, "admin").await;
     let response = client
         .get_flows(GetFlowsRequest {
@@ -804,15 +802,7 @@ async fn peers_are_the_node_records_of_the_datastore() {
         format!("127.0.0.3:{port}"),
         "INTERNAL_IP and --peer-port"
     );
-    let relay = RelayServer::start(
-        &pki,
-        peers.clone(),
-        RelayOptions {
-            reorder_window: Duration::from_millis(50),
-            ..options()
-        },
-    )
-    .await;
+    let relay = RelayServer::start(&pki, peers.clone(), short_window()).await;
     let mut client = relay.client(&pki, "admin").await;
     let (flows, _) = get_all(&mut client, GetFlowsRequest::default()).await;
     let mut seen = keys(&flows);
