@@ -46,8 +46,9 @@ struct Config {
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     reorder_window_ms: u64,
     /// How long (milliseconds) a node may take to accept a request, or between two
-    /// messages of a finite answer, before it counts as unavailable.
-    #[arg(long, env = "KINO_FLOW_RELAY_PEER_TIMEOUT_MS", default_value_t = 5_000,
+    /// messages of a finite answer, before it counts as unavailable (keep it below the
+    /// clients' timeout: `kino observe` waits 2 s by default).
+    #[arg(long, env = "KINO_FLOW_RELAY_PEER_TIMEOUT_MS", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(10..=600_000))]
     peer_timeout_ms: u64,
     /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.

@@ -72,7 +72,9 @@ impl Default for RelayOptions {
     fn default() -> Self {
         RelayOptions {
             reorder_window: Duration::from_millis(500),
-            peer_timeout: Duration::from_secs(5),
+            // Below `kino observe`'s default --timeout (2 s): a node that does not answer
+            // must not make the whole cluster's answer miss it.
+            peer_timeout: Duration::from_secs(1),
             retry_initial: Duration::from_millis(250),
             retry_max: Duration::from_secs(10),
         }
