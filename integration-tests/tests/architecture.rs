@@ -73,6 +73,17 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             ],
         ],
     ),
+    (
+        "services/flow-relay/src",
+        &[
+            // Adapters: the served API, the client of the nodes, the Node-record watch.
+            &["grpc", "upstream", "discovery", "authorization"],
+            // A request over the nodes.
+            &["relay"],
+            // The merge, which nodes a request asks, the peer set, errors.
+            &["merge", "selection", "peers", "error"],
+        ],
+    ),
 ];
 
 fn repo() -> PathBuf {

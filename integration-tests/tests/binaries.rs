@@ -182,6 +182,19 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             dir,
         )
         .expect("starting kino-agent"),
+        // The cluster's flows: here one node, the agent's observer on its socket.
+        start(
+            "kino-flow-relay",
+            vec![
+                "--listen".into(),
+                target("relay"),
+                "--peer".into(),
+                format!("{}={}", node.name, target("flows")),
+                "--metrics-address".into(),
+                "off".into(),
+            ],
+            dir,
+        ),
     ];
     let servers = [
         Server {
@@ -220,6 +233,14 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             address: Address::Unix(sock("flows")),
             service: "kino.flow.v1.FlowService",
             also: &[],
+            call: Some(("ServerStatus", "maxFlows")),
+        },
+        Server {
+            process: 4,
+            address: Address::Unix(sock("relay")),
+            service: "kino.flow.v1.FlowService",
+            also: &[],
+            // The sum over its nodes: the agent's ring capacity.
             call: Some(("ServerStatus", "maxFlows")),
         },
     ];

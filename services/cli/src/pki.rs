@@ -23,7 +23,7 @@ pub struct PkiArgs {
 #[derive(Debug, clap::Subcommand)]
 enum PkiCommand {
     /// A CA and the local suite's certificates: datastore-gateway, ipam, policy-compiler,
-    /// this node's agent and admin. Keeps valid ones; safe to run again.
+    /// flow-relay, this node's agent and admin. Keeps valid ones; safe to run again.
     Init {
         /// The agent's node name [default: this machine's hostname, lowercased].
         #[arg(long)]
@@ -36,7 +36,7 @@ enum PkiCommand {
     /// One certificate signed by the CA in --pki-dir, replacing any under the same file name.
     Issue {
         /// Its role (Subject O): agent, ipam, policy-compiler, datastore-gateway, operator,
-        /// admin.
+        /// flow-relay, admin.
         role: Role,
         /// For an agent: its node (CN kino-agent:<node>).
         #[arg(long, required_if_eq("role", "agent"))]

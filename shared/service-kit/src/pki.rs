@@ -278,12 +278,13 @@ impl Pki {
 use rustls_pki_types::pem::PemObject;
 
 /// The certificates `kino pki init` makes for the local suite: the three cluster services,
-/// the agent of `node`, and the admin (the CLI).
+/// the flow relay, the agent of `node`, and the admin (the CLI).
 pub fn local_suite(node: &str, extra_hosts: &[String]) -> Vec<Issue> {
     vec![
         Issue::local(Subject::role(Role::DatastoreGateway), extra_hosts),
         Issue::local(Subject::role(Role::Ipam), extra_hosts),
         Issue::local(Subject::role(Role::PolicyCompiler), extra_hosts),
+        Issue::local(Subject::role(Role::FlowRelay), extra_hosts),
         Issue::local(Subject::agent(node), extra_hosts),
         Issue::local(Subject::role(Role::Admin), &[]),
     ]

@@ -27,18 +27,22 @@ pub enum Role {
     DatastoreGateway,
     /// The Kubernetes operator (node deletion, pools, policies from the API server).
     Operator,
+    /// kino-flow-relay: reads every node's flows (the agents' flow observers) to serve them
+    /// for the whole cluster; reads records (Node) to find the nodes. Writes nothing.
+    FlowRelay,
     /// The operator's CLI: may call every method a service lists.
     Admin,
 }
 
 impl Role {
     /// Every role, in the order the docs list them.
-    pub const ALL: [Role; 6] = [
+    pub const ALL: [Role; 7] = [
         Role::Agent,
         Role::Ipam,
         Role::PolicyCompiler,
         Role::DatastoreGateway,
         Role::Operator,
+        Role::FlowRelay,
         Role::Admin,
     ];
 
@@ -50,6 +54,7 @@ impl Role {
             Role::PolicyCompiler => "policy-compiler",
             Role::DatastoreGateway => "datastore-gateway",
             Role::Operator => "operator",
+            Role::FlowRelay => "flow-relay",
             Role::Admin => "admin",
         }
     }
