@@ -7,8 +7,9 @@
 #      a runtime on that node runs it
 #   2. `kino --node <node> endpoint list` on each node: its pod, with its address
 #   3. every pod pings every other pod (IPv4 and IPv6) and opens a TCP connection to it
-#   4. `kino node list`: every node, live, with its routing mode and underlay address
-#   5. the pods are deleted (`kino-cni DEL`, then the namespace): their lxcs are gone
+#   4. `kino observe` through the flow relay: every node's flows, merged; --node narrows
+#   5. `kino node list`: every node, live, with its routing mode and underlay address
+#   6. the pods are deleted (`kino-cni DEL`, then the namespace): their lxcs are gone
 #
 # Only the namespaces created here (kino-cwt-*) send or receive traffic. Whatever happens,
 # the pods are deleted on exit; `cluster.sh down` also removes any a killed run left.
@@ -106,7 +107,22 @@ import socket; c = socket.create_connection(('$dst', 8080), timeout=5); print(c.
   done
 done
 
-heading "4. the nodes"
+heading "4. the cluster's flows, through the relay (KINO_FLOW=$KINO_FLOW)"
+show kino observe --last 6
+out=$(kino observe --last 1000 -o json)
+for i in $(seq 1 "$nodes"); do
+  seen=$(grep -c "\"nodeName\":\"kino-node-$i\"" <<<"$out" || true)
+  [ "$seen" -gt 0 ] || fail "the relay shows no flow of kino-node-$i"
+  ok "$seen of the last 1000 flows come from kino-node-$i"
+done
+out=$(kino --node kino-node-1 observe --last 1000 -o json)
+echo "\$ kino --node kino-node-1 observe --last 1000 -o json | grep -c kino-node-2"
+if [ "$nodes" -gt 1 ] && grep -q "\"nodeName\":\"kino-node-2\",\"policyMatchType" <<<"$out"; then
+  fail "--node kino-node-1 still shows flows kino-node-2 observed"
+fi
+ok "--node kino-node-1 shows only the flows kino-node-1 observed"
+
+heading "5. the nodes"
 out=$(show kino node list)
 printf '%s\n' "$out"
 for i in $(seq 1 "$nodes"); do
@@ -114,7 +130,7 @@ for i in $(seq 1 "$nodes"); do
 done
 ok "every node is live"
 
-heading "5. delete the pods"
+heading "6. delete the pods"
 for i in $(seq 1 "$nodes"); do
   out=$(cni DEL "$i") || fail "DEL of pod-$i: $out"
   ip netns del "kino-cwt-$i"

@@ -156,7 +156,7 @@ up() {
   echo "==> certificates in $pki (services on $services_ip, one per node's agent)"
   "$bin/kino" pki init --pki-dir "$pki" --node kino-node-1 | sed 's/^/    /'
   # Issued every time: they must name the addresses the services are dialled on now.
-  for role in datastore-gateway ipam policy-compiler; do
+  for role in datastore-gateway ipam policy-compiler flow-relay; do
     "$bin/kino" pki issue "$role" --pki-dir "$pki" --san "$services_ip,$services_ip6" | sed 's/^/    /'
   done
   for i in $(seq 1 "$n"); do
@@ -181,9 +181,7 @@ up() {
   start datastore-gateway kino-services kino-datastore-gateway --listen "$services_ip:7401" "${backend[@]}"
   start ipam kino-services kino-ipam --listen "$services_ip:7402" --datastore "$services_ip:7401"
   start policy-compiler kino-services kino-policy-compiler --listen "$services_ip:7403" --datastore "$services_ip:7401"
-  if [ -x "$bin/kino-flow-relay" ]; then
-    start flow-relay kino-services kino-flow-relay --listen "$services_ip:7405" --datastore "$services_ip:7401"
-  fi
+  start flow-relay kino-services kino-flow-relay --listen "$services_ip:7405" --datastore "$services_ip:7401"
   echo "==> agents ($routing routing)"
   for i in $(seq 1 "$n"); do
     local node=kino-node-$i

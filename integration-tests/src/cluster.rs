@@ -211,17 +211,22 @@ impl Cluster {
             .cni(command, container, Some(&netns.path()), &config, args)
     }
 
-    /// Creates a pod named `name` on node `i` (labels as CNI args `K8S_POD_NAME=<name>`
-    /// plus `extra_args`).
-    pub fn add_pod(&self, i: usize, name: &str, extra_args: &str) -> ClusterPod {
+    /// Creates a pod `default/<name>` on node `i` with `labels` (the CNI config's
+    /// `args.labels`, as a runtime passes them).
+    pub fn add_pod(&self, i: usize, name: &str, labels: &[(&str, &str)]) -> ClusterPod {
         let netns = Netns::new(&format!("{}-{name}", self.suite.prefix));
         let container = format!("{}-{name}", self.suite.prefix);
-        let mut args = format!("K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
-        if !extra_args.is_empty() {
-            args.push(';');
-            args.push_str(extra_args);
-        }
-        let out = self.cni(i, "ADD", &container, &netns, &args);
+        let args = format!("IgnoreUnknown=1;K8S_POD_NAMESPACE=default;K8S_POD_NAME={name}");
+        let mut config = self.suite.cni_config("1.1.0");
+        config["agentSocket"] = serde_json::json!(self.nodes[i].socket);
+        let labels: serde_json::Map<String, serde_json::Value> = labels
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), serde_json::json!(v)))
+            .collect();
+        config["args"] = serde_json::json!({ "labels": labels });
+        let out = self
+            .suite
+            .cni("ADD", &container, Some(&netns.path()), &config, &args);
         assert_eq!(
             out.code,
             0,
@@ -250,6 +255,11 @@ impl Cluster {
         let out = self.cni(pod.node, "DEL", &pod.container, &pod.netns, "");
         assert_eq!(out.code, 0, "DEL of {}: {out:?}", pod.container);
         pod.netns.delete();
+    }
+
+    /// Node `i`'s flow observer (a unix socket).
+    pub fn flows(&self, i: usize) -> String {
+        self.nodes[i].spec.flows.clone()
     }
 
     /// Runs the `kino` CLI against the cluster with node `i`'s agent as the local one.

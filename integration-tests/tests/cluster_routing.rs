@@ -61,7 +61,7 @@ fn unreachable_pairs(pods: &[ClusterPod]) -> Vec<String> {
 fn two_pods_per_node(cluster: &Cluster) -> Vec<ClusterPod> {
     (0..cluster.nodes.len())
         .flat_map(|i| (0..2).map(move |j| (i, j)))
-        .map(|(i, j)| cluster.add_pod(i, &format!("p{}{}", i + 1, j + 1), ""))
+        .map(|(i, j)| cluster.add_pod(i, &format!("p{}{}", i + 1, j + 1), &[]))
         .collect()
 }
 

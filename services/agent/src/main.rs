@@ -19,8 +19,8 @@ use kino_agent::cluster::config::{
 };
 use kino_agent::cluster::masquerade::MasqueradeSpec;
 use kino_agent::cluster::routes::LocalRouting;
-use kino_agent::datapath::{Datapath, RoutingConfig};
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
+use kino_agent::datapath::{Datapath, RoutingConfig};
 use kino_agent::devices::{
     DEFAULT_TUNNEL_PORT, HOST_DEVICE, Ipv4Cidr, Ipv6Cidr, NET_DEVICE, NodeDevicesConfig,
     NodeIpv6Config, VXLAN_DEVICE, VxlanConfig, enable_ip_forwarding, ensure_node_devices,
@@ -457,8 +457,8 @@ async fn main() -> anyhow::Result<()> {
             conntrack: config.conntrack_max,
             ..Default::default()
         };
-        let mut datapath =
-            Datapath::load_with(&config.bpf_pin_root, &node, capacities).with_context(|| {
+        let mut datapath = Datapath::load_with(&config.bpf_pin_root, &node, capacities)
+            .with_context(|| {
                 format!(
                     "loading the eBPF datapath (pins under {})",
                     config.bpf_pin_root.display()
@@ -482,7 +482,10 @@ async fn main() -> anyhow::Result<()> {
             }
             RoutingMode::Native => {
                 if remove_vxlan(&netlink).await? {
-                    tracing::info!(device = VXLAN_DEVICE, "removed: native routing needs no tunnel");
+                    tracing::info!(
+                        device = VXLAN_DEVICE,
+                        "removed: native routing needs no tunnel"
+                    );
                 }
                 RoutingConfig::Native
             }

@@ -321,7 +321,10 @@ mod tests {
 
     #[test]
     fn node_names_its_agent_socket_in_the_cluster_layout() {
-        assert_eq!(node_agent_socket("kino-node-2"), "/run/kino/kino-node-2/agent.sock");
+        assert_eq!(
+            node_agent_socket("kino-node-2"),
+            "/run/kino/kino-node-2/agent.sock"
+        );
         let cli = Cli::try_parse_from(["kino", "endpoint", "list", "--node", "kino-node-2"])
             .expect("parses");
         assert_eq!(cli.global.node.as_deref(), Some("kino-node-2"));

@@ -159,11 +159,7 @@ pub fn render_list(nodes: &[NodeStatus]) -> String {
                     .map(|r| r.agent_version.clone())
                     .filter(|v| !v.is_empty())
                     .unwrap_or_else(|| "-".to_owned()),
-                n.node
-                    .as_ref()
-                    .map(routing_mode)
-                    .unwrap_or("-")
-                    .to_owned(),
+                n.node.as_ref().map(routing_mode).unwrap_or("-").to_owned(),
                 n.node
                     .as_ref()
                     .map(|r| addresses_of(r, NodeAddressType::InternalIp))

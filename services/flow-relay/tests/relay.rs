@@ -41,18 +41,8 @@ use tokio::task::JoinHandle;
 use tonic::Code;
 use tonic::metadata::MetadataMap;
 
-/// The agent's flow-observer table with the row the relay needs: role flow-relay may read
-/// flows (the agent's `grpc::authorization::FLOWS` must carry the same).
-static AGENT_FLOWS: &[MethodRule] = &[
-    (
-        "/kino.flow.v1.FlowService/GetFlows",
-        Access::Roles(&[Role::Operator, Role::FlowRelay]),
-    ),
-    (
-        "/kino.flow.v1.FlowService/ServerStatus",
-        Access::Roles(&[Role::Operator, Role::FlowRelay]),
-    ),
-];
+/// The agent's own flow-observer table: role flow-relay may read flows.
+static AGENT_FLOWS: &[MethodRule] = kino_agent::grpc::authorization::FLOWS;
 
 /// A flow observer that admits only operators (and admin): it refuses the relay.
 static OPERATORS_ONLY: &[MethodRule] = &[

@@ -23,8 +23,8 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 use super::config::RoutingMode;
-use crate::devices::VXLAN_DEVICE;
 use super::nodes::PeerNodes;
+use crate::devices::VXLAN_DEVICE;
 use crate::netlink::{ManagedRoute, Netlink, NetlinkError, RouteVia};
 
 /// This node's side of the routes.

@@ -4,14 +4,15 @@
 //! The local API listens only on a unix socket of mode 0600, so its callers (kino-cni run by
 //! the container runtime, `kino` as root) are the socket's owner and count as admin; its
 //! table still lists every method, so an RPC added later is closed until listed. The flow
-//! observer listens on TCP with mTLS: flows reveal every pod's traffic, so only operators
-//! and admin read them.
+//! observer listens on TCP with mTLS: flows reveal every pod's traffic, so only operators,
+//! admin and the cluster's flow relay (`kino-flow-relay`, which serves them merged to the
+//! same callers) read them.
 
 use kino_service_kit::authz::{Access, MethodRule};
 use kino_service_kit::principal::Role;
 
 const ADMIN: Access = Access::Roles(&[]);
-const OPERATOR: Access = Access::Roles(&[Role::Operator]);
+const FLOW_READERS: Access = Access::Roles(&[Role::Operator, Role::FlowRelay]);
 
 /// `kino.agent.v1.AgentService` (unix socket).
 pub static AGENT_API: &[MethodRule] = &[
@@ -31,8 +32,8 @@ pub static AGENT_API: &[MethodRule] = &[
 
 /// `kino.flow.v1.FlowService` (TCP, mTLS).
 pub static FLOWS: &[MethodRule] = &[
-    ("/kino.flow.v1.FlowService/GetFlows", OPERATOR),
-    ("/kino.flow.v1.FlowService/ServerStatus", OPERATOR),
+    ("/kino.flow.v1.FlowService/GetFlows", FLOW_READERS),
+    ("/kino.flow.v1.FlowService/ServerStatus", FLOW_READERS),
 ];
 
 #[cfg(test)]
