@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Stops what ./deploy/local/up.sh started (SIGTERM, then SIGKILL after 10 s) and removes what
 # it made in the kernel: pods left by an interrupted walkthrough (kino-wt-* namespaces), the
-# endpoints' lxc devices, kino_host/kino_net (with the pod CIDR route), the eBPF pins under
+# endpoints' lxc devices, kino_host/kino_net (with the pod CIDR route), kino_vxlan, the
+# agent's routes (proto 202) and nftables table (inet kino), the eBPF pins under
 # /sys/fs/bpf/kino/<node>/, and IPv4 and IPv6 forwarding back as they were. Keeps the datastore file,
 # the agent's checkpoints (/var/lib/kino: the next agent cleans up after the endpoints
 # removed here), the certificates (/var/lib/kino/pki: the next up.sh reuses them) and the logs
@@ -59,6 +60,17 @@ if [ -n "$node" ]; then
 fi
 if ip link show dev kino_host >/dev/null 2>&1; then
   ip link del dev kino_host && echo "removed kino_host and kino_net (and the pod CIDR route)"
+fi
+# Tunnel mode's device (with its overlay programs), the routes the agent owns (proto 202:
+# other nodes' pod CIDRs) and its masquerading table.
+if ip link show dev kino_vxlan >/dev/null 2>&1; then
+  ip link del dev kino_vxlan && echo "removed kino_vxlan"
+fi
+for family in -4 -6; do
+  ip "$family" route flush proto 202 2>/dev/null || true
+done
+if nft list table inet kino >/dev/null 2>&1; then
+  nft delete table inet kino && echo "removed the nftables table inet kino (masquerading)"
 fi
 if [ -f "$run/ip_forward.before" ]; then
   before=$(cat "$run/ip_forward.before")
