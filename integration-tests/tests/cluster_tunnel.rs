@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod};
+use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4};
 use kino_integration_tests::world::kernel_tests_possible;
 
 /// Generous bound for the cluster to converge.
@@ -275,4 +275,137 @@ async fn an_agent_restart_loses_no_cross_node_packet() {
     // The restarted agent labels the remote pod as before.
     wait_routes(&cluster, 1, 2);
     assert!(tcp_answers(&a, &b, &b.ipv6), "TCP a → b after the restart");
+}
+
+/// Imports `yaml` through node 1's `kino` and waits until every endpoint enforces it.
+fn import_policy(cluster: &Cluster, name: &str, yaml: &str) {
+    let path = cluster.suite.dir.path().join(format!("{name}.yaml"));
+    std::fs::write(&path, yaml).unwrap();
+    let out = cluster.kino(
+        0,
+        &[
+            "policy",
+            "import",
+            path.to_str().unwrap(),
+            "--wait",
+            "--wait-timeout",
+            "30s",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The dropped flows node `i` observed from `source`, as JSON lines.
+fn drops_seen(cluster: &Cluster, i: usize, source: &str) -> Vec<String> {
+    let out = cluster.kino(
+        i,
+        &[
+            "observe",
+            "--server",
+            &cluster.flows(i),
+            "--last",
+            "1000",
+            "-o",
+            "json",
+            "--verdict",
+            "DROPPED",
+        ],
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("\"source\":\"{source}\"")))
+        .map(str::to_owned)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entity_and_cidr_rules_hold_across_nodes() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let cluster = Cluster::start(
+        "cent",
+        ClusterOptions {
+            nodes: 3,
+            routing: "tunnel",
+            agent_args: Vec::new(),
+        },
+    )
+    .await;
+    for i in 0..3 {
+        wait_routes(&cluster, i, 4);
+    }
+    let a = cluster.add_pod(0, "a", &[("app", "a")]);
+    let b = cluster.add_pod(1, "b", &[("app", "b")]);
+    let c = cluster.add_pod(2, "c", &[("app", "c")]);
+    // Before any policy: node 2 itself reaches a (its traffic arrives as remote-node), b too.
+    let node2 = cluster.netns(1);
+    let from_node2 = |ip: &str, wait: &str| {
+        node2
+            .try_exec(&["ping", "-c", "1", "-W", wait, ip])
+            .status
+            .success()
+    };
+    assert!(from_node2(&a.ipv4, "5"), "node 2 → a before any policy");
+    assert!(pings(&b, &a.ipv4));
+
+    // a admits the other nodes (entity remote-node) and nothing else.
+    import_policy(
+        &cluster,
+        "a-from-nodes",
+        "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {name: a-from-nodes, namespace: default}\nspec:\n  endpointSelector:\n    matchLabels: {app: a}\n  ingress:\n  - fromEntities: [remote-node]\n",
+    );
+    assert!(
+        from_node2(&a.ipv4, "5"),
+        "node 2 (remote-node) → a must pass"
+    );
+    assert!(
+        from_node2(&a.ipv6, "5"),
+        "node 2 (remote-node) → a over IPv6 must pass"
+    );
+    assert!(
+        ping_dropped(&b, &a.ipv4),
+        "b (a pod of node 2) → a must be dropped"
+    );
+    let drops = drops_seen(&cluster, 0, &b.ipv4);
+    assert!(
+        !drops.is_empty() && drops.iter().all(|l| l.contains("POLICY_DENIED")),
+        "node 1 must report b's packets as policy drops: {drops:#?}"
+    );
+
+    // b may only talk to the external host (a CIDR), not to c on node 3: dropped on node 2.
+    import_policy(
+        &cluster,
+        "b-to-external",
+        &format!(
+            "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {{name: b-to-external, namespace: default}}\nspec:\n  endpointSelector:\n    matchLabels: {{app: b}}\n  egress:\n  - toCIDR: [{EXTERNAL_V4}/32]\n"
+        ),
+    );
+    assert!(
+        pings(&b, EXTERNAL_V4),
+        "b → the external host ({EXTERNAL_V4}) must pass"
+    );
+    assert!(
+        ping_dropped(&b, &c.ipv4),
+        "b → c must be dropped by b's egress"
+    );
+    let drops = drops_seen(&cluster, 1, &b.ipv4);
+    assert!(
+        drops
+            .iter()
+            .any(|l| l.contains(&format!("\"destination\":\"{}\"", c.ipv4))
+                && l.contains("POLICY_DENIED")),
+        "node 2 must report b → c as a policy drop: {drops:#?}"
+    );
+    assert!(
+        drops_seen(&cluster, 2, &b.ipv4).is_empty(),
+        "nothing of b's may reach node 3"
+    );
+    // b's policy is egress only: c reaches b, and b's replies pass as replies.
+    assert!(pings(&c, &b.ipv4), "c → b (b's policy is egress only)");
 }
