@@ -71,6 +71,7 @@ pub struct Cluster {
     agents: Vec<Option<ServiceProcess>>,
     // Dropped after the agents (fields drop in order).
     extra_netns: Vec<Netns>,
+    agent_args: Vec<String>,
 }
 
 impl Cluster {
@@ -93,63 +94,76 @@ impl Cluster {
         underlay.exec(&["ip", "link", "set", "br0", "up"]);
         let external = Netns::new(&format!("{}-ext", suite.prefix));
         plug(&underlay, &external, "ext", EXTERNAL_V4, EXTERNAL_V6);
-        let mut extra_netns = Vec::new();
-        let mut nodes = Vec::new();
-        for i in 1..=options.nodes {
-            let ipv4 = format!("192.0.2.{}", 10 + i);
-            let ipv6 = format!("2001:db8::{}", 10 + i);
-            let (name, spec) = if i == 1 {
-                plug(&underlay, &suite.node, "n1", &ipv4, &ipv6);
-                let spec = AgentSpec {
-                    netns: suite.node.name.clone(),
-                    socket: suite.agent_socket(),
-                    flows: suite.addresses.flows.clone(),
-                    state_dir: suite.dir.path().join("agent-state"),
-                    log_dir: suite.dir.path().to_owned(),
-                    args: agent_args.clone(),
-                };
-                (suite.node.name.clone(), spec)
-            } else {
-                let netns = Netns::new(&format!("{}-n{i}", suite.prefix));
-                plug(&underlay, &netns, &format!("n{i}"), &ipv4, &ipv6);
-                let dir = suite.dir.path().join(format!("n{i}"));
-                std::fs::create_dir_all(&dir).expect("node directory");
-                let stem = suite.pki.issue_agent(&netns.name);
-                let mut args = agent_args.clone();
-                args.extend(suite.pki.client_flags(&stem));
-                let spec = AgentSpec {
-                    netns: netns.name.clone(),
-                    socket: dir.join("agent.sock"),
-                    flows: format!("unix:{}", dir.join("flows.sock").display()),
-                    state_dir: dir.join("agent-state"),
-                    log_dir: dir.clone(),
-                    args,
-                };
-                let name = netns.name.clone();
-                extra_netns.push(netns);
-                (name, spec)
-            };
-            nodes.push(ClusterNode {
-                name,
-                ipv4,
-                ipv6,
-                socket: spec.socket.clone(),
-                spec,
-            });
-        }
         let mut cluster = Cluster {
             suite,
-            nodes,
+            nodes: Vec::new(),
             underlay,
             external,
             agents: Vec::new(),
-            extra_netns,
+            extra_netns: Vec::new(),
+            agent_args,
         };
+        for _ in 0..options.nodes {
+            cluster.plug_node();
+        }
         for i in 0..cluster.nodes.len() {
-            cluster.agents.push(None);
             cluster.start_agent(i);
         }
         cluster
+    }
+
+    /// A new node joins: its namespace on the underlay, then its agent. Returns its index.
+    pub fn add_node(&mut self) -> usize {
+        let i = self.plug_node();
+        self.start_agent(i);
+        i
+    }
+
+    /// Makes the next node's namespace (node 1 is the suite's) and plugs it into the
+    /// underlay; its agent is not started.
+    fn plug_node(&mut self) -> usize {
+        let i = self.nodes.len() + 1;
+        let ipv4 = format!("192.0.2.{}", 10 + i);
+        let ipv6 = format!("2001:db8::{}", 10 + i);
+        let suite = &self.suite;
+        let spec = if i == 1 {
+            plug(&self.underlay, &suite.node, "n1", &ipv4, &ipv6);
+            AgentSpec {
+                netns: suite.node.name.clone(),
+                socket: suite.agent_socket(),
+                flows: suite.addresses.flows.clone(),
+                state_dir: suite.dir.path().join("agent-state"),
+                log_dir: suite.dir.path().to_owned(),
+                args: self.agent_args.clone(),
+            }
+        } else {
+            let netns = Netns::new(&format!("{}-n{i}", suite.prefix));
+            plug(&self.underlay, &netns, &format!("n{i}"), &ipv4, &ipv6);
+            let dir = suite.dir.path().join(format!("n{i}"));
+            std::fs::create_dir_all(&dir).expect("node directory");
+            let stem = suite.pki.issue_agent(&netns.name);
+            let mut args = self.agent_args.clone();
+            args.extend(suite.pki.client_flags(&stem));
+            let spec = AgentSpec {
+                netns: netns.name.clone(),
+                socket: dir.join("agent.sock"),
+                flows: format!("unix:{}", dir.join("flows.sock").display()),
+                state_dir: dir.join("agent-state"),
+                log_dir: dir.clone(),
+                args,
+            };
+            self.extra_netns.push(netns);
+            spec
+        };
+        self.nodes.push(ClusterNode {
+            name: spec.netns.clone(),
+            ipv4,
+            ipv6,
+            socket: spec.socket.clone(),
+            spec,
+        });
+        self.agents.push(None);
+        i - 1
     }
 
     /// Node `i`'s namespace (0 = node 1).

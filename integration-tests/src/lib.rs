@@ -7,6 +7,7 @@ pub mod forward;
 pub mod otlp;
 pub mod pki;
 pub mod process;
+pub mod rr;
 pub mod scrape;
 pub mod stats;
 pub mod world;

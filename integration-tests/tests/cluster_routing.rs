@@ -70,7 +70,7 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
     if !kernel_tests_possible() {
         return;
     }
-    let cluster = Cluster::start(
+    let mut cluster = Cluster::start(
         "cnat",
         ClusterOptions {
             nodes: 3,
@@ -176,6 +176,25 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
         source_seen_by_external_host(&cluster, &pods[1]),
         cluster.nodes[0].ipv4
     );
+
+    // A fourth node joins: every node routes its pods, and its pod reaches the others.
+    let joined = cluster.add_node();
+    for i in 0..4 {
+        wait_routes(&cluster, i, 6, "after a node joined");
+    }
+    let newcomer = cluster.add_pod(joined, "p41", &[]);
+    for pod in &pods {
+        for ip in [&pod.ipv4, &pod.ipv6] {
+            assert!(
+                newcomer
+                    .netns
+                    .try_exec(&["ping", "-c", "1", "-W", "5", ip])
+                    .status
+                    .success(),
+                "the joined node's pod cannot reach {ip}"
+            );
+        }
+    }
 }
 
 /// Opens a TCP connection from `pod` to the external host and returns the source address

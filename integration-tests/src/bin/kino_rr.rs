@@ -10,6 +10,10 @@
 //!   connection, 1-byte request / 1-byte response, as many as fit in the time.
 //! - `--mode crr`: TCP_CRR — connect, 1 byte each way, close (the client closes first, as
 //!   netperf does), as many as fit in the time.
+//! - `--mode stream`: TCP_STREAM — one connection, 64 KiB writes for the time, then the
+//!   client waits until the server has read everything (the server reads and discards a
+//!   connection whose first byte is `S`); `rate` is then Mbit/s delivered, `transactions` the
+//!   bytes.
 //!
 //! The client prints one JSON line: `{"mode":"rr","transactions":N,"seconds":S,"rate":R,
 //! "cpu_seconds":C,"errors":E,"slow":L,"max_ms":M}` (`cpu_seconds`: the client's user +
@@ -46,7 +50,8 @@ enum Mode {
         /// Server address.
         #[arg(long)]
         connect: SocketAddr,
-        /// rr: transactions on one connection; crr: a connection per transaction.
+        /// rr: transactions on one connection; crr: a connection per transaction; stream:
+        /// bulk transfer.
         #[arg(long, value_enum)]
         mode: Test,
         /// How long to run, in seconds.
@@ -61,6 +66,8 @@ enum Test {
     Rr,
     /// TCP_CRR.
     Crr,
+    /// TCP_STREAM.
+    Stream,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,16 +87,21 @@ fn main() -> anyhow::Result<()> {
             let out = match mode {
                 Test::Rr => rr(connect, duration)?,
                 Test::Crr => crr(connect, duration)?,
+                Test::Stream => stream(connect, duration)?,
             };
             let elapsed = start.elapsed().as_secs_f64();
             let cpu = cpu_seconds() - cpu_before;
+            let rate = match mode {
+                Test::Stream => out.transactions as f64 * 8.0 / elapsed / 1e6,
+                _ => out.transactions as f64 / elapsed,
+            };
             println!(
                 "{}",
                 serde_json::json!({
-                    "mode": if mode == Test::Rr { "rr" } else { "crr" },
+                    "mode": match mode { Test::Rr => "rr", Test::Crr => "crr", Test::Stream => "stream" },
                     "transactions": out.transactions,
                     "seconds": elapsed,
-                    "rate": out.transactions as f64 / elapsed,
+                    "rate": rate,
                     "cpu_seconds": cpu,
                     "errors": out.errors,
                     "slow": out.slow,
@@ -114,6 +126,22 @@ fn serve(listen: SocketAddr, idle: Duration) -> anyhow::Result<()> {
         let _ = stream.set_nodelay(true);
         let _ = stream.set_read_timeout(Some(idle));
         let mut byte = [0u8; 1];
+        // A stream client says so with its first byte: read and discard until EOF.
+        if !matches!(stream.read(&mut byte), Ok(1)) {
+            continue;
+        }
+        if byte[0] == STREAM_MARK {
+            let mut sink = vec![0u8; 1 << 16];
+            while let Ok(n) = stream.read(&mut sink) {
+                if n == 0 {
+                    break;
+                }
+            }
+            continue;
+        }
+        if stream.write_all(&byte).is_err() {
+            continue;
+        }
         // Until EOF, an error (a reset by a prober is normal) or the idle timeout.
         while let Ok(1) = stream.read(&mut byte) {
             if stream.write_all(&byte).is_err() {
@@ -121,6 +149,30 @@ fn serve(listen: SocketAddr, idle: Duration) -> anyhow::Result<()> {
             }
         }
     }
+}
+
+/// The first byte of a stream client's connection.
+const STREAM_MARK: u8 = b'S';
+
+fn stream(server: SocketAddr, duration: Duration) -> anyhow::Result<Outcome> {
+    let mut stream = TcpStream::connect_timeout(&server, STUCK)
+        .with_context(|| format!("connecting to {server}"))?;
+    stream.set_read_timeout(Some(STUCK))?;
+    stream.write_all(&[STREAM_MARK])?;
+    let chunk = vec![0x5au8; 1 << 16];
+    let deadline = Instant::now() + duration;
+    let mut out = Outcome::default();
+    while Instant::now() < deadline {
+        stream
+            .write_all(&chunk)
+            .with_context(|| format!("sending to {server}"))?;
+        out.transactions += chunk.len() as u64;
+    }
+    // Delivered, not only buffered: the server closes once it has read everything.
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut rest = [0u8; 1];
+    let _ = stream.read(&mut rest);
+    Ok(out)
 }
 
 /// One transaction on an open connection.
