@@ -9,6 +9,7 @@
 
 use std::path::PathBuf;
 use std::process::Output;
+use std::time::{Duration, Instant};
 
 use crate::process::ServiceProcess;
 use crate::world::{AgentSpec, CniOutput, Netns, Suite, SuiteOptions, result_ip};
@@ -298,6 +299,39 @@ impl Cluster {
         routes
     }
 }
+
+impl Cluster {
+    /// Waits (up to [`CONVERGE`]) until each of `nodes` holds exactly `want` agent routes;
+    /// returns how long that took, or what they hold.
+    pub fn wait_routes(&self, nodes: &[usize], want: usize) -> Result<Duration, String> {
+        let start = Instant::now();
+        loop {
+            let held: Vec<Vec<String>> = nodes.iter().map(|i| self.kino_routes(*i)).collect();
+            if held.iter().all(|routes| routes.len() == want) {
+                return Ok(start.elapsed());
+            }
+            if start.elapsed() > CONVERGE {
+                return Err(format!(
+                    "nodes {nodes:?} did not reach {want} agent routes in {CONVERGE:?}: {held:#?}"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}
+
+impl ClusterPod {
+    /// Whether one ping to `ip` is answered within `wait_seconds`.
+    pub fn pings(&self, ip: &str, wait_seconds: u32) -> bool {
+        self.netns
+            .try_exec(&["ping", "-c", "1", "-W", &wait_seconds.to_string(), ip])
+            .status
+            .success()
+    }
+}
+
+/// How long a cluster may take to converge (node records → routes everywhere); generous.
+pub const CONVERGE: Duration = Duration::from_secs(60);
 
 impl Drop for Cluster {
     fn drop(&mut self) {

@@ -5,29 +5,13 @@
 
 use std::time::{Duration, Instant};
 
-use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4};
+use kino_integration_tests::cluster::{CONVERGE, Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4};
 use kino_integration_tests::world::kernel_tests_possible;
 
-/// Generous bound for the cluster to converge (node records → routes everywhere).
-const CONVERGE: Duration = Duration::from_secs(60);
-
-/// Waits until node `i` holds exactly `want` agent routes (a count: the set is checked by
-/// the callers' pings), failing with what it holds and the logs.
+/// Waits until node `i` holds exactly `want` agent routes, failing with the logs.
 fn wait_routes(cluster: &Cluster, i: usize, want: usize, what: &str) {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let routes = cluster.kino_routes(i);
-        if routes.len() == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{what}: node {} holds {} agent routes, not {want}: {routes:#?}\n{}",
-            cluster.nodes[i].name,
-            routes.len(),
-            cluster.agent_logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    if let Err(e) = cluster.wait_routes(&[i], want) {
+        panic!("{what}: {e}\n{}", cluster.agent_logs());
     }
 }
 
@@ -43,8 +27,7 @@ fn unreachable_pairs(pods: &[ClusterPod]) -> Vec<String> {
                 if ip.is_empty() {
                     continue;
                 }
-                let out = from.netns.try_exec(&["ping", "-c", "1", "-W", "5", ip]);
-                if !out.status.success() {
+                if !from.pings(ip, 5) {
                     failed.push(format!(
                         "{} (node {}) → {ip} (node {})",
                         from.container,
@@ -186,11 +169,7 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
     for pod in &pods {
         for ip in [&pod.ipv4, &pod.ipv6] {
             assert!(
-                newcomer
-                    .netns
-                    .try_exec(&["ping", "-c", "1", "-W", "5", ip])
-                    .status
-                    .success(),
+                newcomer.pings(ip, 5),
                 "the joined node's pod cannot reach {ip}"
             );
         }

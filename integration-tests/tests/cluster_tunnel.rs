@@ -4,46 +4,25 @@
 //! the receiving node enforces it), and an agent killed and restarted under cross-node
 //! traffic without a lost packet.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4};
 use kino_integration_tests::world::kernel_tests_possible;
 
-/// Generous bound for the cluster to converge.
-const CONVERGE: Duration = Duration::from_secs(60);
-
 fn wait_routes(cluster: &Cluster, i: usize, want: usize) {
-    let deadline = Instant::now() + CONVERGE;
-    loop {
-        let routes = cluster.kino_routes(i);
-        if routes.len() == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "node {} holds {routes:#?}, not {want} routes\n{}",
-            cluster.nodes[i].name,
-            cluster.agent_logs()
-        );
-        std::thread::sleep(Duration::from_millis(200));
+    if let Err(e) = cluster.wait_routes(&[i], want) {
+        panic!("{e}\n{}", cluster.agent_logs());
     }
 }
 
 fn pings(from: &ClusterPod, ip: &str) -> bool {
-    from.netns
-        .try_exec(&["ping", "-c", "1", "-W", "5", ip])
-        .status
-        .success()
+    from.pings(ip, 5)
 }
 
 /// An expected drop: no answer within 1 s (an answer, when there is one, takes
 /// milliseconds here).
 fn ping_dropped(from: &ClusterPod, ip: &str) -> bool {
-    !from
-        .netns
-        .try_exec(&["ping", "-c", "1", "-W", "1", ip])
-        .status
-        .success()
+    !from.pings(ip, 1)
 }
 
 /// A TCP connection from `from` to `ip:port` where `to` listens: whether a byte came back.

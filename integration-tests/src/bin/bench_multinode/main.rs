@@ -31,7 +31,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Parser;
 use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod};
 use kino_integration_tests::rr::{Endpoints, RrServer, client_sysctls, measure};
@@ -192,24 +192,8 @@ fn import_policy(cluster: &Cluster, n: usize) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Waits (up to 60 s) until each of `nodes` holds `want` agent routes.
 fn wait_routes(cluster: &Cluster, nodes: &[usize], want: usize) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    loop {
-        if nodes.iter().all(|i| cluster.kino_routes(*i).len() == want) {
-            return Ok(start.elapsed());
-        }
-        if start.elapsed() > Duration::from_secs(60) {
-            bail!(
-                "routes did not converge to {want} on {nodes:?}: {:?}",
-                nodes
-                    .iter()
-                    .map(|i| cluster.kino_routes(*i))
-                    .collect::<Vec<_>>()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    cluster.wait_routes(nodes, want).map_err(anyhow::Error::msg)
 }
 
 /// Node join → its pods' routes on every other node; node delete → gone everywhere.
