@@ -317,6 +317,11 @@ fn allowed(identity: &str) -> &'static [&'static str] {
         "ipam" => &["/kino.datastore.v1.DatastoreService/Delete"],
         "policy-compiler" => &[],
         "datastore-gateway" => &[],
+        // The cluster's flow relay reads every agent's flows, and changes nothing.
+        "flow-relay" => &[
+            "/kino.flow.v1.FlowService/GetFlows",
+            "/kino.flow.v1.FlowService/ServerStatus",
+        ],
         "operator" => &[
             "/kino.datastore.v1.DatastoreService/GrantLease",
             "/kino.datastore.v1.DatastoreService/KeepAliveLease",
@@ -365,6 +370,7 @@ async fn every_role_gets_through_exactly_where_the_tables_say() {
         ("ipam", "ipam"),
         ("policy-compiler", "policy-compiler"),
         ("datastore-gateway", "datastore-gateway"),
+        ("flow-relay", "flow-relay"),
         ("operator", "operator"),
     ] {
         let calls = run(stem);
@@ -405,7 +411,7 @@ async fn every_role_gets_through_exactly_where_the_tables_say() {
     let flows = &run("agent")["/kino.flow.v1.FlowService/GetFlows"];
     assert!(
         flows.message.contains("/kino.flow.v1.FlowService/GetFlows")
-            && flows.message.contains("roles operator, admin"),
+            && flows.message.contains("roles operator, flow-relay, admin"),
         "{}",
         flows.message
     );
