@@ -254,6 +254,24 @@ async fn an_agent_restart_loses_no_cross_node_packet() {
     // The restarted agent labels the remote pod as before.
     wait_routes(&cluster, 1, 2);
     assert!(tcp_answers(&a, &b, &b.ipv6), "TCP a → b after the restart");
+
+    // kino_vxlan deleted behind the agent's back (its routes go with it): the reconciler
+    // puts the device, its programs and the routes back.
+    cluster.netns(1).exec(&["ip", "link", "del", "kino_vxlan"]);
+    let deadline = std::time::Instant::now() + kino_integration_tests::cluster::CONVERGE;
+    while !(cluster.kino_routes(1).len() == 2 && a.pings(&b.ipv4, 1) && b.pings(&a.ipv6, 1)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "kino_vxlan was not repaired: {:?}\n{}",
+            cluster.kino_routes(1),
+            cluster.agent_log(1)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        tcp_answers(&b, &a, &a.ipv4),
+        "TCP b → a after the device was repaired"
+    );
 }
 
 /// Imports `yaml` through node 1's `kino` and waits until every endpoint enforces it.

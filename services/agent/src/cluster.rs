@@ -36,11 +36,12 @@ pub fn start(
     local: routes::LocalRouting,
     masquerade: Option<masquerade::MasqueradeSpec>,
     interval: Duration,
+    tunnel: Option<routes::TunnelKeeper>,
 ) -> std::io::Result<watch::Receiver<Option<nodes::PeerNodes>>> {
     let netlink = Netlink::connect()?;
     let (publish, peers) = watch::channel(None);
     tokio::spawn(nodes::follow(records, me.to_owned(), publish));
-    tokio::spawn(routes::run(netlink, local, peers.clone(), interval));
+    tokio::spawn(routes::run(netlink, local, peers.clone(), interval, tunnel));
     match masquerade {
         Some(spec) => {
             tokio::spawn(masquerade::run(spec, peers.clone(), interval));

@@ -306,6 +306,27 @@ async fn cluster_config(config: &Config, netlink: &Netlink) -> anyhow::Result<Cl
     Ok(cluster)
 }
 
+/// What keeps kino_vxlan and its programs in place for the route reconciler.
+fn tunnel_keeper(
+    manager: &Arc<EndpointManager>,
+    cluster: &ClusterConfig,
+) -> kino_agent::cluster::routes::TunnelKeeper {
+    let manager = manager.clone();
+    let vxlan = VxlanConfig {
+        port: cluster.tunnel_port,
+        mtu: cluster.route_mtu,
+    };
+    Arc::new(move || {
+        let (manager, vxlan) = (manager.clone(), vxlan);
+        Box::pin(async move {
+            manager
+                .ensure_tunnel(&vxlan)
+                .await
+                .map_err(|e| e.to_string())
+        })
+    })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Checkpoints and anything else written are private.
@@ -573,6 +594,7 @@ async fn main() -> anyhow::Result<()> {
                 native_routing_cidrs: cluster.native_routing_cidrs.clone(),
             }),
             Duration::from_secs(config.route_reconcile_interval),
+            (cluster.mode == RoutingMode::Tunnel).then(|| tunnel_keeper(&manager, &cluster)),
         )
         .context("starting the route reconciler")?;
         // The compiler's policy for this node's endpoints, applied as it streams.

@@ -18,8 +18,10 @@
 
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::sync::Arc;
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use tokio::sync::watch;
 
 use super::config::RoutingMode;
@@ -132,13 +134,19 @@ pub async fn reconcile(
     }
 }
 
+/// (Re-)ensures the tunnel device and returns its ifindex (tunnel mode): called on every
+/// pass, so a device deleted or changed behind the agent's back is put back with the routes.
+pub type TunnelKeeper = Arc<dyn Fn() -> BoxFuture<'static, Result<u32, String>> + Send + Sync>;
+
 /// Keeps the routes of `peers` installed until the task is dropped: a pass whenever the
-/// set of nodes changes and every `interval`.
+/// set of nodes changes and every `interval`. In tunnel mode `tunnel` keeps the device
+/// first (without one, the device is only looked up).
 pub async fn run(
     netlink: Netlink,
     local: LocalRouting,
     mut peers: watch::Receiver<Option<PeerNodes>>,
     interval: Duration,
+    tunnel: Option<TunnelKeeper>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -152,19 +160,28 @@ pub async fn run(
         };
         let vxlan = match local.mode {
             RoutingMode::Native => None,
-            RoutingMode::Tunnel => match netlink.link_by_name(VXLAN_DEVICE).await {
-                Ok(Some(link)) => Some(link.index),
-                Ok(None) => {
-                    tracing::warn!(
-                        device = VXLAN_DEVICE,
-                        "tunnel mode without its device; routes to other nodes wait for it"
-                    );
-                    continue;
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot look up {VXLAN_DEVICE}");
-                    continue;
-                }
+            RoutingMode::Tunnel => match &tunnel {
+                Some(keep) => match keep().await {
+                    Ok(index) => Some(index),
+                    Err(error) => {
+                        tracing::warn!(%error, "cannot ensure {VXLAN_DEVICE}; retrying");
+                        continue;
+                    }
+                },
+                None => match netlink.link_by_name(VXLAN_DEVICE).await {
+                    Ok(Some(link)) => Some(link.index),
+                    Ok(None) => {
+                        tracing::warn!(
+                            device = VXLAN_DEVICE,
+                            "tunnel mode without its device; routes to other nodes wait for it"
+                        );
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot look up {VXLAN_DEVICE}");
+                        continue;
+                    }
+                },
             },
         };
         let desired = desired_routes(&local, vxlan, &nodes);

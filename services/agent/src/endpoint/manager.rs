@@ -42,11 +42,13 @@ mod labels;
 mod ownership;
 mod policy;
 mod restore;
+mod tunnel;
 
 pub use create::cni_response;
 pub use inspect::BpfPolicy;
 pub use labels::{LabelsUpdated, edit_labels};
 pub use policy::{Realization, RealizedEndpoint};
+pub use tunnel::TunnelError;
 
 /// Largest endpoint id handed out (ids are per node).
 pub const MAX_ENDPOINT_ID: u32 = 65_535;
