@@ -183,6 +183,13 @@ async fn tunnel_mode_connects_every_pod_pair_and_enforces_identity_across_nodes(
         !dropped.is_empty(),
         "node 3 shows no drop of other1's packets: {flows}"
     );
+    // The remote side is named: pod and node.
+    assert!(
+        dropped.iter().all(|l| l.contains("\"podName\":\"other1\"")
+            && l.contains(&format!("\"nodeName\":\"{}\"", cluster.nodes[0].name))),
+        "drops must name other1 and its node {}: {dropped:#?}",
+        cluster.nodes[0].name
+    );
     assert!(
         dropped.iter().all(|l| l.contains("POLICY_DENIED")),
         "{dropped:#?}"

@@ -556,14 +556,6 @@ async fn main() -> anyhow::Result<()> {
             datapath,
         )?);
         let (adopted, removed) = manager.restore().await?;
-        // Flows: the datapath's event ring, read and enriched for kino.flow.v1.
-        let directory = Arc::new(AgentDirectory::new(
-            manager.clone(),
-            &pin_dir,
-            policy.clone(),
-        ));
-        kino_agent::flows::start(flow_observer.clone(), &pin_dir, directory)
-            .context("starting the flow observer")?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
         // The other nodes: routes to their pods, masquerading of what leaves the cluster.
         let own_pod_cidrs: Vec<(std::net::IpAddr, u8)> = pod_cidrs
@@ -573,7 +565,7 @@ async fn main() -> anyhow::Result<()> {
                 Some((ip.parse().ok()?, len.parse().ok()?))
             })
             .collect();
-        kino_agent::cluster::start(
+        let cluster_nodes = kino_agent::cluster::start(
             RecordClient::new(datastore_channel.clone()),
             &node,
             LocalRouting {
@@ -597,6 +589,15 @@ async fn main() -> anyhow::Result<()> {
             (cluster.mode == RoutingMode::Tunnel).then(|| tunnel_keeper(&manager, &cluster)),
         )
         .context("starting the route reconciler")?;
+        // Flows: the datapath's event ring, read and enriched for kino.flow.v1.
+        let directory = Arc::new(AgentDirectory::new(
+            manager.clone(),
+            &pin_dir,
+            policy.clone(),
+            Some(cluster_nodes),
+        ));
+        kino_agent::flows::start(flow_observer.clone(), &pin_dir, directory)
+            .context("starting the flow observer")?;
         // The compiler's policy for this node's endpoints, applied as it streams.
         tokio::spawn(policy_sync::run(
             manager.clone(),

@@ -267,6 +267,20 @@ impl IpcacheMap {
         }
     }
 
+    /// The node the datapath sends `addr`'s traffic to (the tunnel endpoint of the longest
+    /// prefix holding it), if any.
+    pub fn tunnel_endpoint_of(&self, addr: IpAddr) -> Result<Option<IpAddr>, IpcacheError> {
+        let prefix = IpPrefix::host(addr);
+        match self.trie.get(&prefix.to_key(), 0) {
+            Ok(raw) => Ok(IpcacheEntry::from_raw(prefix, &raw).tunnel_endpoint),
+            Err(e) if is_missing_key(&e) => Ok(None),
+            Err(source) => Err(IpcacheError {
+                op: format!("lookup {addr}"),
+                source,
+            }),
+        }
+    }
+
     /// Every entry, sorted by prefix.
     pub fn list(&self) -> Result<Vec<IpcacheEntry>, IpcacheError> {
         let mut entries = Vec::new();

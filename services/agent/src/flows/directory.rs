@@ -1,6 +1,7 @@
 //! The agent's [`Directory`] for the enricher: local endpoints from the endpoint manager,
 //! addresses' identities from the node's ipcache (its own handle on the pinned map, so no
-//! lookup waits on the manager's lock), identities' labels from the policy-compiler.
+//! lookup waits on the manager's lock), identities' labels from the policy-compiler, and a
+//! remote address's node from its ipcache tunnel endpoint and the cluster's nodes.
 
 use std::net::IpAddr;
 use std::path::Path;
@@ -16,6 +17,7 @@ use kino_service_kit::TracedChannel;
 
 use super::enrich::{Directory, EndpointInfo};
 use super::flow::Label;
+use crate::cluster::nodes::PeerNodes;
 use crate::datapath::ipcache::{IPCACHE_MAP, IpcacheMap};
 use crate::endpoint::manager::EndpointManager;
 
@@ -27,15 +29,18 @@ pub struct AgentDirectory {
     manager: Arc<EndpointManager>,
     ipcache: Option<Mutex<IpcacheMap>>,
     policy: PolicyServiceClient<TracedChannel>,
+    nodes: Option<tokio::sync::watch::Receiver<Option<PeerNodes>>>,
 }
 
 impl AgentDirectory {
     /// Lookups through `manager`, the ipcache pinned in `pin_dir` (none if it cannot be
-    /// opened: peers' identities then come from events only) and the compiler `policy`.
+    /// opened: peers' identities then come from events only), the compiler `policy` and
+    /// the cluster's `nodes` (remote peers' node names).
     pub fn new(
         manager: Arc<EndpointManager>,
         pin_dir: &Path,
         policy: PolicyServiceClient<TracedChannel>,
+        nodes: Option<tokio::sync::watch::Receiver<Option<PeerNodes>>>,
     ) -> Self {
         let path = pin_dir.join(IPCACHE_MAP);
         let ipcache = MapData::from_pin(&path)
@@ -53,6 +58,7 @@ impl AgentDirectory {
             manager,
             ipcache,
             policy,
+            nodes,
         }
     }
 }
@@ -108,6 +114,20 @@ impl Directory for AgentDirectory {
         let ipcache = self.ipcache.as_ref()?;
         let map = ipcache.lock().unwrap_or_else(|p| p.into_inner());
         map.identity_of(ip).ok()
+    }
+
+    fn node_of(&self, ip: IpAddr) -> Option<String> {
+        let endpoint = {
+            let ipcache = self.ipcache.as_ref()?;
+            let map = ipcache.lock().unwrap_or_else(|p| p.into_inner());
+            map.tunnel_endpoint_of(ip).ok()??
+        };
+        let nodes = self.nodes.as_ref()?.borrow();
+        nodes
+            .as_ref()?
+            .values()
+            .find(|n| n.underlay.contains(&endpoint))
+            .map(|n| n.name.clone())
     }
 
     fn identity_labels(&self, identity: u32) -> BoxFuture<'_, Option<Vec<Label>>> {

@@ -56,6 +56,10 @@ pub trait Directory: Send + Sync + 'static {
     fn identity_of(&self, ip: IpAddr) -> Option<u32>;
     /// The labels of an identity, if it is known.
     fn identity_labels(&self, identity: u32) -> BoxFuture<'_, Option<Vec<Label>>>;
+    /// The other node an address lives on (a remote pod's), if known.
+    fn node_of(&self, _ip: IpAddr) -> Option<String> {
+        None
+    }
 }
 
 struct Local {
@@ -272,7 +276,9 @@ impl Enricher {
             namespace,
             pod_name,
             labels,
-            node_name: String::new(),
+            node_name: ip
+                .and_then(|ip| self.directory.node_of(ip))
+                .unwrap_or_default(),
         }
     }
 
