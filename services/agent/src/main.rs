@@ -15,7 +15,7 @@ use kino_agent::clients::endpoint_records::EndpointRecordClient;
 use kino_agent::clients::ipam::IpamClient;
 use kino_agent::clients::policy_compiler::PolicyCompilerClient;
 use kino_agent::cluster::config::{
-    ClusterConfig, RoutingMode, check_node_ips, detect_node_ips, mtu_of,
+    ClusterConfig, RoutingMode, check_node_ips, detect_node_ips, mtu_of, shadowed_by_pod_cidr,
 };
 use kino_agent::cluster::masquerade::MasqueradeSpec;
 use kino_agent::cluster::routes::LocalRouting;
@@ -427,12 +427,36 @@ async fn main() -> anyhow::Result<()> {
         .allocation
         .context("IPAM returned no node allocation")?;
         let (pod_cidr, gateway) = ipv4_block(&allocation)?;
-        let pod_cidrs: Vec<String> = allocation.cidrs.iter().map(|c| c.cidr.clone()).collect();
+        let mut pod_cidrs: Vec<String> = allocation.cidrs.iter().map(|c| c.cidr.clone()).collect();
         tracing::info!(%node, %pod_cidr, %gateway, "pod CIDR allocated");
 
         let netlink = Netlink::connect().context("opening a netlink socket")?;
         let cluster = cluster_config(&config, &netlink).await?;
-        let ipv6 = ipv6_block(&allocation)?;
+        // A pod CIDR over the node's own network would take its neighbours (its gateway,
+        // say) away from it: refused for IPv4, IPv6 left out.
+        let (links, own) = (netlink.links().await?, netlink.link_addresses().await?);
+        if let Some(own) =
+            shadowed_by_pod_cidr(pod_cidr.network.into(), pod_cidr.prefix_len, &links, &own)
+        {
+            anyhow::bail!(
+                "IPAM gave node {node} the IPv4 pod CIDR {pod_cidr} (pool {}), which overlaps this node's own network ({own}): routing it to pods would cut the node off from it; give the pool IPv4 CIDRs this node does not use, or start the agent with --ipam-pool naming a pool that does not overlap",
+                allocation.pool
+            );
+        }
+        let mut ipv6 = ipv6_block(&allocation)?;
+        if let Some(cidr) = ipv6.as_ref().and_then(|v6| v6.pod_cidr)
+            && let Some(own) =
+                shadowed_by_pod_cidr(cidr.network.into(), cidr.prefix_len, &links, &own)
+        {
+            tracing::warn!(
+                pod_cidr = %cidr,
+                pool = %allocation.pool,
+                own,
+                "the IPv6 pod CIDR overlaps this node's own network: pods get IPv4 only; give the pool IPv6 CIDRs this node does not use"
+            );
+            pod_cidrs.retain(|c| c.parse::<Ipv6Cidr>().ok() != Some(cidr));
+            ipv6 = None;
+        }
         let gateways: Vec<std::net::IpAddr> = std::iter::once(gateway.into())
             .chain(ipv6.as_ref().map(|v6| v6.gateway.into()))
             .collect();

@@ -160,6 +160,48 @@ pub fn mtu_of(links: &[LinkDetails], addresses: &[LinkAddress], ip: IpAddr) -> O
         .filter(|mtu| *mtu > 0)
 }
 
+/// The node's own network a pod CIDR would shadow, as `"<link> has <address>/<len>"`: an
+/// address of a link that is not the agent's own (`kino_*`, `lxc*`) whose network and the pod
+/// CIDR overlap. Routing such a CIDR to the pods would take the node's own neighbours — its
+/// default gateway, say — away from it.
+pub fn shadowed_by_pod_cidr(
+    network: IpAddr,
+    prefix_len: u8,
+    links: &[LinkDetails],
+    addresses: &[LinkAddress],
+) -> Option<String> {
+    let mask = |ip: IpAddr, len: u8| -> u128 {
+        match ip {
+            IpAddr::V4(v4) => {
+                let bits = u128::from(u32::from(v4));
+                let keep = u32::MAX
+                    .checked_shl(32 - u32::from(len.min(32)))
+                    .unwrap_or(0);
+                bits & u128::from(keep)
+            }
+            IpAddr::V6(v6) => {
+                let keep = u128::MAX
+                    .checked_shl(128 - u32::from(len.min(128)))
+                    .unwrap_or(0);
+                u128::from(v6) & keep
+            }
+        }
+    };
+    addresses.iter().find_map(|a| {
+        if a.address.is_ipv4() != network.is_ipv4() || a.address.is_loopback() {
+            return None;
+        }
+        let link = links.iter().find(|l| l.index == a.index)?;
+        if link.name.starts_with("kino_") || link.name.starts_with("lxc") {
+            return None;
+        }
+        // Two prefixes overlap when the shorter one holds the other's network.
+        let shorter = prefix_len.min(a.prefix_len);
+        (mask(network, shorter) == mask(a.address, shorter))
+            .then(|| format!("{} has {}/{}", link.name, a.address, a.prefix_len))
+    })
+}
+
 /// Checks configured underlay addresses: at most one per family.
 pub fn check_node_ips(ips: &[IpAddr]) -> Result<(), String> {
     let v4 = ips.iter().filter(|ip| ip.is_ipv4()).count();
@@ -229,6 +271,30 @@ mod tests {
             mtu_of(&links, &addresses, "192.0.2.99".parse().unwrap()),
             None
         );
+    }
+
+    #[test]
+    fn a_pod_cidr_over_the_nodes_own_network_is_caught() {
+        let links = [link(1, "lo"), link(2, "eth0"), link(3, "kino_host")];
+        let mut uplink = address(2, "fd00::2", true);
+        uplink.prefix_len = 64;
+        let addresses = [
+            address(1, "127.0.0.1", false),
+            uplink,
+            address(2, "192.0.2.2", true),
+            address(3, "10.0.0.1", true),
+        ];
+        let v6 = |ip: &str, len| shadowed_by_pod_cidr(ip.parse().unwrap(), len, &links, &addresses);
+        assert_eq!(v6("fd00::", 120).as_deref(), Some("eth0 has fd00::2/64"));
+        assert_eq!(v6("fd00:0:0:1::", 120), None);
+        assert_eq!(v6("fd00::", 48).as_deref(), Some("eth0 has fd00::2/64"));
+        // kino_host's own gateway address is not the node's network.
+        assert_eq!(v6("10.0.0.0", 24), None);
+        assert_eq!(
+            v6("192.0.2.0", 28).as_deref(),
+            Some("eth0 has 192.0.2.2/24")
+        );
+        assert_eq!(v6("192.0.3.0", 24), None);
     }
 
     #[test]
