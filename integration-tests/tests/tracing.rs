@@ -93,6 +93,20 @@ fn check_add_trace(
             ));
         }
     }
+    // IPAM's own datastore calls: the gateway's spans arrive in export batches, and the
+    // compiler's Get can put the gateway in the trace before IPAM's calls are exported —
+    // not there yet is retried (a hop really broken fails the wait with this message).
+    if !trace
+        .spans
+        .iter()
+        .any(|s| s.service == GATEWAY && trace.parent(s).is_some_and(|p| p.service == IPAM))
+    {
+        return Err(format!(
+            "IPAM's datastore calls are not in trace {} yet:\n{}",
+            root.trace_id,
+            trace.describe()
+        ));
+    }
     // No span of the trace hangs off a span that is not in it (a broken hop).
     // A parent still in its service's export batch arrives later: retried, not failed (a
     // really broken hop fails the wait with this message).
