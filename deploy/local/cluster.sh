@@ -236,6 +236,8 @@ down() {
   for pins in /sys/fs/bpf/kino/kino-node-*; do
     rm -rf "$pins" && echo "removed the eBPF pins $pins"
   done
+  # The pin root too, unless a single-node suite (up.sh) still has its pins there.
+  rmdir /sys/fs/bpf/kino 2>/dev/null || true
   rm -rf /run/kino/kino-node-* "$run"
   rm -rf "$state"/kino-node-* "$state/datastore.redb" "$state/etcd"
 }

@@ -18,13 +18,14 @@ use kino_agent::cluster::config::{
     ClusterConfig, RoutingMode, check_node_ips, detect_node_ips, mtu_of, shadowed_by_pod_cidr,
 };
 use kino_agent::cluster::masquerade::MasqueradeSpec;
+use kino_agent::cluster::nodes::parse_prefix;
 use kino_agent::cluster::routes::LocalRouting;
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::datapath::{Datapath, RoutingConfig};
 use kino_agent::devices::{
     DEFAULT_TUNNEL_PORT, HOST_DEVICE, Ipv4Cidr, Ipv6Cidr, NET_DEVICE, NodeDevicesConfig,
-    NodeIpv6Config, VXLAN_DEVICE, VxlanConfig, enable_ip_forwarding, ensure_node_devices,
-    ensure_node_ipv6, ensure_vxlan, remove_vxlan, tunnel_mtu,
+    NodeIpv6Config, VXLAN_DEVICE, enable_ip_forwarding, ensure_node_devices, ensure_node_ipv6,
+    remove_vxlan, tunnel_mtu,
 };
 use kino_agent::endpoint::manager::{EndpointManager, ManagerConfig, NodeNetwork};
 use kino_agent::endpoint::peers::Peers;
@@ -33,7 +34,7 @@ use kino_agent::flows::directory::AgentDirectory;
 use kino_agent::grpc::agent::{AgentGrpc, AgentInfo};
 use kino_agent::grpc::authorization;
 use kino_agent::grpc::flow::FlowGrpc;
-use kino_agent::netlink::Netlink;
+use kino_agent::netlink::{LinkAddress, LinkDetails, Netlink};
 use kino_agent::node::{parse_socket_path, resolve_node_name};
 use kino_agent::policy_sync;
 use kino_agent::registration::{NodeSpec, Registration};
@@ -265,11 +266,13 @@ fn ipv6_block(allocation: &NodeAllocation) -> anyhow::Result<Option<NodeIpv6Conf
 
 /// The node's cluster settings: the flags, and the underlay found on its links when
 /// `--node-ip` is not given.
-async fn cluster_config(config: &Config, netlink: &Netlink) -> anyhow::Result<ClusterConfig> {
-    let links = netlink.links().await?;
-    let addresses = netlink.link_addresses().await?;
+fn cluster_config(
+    config: &Config,
+    links: &[LinkDetails],
+    addresses: &[LinkAddress],
+) -> anyhow::Result<ClusterConfig> {
     let node_ips = if config.node_ip.is_empty() {
-        detect_node_ips(&links, &addresses)
+        detect_node_ips(links, addresses)
     } else {
         config.node_ip.clone()
     };
@@ -280,7 +283,7 @@ async fn cluster_config(config: &Config, netlink: &Netlink) -> anyhow::Result<Cl
     }
     let underlay_mtu = node_ips
         .first()
-        .and_then(|ip| mtu_of(&links, &addresses, *ip));
+        .and_then(|ip| mtu_of(links, addresses, *ip));
     // The tunnel's outer header is of the underlay's first family (IPv4 when it has one).
     let ipv6_underlay = node_ips.first().is_some_and(std::net::IpAddr::is_ipv6);
     let route_mtu = match (config.routing_mode, underlay_mtu) {
@@ -312,10 +315,7 @@ fn tunnel_keeper(
     cluster: &ClusterConfig,
 ) -> kino_agent::cluster::routes::TunnelKeeper {
     let manager = manager.clone();
-    let vxlan = VxlanConfig {
-        port: cluster.tunnel_port,
-        mtu: cluster.route_mtu,
-    };
+    let vxlan = cluster.vxlan();
     Arc::new(move || {
         let (manager, vxlan) = (manager.clone(), vxlan);
         Box::pin(async move {
@@ -431,10 +431,10 @@ async fn main() -> anyhow::Result<()> {
         tracing::info!(%node, %pod_cidr, %gateway, "pod CIDR allocated");
 
         let netlink = Netlink::connect().context("opening a netlink socket")?;
-        let cluster = cluster_config(&config, &netlink).await?;
+        let (links, own) = (netlink.links().await?, netlink.link_addresses().await?);
+        let cluster = cluster_config(&config, &links, &own)?;
         // A pod CIDR over the node's own network would take its neighbours (its gateway,
         // say) away from it: refused for IPv4, IPv6 left out.
-        let (links, own) = (netlink.links().await?, netlink.link_addresses().await?);
         if let Some(own) =
             shadowed_by_pod_cidr(pod_cidr.network.into(), pod_cidr.prefix_len, &links, &own)
         {
@@ -509,35 +509,20 @@ async fn main() -> anyhow::Result<()> {
                     config.bpf_pin_root.display()
                 )
             })?;
-        // Between nodes: kino_vxlan and its programs in tunnel mode, nothing in native mode.
-        let routing = match cluster.mode {
-            RoutingMode::Tunnel => {
-                let vxlan = VxlanConfig {
-                    port: cluster.tunnel_port,
-                    mtu: cluster.route_mtu,
-                };
-                let ifindex = ensure_vxlan(&netlink, &vxlan).await?;
-                datapath
-                    .attach_overlay(&netlink, VXLAN_DEVICE, ifindex)
-                    .await
-                    .with_context(|| format!("attaching the overlay programs to {VXLAN_DEVICE}"))?;
-                RoutingConfig::Tunnel {
-                    vxlan_ifindex: ifindex,
-                }
+        // Native mode: no tunnel (a node switched from tunnel mode loses its device). Tunnel
+        // mode's device and programs come with the endpoint manager, which owns the datapath
+        // (`EndpointManager::ensure_tunnel`, below).
+        if cluster.mode == RoutingMode::Native {
+            if remove_vxlan(&netlink).await? {
+                tracing::info!(
+                    device = VXLAN_DEVICE,
+                    "removed: native routing needs no tunnel"
+                );
             }
-            RoutingMode::Native => {
-                if remove_vxlan(&netlink).await? {
-                    tracing::info!(
-                        device = VXLAN_DEVICE,
-                        "removed: native routing needs no tunnel"
-                    );
-                }
-                RoutingConfig::Native
-            }
-        };
-        datapath
-            .set_node_config(routing)
-            .context("writing the datapath's routing mode")?;
+            datapath
+                .set_node_config(RoutingConfig::Native)
+                .context("writing the datapath's routing mode")?;
+        }
         let adoption = datapath.adoption().clone();
         if config.conntrack_gc_interval > 0 {
             // Its own handle on the pinned map: a pass never holds up endpoint changes.
@@ -579,16 +564,17 @@ async fn main() -> anyhow::Result<()> {
             netlink,
             datapath,
         )?);
+        if cluster.mode == RoutingMode::Tunnel {
+            manager
+                .ensure_tunnel(&cluster.vxlan())
+                .await
+                .with_context(|| format!("setting up {VXLAN_DEVICE} and its overlay programs"))?;
+        }
         let (adopted, removed) = manager.restore().await?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
         // The other nodes: routes to their pods, masquerading of what leaves the cluster.
-        let own_pod_cidrs: Vec<(std::net::IpAddr, u8)> = pod_cidrs
-            .iter()
-            .filter_map(|c| {
-                let (ip, len) = c.split_once('/')?;
-                Some((ip.parse().ok()?, len.parse().ok()?))
-            })
-            .collect();
+        let own_pod_cidrs: Vec<(std::net::IpAddr, u8)> =
+            pod_cidrs.iter().filter_map(|c| parse_prefix(c)).collect();
         let cluster_nodes = kino_agent::cluster::start(
             RecordClient::new(datastore_channel.clone()),
             &node,

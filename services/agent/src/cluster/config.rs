@@ -6,6 +6,7 @@ use std::str::FromStr;
 
 use kino_api::types::{NodeAddress, NodeAddressType, NodeRouting, RoutingMode as RoutingModePb};
 
+use crate::devices::VxlanConfig;
 use crate::netlink::{LinkAddress, LinkDetails};
 
 /// How pod traffic reaches other nodes.
@@ -72,6 +73,14 @@ pub struct ClusterConfig {
 }
 
 impl ClusterConfig {
+    /// `kino_vxlan` as tunnel mode wants it: the tunnel port, MTU = the route MTU.
+    pub fn vxlan(&self) -> VxlanConfig {
+        VxlanConfig {
+            port: self.tunnel_port,
+            mtu: self.route_mtu,
+        }
+    }
+
     /// The node's IPv4 underlay address, if it has one.
     pub fn node_ipv4(&self) -> Option<IpAddr> {
         self.node_ips.iter().copied().find(IpAddr::is_ipv4)

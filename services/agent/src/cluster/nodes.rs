@@ -79,12 +79,7 @@ pub fn peer_of(name: &str, node: &Node) -> PeerNode {
     let pod_cidrs = node
         .pod_cidrs
         .iter()
-        .filter_map(|c| {
-            let (ip, len) = c.split_once('/')?;
-            let ip: IpAddr = ip.parse().ok()?;
-            let len: u8 = len.parse().ok()?;
-            (len <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, len))
-        })
+        .filter_map(|c| parse_prefix(c))
         .collect();
     PeerNode {
         name: name.to_owned(),
@@ -93,6 +88,14 @@ pub fn peer_of(name: &str, node: &Node) -> PeerNode {
         underlay,
         addresses,
     }
+}
+
+/// `address/length` as (network address as written, length); `None` when malformed.
+pub fn parse_prefix(prefix: &str) -> Option<(IpAddr, u8)> {
+    let (ip, len) = prefix.split_once('/')?;
+    let ip: IpAddr = ip.parse().ok()?;
+    let len: u8 = len.parse().ok()?;
+    (len <= if ip.is_ipv4() { 32 } else { 128 }).then_some((ip, len))
 }
 
 /// Follows the Node records of every node but `me` until the task is dropped, publishing
