@@ -113,6 +113,16 @@ impl Cluster {
         cluster
     }
 
+    /// Starts the cluster and waits until every node routes every other node's pod CIDRs
+    /// (both families), failing with the agents' logs.
+    pub async fn start_converged(tag: &str, options: ClusterOptions) -> Cluster {
+        let nodes = options.nodes;
+        let cluster = Cluster::start(tag, options).await;
+        let all: Vec<usize> = (0..nodes).collect();
+        cluster.assert_routes(&all, 2 * (nodes - 1), "after start");
+        cluster
+    }
+
     /// A new node joins: its namespace on the underlay, then its agent. Returns its index.
     pub fn add_node(&mut self) -> usize {
         let i = self.plug_node();
@@ -318,6 +328,43 @@ impl Cluster {
             std::thread::sleep(Duration::from_millis(10));
         }
     }
+}
+
+impl Cluster {
+    /// [`Cluster::wait_routes`], failing the test with `what` and the agents' logs.
+    pub fn assert_routes(&self, nodes: &[usize], want: usize, what: &str) {
+        if let Err(e) = self.wait_routes(nodes, want) {
+            panic!("{what}: {e}\n{}", self.agent_logs());
+        }
+    }
+}
+
+/// One TCP connection from `client` to `ip:port`, where a one-shot server in `server`
+/// listens: the source address the server saw (it sends it back), or `None` when no
+/// connection was made (dropped, or refused for 5 s).
+pub fn tcp_source_seen(client: &Netns, server: &Netns, ip: &str, port: u16) -> Option<String> {
+    let family = if ip.contains(':') {
+        "AF_INET6"
+    } else {
+        "AF_INET"
+    };
+    let program = format!(
+        "import socket\ns=socket.socket(socket.{family})\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{ip}',{port}))\ns.listen(1)\ns.settimeout(10)\nc,a=s.accept()\nc.sendall(a[0].encode())\nc.close()\n"
+    );
+    let netns = server.name.clone();
+    let listener = std::thread::spawn(move || {
+        std::process::Command::new("ip")
+            .args(["netns", "exec", &netns, "python3", "-c", &program])
+            .output()
+            .expect("python3")
+    });
+    let connect = format!(
+        "import socket,time\nfor _ in range(50):\n  try:\n    c=socket.create_connection(('{ip}',{port}),timeout=3); break\n  except ConnectionRefusedError: time.sleep(0.1)\nprint(c.recv(100).decode())\n"
+    );
+    let out = client.try_exec(&["python3", "-c", &connect]);
+    let _ = listener.join();
+    let seen = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    (!seen.is_empty()).then_some(seen)
 }
 
 impl ClusterPod {

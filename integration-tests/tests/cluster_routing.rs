@@ -5,15 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use kino_integration_tests::cluster::{CONVERGE, Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4};
+use kino_integration_tests::cluster::{
+    CONVERGE, Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4, tcp_source_seen,
+};
 use kino_integration_tests::world::kernel_tests_possible;
-
-/// Waits until node `i` holds exactly `want` agent routes, failing with the logs.
-fn wait_routes(cluster: &Cluster, i: usize, want: usize, what: &str) {
-    if let Err(e) = cluster.wait_routes(&[i], want) {
-        panic!("{what}: {e}\n{}", cluster.agent_logs());
-    }
-}
 
 /// Every pod pings every other pod, in both families; returns the failures.
 fn unreachable_pairs(pods: &[ClusterPod]) -> Vec<String> {
@@ -53,7 +48,7 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
     if !kernel_tests_possible() {
         return;
     }
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_converged(
         "cnat",
         ClusterOptions {
             nodes: 3,
@@ -62,10 +57,6 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
         },
     )
     .await;
-    // Each node routes the other two nodes' pod CIDRs, IPv4 and IPv6.
-    for i in 0..3 {
-        wait_routes(&cluster, i, 4, "after start");
-    }
     let routes = cluster.kino_routes(0);
     assert!(
         routes
@@ -103,7 +94,7 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
         .netns(1)
         .exec(&["ip", family, "route", "del", &destination, "proto", "202"]);
     assert_eq!(cluster.kino_routes(1).len(), 3);
-    wait_routes(&cluster, 1, 4, "after a route was deleted by hand");
+    cluster.assert_routes(&[1], 4, "after a route was deleted by hand");
     // A route changed behind its back (another next hop) is put right.
     cluster.netns(1).exec(&[
         "ip",
@@ -162,9 +153,7 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
 
     // A fourth node joins: every node routes its pods, and its pod reaches the others.
     let joined = cluster.add_node();
-    for i in 0..4 {
-        wait_routes(&cluster, i, 6, "after a node joined");
-    }
+    cluster.assert_routes(&[0, 1, 2, 3], 6, "after a node joined");
     let newcomer = cluster.add_pod(joined, "p41", &[]);
     for pod in &pods {
         for ip in [&pod.ipv4, &pod.ipv6] {
@@ -179,28 +168,8 @@ async fn native_routing_connects_every_pod_pair_and_repairs_routes() {
 /// Opens a TCP connection from `pod` to the external host and returns the source address
 /// the external host saw.
 fn source_seen_by_external_host(cluster: &Cluster, pod: &ClusterPod) -> String {
-    let port = "7777";
-    let server = format!(
-        "import socket\ns=socket.socket()\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{EXTERNAL_V4}',{port}))\ns.listen(1)\ns.settimeout(20)\nc,a=s.accept()\nc.sendall(a[0].encode())\nc.close()\n"
-    );
-    let netns = cluster.external.name.clone();
-    let listener = std::thread::spawn(move || {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &netns, "python3", "-c", &server])
-            .output()
-            .expect("python3 in the external host")
-    });
-    let client = format!(
-        "import socket,time\nfor _ in range(100):\n  try:\n    c=socket.create_connection(('{EXTERNAL_V4}',{port}),timeout=5); break\n  except ConnectionRefusedError: time.sleep(0.1)\nprint(c.recv(100).decode())\n"
-    );
-    let out = pod.netns.exec(&["python3", "-c", &client]);
-    let server = listener.join().expect("listener thread");
-    assert!(
-        server.status.success(),
-        "external host: {}",
-        String::from_utf8_lossy(&server.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    tcp_source_seen(&pod.netns, &cluster.external, EXTERNAL_V4, 7777)
+        .expect("a pod cannot open a TCP connection to the external host")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,7 +177,7 @@ async fn a_dead_agent_keeps_its_pods_reachable_and_only_a_node_deletion_removes_
     if !kernel_tests_possible() {
         return;
     }
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_converged(
         "cdel",
         ClusterOptions {
             nodes: 3,
@@ -217,9 +186,6 @@ async fn a_dead_agent_keeps_its_pods_reachable_and_only_a_node_deletion_removes_
         },
     )
     .await;
-    for i in 0..3 {
-        wait_routes(&cluster, i, 4, "after start");
-    }
     let pods = two_pods_per_node(&cluster);
 
     // Node 3's agent dies and stays dead past its lease: nothing is removed anywhere.
@@ -235,7 +201,7 @@ async fn a_dead_agent_keeps_its_pods_reachable_and_only_a_node_deletion_removes_
     );
     // It comes back: nothing is lost either.
     cluster.start_agent(2);
-    wait_routes(&cluster, 2, 4, "after node 3's agent restarted");
+    cluster.assert_routes(&[2], 4, "after node 3's agent restarted");
     let failed = unreachable_pairs(&pods);
     assert!(
         failed.is_empty(),
@@ -250,8 +216,8 @@ async fn a_dead_agent_keeps_its_pods_reachable_and_only_a_node_deletion_removes_
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    cluster.assert_routes(&[0, 1], 2, "after node 3 was deleted");
     for i in 0..2 {
-        wait_routes(&cluster, i, 2, "after node 3 was deleted");
         let routes = cluster.kino_routes(i);
         assert!(
             routes.iter().all(|r| !r.contains(&cluster.nodes[2].ipv4) && !r.contains(&cluster.nodes[2].ipv6)),

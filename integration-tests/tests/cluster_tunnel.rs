@@ -6,14 +6,10 @@
 
 use std::time::Duration;
 
-use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4};
+use kino_integration_tests::cluster::{
+    Cluster, ClusterOptions, ClusterPod, EXTERNAL_V4, tcp_source_seen,
+};
 use kino_integration_tests::world::kernel_tests_possible;
-
-fn wait_routes(cluster: &Cluster, i: usize, want: usize) {
-    if let Err(e) = cluster.wait_routes(&[i], want) {
-        panic!("{e}\n{}", cluster.agent_logs());
-    }
-}
 
 fn pings(from: &ClusterPod, ip: &str) -> bool {
     from.pings(ip, 5)
@@ -25,29 +21,9 @@ fn ping_dropped(from: &ClusterPod, ip: &str) -> bool {
     !from.pings(ip, 1)
 }
 
-/// A TCP connection from `from` to `ip:port` where `to` listens: whether a byte came back.
+/// A TCP connection from `from` to `ip` where `to` listens: whether it was made.
 fn tcp_answers(from: &ClusterPod, to: &ClusterPod, ip: &str) -> bool {
-    let family = if ip.contains(':') {
-        "AF_INET6"
-    } else {
-        "AF_INET"
-    };
-    let server = format!(
-        "import socket\ns=socket.socket(socket.{family})\ns.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\ns.bind(('{ip}',7070))\ns.listen(1)\ns.settimeout(8)\nc,_=s.accept()\nc.sendall(b'k')\nc.close()\n"
-    );
-    let netns = to.netns.name.clone();
-    let listener = std::thread::spawn(move || {
-        std::process::Command::new("ip")
-            .args(["netns", "exec", &netns, "python3", "-c", &server])
-            .output()
-            .expect("python3")
-    });
-    let client = format!(
-        "import socket,time\nfor _ in range(50):\n  try:\n    c=socket.create_connection(('{ip}',7070),timeout=3); break\n  except ConnectionRefusedError: time.sleep(0.1)\nprint(c.recv(1).decode())\n"
-    );
-    let out = from.netns.try_exec(&["python3", "-c", &client]);
-    let _ = listener.join();
-    String::from_utf8_lossy(&out.stdout).trim() == "k"
+    tcp_source_seen(&from.netns, &to.netns, ip, 7070).is_some()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,7 +31,7 @@ async fn tunnel_mode_connects_every_pod_pair_and_enforces_identity_across_nodes(
     if !kernel_tests_possible() {
         return;
     }
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_converged(
         "ctun",
         ClusterOptions {
             nodes: 3,
@@ -64,9 +40,6 @@ async fn tunnel_mode_connects_every_pod_pair_and_enforces_identity_across_nodes(
         },
     )
     .await;
-    for i in 0..3 {
-        wait_routes(&cluster, i, 4);
-    }
     let routes = cluster.kino_routes(0);
     assert!(
         routes
@@ -160,28 +133,11 @@ async fn tunnel_mode_connects_every_pod_pair_and_enforces_identity_across_nodes(
     );
     // The drop is seen on web3's node (3), for other1's identity (from node 1), as a policy
     // drop at web3's ingress.
-    let flows = cluster.kino(
-        2,
-        &[
-            "observe",
-            "--server",
-            &cluster.flows(2),
-            "--last",
-            "1000",
-            "-o",
-            "json",
-            "--verdict",
-            "DROPPED",
-        ],
-    );
-    let flows = String::from_utf8_lossy(&flows.stdout).into_owned();
-    let dropped: Vec<&str> = flows
-        .lines()
-        .filter(|l| l.contains(&format!("\"source\":\"{}\"", other1.ipv4)))
-        .collect();
+    let dropped = drops_seen(&cluster, 2, &other1.ipv4);
     assert!(
         !dropped.is_empty(),
-        "node 3 shows no drop of other1's packets: {flows}"
+        "node 3 shows no drop of other1's packets: {:#?}",
+        dropped_flows(&cluster, 2)
     );
     // The remote side is named: pod and node.
     assert!(
@@ -195,23 +151,10 @@ async fn tunnel_mode_connects_every_pod_pair_and_enforces_identity_across_nodes(
         "{dropped:#?}"
     );
     // Nothing reached web3's node as a policy drop on node 1: the sender's egress passed.
-    let flows = cluster.kino(
-        0,
-        &[
-            "observe",
-            "--server",
-            &cluster.flows(0),
-            "--last",
-            "1000",
-            "-o",
-            "json",
-            "--verdict",
-            "DROPPED",
-        ],
-    );
     assert!(
-        !String::from_utf8_lossy(&flows.stdout)
-            .contains(&format!("\"destination\":\"{}\"", web3.ipv4)),
+        !dropped_flows(&cluster, 0)
+            .iter()
+            .any(|l| l.contains(&format!("\"destination\":\"{}\"", web3.ipv4))),
         "node 1 dropped the packets itself"
     );
 }
@@ -221,7 +164,7 @@ async fn an_agent_restart_loses_no_cross_node_packet() {
     if !kernel_tests_possible() {
         return;
     }
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_converged(
         "crst",
         ClusterOptions {
             nodes: 2,
@@ -230,9 +173,6 @@ async fn an_agent_restart_loses_no_cross_node_packet() {
         },
     )
     .await;
-    for i in 0..2 {
-        wait_routes(&cluster, i, 2);
-    }
     let a = cluster.add_pod(0, "a", &[("app", "a")]);
     let b = cluster.add_pod(1, "b", &[("app", "b")]);
     assert!(pings(&a, &b.ipv4));
@@ -259,7 +199,7 @@ async fn an_agent_restart_loses_no_cross_node_packet() {
         cluster.agent_log(1)
     );
     // The restarted agent labels the remote pod as before.
-    wait_routes(&cluster, 1, 2);
+    cluster.assert_routes(&[1], 2, "after the restart");
     assert!(tcp_answers(&a, &b, &b.ipv6), "TCP a → b after the restart");
 
     // kino_vxlan deleted behind the agent's back (its routes go with it): the reconciler
@@ -304,8 +244,8 @@ fn import_policy(cluster: &Cluster, name: &str, yaml: &str) {
     );
 }
 
-/// The dropped flows node `i` observed from `source`, as JSON lines.
-fn drops_seen(cluster: &Cluster, i: usize, source: &str) -> Vec<String> {
+/// The dropped flows node `i` observed (its last 1000), as JSON lines.
+fn dropped_flows(cluster: &Cluster, i: usize) -> Vec<String> {
     let out = cluster.kino(
         i,
         &[
@@ -322,8 +262,15 @@ fn drops_seen(cluster: &Cluster, i: usize, source: &str) -> Vec<String> {
     );
     String::from_utf8_lossy(&out.stdout)
         .lines()
-        .filter(|l| l.contains(&format!("\"source\":\"{source}\"")))
         .map(str::to_owned)
+        .collect()
+}
+
+/// The dropped flows node `i` observed from `source`.
+fn drops_seen(cluster: &Cluster, i: usize, source: &str) -> Vec<String> {
+    dropped_flows(cluster, i)
+        .into_iter()
+        .filter(|l| l.contains(&format!("\"source\":\"{source}\"")))
         .collect()
 }
 
@@ -332,7 +279,7 @@ async fn entity_and_cidr_rules_hold_across_nodes() {
     if !kernel_tests_possible() {
         return;
     }
-    let cluster = Cluster::start(
+    let cluster = Cluster::start_converged(
         "cent",
         ClusterOptions {
             nodes: 3,
@@ -341,9 +288,6 @@ async fn entity_and_cidr_rules_hold_across_nodes() {
         },
     )
     .await;
-    for i in 0..3 {
-        wait_routes(&cluster, i, 4);
-    }
     let a = cluster.add_pod(0, "a", &[("app", "a")]);
     let b = cluster.add_pod(1, "b", &[("app", "b")]);
     let c = cluster.add_pod(2, "c", &[("app", "c")]);

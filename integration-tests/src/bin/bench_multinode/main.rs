@@ -95,7 +95,7 @@ async fn main() -> anyhow::Result<()> {
         ));
     }
     for routing in ["tunnel", "native"] {
-        let cluster = Cluster::start(
+        let cluster = Cluster::start_converged(
             &format!("bmn{}", &routing[..1]),
             ClusterOptions {
                 nodes: 2,
@@ -104,7 +104,6 @@ async fn main() -> anyhow::Result<()> {
             },
         )
         .await;
-        wait_routes(&cluster, &[0, 1], 2)?;
         let client = cluster.add_pod(0, "client", &[("app", "client")]);
         let server = cluster.add_pod(1, "server", &[("app", "server")]);
         client_sysctls(&client.netns.name)?;
@@ -203,7 +202,7 @@ struct Churn {
 }
 
 async fn node_churn() -> anyhow::Result<Churn> {
-    let mut cluster = Cluster::start(
+    let mut cluster = Cluster::start_converged(
         "bmnj",
         ClusterOptions {
             nodes: 2,
@@ -212,7 +211,6 @@ async fn node_churn() -> anyhow::Result<Churn> {
         },
     )
     .await;
-    wait_routes(&cluster, &[0, 1], 2)?;
     let start = Instant::now();
     let joined = cluster.add_node();
     wait_routes(&cluster, &[0, 1], 4)?;
