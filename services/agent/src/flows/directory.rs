@@ -3,10 +3,11 @@
 //! lookup waits on the manager's lock), identities' labels from the policy-compiler, and a
 //! remote address's node from its ipcache tunnel endpoint and the cluster's nodes.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Map, MapData};
 use futures::future::BoxFuture;
@@ -30,7 +31,14 @@ pub struct AgentDirectory {
     ipcache: Option<Mutex<IpcacheMap>>,
     policy: PolicyServiceClient<TracedChannel>,
     nodes: Option<tokio::sync::watch::Receiver<Option<PeerNodes>>>,
+    /// Remote addresses' nodes, recently looked up.
+    node_cache: Mutex<HashMap<IpAddr, (Option<String>, Instant)>>,
 }
+
+/// How long a remote address's node is taken from the cache.
+const NODE_TTL: Duration = Duration::from_secs(2);
+/// Remote addresses cached at most (cleared when full).
+const MAX_CACHED_NODES: usize = 4096;
 
 impl AgentDirectory {
     /// Lookups through `manager`, the ipcache pinned in `pin_dir` (none if it cannot be
@@ -59,6 +67,7 @@ impl AgentDirectory {
             ipcache,
             policy,
             nodes,
+            node_cache: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -117,17 +126,33 @@ impl Directory for AgentDirectory {
     }
 
     fn node_of(&self, ip: IpAddr) -> Option<String> {
-        let endpoint = {
-            let ipcache = self.ipcache.as_ref()?;
+        let nodes = self.nodes.as_ref()?;
+        // Flows of a remote peer come in bursts: one ipcache lookup (a syscall) per address
+        // per NODE_TTL, not one per flow.
+        let now = Instant::now();
+        let mut cache = self.node_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((node, at)) = cache.get(&ip)
+            && now.duration_since(*at) < NODE_TTL
+        {
+            return node.clone();
+        }
+        let endpoint = self.ipcache.as_ref().and_then(|ipcache| {
             let map = ipcache.lock().unwrap_or_else(|p| p.into_inner());
-            map.tunnel_endpoint_of(ip).ok()??
-        };
-        let nodes = self.nodes.as_ref()?.borrow();
-        nodes
-            .as_ref()?
-            .values()
-            .find(|n| n.underlay.contains(&endpoint))
-            .map(|n| n.name.clone())
+            map.tunnel_endpoint_of(ip).ok().flatten()
+        });
+        let node = endpoint.and_then(|endpoint| {
+            nodes
+                .borrow()
+                .as_ref()?
+                .values()
+                .find(|n| n.underlay.contains(&endpoint))
+                .map(|n| n.name.clone())
+        });
+        if cache.len() >= MAX_CACHED_NODES {
+            cache.clear();
+        }
+        cache.insert(ip, (node.clone(), now));
+        node
     }
 
     fn identity_labels(&self, identity: u32) -> BoxFuture<'_, Option<Vec<Label>>> {
