@@ -70,6 +70,15 @@ pub mod kino {
         }
     }
 
+    /// Package `kino.service.*`.
+    pub mod service {
+        /// `kino.service.v1`: load-balanced services (frontends, backends, affinity).
+        #[allow(clippy::all, clippy::pedantic, missing_docs, rustdoc::all)]
+        pub mod v1 {
+            tonic::include_proto!("kino.service.v1");
+        }
+    }
+
     /// Package `kino.flow.*`.
     pub mod flow {
         /// `kino.flow.v1`: the flow observer API (Hubble-like flow events).
@@ -92,6 +101,8 @@ pub use kino::ipam::v1 as ipam;
 pub use kino::node::v1 as node;
 /// Short alias for [`kino::policy::v1`].
 pub use kino::policy::v1 as policy;
+/// Short alias for [`kino::service::v1`].
+pub use kino::service::v1 as service;
 /// Short alias for [`kino::types::v1`].
 pub use kino::types::v1 as types;
 
@@ -111,6 +122,7 @@ mod tests {
             "kino.agent.v1",
             "kino.flow.v1",
             "kino.node.v1",
+            "kino.service.v1",
         ] {
             assert!(
                 set.file.iter().any(|f| f.package() == package),
