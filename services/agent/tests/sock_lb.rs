@@ -28,7 +28,10 @@ use kino_agent::datapath::lb::{
 };
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
 use kino_agent::netns::netns_cookie;
-use support::{ANSWER_WAIT, Pod, World, in_netns, in_node, kernel_tests_possible, node_with_dual_stack_pods, run};
+use support::{
+    ANSWER_WAIT, Pod, World, in_netns, in_node, kernel_tests_possible, node_with_dual_stack_pods,
+    run,
+};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(172, 20, 0, 10);
 const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0xffff, 0, 0, 0, 0, 0, 0x10);
@@ -50,8 +53,14 @@ impl WhoAmI {
         ];
         let (tcp, udp): (Vec<TcpListener>, Vec<UdpSocket>) = in_netns(&pod.netns, move || {
             (
-                binds.iter().map(|b| TcpListener::bind(b).expect("tcp listen")).collect(),
-                binds.iter().map(|b| UdpSocket::bind(b).expect("udp bind")).collect(),
+                binds
+                    .iter()
+                    .map(|b| TcpListener::bind(b).expect("tcp listen"))
+                    .collect(),
+                binds
+                    .iter()
+                    .map(|b| UdpSocket::bind(b).expect("udp bind"))
+                    .collect(),
             )
         });
         let stop = Arc::new(AtomicBool::new(false));
@@ -77,7 +86,11 @@ impl WhoAmI {
                                         Ok(_) => {
                                             let _ = stream.write_all(&[name]);
                                         }
-                                        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+                                        Err(e)
+                                            if matches!(
+                                                e.kind(),
+                                                ErrorKind::WouldBlock | ErrorKind::TimedOut
+                                            ) => {}
                                         Err(_) => break,
                                     }
                                 }
@@ -89,7 +102,9 @@ impl WhoAmI {
             }));
         }
         for socket in udp {
-            socket.set_read_timeout(Some(Duration::from_millis(50))).expect("timeout");
+            socket
+                .set_read_timeout(Some(Duration::from_millis(50)))
+                .expect("timeout");
             let stop = stop.clone();
             threads.push(std::thread::spawn(move || {
                 let mut buf = [0u8; 64];
@@ -143,16 +158,29 @@ fn who_udp(netns: &Path, to: SocketAddr) -> Option<(u8, SocketAddr)> {
     })
 }
 
-fn frontend(id: u32, ip: IpAddr, protocol: L4Protocol, backends: &[(&Pod, u32, bool)]) -> FrontendSpec {
+fn frontend(
+    id: u32,
+    ip: IpAddr,
+    protocol: L4Protocol,
+    backends: &[(&Pod, u32, bool)],
+) -> FrontendSpec {
     FrontendSpec {
         id,
-        address: L4Addr { ip, port: PORT, protocol },
+        address: L4Addr {
+            ip,
+            port: PORT,
+            protocol,
+        },
         kind: FrontendKind::ClusterIp,
         backends: backends
             .iter()
             .map(|(pod, weight, active)| BackendSpec {
                 address: L4Addr {
-                    ip: if ip.is_ipv4() { pod.ip.into() } else { pod.ip6().into() },
+                    ip: if ip.is_ipv4() {
+                        pod.ip.into()
+                    } else {
+                        pod.ip6().into()
+                    },
                     port: BACKEND_PORT,
                     protocol,
                 },
@@ -166,12 +194,23 @@ fn frontend(id: u32, ip: IpAddr, protocol: L4Protocol, backends: &[(&Pod, u32, b
 
 /// Program ids attached to `cgroup` (bpftool's view of the kernel).
 fn attached_programs(cgroup: &Path) -> Vec<u64> {
-    let out = run(&["bpftool", "-j", "cgroup", "show", &cgroup.display().to_string()]);
+    let out = run(&[
+        "bpftool",
+        "-j",
+        "cgroup",
+        "show",
+        &cgroup.display().to_string(),
+    ]);
     let text = String::from_utf8_lossy(&out.stdout);
     // [{"id":123,"attach_type":"cgroup_inet4_connect",...},...] without a JSON dependency.
     text.split("\"id\":")
         .skip(1)
-        .filter_map(|rest| rest.split(|c: char| !c.is_ascii_digit()).next()?.parse().ok())
+        .filter_map(|rest| {
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
         .collect()
 }
 
@@ -194,7 +233,11 @@ fn tools_present(test: &str) -> bool {
     if !kernel_tests_possible(test) {
         return false;
     }
-    if std::process::Command::new("bpftool").arg("version").output().is_err() {
+    if std::process::Command::new("bpftool")
+        .arg("version")
+        .output()
+        .is_err()
+    {
         assert!(
             std::env::var("CI").map_or(true, |v| v != "true"),
             "{test}: bpftool is needed in CI"
@@ -216,28 +259,49 @@ struct LbNode {
 
 fn load_lb(node: &str, registered: &[&Pod], config: LbConfig) -> LbNode {
     let pin_dir = Path::new(DEFAULT_PIN_ROOT).join(node);
-    let (mut sock, maps, mut netns) = SockLb::load(&pin_dir, config.maglev_table_size).expect("loading the socket LB");
-    sock.attach(&cgroup2_mount().expect("cgroup2")).expect("attaching at the cgroup root");
+    let (mut sock, maps, mut netns) =
+        SockLb::load(&pin_dir, config.maglev_table_size).expect("loading the socket LB");
+    sock.attach(&cgroup2_mount().expect("cgroup2"))
+        .expect("attaching at the cgroup root");
     for pod in registered {
         let cookie = netns_cookie(&pod.netns).expect("pod netns cookie");
         netns
-            .insert(cookie, NetnsOwner::Pod { endpoint_id: pod.id, identity: pod.identity, ipv4: pod.ip, ipv6: Some(pod.ip6()) })
+            .insert(
+                cookie,
+                NetnsOwner::Pod {
+                    endpoint_id: pod.id,
+                    identity: pod.identity,
+                    ipv4: pod.ip,
+                    ipv6: Some(pod.ip6()),
+                },
+            )
             .expect("recording the pod's netns");
     }
     let state = LbState::adopt(maps, config).expect("adopting the LB maps");
-    LbNode { state, netns, _sock: sock, pin_dir }
+    LbNode {
+        state,
+        netns,
+        _sock: sock,
+        pin_dir,
+    }
 }
 
 #[test]
 fn a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone() {
-    if !tools_present("a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone") {
+    if !tools_present(
+        "a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone",
+    ) {
         return;
     }
     let world = World::new();
     let _pins = world.pins();
     let node = world.netns("node");
     let ns: Vec<_> = (0..4).map(|i| world.netns(&format!("pod{i}"))).collect();
-    let pods: Vec<Pod> = ns.iter().enumerate().map(|(i, n)| Pod::new(&world, n, i as u8 + 1, 300 + i as u32)).collect();
+    let pods: Vec<Pod> = ns
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Pod::new(&world, n, i as u8 + 1, 300 + i as u32))
+        .collect();
     let node_name = world.node.clone();
     let node_path = node.path();
     let cgroup = cgroup2_mount().expect("cgroup2");
@@ -259,28 +323,43 @@ fn a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone
             (4, IpAddr::from(VIP6), L4Protocol::Udp),
         ] {
             lb.state
-                .upsert(&frontend(id, ip, proto, &[(&pods[1], 1, true), (&pods[2], 1, true)]))
+                .upsert(&frontend(
+                    id,
+                    ip,
+                    proto,
+                    &[(&pods[1], 1, true), (&pods[2], 1, true)],
+                ))
                 .expect("programming the service");
         }
         for vip in [IpAddr::from(VIP), IpAddr::from(VIP6)] {
             let to = SocketAddr::new(vip, PORT);
             // TCP: a backend answers, and the socket's peer is the VIP.
-            let (name, peer, _stream) = who_tcp(&client.netns, to).unwrap_or_else(|e| panic!("TCP to {to}: {e:?}"));
+            let (name, peer, _stream) =
+                who_tcp(&client.netns, to).unwrap_or_else(|e| panic!("TCP to {to}: {e:?}"));
             assert!(name == b'1' || name == b'2', "answered by {name}");
             assert_eq!(peer, to, "getpeername shows the frontend");
             // UDP (unconnected: sendmsg/recvmsg): a backend answers, from the VIP.
-            let (name, from) = who_udp(&client.netns, to).unwrap_or_else(|| panic!("UDP to {to}: no answer"));
+            let (name, from) =
+                who_udp(&client.netns, to).unwrap_or_else(|| panic!("UDP to {to}: no answer"));
             assert!(name == b'1' || name == b'2', "answered by {name}");
             assert_eq!(from, to, "the reply's source is the frontend");
             // A pod whose namespace this node did not record: untouched — the VIP is not
             // routed anywhere, so its connect fails.
-            assert!(who_tcp(&stranger.netns, to).is_err(), "{to} translated for a stranger");
+            assert!(
+                who_tcp(&stranger.netns, to).is_err(),
+                "{to} translated for a stranger"
+            );
             // The node's own namespace is not recorded either (yet): untouched.
-            assert!(who_tcp(&node_path, to).is_err(), "{to} translated for the unrecorded node");
+            assert!(
+                who_tcp(&node_path, to).is_err(),
+                "{to} translated for the unrecorded node"
+            );
         }
         // Recording the node's own namespace makes its sockets translated too.
         let own = kino_agent::netns::current_netns_cookie().expect("own cookie");
-        lb.netns.insert(own, NetnsOwner::Node).expect("recording the node");
+        lb.netns
+            .insert(own, NetnsOwner::Node)
+            .expect("recording the node");
         let to = SocketAddr::new(VIP.into(), PORT);
         let (name, _, _) = who_tcp(&node_path, to).expect("the node reaches the VIP");
         assert!(name == b'1' || name == b'2');
@@ -295,6 +374,9 @@ fn a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone
     drop(_pins);
     let after = attached_programs(&cgroup);
     for id in &ours {
-        assert!(!after.contains(id), "program {id} still attached after the pins went");
+        assert!(
+            !after.contains(id),
+            "program {id} still attached after the pins went"
+        );
     }
 }

@@ -18,4 +18,6 @@ pub mod state;
 pub use maps::{L4Addr, L4Protocol, LbMaps};
 pub use netns::{NetnsMap, NetnsOwner};
 pub use sock::{SockLb, SockLbError};
-pub use state::{Algorithm, BackendSpec, FrontendKind, FrontendSpec, LbConfig, LbError, LbState, Writes};
+pub use state::{
+    Algorithm, BackendSpec, FrontendKind, FrontendSpec, LbConfig, LbError, LbState, Writes,
+};

@@ -73,7 +73,10 @@ pub fn table<N: AsRef<[u8]>>(backends: &[(N, u32)], m: u32) -> Vec<u32> {
             (offset, skip)
         })
         .collect();
-    let weights: Vec<u64> = backends.iter().map(|(_, w)| u64::from((*w).max(1))).collect();
+    let weights: Vec<u64> = backends
+        .iter()
+        .map(|(_, w)| u64::from((*w).max(1)))
+        .collect();
     let max_weight = *weights.iter().max().expect("not empty");
     let mut next = vec![0u64; backends.len()];
     let mut credit = vec![0u64; backends.len()];
@@ -107,7 +110,9 @@ mod tests {
     use super::*;
 
     fn names(n: usize) -> Vec<(String, u32)> {
-        (0..n).map(|i| (format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), 1)).collect()
+        (0..n)
+            .map(|i| (format!("10.0.{}.{}:8080", i / 250, i % 250 + 1), 1))
+            .collect()
     }
 
     fn counts(table: &[u32], n: usize) -> Vec<usize> {
@@ -125,7 +130,10 @@ mod tests {
         assert_eq!(table.len(), DEFAULT_TABLE_SIZE as usize);
         // Round-robin claims: each backend holds floor or ceil of M / N.
         for (i, count) in counts(&table, 10).into_iter().enumerate() {
-            assert!((99..=100).contains(&count), "backend {i} holds {count} slots");
+            assert!(
+                (99..=100).contains(&count),
+                "backend {i} holds {count} slots"
+            );
         }
     }
 
@@ -180,7 +188,10 @@ mod tests {
         // The removed backend's ~M/N slots must move; of the others' slots only a few do
         // (the paper measures a small fraction; ≤ 1/N of M here).
         assert!((m / n - 5..=m / n + 5).contains(&lost), "lost {lost}");
-        assert!(moved <= m / n, "{moved} of {m} slots of staying backends moved");
+        assert!(
+            moved <= m / n,
+            "{moved} of {m} slots of staying backends moved"
+        );
         let total = moved + lost;
         assert!(
             total <= 2 * m / n,
@@ -190,7 +201,11 @@ mod tests {
 
     #[test]
     fn weights_share_the_slots_in_proportion() {
-        let backends = vec![("a:1".to_owned(), 1), ("b:1".to_owned(), 3), ("c:1".to_owned(), 6)];
+        let backends = vec![
+            ("a:1".to_owned(), 1),
+            ("b:1".to_owned(), 3),
+            ("c:1".to_owned(), 6),
+        ];
         let table = table(&backends, 997);
         let counts = counts(&table, 3);
         for (i, (_, weight)) in backends.iter().enumerate() {
@@ -235,7 +250,10 @@ mod tests {
         let chunk = crate::datapath::abi::LB_MAGLEV_CHUNK;
         assert!(DEFAULT_TABLE_SIZE as usize <= chunk);
         let element = 4 * chunk + 8 + 48 + 8;
-        assert!(element <= 4096, "an element ({element} B) fits one 4 KiB allocation");
+        assert!(
+            element <= 4096,
+            "an element ({element} B) fits one 4 KiB allocation"
+        );
         let total = 10_000 * 4096;
         assert!(total < 50_000_000, "10 000 tables take {total} bytes");
     }

@@ -136,10 +136,7 @@ impl LbMaps {
             backends: typed(LB_BACKENDS_MAP, take(LB_BACKENDS_MAP)?)?,
             maglev: typed(LB_MAGLEV_MAP, take(LB_MAGLEV_MAP)?)?,
             revnat: typed(LB_REVNAT_MAP, take(LB_REVNAT_MAP)?)?,
-            affinity: typed(
-                LB_AFFINITY_MAP,
-                take(LB_AFFINITY_MAP)?,
-            )?,
+            affinity: typed(LB_AFFINITY_MAP, take(LB_AFFINITY_MAP)?)?,
         })
     }
 
@@ -282,7 +279,10 @@ impl LbMaps {
         match self.maglev.get(&LbMaglevKeyRaw { frontend_id, chunk }, 0) {
             Ok(value) => Ok(Some(value)),
             Err(e) if is_missing_key(&e) => Ok(None),
-            Err(e) => Err(map_err(LB_MAGLEV_MAP, format!("read chunk {chunk} of {frontend_id}"))(e)),
+            Err(e) => Err(map_err(
+                LB_MAGLEV_MAP,
+                format!("read chunk {chunk} of {frontend_id}"),
+            )(e)),
         }
     }
 
@@ -295,9 +295,10 @@ impl LbMaps {
             protocol: key.protocol,
             family: key.family,
         };
-        self.revnat
-            .insert(frontend_id, value, 0)
-            .map_err(map_err(LB_REVNAT_MAP, format!("write reverse NAT of {frontend_id}")))
+        self.revnat.insert(frontend_id, value, 0).map_err(map_err(
+            LB_REVNAT_MAP,
+            format!("write reverse NAT of {frontend_id}"),
+        ))
     }
 
     /// Removes the reverse-NAT entry of `frontend_id` (absent is fine).

@@ -167,7 +167,10 @@ fn remove_incompatible_pins(pin_dir: &Path, maglev_entries: u32) -> Result<(), S
             || info.value_size() != def.value_size()
             || info.max_entries() != entries
         {
-            tracing::warn!(map = name, "pinned map has another layout or capacity: replacing it");
+            tracing::warn!(
+                map = name,
+                "pinned map has another layout or capacity: replacing it"
+            );
             fs::remove_file(&path).map_err(path_error(&path))?;
         }
     }
@@ -202,10 +205,8 @@ impl SockLb {
                     reason: chain(&e),
                 })?;
         }
-        let mut take = |name: &'static str| {
-            ebpf.take_map(name)
-                .ok_or(SockLbError::MissingMap(name))
-        };
+        let mut take =
+            |name: &'static str| ebpf.take_map(name).ok_or(SockLbError::MissingMap(name));
         let netns = NetnsMap::new(take(LB_NETNS_MAP)?)?;
         let mut taken = Vec::new();
         for name in LB_MAPS.into_iter().filter(|n| *n != LB_NETNS_MAP) {
@@ -280,11 +281,13 @@ fn program_mut<'a>(
         op: "find",
         reason: "not in the object".into(),
     })?;
-    program.try_into().map_err(|e: aya::programs::ProgramError| SockLbError::Program {
-        program: name,
-        op: "type",
-        reason: chain(&e),
-    })
+    program
+        .try_into()
+        .map_err(|e: aya::programs::ProgramError| SockLbError::Program {
+            program: name,
+            op: "type",
+            reason: chain(&e),
+        })
 }
 
 /// Detaches the node's socket programs (removes their link pins and directory). Nothing

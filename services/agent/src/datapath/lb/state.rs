@@ -262,7 +262,9 @@ impl LbState {
                 programmed.chunk_high_water = programmed.chunk_high_water.max(chunk + 1);
             }
         }
-        let next_id = used_ids.last().map_or(1, |last| last.wrapping_add(1).max(1));
+        let next_id = used_ids
+            .last()
+            .map_or(1, |last| last.wrapping_add(1).max(1));
         Ok(LbState {
             maps,
             config,
@@ -302,7 +304,10 @@ impl LbState {
         let frontend = spec.address;
         let invalid = |reason: String| LbError::Invalid { frontend, reason };
         if spec.id == 0 || spec.id > 65_535 {
-            return Err(invalid(format!("frontend id {} is not in 1..65535", spec.id)));
+            return Err(invalid(format!(
+                "frontend id {} is not in 1..65535",
+                spec.id
+            )));
         }
         let mut seen = BTreeSet::new();
         for backend in &spec.backends {
@@ -319,7 +324,11 @@ impl LbState {
             }
         }
         let mut writes = Writes::default();
-        if self.frontends.get(&frontend).is_some_and(|p| p.id != spec.id) {
+        if self
+            .frontends
+            .get(&frontend)
+            .is_some_and(|p| p.id != spec.id)
+        {
             writes += self.remove(&frontend)?;
         }
         if let Some(old) = self.frontends.get(&frontend)
@@ -389,8 +398,7 @@ impl LbState {
         }
         // 2. Slots of the active backends, in address order, with cumulative weights.
         let active: Vec<&BackendSpec> = {
-            let mut active: Vec<&BackendSpec> =
-                spec.backends.iter().filter(|b| b.active).collect();
+            let mut active: Vec<&BackendSpec> = spec.backends.iter().filter(|b| b.active).collect();
             active.sort_by_key(|b| b.address);
             active
         };
@@ -513,7 +521,12 @@ impl LbState {
     /// Removes every frontend `keep` refuses (after a complete list of the services: what a
     /// previous agent programmed for services deleted meanwhile). Every removal is tried.
     pub fn retain(&mut self, keep: impl Fn(&L4Addr) -> bool) -> (Writes, Vec<LbError>) {
-        let gone: Vec<L4Addr> = self.frontends.keys().filter(|a| !keep(a)).copied().collect();
+        let gone: Vec<L4Addr> = self
+            .frontends
+            .keys()
+            .filter(|a| !keep(a))
+            .copied()
+            .collect();
         let mut writes = Writes::default();
         let mut errors = Vec::new();
         for address in gone {

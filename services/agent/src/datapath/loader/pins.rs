@@ -228,11 +228,9 @@ impl Datapath {
             remove_pin(&pin_dir.join(name))?;
         }
         // The service load balancer's cgroup links and maps (issue #14).
-        crate::datapath::lb::sock::remove_pins(&pin_dir).map_err(|e| {
-            DatapathError::PinPath {
-                path: pin_dir.clone(),
-                source: io::Error::other(e.to_string()),
-            }
+        crate::datapath::lb::sock::remove_pins(&pin_dir).map_err(|e| DatapathError::PinPath {
+            path: pin_dir.clone(),
+            source: io::Error::other(e.to_string()),
         })?;
         remove_dir(&pin_dir)
     }

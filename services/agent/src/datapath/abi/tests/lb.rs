@@ -39,7 +39,10 @@ fn lb_mirrors_match_the_object_btf() {
             ("id", offset_of!(LbFrontendRaw, id)),
             ("count", offset_of!(LbFrontendRaw, count)),
             ("total_weight", offset_of!(LbFrontendRaw, total_weight)),
-            ("affinity_timeout", offset_of!(LbFrontendRaw, affinity_timeout)),
+            (
+                "affinity_timeout",
+                offset_of!(LbFrontendRaw, affinity_timeout),
+            ),
             ("maglev_size", offset_of!(LbFrontendRaw, maglev_size)),
             ("flags", offset_of!(LbFrontendRaw, flags)),
             ("type", offset_of!(LbFrontendRaw, r#type)),
@@ -182,7 +185,10 @@ fn lb_constants_match_the_header() {
         ("KINO_LB_MAX_FRONTENDS", LB_MAX_FRONTENDS.into()),
         ("KINO_LB_MAX_BACKENDS", LB_MAX_BACKENDS.into()),
         ("KINO_LB_MAX_SLOTS", LB_MAX_SLOTS.into()),
-        ("KINO_LB_AFFINITY_MAX_ENTRIES", LB_AFFINITY_MAX_ENTRIES.into()),
+        (
+            "KINO_LB_AFFINITY_MAX_ENTRIES",
+            LB_AFFINITY_MAX_ENTRIES.into(),
+        ),
         (
             "KINO_LB_REVERSE_SK_MAX_ENTRIES",
             LB_REVERSE_SK_MAX_ENTRIES.into(),
