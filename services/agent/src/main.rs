@@ -660,22 +660,25 @@ async fn main() -> anyhow::Result<()> {
         // Services: the cluster's Service records into the load balancer's maps.
         let _sock_lb = match lb_state {
             Some((sock, state)) => {
-                let network = retry("getting the service network from IPAM", || {
-                    let mut client = LoadBalancingServiceClient::new(ipam_channel.clone());
-                    async move {
-                        kino_agent::services::network::from_answer(
-                            client
-                                .get_service_network(GetServiceNetworkRequest {})
-                                .await
-                                .map(tonic::Response::into_inner),
-                        )
-                    }
-                })
-                .await;
+                let ipam_channel = ipam_channel.clone();
+                let network = async move {
+                    retry("getting the service network from IPAM", || {
+                        let mut client = LoadBalancingServiceClient::new(ipam_channel.clone());
+                        async move {
+                            kino_agent::services::network::from_answer(
+                                client
+                                    .get_service_network(GetServiceNetworkRequest {})
+                                    .await
+                                    .map(tonic::Response::into_inner),
+                            )
+                        }
+                    })
+                    .await
+                };
                 kino_agent::services::start(
                     RecordClient::new(datastore_channel.clone()),
                     Arc::new(tokio::sync::Mutex::new(state)),
-                    &network,
+                    network,
                     Duration::from_secs(config.route_reconcile_interval),
                 )
                 .context("starting the service follower")?;

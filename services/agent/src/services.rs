@@ -17,20 +17,25 @@ use tokio::sync::{Mutex, watch as signal};
 use crate::datapath::lb::LbState;
 use crate::netlink::Netlink;
 
-/// Starts following the services into `lb` and keeping the unreachable routes of
-/// `network`'s CIDRs, as background tasks of the current runtime; the routes' netlink
+/// Starts following the services into `lb` and keeping the unreachable routes of the
+/// service CIDRs (once `network` gives them), as background tasks of the current runtime; the routes' netlink
 /// socket is opened here, in the caller's (the node's) network namespace. The receiver
 /// turns true once the first complete list of services is programmed.
 pub fn start(
     records: RecordClient,
     lb: Arc<Mutex<LbState>>,
-    network: &network::ServiceNetwork,
+    network: impl std::future::Future<Output = network::ServiceNetwork> + Send + 'static,
     interval: Duration,
 ) -> std::io::Result<signal::Receiver<bool>> {
     let netlink = Netlink::connect()?;
     let (synced, synced_rx) = signal::channel(false);
     tokio::spawn(watch::follow(records, lb, synced));
-    tokio::spawn(routes::run(netlink, network.cidrs.clone(), interval));
+    // The routes wait for the service network (IPAM may answer later); the services don't.
+    tokio::spawn(async move {
+        let network = network.await;
+        tracing::info!(cidrs = ?network.cidrs, "service network");
+        routes::run(netlink, network.cidrs, interval).await;
+    });
     Ok(synced_rx)
 }
 

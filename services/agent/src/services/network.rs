@@ -1,6 +1,7 @@
 //! The cluster's service network (kino-ipam's `GetServiceNetwork`): the service CIDRs every
 //! node routes as unreachable and the NodePort range. An IPAM that does not serve
-//! `kino.service.v1` yet (UNIMPLEMENTED) gives the defaults, with a warning.
+//! `kino.service.v1` yet (UNIMPLEMENTED, or PERMISSION_DENIED from its authorization table)
+//! gives the defaults, with a warning.
 
 use std::net::IpAddr;
 
@@ -41,9 +42,13 @@ pub fn from_answer(
 ) -> Result<ServiceNetwork, Status> {
     let response = match answer {
         Ok(response) => response,
-        Err(status) if status.code() == Code::Unimplemented => {
+        // An IPAM from before kino.service.v1 answers UNIMPLEMENTED, or — its authorization
+        // table not naming the method — PERMISSION_DENIED.
+        Err(status) if matches!(status.code(), Code::Unimplemented | Code::PermissionDenied) => {
             tracing::warn!(
-                "IPAM does not serve kino.service.v1 (GetServiceNetwork): using the default service network 172.20.0.0/16, fd00:ffff::/112, NodePorts 30000-32767"
+                code = ?status.code(),
+                message = status.message(),
+                "IPAM does not serve GetServiceNetwork (kino.service.v1) to this agent: using the default service network 172.20.0.0/16, fd00:ffff::/112, NodePorts 30000-32767"
             );
             return Ok(ServiceNetwork::default());
         }
