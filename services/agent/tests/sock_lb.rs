@@ -380,3 +380,127 @@ fn a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone
         );
     }
 }
+
+/// Names of `count` new connections from `pod` to `to` (each a new socket).
+fn names_of(pod: &Pod, to: SocketAddr, count: usize) -> Vec<u8> {
+    (0..count)
+        .map(|_| {
+            who_tcp(&pod.netns, to)
+                .unwrap_or_else(|e| panic!("TCP to {to}: {e:?}"))
+                .0
+        })
+        .collect()
+}
+
+fn share(names: &[u8], name: u8) -> f64 {
+    names.iter().filter(|n| **n == name).count() as f64 / names.len() as f64
+}
+
+#[test]
+fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
+    if !tools_present("weights_terminating_backends_refusals_affinity_maglev_and_restarts") {
+        return;
+    }
+    let world = World::new();
+    let _pins = world.pins();
+    let node = world.netns("node");
+    let ns: Vec<_> = (0..3).map(|i| world.netns(&format!("pod{i}"))).collect();
+    let pods: Vec<Pod> = ns
+        .iter()
+        .enumerate()
+        .map(|(i, n)| Pod::new(&world, n, i as u8 + 1, 300 + i as u32))
+        .collect();
+    let node_name = world.node.clone();
+    in_node(&node, move || async move {
+        let (_netlink, _datapath) = node_with_dual_stack_pods(&node_name, &pods).await;
+        let (client, b1, b2) = (&pods[0], &pods[1], &pods[2]);
+        let _s1 = WhoAmI::start(b1, b'1');
+        let _s2 = WhoAmI::start(b2, b'2');
+        let to = SocketAddr::new(VIP.into(), PORT);
+        let mut lb = load_lb(&node_name, &[client], LbConfig::default());
+
+        // Weights 1:3 — about a quarter and three quarters of 200 connections.
+        lb.state
+            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 3, true)]))
+            .expect("programming");
+        let names = names_of(client, to, 200);
+        let heavy = share(&names, b'2');
+        assert!((0.6..=0.9).contains(&heavy), "weight 3 of 4 got {heavy:.2} of the connections");
+
+        // b2 terminating: an established connection keeps working, new ones all go to b1.
+        let (name, _, mut established) = loop {
+            let found = who_tcp(&client.netns, to).expect("TCP");
+            if found.0 == b'2' {
+                break found;
+            }
+        };
+        assert_eq!(name, b'2');
+        let writes = lb
+            .state
+            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 3, false)]))
+            .expect("b2 terminating");
+        assert!(writes.written <= 3, "a state change is a few writes: {writes:?}");
+        assert!(names_of(client, to, 50).iter().all(|n| *n == b'1'), "a terminating backend got a new connection");
+        {
+            use std::io::Write;
+            established.write_all(b"?").expect("the established connection still sends");
+            let mut answer = [0u8; 1];
+            established.read_exact(&mut answer).expect("and receives");
+            assert_eq!(answer, [b'2'], "from its backend");
+        }
+
+        // No active backend: refused at connect (ECONNREFUSED), not timed out.
+        lb.state
+            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, false), (b2, 3, false)]))
+            .expect("all terminating");
+        assert_eq!(who_tcp(&client.netns, to).err(), Some(ErrorKind::ConnectionRefused));
+        lb.state
+            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[]))
+            .expect("no backends");
+        assert_eq!(who_tcp(&client.netns, to).err(), Some(ErrorKind::ConnectionRefused));
+
+        // Session affinity: every connection of the client goes to the backend it first got.
+        let mut sticky = frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 1, true)]);
+        sticky.affinity_timeout = Some(60);
+        lb.state.upsert(&sticky).expect("affinity");
+        let names = names_of(client, to, 30);
+        assert!(names.iter().all(|n| *n == names[0]), "affinity broken: {names:?}");
+        let affinities = lb.state.maps().affinities().expect("affinity entries");
+        assert!(
+            affinities.iter().any(|(c, f, _, _)| *c == IpAddr::from(client.ip) && *f == 1),
+            "{affinities:?}"
+        );
+
+        // An agent restart with Maglev: the new programs replace the old links, the maps and
+        // their entries are adopted, and translation goes on (through the tables now).
+        let old_programs = link_program_ids(&lb.pin_dir);
+        drop(lb);
+        assert_eq!(names_of(client, to, 3).len(), 3, "the pinned links translate without an agent");
+        let maglev = LbConfig { algorithm: Algorithm::Maglev, ..LbConfig::default() };
+        let mut lb = load_lb(&node_name, &[client], maglev);
+        let new_programs = link_program_ids(&lb.pin_dir);
+        assert_eq!(new_programs.len(), 8);
+        assert!(old_programs.iter().all(|p| !new_programs.contains(p)), "old links replaced");
+        let attached = attached_programs(&cgroup2_mount().expect("cgroup2"));
+        assert!(old_programs.iter().all(|p| !attached.contains(p)), "old programs detached");
+        assert_eq!(lb.state.frontend_addresses(), vec![sticky.address], "frontend adopted");
+        lb.state
+            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 1, true)]))
+            .expect("programming with Maglev");
+        let chunks = lb.state.maps().maglev_chunks().expect("tables");
+        assert_eq!(chunks, vec![(1, 0)], "one table chunk at the default size");
+        // Each socket hashes (its cookie) to a table slot: both backends get connections.
+        let names = names_of(client, to, 60);
+        for backend in [b'1', b'2'] {
+            assert!(share(&names, backend) > 0.15, "{} got {:.2}", backend as char, share(&names, backend));
+        }
+        // Removing the frontend removes every entry it had.
+        let removed = lb.state.remove(&sticky.address).expect("removing");
+        assert!(removed.removed >= 6, "{removed:?}");
+        assert!(lb.state.maps().frontends().expect("frontends").is_empty());
+        assert!(lb.state.maps().backends().expect("backends").is_empty());
+        assert!(lb.state.maps().slots().expect("slots").is_empty());
+        assert!(lb.state.maps().maglev_chunks().expect("tables").is_empty());
+        assert!(who_tcp(&client.netns, to).is_err(), "a removed frontend is not translated");
+    });
+}
