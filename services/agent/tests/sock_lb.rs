@@ -421,11 +421,19 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
 
         // Weights 1:3 — about a quarter and three quarters of 200 connections.
         lb.state
-            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 3, true)]))
+            .upsert(&frontend(
+                1,
+                VIP.into(),
+                L4Protocol::Tcp,
+                &[(b1, 1, true), (b2, 3, true)],
+            ))
             .expect("programming");
         let names = names_of(client, to, 200);
         let heavy = share(&names, b'2');
-        assert!((0.6..=0.9).contains(&heavy), "weight 3 of 4 got {heavy:.2} of the connections");
+        assert!(
+            (0.6..=0.9).contains(&heavy),
+            "weight 3 of 4 got {heavy:.2} of the connections"
+        );
 
         // b2 terminating: an established connection keeps working, new ones all go to b1.
         let (name, _, mut established) = loop {
@@ -437,13 +445,26 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
         assert_eq!(name, b'2');
         let writes = lb
             .state
-            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 3, false)]))
+            .upsert(&frontend(
+                1,
+                VIP.into(),
+                L4Protocol::Tcp,
+                &[(b1, 1, true), (b2, 3, false)],
+            ))
             .expect("b2 terminating");
-        assert!(writes.written <= 3, "a state change is a few writes: {writes:?}");
-        assert!(names_of(client, to, 50).iter().all(|n| *n == b'1'), "a terminating backend got a new connection");
+        assert!(
+            writes.written <= 3,
+            "a state change is a few writes: {writes:?}"
+        );
+        assert!(
+            names_of(client, to, 50).iter().all(|n| *n == b'1'),
+            "a terminating backend got a new connection"
+        );
         {
             use std::io::Write;
-            established.write_all(b"?").expect("the established connection still sends");
+            established
+                .write_all(b"?")
+                .expect("the established connection still sends");
             let mut answer = [0u8; 1];
             established.read_exact(&mut answer).expect("and receives");
             assert_eq!(answer, [b'2'], "from its backend");
@@ -451,23 +472,44 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
 
         // No active backend: refused at connect (ECONNREFUSED), not timed out.
         lb.state
-            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, false), (b2, 3, false)]))
+            .upsert(&frontend(
+                1,
+                VIP.into(),
+                L4Protocol::Tcp,
+                &[(b1, 1, false), (b2, 3, false)],
+            ))
             .expect("all terminating");
-        assert_eq!(who_tcp(&client.netns, to).err(), Some(ErrorKind::ConnectionRefused));
+        assert_eq!(
+            who_tcp(&client.netns, to).err(),
+            Some(ErrorKind::ConnectionRefused)
+        );
         lb.state
             .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[]))
             .expect("no backends");
-        assert_eq!(who_tcp(&client.netns, to).err(), Some(ErrorKind::ConnectionRefused));
+        assert_eq!(
+            who_tcp(&client.netns, to).err(),
+            Some(ErrorKind::ConnectionRefused)
+        );
 
         // Session affinity: every connection of the client goes to the backend it first got.
-        let mut sticky = frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 1, true)]);
+        let mut sticky = frontend(
+            1,
+            VIP.into(),
+            L4Protocol::Tcp,
+            &[(b1, 1, true), (b2, 1, true)],
+        );
         sticky.affinity_timeout = Some(60);
         lb.state.upsert(&sticky).expect("affinity");
         let names = names_of(client, to, 30);
-        assert!(names.iter().all(|n| *n == names[0]), "affinity broken: {names:?}");
+        assert!(
+            names.iter().all(|n| *n == names[0]),
+            "affinity broken: {names:?}"
+        );
         let affinities = lb.state.maps().affinities().expect("affinity entries");
         assert!(
-            affinities.iter().any(|(c, f, _, _)| *c == IpAddr::from(client.ip) && *f == 1),
+            affinities
+                .iter()
+                .any(|(c, f, _, _)| *c == IpAddr::from(client.ip) && *f == 1),
             "{affinities:?}"
         );
 
@@ -475,24 +517,51 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
         // their entries are adopted, and translation goes on (through the tables now).
         let old_programs = link_program_ids(&lb.pin_dir);
         drop(lb);
-        assert_eq!(names_of(client, to, 3).len(), 3, "the pinned links translate without an agent");
-        let maglev = LbConfig { algorithm: Algorithm::Maglev, ..LbConfig::default() };
+        assert_eq!(
+            names_of(client, to, 3).len(),
+            3,
+            "the pinned links translate without an agent"
+        );
+        let maglev = LbConfig {
+            algorithm: Algorithm::Maglev,
+            ..LbConfig::default()
+        };
         let mut lb = load_lb(&node_name, &[client], maglev);
         let new_programs = link_program_ids(&lb.pin_dir);
         assert_eq!(new_programs.len(), 8);
-        assert!(old_programs.iter().all(|p| !new_programs.contains(p)), "old links replaced");
+        assert!(
+            old_programs.iter().all(|p| !new_programs.contains(p)),
+            "old links replaced"
+        );
         let attached = attached_programs(&cgroup2_mount().expect("cgroup2"));
-        assert!(old_programs.iter().all(|p| !attached.contains(p)), "old programs detached");
-        assert_eq!(lb.state.frontend_addresses(), vec![sticky.address], "frontend adopted");
+        assert!(
+            old_programs.iter().all(|p| !attached.contains(p)),
+            "old programs detached"
+        );
+        assert_eq!(
+            lb.state.frontend_addresses(),
+            vec![sticky.address],
+            "frontend adopted"
+        );
         lb.state
-            .upsert(&frontend(1, VIP.into(), L4Protocol::Tcp, &[(b1, 1, true), (b2, 1, true)]))
+            .upsert(&frontend(
+                1,
+                VIP.into(),
+                L4Protocol::Tcp,
+                &[(b1, 1, true), (b2, 1, true)],
+            ))
             .expect("programming with Maglev");
         let chunks = lb.state.maps().maglev_chunks().expect("tables");
         assert_eq!(chunks, vec![(1, 0)], "one table chunk at the default size");
         // Each socket hashes (its cookie) to a table slot: both backends get connections.
         let names = names_of(client, to, 60);
         for backend in [b'1', b'2'] {
-            assert!(share(&names, backend) > 0.15, "{} got {:.2}", backend as char, share(&names, backend));
+            assert!(
+                share(&names, backend) > 0.15,
+                "{} got {:.2}",
+                backend as char,
+                share(&names, backend)
+            );
         }
         // Removing the frontend removes every entry it had.
         let removed = lb.state.remove(&sticky.address).expect("removing");
@@ -501,6 +570,9 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
         assert!(lb.state.maps().backends().expect("backends").is_empty());
         assert!(lb.state.maps().slots().expect("slots").is_empty());
         assert!(lb.state.maps().maglev_chunks().expect("tables").is_empty());
-        assert!(who_tcp(&client.netns, to).is_err(), "a removed frontend is not translated");
+        assert!(
+            who_tcp(&client.netns, to).is_err(),
+            "a removed frontend is not translated"
+        );
     });
 }
