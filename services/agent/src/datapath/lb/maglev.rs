@@ -38,7 +38,10 @@ pub fn validate_table_size(m: u32) -> Result<(), TableSizeError> {
 }
 
 fn is_prime(n: u32) -> bool {
-    n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0)
+    n >= 2
+        && (2..)
+            .take_while(|d| d * d <= n)
+            .all(|d| !n.is_multiple_of(d))
 }
 
 /// FNV-1a (64 bit) of `bytes` after `seed`: stable across nodes and agent versions (std's

@@ -139,11 +139,11 @@ pub enum LbError {
         frontend: L4Addr,
         /// The failure.
         #[source]
-        source: MapOpError,
+        source: Box<MapOpError>,
     },
     /// Reading the maps failed.
     #[error("reading the service maps: {0}")]
-    Read(#[source] MapOpError),
+    Read(#[source] Box<MapOpError>),
     /// The spec cannot be programmed.
     #[error("frontend {frontend}: {reason}")]
     Invalid {
@@ -229,7 +229,7 @@ impl LbState {
     /// Adopts what `maps` hold (a previous agent's frontends and backend ids).
     pub fn adopt(maps: LbMaps, config: LbConfig) -> Result<Self, LbError> {
         let mut frontends: BTreeMap<L4Addr, Programmed> = BTreeMap::new();
-        let listed = maps.frontends().map_err(LbError::Read)?;
+        let listed = maps.frontends().map_err(|e| LbError::Read(Box::new(e)))?;
         let mut by_id: BTreeMap<u32, L4Addr> = BTreeMap::new();
         for (address, raw) in &listed {
             by_id.insert(raw.id, *address);
@@ -243,7 +243,7 @@ impl LbState {
             );
         }
         let mut used_ids = BTreeSet::new();
-        for (id, raw) in maps.backends().map_err(LbError::Read)? {
+        for (id, raw) in maps.backends().map_err(|e| LbError::Read(Box::new(e)))? {
             used_ids.insert(id);
             if let (Some(frontend), Some(address)) =
                 (by_id.get(&raw.frontend_id), L4Addr::of_backend(&raw))
@@ -252,12 +252,15 @@ impl LbState {
                 programmed.backend_ids.insert(address, id);
             }
         }
-        for (frontend_id, slot, _) in maps.slots().map_err(LbError::Read)? {
+        for (frontend_id, slot, _) in maps.slots().map_err(|e| LbError::Read(Box::new(e)))? {
             if let Some(programmed) = by_id.get(&frontend_id).and_then(|a| frontends.get_mut(a)) {
                 programmed.slot_high_water = programmed.slot_high_water.max(slot);
             }
         }
-        for (frontend_id, chunk) in maps.maglev_chunks().map_err(LbError::Read)? {
+        for (frontend_id, chunk) in maps
+            .maglev_chunks()
+            .map_err(|e| LbError::Read(Box::new(e)))?
+        {
             if let Some(programmed) = by_id.get(&frontend_id).and_then(|a| frontends.get_mut(a)) {
                 programmed.chunk_high_water = programmed.chunk_high_water.max(chunk + 1);
             }
@@ -358,7 +361,10 @@ impl LbState {
                 failed.slot_high_water = failed.slot_high_water.max(spec.backends.len() as u32);
                 failed.chunk_high_water = failed.chunk_high_water.max(self.chunks_per_table());
                 self.frontends.insert(frontend, failed);
-                Err(LbError::Map { frontend, source })
+                Err(LbError::Map {
+                    frontend,
+                    source: Box::new(source),
+                })
             }
         }
     }
@@ -513,7 +519,10 @@ impl LbState {
             Err(source) => {
                 let frontend = *address;
                 self.frontends.insert(frontend, old);
-                Err(LbError::Map { frontend, source })
+                Err(LbError::Map {
+                    frontend,
+                    source: Box::new(source),
+                })
             }
         }
     }

@@ -211,7 +211,7 @@ fn lb_constants_match_the_header() {
         ("KINO_LB_NETNS_F_HOST", LB_NETNS_F_HOST),
     ]);
     // 65535 backends (a frontend's most) need 17 halvings.
-    assert!(1u64 << LB_SLOT_SEARCH_STEPS > 65_535);
+    const { assert!(1u64 << LB_SLOT_SEARCH_STEPS > 65_535) };
 }
 
 fn lb_object_maps() -> HashMap<String, aya_obj::Map> {
