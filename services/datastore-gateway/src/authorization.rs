@@ -157,6 +157,23 @@ pub static KIND_RULES: &[KindRule] = &[
         write: IPAM,
         delete: IPAM,
     },
+    // Services (kino.service.v1) and their frontend and id claims: kino-ipam serves the
+    // API and is their only writer; every agent reads them.
+    KindRule {
+        kind: "Service",
+        write: IPAM,
+        delete: IPAM,
+    },
+    KindRule {
+        kind: "ServiceFrontend",
+        write: IPAM,
+        delete: IPAM,
+    },
+    KindRule {
+        kind: "ServiceFrontendId",
+        write: IPAM,
+        delete: IPAM,
+    },
     KindRule {
         kind: "Identity",
         write: COMPILER,
