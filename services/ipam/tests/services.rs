@@ -246,7 +246,7 @@ mod cases {
             ["n1", "n2", "n3"],
             "each backend's node, from IPAM's allocation or the Node record"
         );
-        let affinity = created.session_affinity.clone().unwrap();
+        let affinity = created.session_affinity.unwrap();
         assert_eq!(
             affinity.timeout.unwrap().seconds,
             10800,

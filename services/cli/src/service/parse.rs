@@ -83,11 +83,11 @@ fn protocol_of(text: &str) -> Result<pb::Protocol, String> {
     }
 }
 
+/// `key=value` options (a bare `key` has the value "").
+type Options<'a> = Vec<(&'a str, &'a str)>;
+
 /// The `,key=value` options after the first part; each must be one of `known`.
-fn options<'a>(
-    text: &'a str,
-    known: &[&str],
-) -> Result<(&'a str, Vec<(&'a str, &'a str)>), String> {
+fn options<'a>(text: &'a str, known: &[&str]) -> Result<(&'a str, Options<'a>), String> {
     let mut parts = text.split(',');
     let first = parts.next().unwrap_or_default();
     let mut options = Vec::new();

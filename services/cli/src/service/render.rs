@@ -110,7 +110,7 @@ pub fn render_service(service: &pb::Service) -> String {
         _ => "ClusterIP",
     };
     let _ = writeln!(out, "type:        {kind}");
-    let affinity = service.session_affinity.clone().unwrap_or_default();
+    let affinity = service.session_affinity.unwrap_or_default();
     let affinity = match affinity.r#type() {
         pb::SessionAffinityType::ClientIp => format!(
             "ClientIP (timeout {}s)",

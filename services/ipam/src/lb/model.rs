@@ -623,12 +623,15 @@ fn affinity(raw: Option<&pb::SessionAffinity>) -> Result<Affinity, InvalidField>
                 && timeout.seconds >= 1
                 && timeout.seconds as u64 <= MAX_AFFINITY_TIMEOUT.as_secs();
             if !whole {
+                let given = if timeout.nanos == 0 {
+                    format!("{}s", timeout.seconds)
+                } else {
+                    format!("{}.{:09}s", timeout.seconds, timeout.nanos)
+                };
                 return Err(InvalidField::new(
                     field,
                     format!(
-                        "{}.{:09}s is not a whole number of seconds from 1 s to {} s (a day)",
-                        timeout.seconds,
-                        timeout.nanos,
+                        "{given} is not a whole number of seconds from 1 s to {} s (a day)",
                         MAX_AFFINITY_TIMEOUT.as_secs()
                     ),
                 ));

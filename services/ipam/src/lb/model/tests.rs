@@ -100,7 +100,8 @@ fn node_ports_and_affinity() {
 
 #[test]
 fn every_refusal_names_its_field() {
-    let cases: Vec<(&str, &str, Box<dyn FnOnce(&mut pb::Service)>)> = vec![
+    type Change = Box<dyn FnOnce(&mut pb::Service)>;
+    let cases: Vec<(&str, &str, Change)> = vec![
         ("service.name", "required", Box::new(|s| s.name.clear())),
         (
             "service.name",
