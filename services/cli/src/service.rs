@@ -19,7 +19,7 @@ use self::parse::{
     parse_node_port, socket_of,
 };
 use crate::ipam::{IpamCliError, connect, refused, within};
-use crate::proto_json;
+use crate::proto_json::{self, ProtoMessage};
 
 /// `kino service ...`.
 #[derive(Args, Debug)]
@@ -170,11 +170,9 @@ pub async fn run(
                     .await
                     .map_err(refused)?
                     .into_inner();
-                Ok(if json {
-                    proto_json::to_string(&response)
-                } else {
-                    render::render_service(&response.service.unwrap_or_default())
-                })
+                Ok(show(json, &response, |r| {
+                    render::render_service(r.service.as_ref().unwrap_or(&pb::Service::default()))
+                }))
             }
             ServiceCommand::Update {
                 name,
@@ -204,11 +202,9 @@ pub async fn run(
                     .await
                     .map_err(refused)?
                     .into_inner();
-                Ok(if json {
-                    proto_json::to_string(&response)
-                } else {
-                    render::render_service(&response.service.unwrap_or_default())
-                })
+                Ok(show(json, &response, |r| {
+                    render::render_service(r.service.as_ref().unwrap_or(&pb::Service::default()))
+                }))
             }
             ServiceCommand::Delete { name, namespace } => {
                 let response = client
@@ -219,11 +215,9 @@ pub async fn run(
                     .await
                     .map_err(refused)?
                     .into_inner();
-                Ok(if json {
-                    proto_json::to_string(&response)
-                } else {
-                    render::render_deleted(&response.service.unwrap_or_default())
-                })
+                Ok(show(json, &response, |r| {
+                    render::render_deleted(r.service.as_ref().unwrap_or(&pb::Service::default()))
+                }))
             }
             ServiceCommand::List { namespace } => {
                 let response = client
@@ -233,11 +227,7 @@ pub async fn run(
                     .await
                     .map_err(refused)?
                     .into_inner();
-                Ok(if json {
-                    proto_json::to_string(&response)
-                } else {
-                    render::render_list(&response.services)
-                })
+                Ok(show(json, &response, |r| render::render_list(&r.services)))
             }
             ServiceCommand::Get { name, namespace } => {
                 let response = client
@@ -248,15 +238,22 @@ pub async fn run(
                     .await
                     .map_err(refused)?
                     .into_inner();
-                Ok(if json {
-                    proto_json::to_string(&response)
-                } else {
-                    render::render_service(&response.service.unwrap_or_default())
-                })
+                Ok(show(json, &response, |r| {
+                    render::render_service(r.service.as_ref().unwrap_or(&pb::Service::default()))
+                }))
             }
         }
     };
     within(target, timeout, work).await
+}
+
+/// `response` as `-o json` prints it, or as `table` renders it for people.
+fn show<M: ProtoMessage>(json: bool, response: &M, table: impl FnOnce(&M) -> String) -> String {
+    if json {
+        proto_json::to_string(response)
+    } else {
+        table(response)
+    }
 }
 
 fn usage(message: String) -> IpamCliError {

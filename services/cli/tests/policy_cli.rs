@@ -10,7 +10,7 @@ mod support;
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use support::{Service, json, row, text};
+use support::{Service, json, row, start_gateway, text};
 
 use kino_api::policy as pb;
 use kino_api::types::{Label, Labels};
@@ -72,18 +72,8 @@ struct Suite {
 impl Suite {
     fn start() -> Suite {
         let dir = tempfile::tempdir().expect("tempdir");
-        let datastore = dir.path().join("datastore.sock");
         let policy = dir.path().join("policy.sock");
-        let mut gateway = Service::start(
-            dir.path(),
-            "kino-datastore-gateway",
-            &[
-                format!("--listen=unix:{}", datastore.display()),
-                "--backend=embedded".into(),
-                format!("--data-file={}", dir.path().join("kino.redb").display()),
-            ],
-        );
-        gateway.wait_for_socket(&datastore);
+        let (gateway, datastore) = start_gateway(dir.path());
         let mut compiler = Service::start(
             dir.path(),
             "kino-policy-compiler",

@@ -11,7 +11,7 @@ use std::process::{Command, Output, Stdio};
 
 use kino_api::ipam as pb;
 use kino_service_kit::ClientTlsArgs;
-use support::{Service, json, row, text};
+use support::{Service, json, row, start_gateway, text};
 
 /// The suite of the test and how to run `kino` against it.
 struct Suite {
@@ -25,18 +25,8 @@ struct Suite {
 impl Suite {
     fn start() -> Suite {
         let dir = tempfile::tempdir().expect("tempdir");
-        let datastore = dir.path().join("datastore.sock");
         let ipam = dir.path().join("ipam.sock");
-        let mut gateway = Service::start(
-            dir.path(),
-            "kino-datastore-gateway",
-            &[
-                format!("--listen=unix:{}", datastore.display()),
-                "--backend=embedded".into(),
-                format!("--data-file={}", dir.path().join("kino.redb").display()),
-            ],
-        );
-        gateway.wait_for_socket(&datastore);
+        let (gateway, datastore) = start_gateway(dir.path());
         let mut ipam_service = Service::start(
             dir.path(),
             "kino-ipam",

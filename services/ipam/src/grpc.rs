@@ -70,7 +70,7 @@ pub fn to_status(error: IpamError) -> Status {
 }
 
 /// Runs an operation in its own task (see the module comment).
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     operation: impl Future<Output = Result<T, IpamError>> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(operation.in_current_span())

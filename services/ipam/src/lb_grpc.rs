@@ -11,10 +11,9 @@ use kino_api::service::load_balancing_service_server::{
     LoadBalancingService, LoadBalancingServiceServer,
 };
 use tonic::{Request, Response, Status};
-use tracing::Instrument;
 
-use crate::error::{InvalidField, IpamError};
-use crate::grpc::to_status;
+use crate::error::InvalidField;
+use crate::grpc::{detached, to_status};
 use crate::lb::model::{ServiceName, ServiceSpec, validate_namespace};
 use crate::service::Ipam;
 
@@ -55,16 +54,6 @@ fn invalid(error: InvalidField) -> Status {
 
 fn name(namespace: &str, name: &str) -> Result<ServiceName, Status> {
     ServiceName::validate("", namespace, name).map_err(invalid)
-}
-
-/// Runs a write in its own task (see the module comment).
-async fn detached<T: Send + 'static>(
-    operation: impl Future<Output = Result<T, IpamError>> + Send + 'static,
-) -> Result<T, Status> {
-    tokio::spawn(operation.in_current_span())
-        .await
-        .map_err(|e| Status::internal(format!("the request's task failed: {e}")))?
-        .map_err(to_status)
 }
 
 #[tonic::async_trait]

@@ -208,19 +208,14 @@ async fn main() -> anyhow::Result<()> {
 /// --service-cidr was changed): a ClusterIP must never be a pod's address. Waits for the
 /// datastore; once the pools are checked it never returns (CreatePool refuses new overlaps).
 async fn refuse_overlapping_pools(ipam: Arc<Ipam>) -> anyhow::Error {
-    let mut delay = Duration::from_millis(200);
-    loop {
-        match ipam.pool_overlapping_services().await {
-            Ok(None) => return std::future::pending().await,
-            Ok(Some(overlap)) => {
-                tracing::error!(error = %overlap, "refusing to start");
-                return anyhow::anyhow!("{overlap} (flag --service-cidr)");
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, retry_in = ?delay, "cannot check the pools against the service CIDRs yet");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
+    let checked = once_reachable("check the pools against the service CIDRs", || {
+        ipam.pool_overlapping_services()
+    });
+    match checked.await {
+        None => std::future::pending().await,
+        Some(overlap) => {
+            tracing::error!(error = %overlap, "refusing to start");
+            anyhow::anyhow!("{overlap} (flag --service-cidr)")
         }
     }
 }
@@ -228,17 +223,24 @@ async fn refuse_overlapping_pools(ipam: Arc<Ipam>) -> anyhow::Error {
 /// Removes the service claims a kino-ipam that stopped between its writes left, once they
 /// are older than the claim takeover time (a request still running keeps its claims).
 async fn collect_service_claims(ipam: Arc<Ipam>) {
+    let removed = once_reachable("collect service claims", || ipam.collect_service_claims()).await;
+    if removed > 0 {
+        tracing::info!(removed, "removed service claims no service lists");
+    }
+}
+
+/// `attempt`'s answer, retried (from 200 ms to every 10 s) while it fails, e.g. while the
+/// datastore is not reachable yet.
+async fn once_reachable<T, F: Future<Output = Result<T, IpamError>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
     let mut delay = Duration::from_millis(200);
     loop {
-        match ipam.collect_service_claims().await {
-            Ok(removed) => {
-                if removed > 0 {
-                    tracing::info!(removed, "removed service claims no service lists");
-                }
-                return;
-            }
+        match attempt().await {
+            Ok(answer) => return answer,
             Err(e) => {
-                tracing::debug!(error = %e, retry_in = ?delay, "cannot collect service claims yet");
+                tracing::debug!(error = %e, retry_in = ?delay, "cannot {what} yet");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(10));
             }

@@ -10,7 +10,7 @@ mod backends;
 use std::collections::BTreeSet;
 use std::time::{Duration, SystemTime};
 
-use backends::{Replica, World, default_pool};
+use backends::{Replica, World, assert_status, default_pool};
 use futures::future::join_all;
 use kino_api::datastore::{ListRequest, Resource};
 use kino_api::ipam as ipam_pb;
@@ -116,18 +116,6 @@ async fn list(r: &Replica, namespace: &str) -> Vec<pb::Service> {
         .expect("ListServices")
         .into_inner()
         .services
-}
-
-fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, words: &[&str]) {
-    let status = result.expect_err("the request must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    for word in words {
-        assert!(
-            status.message().contains(word),
-            "the message must mention {word:?}: {}",
-            status.message()
-        );
-    }
 }
 
 /// Every record of `kind`, straight from the datastore.

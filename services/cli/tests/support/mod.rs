@@ -65,6 +65,23 @@ impl Drop for Service {
     }
 }
 
+/// A kino-datastore-gateway on an embedded store in `dir`, accepting connections on the
+/// returned socket.
+pub fn start_gateway(dir: &Path) -> (Service, PathBuf) {
+    let socket = dir.join("datastore.sock");
+    let mut gateway = Service::start(
+        dir,
+        "kino-datastore-gateway",
+        &[
+            format!("--listen=unix:{}", socket.display()),
+            "--backend=embedded".into(),
+            format!("--data-file={}", dir.join("kino.redb").display()),
+        ],
+    );
+    gateway.wait_for_socket(&socket);
+    (gateway, socket)
+}
+
 /// A workspace binary built next to `kino` (`cargo build` puts them in one directory).
 pub fn sibling_binary(name: &str) -> PathBuf {
     let kino = Path::new(env!("CARGO_BIN_EXE_kino"));

@@ -17,6 +17,7 @@ use kino_api::service as pb;
 
 use super::network::ServiceNetwork;
 use crate::error::InvalidField;
+use crate::pool::validate_name;
 use crate::records::timestamp;
 
 /// Namespace of a service created without one.
@@ -51,12 +52,13 @@ impl ServiceName {
             namespace
         };
         validate_namespace(&join(field, "namespace"), namespace)?;
-        check_name(
+        validate_name(
             &join(field, "name"),
-            "service name",
+            "service",
             name,
             MAX_NAME_LEN,
             "-.",
+            true,
         )?;
         Ok(ServiceName {
             namespace: namespace.to_owned(),
@@ -413,7 +415,7 @@ impl ServiceSpec {
 
 /// Checks a namespace (a DNS label); `field` names it in errors.
 pub fn validate_namespace(field: &str, namespace: &str) -> Result<(), InvalidField> {
-    check_name(field, "namespace", namespace, MAX_NAMESPACE_LEN, "-")
+    validate_name(field, "namespace", namespace, MAX_NAMESPACE_LEN, "-", true)
 }
 
 fn frontend(
@@ -682,45 +684,7 @@ fn check_port_name(field: &str, name: &str) -> Result<(), InvalidField> {
     if name.is_empty() {
         return Ok(());
     }
-    check_name(field, "port name", name, MAX_PORT_NAME_LEN, "-")
-}
-
-/// `what` of 1..=max lower-case letters, digits and `punctuation`, starting and ending with
-/// a letter or digit (Kubernetes' DNS names).
-fn check_name(
-    field: &str,
-    what: &str,
-    name: &str,
-    max: usize,
-    punctuation: &str,
-) -> Result<(), InvalidField> {
-    if name.is_empty() {
-        return Err(InvalidField::new(field, format!("a {what} is required")));
-    }
-    if name.len() > max {
-        return Err(InvalidField::new(
-            field,
-            format!(
-                "{what} {} is {} characters long; at most {max}",
-                quote(name),
-                name.len()
-            ),
-        ));
-    }
-    let allowed = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit() || punctuation.contains(c);
-    let edge = |c: Option<char>| c.is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    if !name.chars().all(allowed) || !edge(name.chars().next()) || !edge(name.chars().last()) {
-        let punctuation: Vec<String> = punctuation.chars().map(|c| format!("'{c}'")).collect();
-        return Err(InvalidField::new(
-            field,
-            format!(
-                "{what} {} is not valid: use lower-case letters, digits and {}, starting and ending with a letter or digit",
-                quote(name),
-                punctuation.join(" ")
-            ),
-        ));
-    }
-    Ok(())
+    validate_name(field, "port", name, MAX_PORT_NAME_LEN, "-", true)
 }
 
 fn join(prefix: &str, field: &str) -> String {

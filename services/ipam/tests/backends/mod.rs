@@ -129,3 +129,21 @@ pub fn default_pool() -> PoolConfig {
     )
     .unwrap()
 }
+
+/// Asserts `result` failed with `code` and a message mentioning every one of `words`.
+#[allow(dead_code)] // not every test file checks refusals
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    words: &[&str],
+) {
+    let status = result.expect_err("the request must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "the message must mention {word:?}: {}",
+            status.message()
+        );
+    }
+}

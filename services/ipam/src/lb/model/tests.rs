@@ -110,12 +110,12 @@ fn every_refusal_names_its_field() {
         ),
         (
             "service.name",
-            "at most 253",
+            "longer than 253",
             Box::new(|s| s.name = "a".repeat(254)),
         ),
         (
             "service.namespace",
-            "not valid",
+            "contains '.'",
             Box::new(|s| s.namespace = "a.b".into()),
         ),
         (
@@ -233,7 +233,7 @@ fn every_refusal_names_its_field() {
         ),
         (
             "service.frontends[0].port_name",
-            "not valid",
+            "lower-case",
             Box::new(|s| s.frontends[0].port_name = "HTTP".into()),
         ),
         (
