@@ -1522,7 +1522,7 @@ mod cases {
         let r = w.replica().await;
         with_default_pool(&r).await;
         let mut c = r.client.clone();
-        create_pool(&mut c, "blue", family_pool(&["172.20.0.0/16"], 24), None)
+        create_pool(&mut c, "blue", family_pool(&["172.24.0.0/16"], 24), None)
             .await
             .unwrap();
         for i in 0..7 {
