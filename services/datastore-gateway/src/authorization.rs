@@ -157,6 +157,23 @@ pub static KIND_RULES: &[KindRule] = &[
         write: IPAM,
         delete: IPAM,
     },
+    // Services (kino.service.v1) and their frontend and id claims: kino-ipam serves the
+    // API and is their only writer; every agent reads them.
+    KindRule {
+        kind: "Service",
+        write: IPAM,
+        delete: IPAM,
+    },
+    KindRule {
+        kind: "ServiceFrontend",
+        write: IPAM,
+        delete: IPAM,
+    },
+    KindRule {
+        kind: "ServiceFrontendId",
+        write: IPAM,
+        delete: IPAM,
+    },
     KindRule {
         kind: "Identity",
         write: COMPILER,
@@ -290,6 +307,37 @@ mod tests {
                 authorize_write(&agent, write, &key("IPAllocation", "default", "10.0.0.2"))
                     .is_err()
             );
+        }
+    }
+
+    #[test]
+    fn only_ipam_writes_services_and_their_claims() {
+        let ipam = caller(Role::Ipam, "ipam");
+        let others = [
+            caller(Role::Agent, "kino-agent:n1"),
+            caller(Role::PolicyCompiler, "policy-compiler"),
+            caller(Role::Operator, "operator"),
+            caller(Role::FlowRelay, "flow-relay"),
+        ];
+        for k in [
+            key("Service", "default", "web"),
+            key("ServiceFrontend", "", "tcp-172.20.0.10-80"),
+            key("ServiceFrontend", "", "tcp--30080"),
+            key("ServiceFrontendId", "", "1"),
+        ] {
+            for write in [Write::Create, Write::Update, Write::Delete] {
+                assert_eq!(authorize_write(&ipam, write, &k), Ok(()), "{write} {k}");
+                assert_eq!(
+                    authorize_write(&caller(Role::Admin, "admin"), write, &k),
+                    Ok(()),
+                    "admin {write} {k}"
+                );
+                for other in &others {
+                    let denied =
+                        authorize_write(other, write, &k).expect_err("only ipam writes services");
+                    assert!(denied.0.contains("written by ipam"), "{denied}");
+                }
+            }
         }
     }
 

@@ -17,6 +17,11 @@ pub const KINDS: &[&str] = &[
     "IPCacheEntry",
     // Each agent's realized policy revision (kino.policy.v1.PolicyRealization).
     "PolicyRealization",
+    // Load-balanced services (kino.service.v1, written by kino-ipam, watched by every
+    // agent), and the claims that keep each frontend and frontend id unique.
+    "Service",
+    "ServiceFrontend",
+    "ServiceFrontendId",
 ];
 
 /// Longest name accepted (as Kubernetes' DNS subdomain names).
