@@ -69,6 +69,17 @@ fi
 for family in -4 -6; do
   ip "$family" route flush proto 202 2>/dev/null || true
 done
+# Native mode's host routing: kino_from_netdev on the underlay devices' ingress (the
+# device stays; only our filter goes).
+for dev in $(ls /sys/class/net); do
+  tc filter show dev "$dev" ingress 2>/dev/null | grep -q kino_from_netdev || continue
+  tc filter show dev "$dev" ingress | awk '/kino_from_netdev/ {
+      for (i = 1; i <= NF; i++) { if ($i == "pref") p = $(i+1); if ($i == "handle") h = $(i+1) }
+      print p, h }' | while read -r pref handle; do
+    tc filter del dev "$dev" ingress pref "$pref" handle "$handle" bpf &&
+      echo "removed kino_from_netdev from $dev"
+  done
+done
 if nft list table inet kino >/dev/null 2>&1; then
   nft delete table inet kino && echo "removed the nftables table inet kino (masquerading)"
 fi

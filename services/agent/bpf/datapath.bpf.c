@@ -15,6 +15,9 @@
  *   to_overlay      kino_vxlan egress (what the STACK routes to the tunnel: the node's own
  *                   traffic, forwarded packets): the tunnel key from the destination's
  *                   ipcache entry, unless from_container already set it.
+ *   from_netdev     the underlay device's ingress in native mode (#13): a packet for a
+ *                   local pod into it by redirect after conntrack and its INGRESS policy;
+ *                   anything else to the stack.
  *
  * Per packet: hash lookups (endpoint, conntrack), one array lookup (enforcement), at most one
  * ipcache LPM lookup and two policy LPM lookups per enforcement point — nothing walks rules,
@@ -38,6 +41,8 @@
  *   lib/local_delivery.h  pod to pod on this node, by redirect
  *   lib/ndp.h             IPv6 neighbour discovery, the NA responder
  *   lib/overlay.h         between nodes (#13): tunnel keys, the overlay's checks
+ *   lib/host_routing.h    native mode (#13): pod traffic in and out of the underlay device
+ *                         without the node's IP forwarding
  *
  * Flow events (#6): every drop and every new connection an enforcement point allows is
  * reported to the kino_events ring buffer. Drop with lib/events.h's drop_*() rather than
@@ -63,6 +68,7 @@
 #include "lib/local_delivery.h"
 #include "lib/ndp.h"
 #include "lib/overlay.h"
+#include "lib/host_routing.h"
 
 char _license[] SEC("license") = "Dual MIT/GPL";
 
@@ -80,7 +86,8 @@ struct {
  * A packet the pod sent (either family: lib/parse.h), parsed, its source checked: to a local
  * pod by redirect after both points' policy; after the egress policy (the peer's identity
  * from the ipcache), to another node's pod through the tunnel in tunnel mode
- * (lib/overlay.h), anything else (the node: kino_host's gateway IP; other nodes in native
+ * (lib/overlay.h) or out of the underlay device in native mode (lib/host_routing.h),
+ * anything else (the node: kino_host's gateway IP; other nodes in native
  * mode; the world; too big for the tunnel) to the stack, which routes it.
  */
 static __always_inline int from_container_flow(struct __sk_buff *skb, struct ethhdr *eth,
@@ -104,6 +111,9 @@ static __always_inline int from_container_flow(struct __sk_buff *skb, struct eth
 		verdict_event(skb, ep, KINO_DIR_EGRESS, KINO_OBS_FROM_ENDPOINT, &pt);
 	}
 	ret = to_tunnel(skb, peer, ep->identity);
+	if (ret >= 0)
+		return ret;
+	ret = to_underlay(skb, family, peer);
 	if (ret >= 0)
 		return ret;
 	return to_stack(m);
@@ -401,4 +411,63 @@ int to_overlay(struct __sk_buff *skb)
 		return drop_overlay(skb, KINO_DROP_NO_TUNNEL_ENDPOINT, identity,
 				    KINO_EVENT_F_SRC_IDENTITY);
 	return TC_ACT_OK;
+}
+
+/* A packet for a local pod that the underlay device received (native mode; either family:
+ * lib/parse.h): conntrack and the pod's ingress policy, the peer's identity from the
+ * ipcache, then into the pod. -1: not a local pod's, to the stack. */
+static __always_inline int from_netdev_flow(struct __sk_buff *skb, __u8 family,
+					    const struct flow4 *f)
+{
+	struct endpoint_info *dst = local_destination(family, f);
+
+	if (!dst)
+		return -1;
+	struct endpoint_metrics *m = metrics_of(dst->endpoint_id);
+	int ret = enforce_ingress(skb, dst, m, ipcache_peer_identity(family, f, KINO_DIR_INGRESS),
+				  family, f);
+
+	if (ret >= 0)
+		return ret;
+	if (decrement_ttl(skb, family) < 0)
+		return -1;
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+
+	if ((void *)(eth + 1) > data_end)
+		return -1;
+	return redirect_to_pod(skb, eth, dst, NULL, m);
+}
+
+SEC("classifier")
+int from_netdev(struct __sk_buff *skb)
+{
+	void *data = (void *)(long)skb->data;
+	void *data_end = (void *)(long)skb->data_end;
+	struct ethhdr *eth = data;
+	int ret = -1;
+
+	if ((void *)(eth + 1) > data_end)
+		return TC_ACT_OK;
+	/* Anything malformed, expiring or not unicast to a local pod is the stack's to handle
+	 * (and to answer with ICMP): this program only shortens the path of what it forwards. */
+	if (eth->h_proto == bpf_htons(ETH_P_IP)) {
+		struct iphdr *ip4 = (void *)(eth + 1);
+		struct flow4 f;
+
+		if ((void *)(ip4 + 1) > data_end || ip4->ttl <= 1 || parse_flow4(skb, ip4, &f) < 0)
+			return TC_ACT_OK;
+		ret = from_netdev_flow(skb, KINO_FAMILY_IPV4, &f);
+	} else if (eth->h_proto == bpf_htons(ETH_P_IPV6)) {
+		struct ipv6hdr *ip6 = (void *)(eth + 1);
+		__u32 slot = 0;
+		struct flow6 *f = bpf_map_lookup_elem(&kino_flow6_scratch, &slot);
+
+		if (!f || (void *)(ip6 + 1) > data_end || ip6->hop_limit <= 1 ||
+		    parse_flow6(skb, ip6, f) < 0 || icmp6_is_neighbour_discovery(f))
+			return TC_ACT_OK;
+		ret = from_netdev_flow(skb, KINO_FAMILY_IPV6, &f->l4);
+	}
+	return ret >= 0 ? ret : TC_ACT_OK;
 }

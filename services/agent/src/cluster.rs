@@ -36,12 +36,18 @@ pub fn start(
     local: routes::LocalRouting,
     masquerade: Option<masquerade::MasqueradeSpec>,
     interval: Duration,
-    tunnel: Option<routes::TunnelKeeper>,
+    devices: Option<routes::DeviceKeeper>,
 ) -> std::io::Result<watch::Receiver<Option<nodes::PeerNodes>>> {
     let netlink = Netlink::connect()?;
     let (publish, peers) = watch::channel(None);
     tokio::spawn(nodes::follow(records, me.to_owned(), publish));
-    tokio::spawn(routes::run(netlink, local, peers.clone(), interval, tunnel));
+    tokio::spawn(routes::run(
+        netlink,
+        local,
+        peers.clone(),
+        interval,
+        devices,
+    ));
     match masquerade {
         Some(spec) => {
             tokio::spawn(masquerade::run(spec, peers.clone(), interval));

@@ -15,7 +15,8 @@ use kino_agent::clients::endpoint_records::EndpointRecordClient;
 use kino_agent::clients::ipam::IpamClient;
 use kino_agent::clients::policy_compiler::PolicyCompilerClient;
 use kino_agent::cluster::config::{
-    ClusterConfig, RoutingMode, check_node_ips, detect_node_ips, mtu_of, shadowed_by_pod_cidr,
+    ClusterConfig, RoutingMode, check_node_ips, detect_node_ips, devices_of, mtu_of,
+    shadowed_by_pod_cidr,
 };
 use kino_agent::cluster::masquerade::MasqueradeSpec;
 use kino_agent::cluster::nodes::parse_prefix;
@@ -308,7 +309,9 @@ fn cluster_config(
         (RoutingMode::Tunnel, Some(mtu)) => tunnel_mtu(mtu, ipv6_underlay),
         (RoutingMode::Native, Some(mtu)) => mtu,
     };
+    let underlay_devices = devices_of(links, addresses, &node_ips);
     let cluster = ClusterConfig {
+        underlay_devices,
         mode: config.routing_mode,
         node_ips,
         tunnel_port: config.tunnel_port,
@@ -326,20 +329,24 @@ fn cluster_config(
     Ok(cluster)
 }
 
-/// What keeps kino_vxlan and its programs in place for the route reconciler.
-fn tunnel_keeper(
+/// What keeps the node's routing devices in place for the route reconciler: kino_vxlan and
+/// its programs (tunnel mode), from_netdev on the underlay devices (native mode).
+fn device_keeper(
     manager: &Arc<EndpointManager>,
     cluster: &ClusterConfig,
-) -> kino_agent::cluster::routes::TunnelKeeper {
+) -> kino_agent::cluster::routes::DeviceKeeper {
     let manager = manager.clone();
     let vxlan = cluster.vxlan();
+    let mode = cluster.mode;
+    let underlay: Arc<[String]> = cluster.underlay_devices.clone().into();
     Arc::new(move || {
-        let (manager, vxlan) = (manager.clone(), vxlan);
+        let (manager, underlay) = (manager.clone(), underlay.clone());
         Box::pin(async move {
-            manager
-                .ensure_tunnel(&vxlan)
-                .await
-                .map_err(|e| e.to_string())
+            match mode {
+                RoutingMode::Tunnel => manager.ensure_tunnel(&vxlan).await.map(Some),
+                RoutingMode::Native => manager.ensure_native(&underlay).await.map(|()| None),
+            }
+            .map_err(|e| e.to_string())
         })
     })
 }
@@ -618,11 +625,21 @@ async fn main() -> anyhow::Result<()> {
             netlink,
             datapath,
         )?);
-        if cluster.mode == RoutingMode::Tunnel {
-            manager
-                .ensure_tunnel(&cluster.vxlan())
-                .await
-                .with_context(|| format!("setting up {VXLAN_DEVICE} and its overlay programs"))?;
+        match cluster.mode {
+            RoutingMode::Tunnel => {
+                manager
+                    .ensure_tunnel(&cluster.vxlan())
+                    .await
+                    .with_context(|| {
+                        format!("setting up {VXLAN_DEVICE} and its overlay programs")
+                    })?;
+            }
+            // Without host routing the stack forwards: a warning, and the reconciler retries.
+            RoutingMode::Native => {
+                if let Err(error) = manager.ensure_native(&cluster.underlay_devices).await {
+                    tracing::warn!(%error, "host routing on the underlay is not set up yet");
+                }
+            }
         }
         let lb_state = socket_lb.map(|(sock, state, netns)| {
             manager.scope_sockets(netns);
@@ -652,9 +669,10 @@ async fn main() -> anyhow::Result<()> {
                     .chain(gateways.iter().copied())
                     .collect(),
                 native_routing_cidrs: cluster.native_routing_cidrs.clone(),
+                tunnel_port: (cluster.mode == RoutingMode::Tunnel).then_some(cluster.tunnel_port),
             }),
             Duration::from_secs(config.route_reconcile_interval),
-            (cluster.mode == RoutingMode::Tunnel).then(|| tunnel_keeper(&manager, &cluster)),
+            Some(device_keeper(&manager, &cluster)),
         )
         .context("starting the route reconciler")?;
         // Services: the cluster's Service records into the load balancer's maps.

@@ -90,6 +90,32 @@ fn vxlan_packets(node: &Node, tx: bool) -> u64 {
         .unwrap_or_else(|e| panic!("{path} in {}: {e}", node.ns.name))
 }
 
+/// How many IPv4 and IPv6 packets the node's stack has forwarded (`/proc/net/snmp`
+/// ForwDatagrams, `/proc/net/snmp6` Ip6OutForwDatagrams, read inside its namespace).
+fn forwarded(node: &Node) -> (u64, u64) {
+    let snmp =
+        String::from_utf8_lossy(&node.ns.exec(&["cat", "/proc/net/snmp"]).stdout).into_owned();
+    let mut ip = snmp.lines().filter(|l| l.starts_with("Ip: "));
+    let (names, values) = (
+        ip.next().expect("Ip: names"),
+        ip.next().expect("Ip: values"),
+    );
+    let v4 = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .find(|(name, _)| *name == "ForwDatagrams")
+        .and_then(|(_, value)| value.parse().ok())
+        .expect("ForwDatagrams");
+    let snmp6 =
+        String::from_utf8_lossy(&node.ns.exec(&["cat", "/proc/net/snmp6"]).stdout).into_owned();
+    let v6 = snmp6
+        .lines()
+        .find_map(|l| l.strip_prefix("Ip6OutForwDatagrams"))
+        .and_then(|value| value.trim().parse().ok())
+        .expect("Ip6OutForwDatagrams");
+    (v4, v6)
+}
+
 /// Drops counted under endpoint id 0 (the node's, not an endpoint's) for `reason`.
 fn node_drops(node: &Node, reason: DropReason) -> u64 {
     counters(&node.datapath, 0).dropped(reason)
@@ -451,6 +477,21 @@ fn native_mode_routes_pods_of_both_families_between_nodes() {
         assert!(tcp_exchange(&from.pod(0).netns, v4, PORT), "TCP -> {v4}");
         assert!(tcp_exchange(&from.pod(0).netns, v6, PORT), "TCP -> {v6}");
     }
+    // BPF host routing: the packets leave by from_container's redirect to the underlay
+    // device and enter by from_netdev's redirect into the pod, so neither node's stack
+    // forwards any of them.
+    let before = [forwarded(&a), forwarded(&b)];
+    for (from, to) in [(&a, &b), (&b, &a)] {
+        let (v4, v6) = (to.pod(0).ip, to.pod6(0));
+        assert!(ping(from, 0, v4) && ping(from, 0, v6), "-> {v4}, {v6}");
+        assert!(tcp_exchange(&from.pod(0).netns, v4, PORT), "TCP -> {v4}");
+        assert!(tcp_exchange(&from.pod(0).netns, v6, PORT), "TCP -> {v6}");
+    }
+    assert_eq!(
+        [forwarded(&a), forwarded(&b)],
+        before,
+        "(IPv4, IPv6) packets forwarded by each node's stack"
+    );
     // The receiver takes the source's identity from its ipcache.
     let z = b.pod(0).id;
     allow_only(&mut b.datapath, z, &[X]);

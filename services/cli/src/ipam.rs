@@ -81,6 +81,10 @@ pub enum IpamCliError {
         /// Its message.
         message: String,
     },
+    /// The command cannot be built from its flags and what kino-ipam holds (e.g. a
+    /// backend to remove that the service does not have).
+    #[error("{0}")]
+    Usage(String),
     /// No answer in time.
     #[error(
         "kino-ipam at {target} did not answer within {timeout:?} (raise --timeout if it is just slow)"

@@ -2,7 +2,8 @@
 //!
 //! [`status`] (`kino status`), [`endpoint`] (`kino endpoint list/get`) and [`bpf`] (`kino bpf
 //! endpoint|ipcache|policy|ct list`), both from the agent over [`agent`], [`ipam`] (`kino ipam
-//! pools/allocations`) and [`node`] (`kino node list/get/delete`), both from kino-ipam,
+//! pools/allocations`), [`node`] (`kino node list/get/delete`) and [`service`] (`kino
+//! service create/update/delete/list/get`), all from kino-ipam,
 //! [`policy`] (`kino policy
 //! import/validate/get/list/delete/trace`) and [`identity`] (`kino identity list/get`, both
 //! from kino-policy-compiler over [`compiler`]) and [`observe`] (`kino observe`, flows from
@@ -24,6 +25,7 @@ pub mod observe;
 pub mod pki;
 pub mod policy;
 pub mod proto_json;
+pub mod service;
 pub mod status;
 pub mod stdout;
 pub mod table;

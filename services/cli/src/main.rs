@@ -19,8 +19,8 @@ const EXIT_FAILURE: u8 = 1;
 /// Exit status of usage errors.
 const EXIT_USAGE: u8 = 2;
 
-/// Operate a Kinocilium suite: status, endpoints, policies, identities, IPAM, nodes, BPF maps,
-/// flows.
+/// Operate a Kinocilium suite: status, endpoints, policies, identities, IPAM, nodes, services,
+/// BPF maps, flows.
 #[derive(Parser, Debug)]
 #[command(name = "kino", version, about)]
 struct Cli {
@@ -124,6 +124,8 @@ enum Command {
     Ipam(IpamArgs),
     /// The cluster's nodes: list, get, delete (kino-ipam).
     Node(kino_cli::node::NodeArgs),
+    /// Load-balanced services: create, update, delete, list, get (kino-ipam).
+    Service(kino_cli::service::ServiceArgs),
     /// The agent's BPF maps: endpoints, ipcache, policy, conntrack.
     Bpf(kino_cli::bpf::BpfArgs),
     /// Flows seen by the agent's flow observer, filtered (Hubble's `hubble observe`).
@@ -202,6 +204,7 @@ async fn main() -> ExitCode {
         }
         Command::Ipam(args) => return ipam(&cli.global, &args).await,
         Command::Node(args) => return node(&cli.global, &args).await,
+        Command::Service(args) => return service(&cli.global, &args).await,
         Command::Bpf(args) => {
             let json = cli.global.output == Output::Json;
             let (agent, timeout) = (&cli.global.agent, cli.global.timeout);
@@ -261,6 +264,12 @@ async fn node(global: &GlobalArgs, args: &kino_cli::node::NodeArgs) -> ExitCode 
     let json = global.output == Output::Json;
     let (target, tls, timeout) = (&global.ipam, &global.upstream_tls, global.timeout);
     print_ipam(kino_cli::node::run(&args.command, target, tls, timeout, json).await)
+}
+
+async fn service(global: &GlobalArgs, args: &kino_cli::service::ServiceArgs) -> ExitCode {
+    let json = global.output == Output::Json;
+    let (target, tls, timeout) = (&global.ipam, &global.upstream_tls, global.timeout);
+    print_ipam(kino_cli::service::run(&args.command, target, tls, timeout, json).await)
 }
 
 /// Prints what a kino-ipam command returned, or its error.
@@ -412,6 +421,104 @@ mod tests {
         }
         let cli = Cli::try_parse_from(["kino", "-o", "yaml", "policy", "list"]).expect("parses");
         assert_eq!(cli.global.output, Output::Yaml);
+    }
+
+    #[test]
+    fn service_commands_parse() {
+        for args in [
+            &[
+                "kino",
+                "service",
+                "create",
+                "web",
+                "--frontend",
+                "172.20.0.10:80/tcp",
+                "--frontend",
+                "[fd00:ffff::a]:80/tcp",
+                "--backend",
+                "10.0.1.5:8080",
+                "--backend",
+                "10.0.2.7:8080,weight=2",
+                "--type",
+                "NodePort",
+                "--node-port",
+                "30080",
+                "--affinity",
+                "ClientIP",
+                "--affinity-timeout",
+                "1h",
+                "-n",
+                "shop",
+            ][..],
+            &[
+                "kino",
+                "service",
+                "update",
+                "web",
+                "--add-backend",
+                "10.0.1.6:8080",
+            ],
+            &[
+                "kino",
+                "service",
+                "update",
+                "web",
+                "--terminate-backend",
+                "10.0.1.5:8080",
+            ],
+            &[
+                "kino",
+                "service",
+                "update",
+                "web",
+                "--remove-backend",
+                "[fd00::5]:80",
+            ],
+            &["kino", "service", "delete", "web", "-n", "shop"],
+            &["kino", "service", "list", "-o", "json"],
+            &["kino", "service", "get", "web"],
+        ] {
+            let cli = Cli::try_parse_from(args).unwrap_or_else(|e| panic!("{args:?}: {e}"));
+            assert!(matches!(cli.command, Command::Service(_)));
+        }
+        for args in [
+            &[
+                "kino",
+                "service",
+                "create",
+                "web",
+                "--frontend",
+                "172.20.0.10",
+            ][..],
+            &[
+                "kino",
+                "service",
+                "create",
+                "web",
+                "--backend",
+                "10.0.1.5:8080,heavy",
+            ],
+            &["kino", "service", "create", "web", "--type", "LoadBalancer"],
+            &[
+                "kino",
+                "service",
+                "create",
+                "web",
+                "--affinity-timeout",
+                "2d",
+            ],
+            &[
+                "kino",
+                "service",
+                "update",
+                "web",
+                "--remove-backend",
+                "10.0.1.5",
+            ],
+            &["kino", "service", "get"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_err(), "{args:?}");
+        }
     }
 
     #[test]

@@ -41,6 +41,11 @@ proto_messages! {
     kino_api::node::ListNodesResponse => "kino.node.v1.ListNodesResponse",
     kino_api::node::GetNodeResponse => "kino.node.v1.GetNodeResponse",
     kino_api::node::DeleteNodeResponse => "kino.node.v1.DeleteNodeResponse",
+    kino_api::service::CreateServiceResponse => "kino.service.v1.CreateServiceResponse",
+    kino_api::service::UpdateServiceResponse => "kino.service.v1.UpdateServiceResponse",
+    kino_api::service::DeleteServiceResponse => "kino.service.v1.DeleteServiceResponse",
+    kino_api::service::GetServiceResponse => "kino.service.v1.GetServiceResponse",
+    kino_api::service::ListServicesResponse => "kino.service.v1.ListServicesResponse",
 }
 
 fn pool() -> &'static DescriptorPool {

@@ -5,9 +5,12 @@
 //! validate, list, get, trace (labels, and a pod with no agent to ask), delete, and the
 //! identity list with the reserved identities.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+mod support;
+
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
+
+use support::{Service, json, row, start_gateway, text};
 
 use kino_api::policy as pb;
 use kino_api::types::{Label, Labels};
@@ -57,76 +60,6 @@ spec:
 
 const BAD_PORT_PATH: &str = "spec.ingress[0].toPorts[0].ports[1].port";
 
-/// A service process of the test, killed (by its pid) when dropped.
-struct Service {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Service {
-    fn start(dir: &Path, name: &'static str, args: &[String]) -> Service {
-        let binary = sibling_binary(name);
-        let log = dir.join(format!("{name}.log"));
-        let file = std::fs::File::create(&log).expect("log file");
-        let child = Command::new(&binary)
-            .args(args)
-            .args(["--log-format", "json"])
-            // The default metrics ports would collide between tests running in parallel.
-            .args(["--metrics-address", "off"])
-            .env("KINO_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(file.try_clone().expect("log file"))
-            .stderr(file)
-            .spawn()
-            .unwrap_or_else(|e| panic!("starting {}: {e}", binary.display()));
-        Service { name, child, log }
-    }
-
-    /// Waits until the service accepts connections on `socket`.
-    fn wait_for_socket(&mut self, socket: &Path) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while Instant::now() < deadline {
-            if std::os::unix::net::UnixStream::connect(socket).is_ok() {
-                return;
-            }
-            if let Ok(Some(status)) = self.child.try_wait() {
-                panic!("{} exited ({status}):\n{}", self.name, self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        panic!(
-            "{} did not listen on {} within 30 s:\n{}",
-            self.name,
-            socket.display(),
-            self.log_text()
-        );
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// A workspace binary built next to `kino` (`cargo build` puts them in one directory).
-fn sibling_binary(name: &str) -> PathBuf {
-    let kino = Path::new(env!("CARGO_BIN_EXE_kino"));
-    let path = kino.parent().expect("target dir").join(name);
-    assert!(
-        path.exists(),
-        "{} is not built: run `cargo build -p kino-datastore-gateway -p kino-policy-compiler` (./integration-tests/run.sh builds every binary)",
-        path.display()
-    );
-    path
-}
-
 /// The suite of the test and how to run `kino` against it.
 struct Suite {
     policy_address: String,
@@ -139,18 +72,8 @@ struct Suite {
 impl Suite {
     fn start() -> Suite {
         let dir = tempfile::tempdir().expect("tempdir");
-        let datastore = dir.path().join("datastore.sock");
         let policy = dir.path().join("policy.sock");
-        let mut gateway = Service::start(
-            dir.path(),
-            "kino-datastore-gateway",
-            &[
-                format!("--listen=unix:{}", datastore.display()),
-                "--backend=embedded".into(),
-                format!("--data-file={}", dir.path().join("kino.redb").display()),
-            ],
-        );
-        gateway.wait_for_socket(&datastore);
+        let (gateway, datastore) = start_gateway(dir.path());
         let mut compiler = Service::start(
             dir.path(),
             "kino-policy-compiler",
@@ -215,23 +138,6 @@ impl Suite {
         std::fs::write(&path, content).expect("writes the file");
         path.display().to_string()
     }
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn json(stdout: &str) -> serde_json::Value {
-    serde_json::from_str(stdout).unwrap_or_else(|e| panic!("not JSON ({e}):\n{stdout}"))
-}
-
-/// The row of a table whose first columns are `cells`, split on whitespace.
-fn row<'a>(table: &'a str, cells: &[&str]) -> Vec<&'a str> {
-    table
-        .lines()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|words| words.starts_with(cells))
-        .unwrap_or_else(|| panic!("no row starting {cells:?} in\n{table}"))
 }
 
 fn labels(text: &[(&str, &str)]) -> Labels {

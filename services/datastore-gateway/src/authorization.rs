@@ -311,6 +311,37 @@ mod tests {
     }
 
     #[test]
+    fn only_ipam_writes_services_and_their_claims() {
+        let ipam = caller(Role::Ipam, "ipam");
+        let others = [
+            caller(Role::Agent, "kino-agent:n1"),
+            caller(Role::PolicyCompiler, "policy-compiler"),
+            caller(Role::Operator, "operator"),
+            caller(Role::FlowRelay, "flow-relay"),
+        ];
+        for k in [
+            key("Service", "default", "web"),
+            key("ServiceFrontend", "", "tcp-172.20.0.10-80"),
+            key("ServiceFrontend", "", "tcp--30080"),
+            key("ServiceFrontendId", "", "1"),
+        ] {
+            for write in [Write::Create, Write::Update, Write::Delete] {
+                assert_eq!(authorize_write(&ipam, write, &k), Ok(()), "{write} {k}");
+                assert_eq!(
+                    authorize_write(&caller(Role::Admin, "admin"), write, &k),
+                    Ok(()),
+                    "admin {write} {k}"
+                );
+                for other in &others {
+                    let denied =
+                        authorize_write(other, write, &k).expect_err("only ipam writes services");
+                    assert!(denied.0.contains("written by ipam"), "{denied}");
+                }
+            }
+        }
+    }
+
+    #[test]
     fn services_write_their_own_kinds_and_ipam_may_delete_nodes() {
         let ipam = caller(Role::Ipam, "ipam");
         let compiler = caller(Role::PolicyCompiler, "policy-compiler");

@@ -8,9 +8,13 @@ use kino_service_kit::principal::Role;
 
 const AGENT: Access = Access::Roles(&[Role::Agent]);
 const OPERATOR: Access = Access::Roles(&[Role::Operator]);
+/// What every agent needs of the services (it watches their records through the gateway;
+/// these are for a look-up and the service network at start-up), and the operator.
+const AGENT_OR_OPERATOR: Access = Access::Roles(&[Role::Agent, Role::Operator]);
 const READ: Access = Access::Authenticated;
 
-/// `kino.ipam.v1.IpamService` and `kino.node.v1.NodeService` (both served by kino-ipam).
+/// `kino.ipam.v1.IpamService`, `kino.node.v1.NodeService` and
+/// `kino.service.v1.LoadBalancingService` (all served by kino-ipam).
 pub static AUTHORIZATION: &[MethodRule] = &[
     // Pools are the cluster's address plan: operators (and admin) only.
     ("/kino.ipam.v1.IpamService/CreatePool", OPERATOR),
@@ -32,6 +36,32 @@ pub static AUTHORIZATION: &[MethodRule] = &[
     ("/kino.node.v1.NodeService/ListNodes", READ),
     ("/kino.node.v1.NodeService/GetNode", READ),
     ("/kino.node.v1.NodeService/DeleteNode", OPERATOR),
+    // Services (issue 14): the operator (its Kubernetes feed) and admin change them;
+    // agents read them and the service network.
+    (
+        "/kino.service.v1.LoadBalancingService/CreateService",
+        OPERATOR,
+    ),
+    (
+        "/kino.service.v1.LoadBalancingService/UpdateService",
+        OPERATOR,
+    ),
+    (
+        "/kino.service.v1.LoadBalancingService/DeleteService",
+        OPERATOR,
+    ),
+    (
+        "/kino.service.v1.LoadBalancingService/GetService",
+        AGENT_OR_OPERATOR,
+    ),
+    (
+        "/kino.service.v1.LoadBalancingService/ListServices",
+        AGENT_OR_OPERATOR,
+    ),
+    (
+        "/kino.service.v1.LoadBalancingService/GetServiceNetwork",
+        AGENT_OR_OPERATOR,
+    ),
 ];
 
 #[cfg(test)]
@@ -39,8 +69,12 @@ mod tests {
     use super::*;
 
     #[test]
-    fn every_ipam_and_node_method_has_a_rule() {
-        for service in ["kino.ipam.v1.IpamService", "kino.node.v1.NodeService"] {
+    fn every_ipam_node_and_service_method_has_a_rule() {
+        for service in [
+            "kino.ipam.v1.IpamService",
+            "kino.node.v1.NodeService",
+            "kino.service.v1.LoadBalancingService",
+        ] {
             let unlisted = kino_service_kit::authz::unlisted_methods(AUTHORIZATION, service);
             assert!(
                 unlisted.is_empty(),

@@ -90,6 +90,9 @@ pub enum IpamError {
     /// No block is free for a node that has none yet.
     #[error("{0}")]
     NoFreeBlock(String),
+    /// Every frontend id (1..65535) is held.
+    #[error("{0}")]
+    NoFreeFrontendId(String),
     /// Concurrent changes kept winning; retrying the request is safe.
     #[error("{0}")]
     Aborted(String),

@@ -59,7 +59,9 @@ pub fn to_status(error: IpamError) -> Status {
         IpamError::NotFound { .. } => Status::not_found(message),
         IpamError::AlreadyExists(_) => Status::already_exists(message),
         IpamError::FailedPrecondition(_) => Status::failed_precondition(message),
-        IpamError::Exhausted(_) | IpamError::NoFreeBlock(_) => Status::resource_exhausted(message),
+        IpamError::Exhausted(_) | IpamError::NoFreeBlock(_) | IpamError::NoFreeFrontendId(_) => {
+            Status::resource_exhausted(message)
+        }
         IpamError::Aborted(_) => Status::aborted(message),
         IpamError::Unavailable(_) => Status::unavailable(message),
         IpamError::Corrupt(_) => Status::data_loss(message),
@@ -68,7 +70,7 @@ pub fn to_status(error: IpamError) -> Status {
 }
 
 /// Runs an operation in its own task (see the module comment).
-async fn detached<T: Send + 'static>(
+pub(crate) async fn detached<T: Send + 'static>(
     operation: impl Future<Output = Result<T, IpamError>> + Send + 'static,
 ) -> Result<T, Status> {
     tokio::spawn(operation.in_current_span())

@@ -10,8 +10,13 @@
 //! - [`persistence`]: the datastore client and record names.
 //! - [`service`]: [`service::Ipam`], the protocols over the datastore.
 //! - [`node_watch`]: finishes node deletions that were interrupted.
+//! - [`lb`]: load-balanced services (`kino.service.v1`): the service network, a service
+//!   validated from a request, the claim records keeping frontends and ids unique; their
+//!   protocol over the datastore is in [`service`] beside the addresses'. Why kino-ipam
+//!   serves them: docs/services.md.
 //! - [`grpc`]: the `kino.ipam.v1` adapter; [`node_grpc`]: the `kino.node.v1` adapter (nodes,
-//!   their health, their explicit deletion); [`authorization`]: who may call which method;
+//!   their health, their explicit deletion); [`lb_grpc`]: the `kino.service.v1` adapter;
+//!   [`authorization`]: who may call which method;
 //!   [`metrics`]: what Prometheus sees.
 
 #![warn(missing_docs)]
@@ -20,6 +25,8 @@ pub mod allocator;
 pub mod authorization;
 pub mod error;
 pub mod grpc;
+pub mod lb;
+pub mod lb_grpc;
 pub mod metrics;
 pub mod node_grpc;
 pub mod node_watch;

@@ -1,5 +1,6 @@
-//! kino-ipam: reads its config, makes sure the default pool exists, watches for deleted nodes
-//! and serves `kino.ipam.v1`.
+//! kino-ipam: reads its config, makes sure the default pool exists, watches for deleted nodes,
+//! collects service claims left half-way, and serves `kino.ipam.v1`, `kino.node.v1` and
+//! `kino.service.v1`.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -7,6 +8,8 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Parser;
 use kino_ipam::grpc::IpamGrpc;
+use kino_ipam::lb::network::{DEFAULT_SERVICE_CIDRS, ServiceNetwork};
+use kino_ipam::lb_grpc::LoadBalancingGrpc;
 use kino_ipam::node_grpc::NodeGrpc;
 use kino_ipam::persistence::Datastore;
 use kino_ipam::pool::{DEFAULT_POOL, PoolConfig, RawFamily};
@@ -70,6 +73,19 @@ struct Config {
     /// request takes it over (its replica is presumed dead).
     #[arg(long, env = "KINO_IPAM_CLAIM_TAKEOVER_SECONDS", default_value_t = 3.0)]
     claim_takeover_seconds: f64,
+    /// A service CIDR (`kino.service.v1`): ClusterIPs are allocated by the caller inside it
+    /// and every agent routes it as unreachable. Repeat for the other family (at most one
+    /// each); it must not overlap a pod pool.
+    #[arg(
+        long = "service-cidr",
+        env = "KINO_IPAM_SERVICE_CIDRS",
+        value_delimiter = ',',
+        default_values_t = DEFAULT_SERVICE_CIDRS.map(String::from)
+    )]
+    service_cidrs: Vec<String>,
+    /// The NodePort range, FIRST-LAST.
+    #[arg(long, env = "KINO_IPAM_NODE_PORT_RANGE", default_value = "30000-32767")]
+    node_port_range: String,
     /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
     #[arg(
         long,
@@ -126,10 +142,18 @@ impl Config {
             "--claim-takeover-seconds {} must be from 0.05 to 3600",
             self.claim_takeover_seconds
         );
+        let service_network = ServiceNetwork::parse(&self.service_cidrs, &self.node_port_range)?;
+        let default_pool = self.default_pool()?;
+        if let Some(pool) = &default_pool {
+            service_network.check_pool(pool).map_err(|e| {
+                anyhow::anyhow!("{e} (flags --service-cidr and --default-pool-ipv4/-ipv6)")
+            })?;
+        }
         Ok(IpamOptions {
             takeover_after: Duration::from_secs_f64(self.claim_takeover_seconds),
             max_node_blocks: self.max_node_blocks as usize,
-            default_pool: self.default_pool()?,
+            default_pool,
+            service_network,
         })
     }
 }
@@ -157,10 +181,11 @@ async fn main() -> anyhow::Result<()> {
     tokio::spawn(kino_ipam::node_watch::finish_interrupted_deletions(
         ipam.clone(),
     ));
+    tokio::spawn(collect_service_claims(ipam.clone()));
     kino_ipam::metrics::install(ipam.clone());
     let _metrics = kino_telemetry::metrics::serve("kino-ipam", config.metrics_address).await?;
     tracing::info!(datastore = %config.datastore, "kino-ipam ready");
-    serve(
+    let server = serve(
         ServeSpec::new("kino-ipam", config.listen)
             .with_tls(
                 config
@@ -169,10 +194,58 @@ async fn main() -> anyhow::Result<()> {
             )
             .with_authorization(kino_ipam::authorization::AUTHORIZATION)
             .add_service(IpamGrpc::new(ipam.clone()).into_server())
-            .add_service(NodeGrpc::new(ipam).into_server()),
-    )
-    .await?;
+            .add_service(NodeGrpc::new(ipam.clone()).into_server())
+            .add_service(LoadBalancingGrpc::new(ipam.clone()).into_server()),
+    );
+    tokio::select! {
+        served = server => served?,
+        overlap = refuse_overlapping_pools(ipam) => return Err(overlap),
+    }
     Ok(())
+}
+
+/// Stops kino-ipam when a stored pool overlaps the service CIDRs (a pool created before
+/// --service-cidr was changed): a ClusterIP must never be a pod's address. Waits for the
+/// datastore; once the pools are checked it never returns (CreatePool refuses new overlaps).
+async fn refuse_overlapping_pools(ipam: Arc<Ipam>) -> anyhow::Error {
+    let checked = once_reachable("check the pools against the service CIDRs", || {
+        ipam.pool_overlapping_services()
+    });
+    match checked.await {
+        None => std::future::pending().await,
+        Some(overlap) => {
+            tracing::error!(error = %overlap, "refusing to start");
+            anyhow::anyhow!("{overlap} (flag --service-cidr)")
+        }
+    }
+}
+
+/// Removes the service claims a kino-ipam that stopped between its writes left, once they
+/// are older than the claim takeover time (a request still running keeps its claims).
+async fn collect_service_claims(ipam: Arc<Ipam>) {
+    let removed = once_reachable("collect service claims", || ipam.collect_service_claims()).await;
+    if removed > 0 {
+        tracing::info!(removed, "removed service claims no service lists");
+    }
+}
+
+/// `attempt`'s answer, retried (from 200 ms to every 10 s) while it fails, e.g. while the
+/// datastore is not reachable yet.
+async fn once_reachable<T, F: Future<Output = Result<T, IpamError>>>(
+    what: &str,
+    mut attempt: impl FnMut() -> F,
+) -> T {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match attempt().await {
+            Ok(answer) => return answer,
+            Err(e) => {
+                tracing::debug!(error = %e, retry_in = ?delay, "cannot {what} yet");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 /// Moves the records an older kino-ipam attached to node leases off them, retrying while the

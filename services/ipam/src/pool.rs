@@ -290,21 +290,24 @@ fn validate_family(
 /// Checks a pool name: 1–63 characters of `[A-Za-z0-9._-]`, starting and ending with a
 /// letter or digit (it is used as a datastore namespace).
 pub fn validate_pool_name(field: &str, name: &str) -> Result<(), InvalidField> {
-    validate_name(field, "pool", name, MAX_POOL_NAME, "-._")
+    validate_name(field, "pool", name, MAX_POOL_NAME, "-._", false)
 }
 
 /// Checks a node name: 1–253 characters of `[A-Za-z0-9._-]`, starting and ending with a
 /// letter or digit (':' is reserved for kino-ipam's own records).
 pub fn validate_node_name(field: &str, name: &str) -> Result<(), InvalidField> {
-    validate_name(field, "node", name, MAX_NODE_NAME, "-._")
+    validate_name(field, "node", name, MAX_NODE_NAME, "-._", false)
 }
 
-fn validate_name(
+/// Checks a `what` name: 1..=`max` characters of letters (lower-case only when
+/// `lower_case`), digits and `punctuation`, starting and ending with a letter or digit.
+pub(crate) fn validate_name(
     field: &str,
     what: &str,
     name: &str,
     max: usize,
     punctuation: &str,
+    lower_case: bool,
 ) -> Result<(), InvalidField> {
     if name.is_empty() {
         return Err(InvalidField::new(
@@ -321,13 +324,15 @@ fn validate_name(
             ),
         ));
     }
-    let allowed = |c: char| c.is_ascii_alphanumeric() || punctuation.contains(c);
+    let letter = |c: char| c.is_ascii_lowercase() || (!lower_case && c.is_ascii_uppercase());
+    let allowed = |c: char| letter(c) || c.is_ascii_digit() || punctuation.contains(c);
     if let Some(bad) = name.chars().find(|c| !allowed(*c)) {
         return Err(InvalidField::new(
             field,
             format!(
-                "{what} name {} contains {bad:?}; use letters, digits and {}",
+                "{what} name {} contains {bad:?}; use {}letters, digits and {}",
                 quote(name),
+                if lower_case { "lower-case " } else { "" },
                 punctuation
                     .chars()
                     .map(|c| format!("'{c}'"))

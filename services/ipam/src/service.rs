@@ -11,14 +11,18 @@
 //! always names an address record of its owner. The in-memory caches of a replica (pools,
 //! node blocks, free addresses) only propose; a stale cache costs a retry, never a
 //! duplicate. See `proto/kino/ipam/v1/ipam.proto` for the record layout.
+//!
+//! Load-balanced services (`lb`, `kino.service.v1`) follow the same rule with their own
+//! claims: a frontend or a frontend id is a service's once its claim record is created.
 
 mod addresses;
+mod lb;
 mod node_cidrs;
 mod nodes;
 mod pools;
 mod status;
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -31,6 +35,7 @@ pub use pools::{DefaultPoolOutcome, describe as describe_pool};
 pub use status::{AllocationPage, FamilyUsage, ListArgs, NodeUsage, PoolUsage};
 
 use crate::allocator::BlockAllocator;
+use crate::lb::network::ServiceNetwork;
 use crate::persistence::{Datastore, Stored};
 use crate::prefix::IpPrefix;
 use crate::records::{NodeBlocks, Pool};
@@ -50,6 +55,8 @@ pub struct IpamOptions {
     /// The pool to create when a request names it and it does not exist (the `default`
     /// pool, also created at start-up), so no request races the start-up.
     pub default_pool: Option<crate::pool::PoolConfig>,
+    /// The service CIDRs and NodePort range (`kino.service.v1`); no pool may overlap them.
+    pub service_network: ServiceNetwork,
 }
 
 impl Default for IpamOptions {
@@ -58,6 +65,7 @@ impl Default for IpamOptions {
             takeover_after: Duration::from_secs(3),
             max_node_blocks: 4,
             default_pool: None,
+            service_network: ServiceNetwork::default(),
         }
     }
 }
@@ -73,6 +81,8 @@ pub struct Ipam {
     nodes: Mutex<HashMap<(String, String), Stored<NodeBlocks>>>,
     /// Candidate addresses by (pool, block).
     blocks: Mutex<HashMap<(String, IpPrefix), BlockAllocator>>,
+    /// Frontend ids believed taken (loaded at first use); only proposes, as the block caches.
+    frontend_ids: Mutex<Option<BTreeSet<u16>>>,
 }
 
 impl Ipam {
@@ -84,6 +94,7 @@ impl Ipam {
             pools: Mutex::default(),
             nodes: Mutex::default(),
             blocks: Mutex::default(),
+            frontend_ids: Mutex::default(),
         }
     }
 

@@ -7,7 +7,7 @@ mod backends;
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
-use backends::{Replica, World, default_pool};
+use backends::{Replica, World, assert_status, default_pool};
 use futures::future::join_all;
 use std::time::{Duration, Instant};
 
@@ -363,18 +363,6 @@ async fn put_endpoint(w: &World, node: &str, id: &str) {
         },
     )
     .await;
-}
-
-fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, words: &[&str]) {
-    let status = result.expect_err("the request must fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    for word in words {
-        assert!(
-            status.message().contains(word),
-            "the message must mention {word:?}: {}",
-            status.message()
-        );
-    }
 }
 
 async fn with_default_pool(r: &Replica) {
@@ -1534,7 +1522,7 @@ mod cases {
         let r = w.replica().await;
         with_default_pool(&r).await;
         let mut c = r.client.clone();
-        create_pool(&mut c, "blue", family_pool(&["172.20.0.0/16"], 24), None)
+        create_pool(&mut c, "blue", family_pool(&["172.24.0.0/16"], 24), None)
             .await
             .unwrap();
         for i in 0..7 {

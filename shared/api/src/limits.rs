@@ -1,7 +1,8 @@
 //! Limits of the kino APIs that both sides of a call need to know, defined once so a client
 //! can refuse what the server would refuse before sending it:
 //!
-//! - sizes: the datastore's largest record and the policy-compiler's largest import;
+//! - sizes: the datastore's largest record and the policy-compiler's largest import, how
+//!   many frontends and backends one service may have;
 //! - names and labels, Kubernetes' own where it has one, checked where the input enters (the
 //!   agent's CreateEndpoint / UpdateEndpointLabels, kino-cni's arguments, the
 //!   policy-compiler's identities, selectors and documents). Without them a 100 KB label
@@ -33,6 +34,14 @@ pub const MAX_POD_NAME_LEN: usize = 253;
 pub const MAX_NAMESPACE_LEN: usize = 63;
 /// Most labels one security identity (one endpoint) may have.
 pub const MAX_LABELS_PER_IDENTITY: usize = 256;
+
+/// Most frontends one service (`kino.service.v1.Service`) may have: every port of every
+/// address family of a ClusterIP, its NodePorts and external IPs fit with room to spare.
+pub const MAX_SERVICE_FRONTENDS: usize = 64;
+/// Most backends one service may have (Kubernetes' EndpointSlices hold 100 endpoints each;
+/// a service past 1 000 is better split), which keeps its record far below the datastore's
+/// value limit.
+pub const MAX_SERVICE_BACKENDS: usize = 1000;
 
 /// Source of the label the standalone agent derives from the pod's name.
 pub const POD_LABEL_SOURCE: &str = "container";

@@ -54,6 +54,18 @@ struct Args {
     /// Policy entries (allowed /32 CIDRs) for the "with policy" rows.
     #[arg(long, default_value_t = 10_000)]
     entries: usize,
+    /// Which kino routing modes to measure (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "tunnel,native")]
+    routing: Vec<String>,
+    /// Extra argument for every agent (repeatable), e.g. `--agent-arg=--masquerade=false`.
+    #[arg(long = "agent-arg", allow_hyphen_values = true)]
+    agent_args: Vec<String>,
+    /// Skip the node ↔ node and Flannel rows (their ratios then read 0).
+    #[arg(long)]
+    no_reference: bool,
+    /// Skip the node join/delete measurement.
+    #[arg(long)]
+    no_churn: bool,
 }
 
 const TESTS: [(&str, &str); 3] = [
@@ -76,7 +88,7 @@ async fn main() -> anyhow::Result<()> {
     );
     let mut rows: Vec<(String, Row)> = Vec::new();
     let prefix = unique_prefix("bmn");
-    {
+    if !args.no_reference {
         let world = Reference::build(&prefix)?;
         let node = Endpoints {
             client_netns: world.nodes[0].name.clone(),
@@ -94,13 +106,20 @@ async fn main() -> anyhow::Result<()> {
             cells(&args, &pods).await?,
         ));
     }
-    for routing in ["tunnel", "native"] {
+    for routing in &args.routing {
+        let routing: &'static str = match routing.as_str() {
+            "tunnel" => "tunnel",
+            "native" => "native",
+            other => anyhow::bail!("--routing: {other:?} is neither tunnel nor native"),
+        };
+        let mut agent_args = vec!["--metrics-address".to_owned(), "off".to_owned()];
+        agent_args.extend(args.agent_args.iter().cloned());
         let cluster = Cluster::start_converged(
             &format!("bmn{}", &routing[..1]),
             ClusterOptions {
                 nodes: 2,
                 routing,
-                agent_args: vec!["--metrics-address".into(), "off".into()],
+                agent_args,
             },
         )
         .await;
@@ -119,7 +138,11 @@ async fn main() -> anyhow::Result<()> {
             cells(&args, &ep).await?,
         ));
     }
-    let churn = node_churn().await?;
+    let churn = if args.no_churn {
+        None
+    } else {
+        Some(node_churn().await?)
+    };
     report(&args, &rows, churn);
     Ok(())
 }
@@ -232,10 +255,16 @@ async fn node_churn() -> anyhow::Result<Churn> {
     })
 }
 
-fn report(args: &Args, rows: &[(String, Row)], churn: Churn) {
+fn report(args: &Args, rows: &[(String, Row)], churn: Option<Churn>) {
     println!(
-        "\nbench-multinode: {} run(s) of {} s per cell, medians; ratios to node ↔ node in the same run\n",
-        args.runs, args.duration
+        "\nbench-multinode: {} run(s) of {} s per cell, medians; ratios to {} in the same run\n",
+        args.runs,
+        args.duration,
+        if args.no_reference {
+            "the first row (--no-reference)"
+        } else {
+            "node ↔ node"
+        }
     );
     let limit = &rows[0].1;
     print!("| setup |");
@@ -253,11 +282,13 @@ fn report(args: &Args, rows: &[(String, Row)], churn: Churn) {
         }
         println!();
     }
-    println!(
-        "\nnode join (agent start) → routes on both other nodes: {:.0} ms; node delete → routes gone on both: {:.0} ms",
-        churn.join.as_secs_f64() * 1000.0,
-        churn.delete.as_secs_f64() * 1000.0
-    );
+    if let Some(churn) = churn {
+        println!(
+            "\nnode join (agent start) → routes on both other nodes: {:.0} ms; node delete → routes gone on both: {:.0} ms",
+            churn.join.as_secs_f64() * 1000.0,
+            churn.delete.as_secs_f64() * 1000.0
+        );
+    }
 }
 
 fn human(value: f64) -> String {

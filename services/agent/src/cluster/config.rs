@@ -70,6 +70,9 @@ pub struct ClusterConfig {
     /// Destinations never masqueraded besides the cluster's pod CIDRs and node addresses
     /// (`--native-routing-cidr`: a routable range that reaches pods directly).
     pub native_routing_cidrs: Vec<String>,
+    /// The links holding `node_ips` (the underlay devices): where native mode's host
+    /// routing attaches `from_netdev`.
+    pub underlay_devices: Vec<String>,
 }
 
 impl ClusterConfig {
@@ -167,6 +170,24 @@ pub fn mtu_of(links: &[LinkDetails], addresses: &[LinkAddress], ip: IpAddr) -> O
         .find(|l| l.index == index)
         .map(|l| l.mtu)
         .filter(|mtu| *mtu > 0)
+}
+
+/// The names of the links holding `ips` (the underlay devices), each once, in `ips` order.
+pub fn devices_of(links: &[LinkDetails], addresses: &[LinkAddress], ips: &[IpAddr]) -> Vec<String> {
+    let mut devices: Vec<String> = Vec::new();
+    for ip in ips {
+        let Some(link) = addresses
+            .iter()
+            .find(|a| a.address == *ip)
+            .and_then(|a| links.iter().find(|l| l.index == a.index))
+        else {
+            continue;
+        };
+        if !devices.contains(&link.name) {
+            devices.push(link.name.clone());
+        }
+    }
+    devices
 }
 
 /// The node's own network a pod CIDR would shadow, as `"<link> has <address>/<len>"`: an
@@ -280,6 +301,19 @@ mod tests {
             mtu_of(&links, &addresses, "192.0.2.99".parse().unwrap()),
             None
         );
+        // Both families on eth0: one device; an address no link holds: none.
+        assert_eq!(
+            devices_of(&links, &addresses, &ips),
+            vec!["eth0".to_owned()]
+        );
+        let elsewhere = [
+            "198.18.0.9".parse().unwrap(),
+            "203.0.113.1".parse().unwrap(),
+        ];
+        assert_eq!(
+            devices_of(&links, &addresses, &elsewhere),
+            vec!["eth1".to_owned()]
+        );
     }
 
     #[test]
@@ -318,6 +352,7 @@ mod tests {
             route_mtu: 1450,
             masquerade: true,
             native_routing_cidrs: Vec::new(),
+            underlay_devices: vec!["eth0".into()],
         };
         let routing = config.node_routing();
         assert_eq!(routing.mode, RoutingModePb::Tunnel as i32);

@@ -7,8 +7,16 @@
 //! re-implements (port allocation, reply translation, ICMP errors, timeouts), a set lookup
 //! keeps the per-packet cost flat in the number of nodes, and only connections that leave
 //! the cluster pay it: pod-to-pod traffic never reaches the nat hook (tunnel mode redirects
-//! it to `kino_vxlan` in eBPF; native mode matches the cluster set). The whole table is
+//! it to `kino_vxlan` in eBPF; native mode's BPF host routing redirects it past the stack,
+//! and the rule matches the cluster set for what still goes through). The whole table is
 //! replaced in one `nft -f` transaction, so there is no moment without the rule.
+//!
+//! A NAT chain turns the kernel's connection tracking on for every packet of the namespace.
+//! In tunnel mode the VXLAN packets between nodes (UDP to the tunnel port, both ways) never
+//! need it, and tracking them costs every packet between pods a conntrack lookup on each node
+//! (measured in docs/benchmarks.md): a `raw`-priority chain exempts them (`notrack`), as Cilium's
+//! `CILIUM_PRE_raw`/`CILIUM_OUTPUT_raw` do for its own traffic. Nothing else is exempted,
+//! so an operator's `ct state` rules keep seeing every other connection.
 
 use std::collections::BTreeSet;
 use std::io::Write;
@@ -31,6 +39,8 @@ pub struct MasqueradeSpec {
     pub own_addresses: Vec<IpAddr>,
     /// Further destinations that are not masqueraded (`--native-routing-cidr`).
     pub native_routing_cidrs: Vec<String>,
+    /// Tunnel mode: the VXLAN UDP port, whose packets conntrack skips.
+    pub tunnel_port: Option<u16>,
 }
 
 /// A masquerade rule set the kernel refused, or `nft` that could not run.
@@ -92,8 +102,17 @@ pub fn script(spec: &MasqueradeSpec, peers: &PeerNodes) -> String {
             "    {family} saddr {cidr} {family} daddr != @{set} masquerade\n"
         ));
     }
+    let notrack = spec.tunnel_port.map_or_else(String::new, |port| {
+        ["prerouting", "output"]
+            .map(|hook| {
+                format!(
+                    "  chain raw_{hook} {{\n    type filter hook {hook} priority raw; policy accept;\n    udp dport {port} notrack\n  }}\n"
+                )
+            })
+            .concat()
+    });
     format!(
-        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{}{}  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{rules}  }}\n}}\n",
+        "table inet {TABLE}\ndelete table inet {TABLE}\ntable inet {TABLE} {{\n{}{}{notrack}  chain postrouting {{\n    type nat hook postrouting priority srcnat; policy accept;\n{rules}  }}\n}}\n",
         set("cluster4", "ipv4_addr", &v4),
         set("cluster6", "ipv6_addr", &v6),
     )
@@ -220,6 +239,7 @@ mod tests {
             own_pod_cidrs: vec!["10.0.0.0/24".into(), "fd00::/120".into()],
             own_addresses: vec!["192.0.2.11".parse().unwrap()],
             native_routing_cidrs: vec!["10.0.0.0/16".into()],
+            tunnel_port: Some(8472),
         };
         let peers: PeerNodes = [PeerNode {
             name: "n2".into(),
@@ -247,5 +267,19 @@ mod tests {
             script.contains("ip6 saddr fd00::/120 ip6 daddr != @cluster6 masquerade"),
             "{script}"
         );
+        // Tunnel packets are not tracked, in either direction; native mode has no such chain.
+        for hook in ["prerouting", "output"] {
+            assert!(
+                script.contains(&format!(
+                    "chain raw_{hook} {{\n    type filter hook {hook} priority raw; policy accept;\n    udp dport 8472 notrack\n"
+                )),
+                "{script}"
+            );
+        }
+        let native = MasqueradeSpec {
+            tunnel_port: None,
+            ..spec
+        };
+        assert!(!super::script(&native, &peers).contains("notrack"));
     }
 }

@@ -134,19 +134,22 @@ pub async fn reconcile(
     }
 }
 
-/// (Re-)ensures the tunnel device and returns its ifindex (tunnel mode): called on every
-/// pass, so a device deleted or changed behind the agent's back is put back with the routes.
-pub type TunnelKeeper = Arc<dyn Fn() -> BoxFuture<'static, Result<u32, String>> + Send + Sync>;
+/// (Re-)ensures the node's routing devices — `kino_vxlan` and its programs in tunnel mode
+/// (returns its ifindex), `from_netdev` on the underlay devices in native mode (returns
+/// `None`): called on every pass, so a device deleted or changed (or a program detached)
+/// behind the agent's back is put back with the routes.
+pub type DeviceKeeper =
+    Arc<dyn Fn() -> BoxFuture<'static, Result<Option<u32>, String>> + Send + Sync>;
 
 /// Keeps the routes of `peers` installed until the task is dropped: a pass whenever the
-/// set of nodes changes and every `interval`. In tunnel mode `tunnel` keeps the device
-/// first (without one, the device is only looked up).
+/// set of nodes changes and every `interval`. `devices` keeps the routing devices first
+/// (without one, the tunnel device is only looked up).
 pub async fn run(
     netlink: Netlink,
     local: LocalRouting,
     mut peers: watch::Receiver<Option<PeerNodes>>,
     interval: Duration,
-    tunnel: Option<TunnelKeeper>,
+    devices: Option<DeviceKeeper>,
 ) {
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -158,30 +161,38 @@ pub async fn run(
         let Some(nodes) = peers.borrow_and_update().clone() else {
             continue;
         };
-        let vxlan = match local.mode {
-            RoutingMode::Native => None,
-            RoutingMode::Tunnel => match &tunnel {
-                Some(keep) => match keep().await {
-                    Ok(index) => Some(index),
-                    Err(error) => {
-                        tracing::warn!(%error, "cannot ensure {VXLAN_DEVICE}; retrying");
-                        continue;
-                    }
-                },
-                None => match netlink.link_by_name(VXLAN_DEVICE).await {
-                    Ok(Some(link)) => Some(link.index),
-                    Ok(None) => {
-                        tracing::warn!(
-                            device = VXLAN_DEVICE,
-                            "tunnel mode without its device; routes to other nodes wait for it"
-                        );
-                        continue;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot look up {VXLAN_DEVICE}");
-                        continue;
-                    }
-                },
+        let kept = match &devices {
+            Some(keep) => match keep().await {
+                Ok(index) => index,
+                // Native mode's routes do not need the device programs (the stack forwards
+                // without them); tunnel routes need the device.
+                Err(error) if local.mode == RoutingMode::Native => {
+                    tracing::warn!(%error, "cannot ensure host routing on the underlay; retrying");
+                    None
+                }
+                Err(error) => {
+                    tracing::warn!(%error, "cannot ensure {VXLAN_DEVICE}; retrying");
+                    continue;
+                }
+            },
+            None => None,
+        };
+        let vxlan = match (local.mode, kept) {
+            (RoutingMode::Native, _) => None,
+            (RoutingMode::Tunnel, Some(index)) => Some(index),
+            (RoutingMode::Tunnel, None) => match netlink.link_by_name(VXLAN_DEVICE).await {
+                Ok(Some(link)) => Some(link.index),
+                Ok(None) => {
+                    tracing::warn!(
+                        device = VXLAN_DEVICE,
+                        "tunnel mode without its device; routes to other nodes wait for it"
+                    );
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot look up {VXLAN_DEVICE}");
+                    continue;
+                }
             },
         };
         let desired = desired_routes(&local, vxlan, &nodes);

@@ -40,9 +40,9 @@ use super::policy::PolicyMaps;
 
 mod adoption;
 mod attach;
+mod devices;
 mod error;
 mod hook;
-mod overlay;
 mod pins;
 mod program;
 mod tcx;

@@ -21,7 +21,7 @@ pub enum RoutingConfig {
     /// VXLAN: packets for another node's prefix (their ipcache entry names the node) are
     /// encapsulated with the source's identity as VNI and sent through the device
     /// `vxlan_ifindex` (`kino_vxlan`, `devices::ensure_vxlan`), whose tc programs must be
-    /// attached (`Datapath::attach_overlay`).
+    /// attached (`Datapath::attach_device` with `Hook::OVERLAY`).
     Tunnel {
         /// `kino_vxlan`'s ifindex in the node's namespace.
         vxlan_ifindex: u32,

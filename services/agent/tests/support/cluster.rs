@@ -11,7 +11,7 @@ use std::path::Path;
 
 use kino_agent::datapath::ipcache::{IDENTITY_HOST, IDENTITY_REMOTE_NODE, IDENTITY_WORLD};
 use kino_agent::datapath::loader::DEFAULT_PIN_ROOT;
-use kino_agent::datapath::{Datapath, HookAttachment, IpPrefix, IpcacheEntry, RoutingConfig};
+use kino_agent::datapath::{Datapath, Hook, HookAttachment, IpPrefix, IpcacheEntry, RoutingConfig};
 use kino_agent::devices::{
     NodeDevicesConfig, NodeIpv6Config, VXLAN_DEVICE, VxlanConfig, ensure_node_devices,
     ensure_node_ipv6, ensure_vxlan,
@@ -184,7 +184,8 @@ pub struct Node {
     pub datapath: Datapath,
     /// `kino_vxlan`'s ifindex in tunnel mode.
     pub vxlan_ifindex: Option<u32>,
-    /// What attaching the overlay programs did (tunnel mode).
+    /// What attaching the device programs did: the overlay's on `kino_vxlan` (tunnel mode),
+    /// `from_netdev` on the underlay's `eth0` (native mode).
     pub overlay: Vec<HookAttachment>,
     /// Its namespace.
     pub ns: Netns,
@@ -405,7 +406,7 @@ async fn set_up_node(
                 .await
                 .expect("kino_vxlan");
             let overlay = datapath
-                .attach_overlay(&netlink, VXLAN_DEVICE, ifindex)
+                .attach_device(&netlink, VXLAN_DEVICE, ifindex, &Hook::OVERLAY)
                 .await
                 .expect("overlay programs");
             datapath
@@ -416,10 +417,19 @@ async fn set_up_node(
             (Some(ifindex), overlay)
         }
         Mode::Native => {
+            let eth0 = netlink
+                .link_by_name("eth0")
+                .await
+                .expect("listing links")
+                .expect("the underlay's eth0");
+            let netdev = datapath
+                .attach_device(&netlink, "eth0", eth0.index, &Hook::NETDEV)
+                .await
+                .expect("from_netdev on eth0");
             datapath
                 .set_node_config(RoutingConfig::Native)
                 .expect("node config");
-            (None, Vec::new())
+            (None, netdev)
         }
     };
     for own in [

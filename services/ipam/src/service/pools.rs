@@ -28,6 +28,15 @@ impl Ipam {
     /// phase CREATING, compared with every pool created before it (by datastore revision,
     /// which all replicas see alike), and becomes READY only if none overlaps.
     pub async fn create_pool(&self, config: PoolConfig) -> Result<Stored<Pool>> {
+        if let Some((service, cidr)) = self.options.service_network.overlap_with(&config) {
+            return Err(InvalidField::new(
+                cidr_field(&config, &cidr),
+                format!(
+                    "{cidr} overlaps service CIDR {service} (kino-ipam's --service-cidr); a pod address must never be a ClusterIP: choose another CIDR"
+                ),
+            )
+            .into());
+        }
         let name = config.name.clone();
         let pool = Pool {
             config,
@@ -105,6 +114,17 @@ impl Ipam {
             }
         }
         Err(too_many("creating pool", &pool.name))
+    }
+
+    /// A stored pool overlapping the service CIDRs, as an operator reads it; `None` if none
+    /// does (checked at start-up: a pool created before `--service-cidr` changed).
+    pub async fn pool_overlapping_services(&self) -> Result<Option<String>> {
+        for pool in self.store.pools().await? {
+            if let Err(e) = self.options.service_network.check_pool(&pool.value.config) {
+                return Ok(Some(e.to_string()));
+            }
+        }
+        Ok(None)
     }
 
     /// One pool, as stored (a pool left CREATING by a dead replica is finished first).

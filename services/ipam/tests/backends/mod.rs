@@ -1,6 +1,7 @@
 //! The world of an IPAM test: a datastore gateway served in-process over a fresh backend
 //! (an embedded file, or a unique key prefix in a real etcd), and IPAM replicas served
-//! in-process against it, each with its own caches as separate processes would have.
+//! in-process against it (serving `kino.ipam.v1`, `kino.node.v1` and `kino.service.v1`),
+//! each with its own caches as separate processes would have.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -8,7 +9,9 @@ use std::time::Duration;
 use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
 use kino_api::node::node_service_client::NodeServiceClient;
+use kino_api::service::load_balancing_service_client::LoadBalancingServiceClient;
 use kino_ipam::grpc::IpamGrpc;
+use kino_ipam::lb_grpc::LoadBalancingGrpc;
 use kino_ipam::node_grpc::NodeGrpc;
 use kino_ipam::persistence::Datastore;
 use kino_ipam::pool::{DEFAULT_POOL, PoolConfig, RawFamily};
@@ -19,6 +22,7 @@ use tokio_stream::wrappers::TcpListenerStream;
 use tonic::transport::Channel;
 
 use kino_datastore_gateway::testing::serve_gateway;
+#[allow(unused_imports)] // not every test file names a backend itself
 pub use kino_datastore_gateway::testing::{Backend, embedded};
 
 /// A gateway over a backend, and the replicas started against it.
@@ -37,6 +41,9 @@ pub struct Replica {
     /// Its `kino.node.v1` service.
     #[allow(dead_code)]
     pub nodes: NodeServiceClient<Channel>,
+    /// Its `kino.service.v1` service.
+    #[allow(dead_code)]
+    pub services: LoadBalancingServiceClient<Channel>,
     pub ipam: Arc<Ipam>,
 }
 
@@ -65,10 +72,12 @@ impl World {
         let addr = listener.local_addr().unwrap();
         let service = IpamGrpc::new(ipam.clone()).into_server();
         let nodes = NodeGrpc::new(ipam.clone()).into_server();
+        let services = LoadBalancingGrpc::new(ipam.clone()).into_server();
         self.tasks.push(tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
                 .add_service(service)
                 .add_service(nodes)
+                .add_service(services)
                 .serve_with_incoming(TcpListenerStream::new(listener))
                 .await;
         }));
@@ -79,12 +88,14 @@ impl World {
             .unwrap();
         Replica {
             client: IpamServiceClient::new(channel.clone()),
-            nodes: NodeServiceClient::new(channel),
+            nodes: NodeServiceClient::new(channel.clone()),
+            services: LoadBalancingServiceClient::new(channel),
             ipam,
         }
     }
 
     /// A replica with the default options, but a short claim takeover.
+    #[allow(dead_code)] // services.rs wants a long one
     pub async fn replica(&mut self) -> Replica {
         self.replica_with(IpamOptions {
             takeover_after: Duration::from_millis(300),
@@ -117,4 +128,22 @@ pub fn default_pool() -> PoolConfig {
         }),
     )
     .unwrap()
+}
+
+/// Asserts `result` failed with `code` and a message mentioning every one of `words`.
+#[allow(dead_code)] // not every test file checks refusals
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, tonic::Status>,
+    code: tonic::Code,
+    words: &[&str],
+) {
+    let status = result.expect_err("the request must fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    for word in words {
+        assert!(
+            status.message().contains(word),
+            "the message must mention {word:?}: {}",
+            status.message()
+        );
+    }
 }

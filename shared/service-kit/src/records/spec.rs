@@ -2,7 +2,7 @@
 //! record holds it, which protobuf message it is stored as (the `Any` type URL) and the
 //! conversion both ways — and [`Stored`] is one read back with its datastore metadata. The
 //! API messages that several services store (Node, NodeHealth, Endpoint, Policy, Identity,
-//! PolicyRealization) are specs here, once; a service's own domain types implement `Spec`
+//! PolicyRealization, Service) are specs here, once; a service's own domain types implement `Spec`
 //! beside their definition.
 
 use kino_api::datastore::Resource;
@@ -142,6 +142,7 @@ api_specs! {
     kino_api::policy::Policy => "Policy" as "kino.policy.v1.Policy";
     kino_api::policy::Identity => "Identity" as "kino.policy.v1.Identity";
     kino_api::policy::PolicyRealization => "PolicyRealization" as "kino.policy.v1.PolicyRealization";
+    kino_api::service::Service => "Service" as "kino.service.v1.Service";
 }
 
 #[cfg(test)]
@@ -227,5 +228,6 @@ mod tests {
         check::<Policy>(&messages);
         check::<Identity>(&messages);
         check::<kino_api::policy::PolicyRealization>(&messages);
+        check::<kino_api::service::Service>(&messages);
     }
 }

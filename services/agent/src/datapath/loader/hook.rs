@@ -1,5 +1,5 @@
-//! The datapath's programs and where each hooks — on an lxc, or on `kino_vxlan` (the overlay,
-//! issue #13): the names that tie a program in the object to its tc filter, its TCX link pin
+//! The datapath's programs and where each hooks — on an lxc, on `kino_vxlan` (the overlay,
+//! issue #13), or on the node's underlay device (native mode's host routing): the names that tie a program in the object to its tc filter, its TCX link pin
 //! and its attach point.
 
 use aya::programs::TcAttachType;
@@ -17,15 +17,18 @@ pub enum Hook {
     FromOverlay,
     /// `to_overlay`: `kino_vxlan` egress, packets about to be encapsulated.
     ToOverlay,
+    /// `from_netdev`: the underlay device's ingress in native mode, packets for local pods.
+    FromNetdev,
 }
 
 impl Hook {
     /// Every program of the object, in load order.
-    pub const ALL: [Hook; 4] = [
+    pub const ALL: [Hook; 5] = [
         Hook::FromContainer,
         Hook::ToContainer,
         Hook::FromOverlay,
         Hook::ToOverlay,
+        Hook::FromNetdev,
     ];
 
     /// The programs of an lxc, in attach order.
@@ -34,6 +37,9 @@ impl Hook {
     /// The programs of `kino_vxlan`, in attach order.
     pub const OVERLAY: [Hook; 2] = [Hook::FromOverlay, Hook::ToOverlay];
 
+    /// The programs of the underlay device in native mode.
+    pub const NETDEV: [Hook; 1] = [Hook::FromNetdev];
+
     /// The program's name in the object (and the suffix of its link pins).
     pub fn program(self) -> &'static str {
         match self {
@@ -41,6 +47,7 @@ impl Hook {
             Hook::ToContainer => "to_container",
             Hook::FromOverlay => "from_overlay",
             Hook::ToOverlay => "to_overlay",
+            Hook::FromNetdev => "from_netdev",
         }
     }
 
@@ -52,6 +59,7 @@ impl Hook {
             Hook::ToContainer => "kino_to_container",
             Hook::FromOverlay => "kino_from_overlay",
             Hook::ToOverlay => "kino_to_overlay",
+            Hook::FromNetdev => "kino_from_netdev",
         }
     }
 
@@ -65,7 +73,7 @@ impl Hook {
     /// The device's hook it runs on: what arrives (ingress) or leaves (egress).
     pub(super) fn tc_hook(self) -> TcHook {
         match self {
-            Hook::FromContainer | Hook::FromOverlay => TcHook::Ingress,
+            Hook::FromContainer | Hook::FromOverlay | Hook::FromNetdev => TcHook::Ingress,
             Hook::ToContainer | Hook::ToOverlay => TcHook::Egress,
         }
     }

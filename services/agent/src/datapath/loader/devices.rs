@@ -1,8 +1,10 @@
-//! The overlay's side of the loader (issue #13): the node's routing configuration
-//! (`kino_node_config`) and the programs of `kino_vxlan` — `from_overlay` on its ingress,
-//! `to_overlay` on its egress — attached as tc filters like an lxc's. Filters live with the
-//! device, so they outlive the agent; a restarted agent adopts them (kept when they run the
-//! same program over the same maps, replaced atomically otherwise) by attaching again.
+//! The node's devices in the loader (issue #13): the node's routing configuration
+//! (`kino_node_config`), the programs of `kino_vxlan` in tunnel mode — `from_overlay` on its
+//! ingress, `to_overlay` on its egress — and of the underlay device in native mode —
+//! `from_netdev` on its ingress (BPF host routing) — attached as tc filters like an lxc's.
+//! Filters live with the device, so they outlive the agent; a restarted agent adopts them
+//! (kept when they run the same program over the same maps, replaced atomically otherwise)
+//! by attaching again.
 
 use super::Datapath;
 use super::attach::HookAttachment;
@@ -24,49 +26,55 @@ impl Datapath {
         self.node_config.get()
     }
 
-    /// Makes `from_overlay` and `to_overlay` run on the VXLAN device `name` (`ifindex`, in the
-    /// namespace of `netlink`: `kino_vxlan`), as tc filters on its `clsact` qdisc (made if
-    /// missing). Idempotent and without a gap: filters of a previous agent running the same
-    /// program over the same maps are kept, others are replaced atomically; each
-    /// [`HookAttachment::change`] says which.
-    pub async fn attach_overlay(
+    /// Makes the programs `hooks` ([`Hook::OVERLAY`] on the VXLAN device, [`Hook::NETDEV`]
+    /// on the underlay device) run on the device `name` (`ifindex`, in the namespace of
+    /// `netlink`), as tc filters on its `clsact` qdisc (made if missing). Idempotent and
+    /// without a gap: filters of a previous agent running the same program over the same
+    /// maps are kept, others are replaced atomically; each [`HookAttachment::change`] says
+    /// which.
+    pub async fn attach_device(
         &mut self,
         netlink: &Netlink,
         name: &str,
         ifindex: u32,
+        hooks: &[Hook],
     ) -> Result<Vec<HookAttachment>, DatapathError> {
-        self.adopt_hooks(netlink, name, ifindex, &Hook::OVERLAY)
-            .await
+        self.adopt_hooks(netlink, name, ifindex, hooks).await
     }
 
-    /// The overlay programs on the device `name` (`ifindex`) as the kernel has them now (a
+    /// Our programs `hooks` on the device `name` (`ifindex`) as the kernel has them now (a
     /// hook missing here has no program of ours).
-    pub async fn overlay_attachment(
+    pub async fn device_attachment(
         &self,
         netlink: &Netlink,
         name: &str,
         ifindex: u32,
+        hooks: &[Hook],
     ) -> Result<Vec<HookAttachment>, DatapathError> {
-        let mut hooks = Vec::new();
-        for hook in Hook::OVERLAY {
+        let mut hooks_found = Vec::new();
+        for &hook in hooks {
             let filters = self.filters(netlink, name, ifindex, hook).await?;
             if let Some(f) = filters.iter().find(|f| f.name == hook.filter_name()) {
-                hooks.push(HookAttachment::filter(hook, f, None));
+                hooks_found.push(HookAttachment::filter(hook, f, None));
             }
         }
-        Ok(hooks)
+        Ok(hooks_found)
     }
 
-    /// Removes our filters from the device `name` (`ifindex`); other filters stay. Returns
-    /// how many were removed (0: none was there, or the device is gone).
-    pub async fn detach_overlay(
+    /// Removes our filters `hooks` from the device `name` (`ifindex`); other filters stay.
+    /// Returns how many were removed (0: none was there, or the device is gone).
+    pub async fn detach_device(
         &self,
         netlink: &Netlink,
         name: &str,
         ifindex: u32,
+        hooks: &[Hook],
     ) -> Result<usize, DatapathError> {
         let mut removed = 0;
-        for hook in self.overlay_attachment(netlink, name, ifindex).await? {
+        for hook in self
+            .device_attachment(netlink, name, ifindex, hooks)
+            .await?
+        {
             let super::attach::AttachPoint::Filter { priority, handle } = hook.point else {
                 continue;
             };
