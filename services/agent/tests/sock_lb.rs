@@ -214,6 +214,22 @@ fn attached_programs(cgroup: &Path) -> Vec<u64> {
         .collect()
 }
 
+/// Waits (up to 10 s) until none of `programs` is attached to `cgroup`: a link whose last
+/// reference went is released by a kernel work item, a moment later. True when they are gone.
+fn detached(cgroup: &Path, programs: &[u64]) -> bool {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let attached = attached_programs(cgroup);
+        if programs.iter().all(|p| !attached.contains(p)) {
+            return true;
+        }
+        if std::time::Instant::now() > deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn link_program_ids(pin_dir: &Path) -> Vec<u64> {
     let dir = pin_dir.join("cgroup");
     let Ok(entries) = std::fs::read_dir(&dir) else {
@@ -372,13 +388,10 @@ fn a_pods_connect_to_a_vip_reaches_a_backend_and_other_namespaces_are_left_alone
         assert!(!before.contains(id));
     }
     drop(_pins);
-    let after = attached_programs(&cgroup);
-    for id in &ours {
-        assert!(
-            !after.contains(id),
-            "program {id} still attached after the pins went"
-        );
-    }
+    assert!(
+        detached(&cgroup, &ours),
+        "programs {ours:?} still attached after the pins went"
+    );
 }
 
 /// Names of `count` new connections from `pod` to `to` (each a new socket).
@@ -533,10 +546,9 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
             old_programs.iter().all(|p| !new_programs.contains(p)),
             "old links replaced"
         );
-        let attached = attached_programs(&cgroup2_mount().expect("cgroup2"));
         assert!(
-            old_programs.iter().all(|p| !attached.contains(p)),
-            "old programs detached"
+            detached(&cgroup2_mount().expect("cgroup2"), &old_programs),
+            "old programs still attached"
         );
         assert_eq!(
             lb.state.frontend_addresses(),
