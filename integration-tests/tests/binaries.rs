@@ -208,7 +208,10 @@ async fn every_binary_serves_health_reflection_and_stops_cleanly() {
             process: 1,
             address: Address::Unix(sock("ipam")),
             service: "kino.ipam.v1.IpamService",
-            also: &["kino.node.v1.NodeService"],
+            also: &[
+                "kino.node.v1.NodeService",
+                "kino.service.v1.LoadBalancingService",
+            ],
             // Implemented (issue #3): tests/ipam_replicas.rs drives it.
             call: None,
         },
