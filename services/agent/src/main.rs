@@ -676,6 +676,7 @@ async fn main() -> anyhow::Result<()> {
         )
         .context("starting the route reconciler")?;
         // Services: the cluster's Service records into the load balancer's maps.
+        let lb_pin_dir = lb_state.is_some().then(|| pin_dir.clone());
         let _sock_lb = match lb_state {
             Some((sock, state)) => {
                 let ipam_channel = ipam_channel.clone();
@@ -763,6 +764,7 @@ async fn main() -> anyhow::Result<()> {
             ]),
             datapath_detail,
             start_time: Some(start_time),
+            lb_pin_dir,
         };
         tracing::info!(
             %node,
