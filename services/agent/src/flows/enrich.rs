@@ -409,7 +409,6 @@ mod tests {
             src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
             service: None,
-            service_name: None,
         }
     }
 

@@ -81,19 +81,6 @@ pub fn bpf_conntrack_entry(entry: &CtEntry) -> BpfConntrackEntry {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn ipcache_dumps_show_the_prefix() {
-        let entry = IpcacheEntry::new("192.0.2.0/24".parse().expect("prefix"), 16_777_217);
-        let dump = bpf_ipcache_entry(&entry);
-        assert_eq!(dump.prefix, "192.0.2.0/24");
-        assert_eq!(dump.identity, 16_777_217);
-    }
-}
-
 /// A frontend of the load balancer's maps as a `ListBpfLoadBalancer` row.
 pub fn bpf_lb_frontend(frontend: &FrontendListing) -> BpfLbFrontend {
     let protocol = |p: L4Protocol| match p {
@@ -121,5 +108,18 @@ pub fn bpf_lb_frontend(frontend: &FrontendListing) -> BpfLbFrontend {
                 } as i32,
             })
             .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipcache_dumps_show_the_prefix() {
+        let entry = IpcacheEntry::new("192.0.2.0/24".parse().expect("prefix"), 16_777_217);
+        let dump = bpf_ipcache_entry(&entry);
+        assert_eq!(dump.prefix, "192.0.2.0/24");
+        assert_eq!(dump.identity, 16_777_217);
     }
 }
