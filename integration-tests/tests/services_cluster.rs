@@ -13,7 +13,7 @@ use std::process::{Child, ChildStdin, ChildStdout, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod};
+use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod, NameServer};
 use kino_integration_tests::world::{Netns, kernel_tests_possible};
 
 const VIP: &str = "172.20.0.10";
@@ -24,50 +24,6 @@ const LOOP_VIP: &str = "172.20.0.13";
 
 /// How long a change may take to show (generous: the tests poll, they never assert a time).
 const CHANGE: Duration = Duration::from_secs(30);
-
-/// A server in a pod on port 8080, both families: each TCP connection gets `name`, then
-/// its own bytes echoed until the client closes; each UDP datagram gets `name`. Killed on
-/// drop.
-struct EchoServer(Child);
-
-impl EchoServer {
-    fn start(pod: &ClusterPod, name: &str) -> Self {
-        let program = format!(
-            "import socket,threading\n\
-             N=b'{name}'\n\
-             def serve(c):\n  \
-             c.sendall(N)\n  \
-             while True:\n    d=c.recv(64)\n    \
-             if not d: break\n    c.sendall(d)\n  \
-             c.close()\n\
-             def tcp(f,a):\n  s=socket.socket(f)\n  s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n  \
-             if f==socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n  \
-             s.bind((a,8080)); s.listen(256)\n  \
-             while True:\n    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n\
-             def udp(f,a):\n  s=socket.socket(f,socket.SOCK_DGRAM)\n  \
-             if f==socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n  \
-             s.bind((a,8080))\n  \
-             while True:\n    d,a2=s.recvfrom(64); s.sendto(N,a2)\n\
-             for t in [(tcp,socket.AF_INET,'0.0.0.0'),(tcp,socket.AF_INET6,'::'),(udp,socket.AF_INET,'0.0.0.0'),(udp,socket.AF_INET6,'::')]:\n  \
-             threading.Thread(target=t[0],args=t[1:],daemon=True).start()\n\
-             threading.Event().wait()\n"
-        );
-        let child = Command::new("ip")
-            .args(["netns", "exec", &pod.netns.name, "python3", "-c", &program])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        EchoServer(child)
-    }
-}
-
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn family(ip: &str) -> &'static str {
     if ip.contains(':') {
@@ -159,18 +115,6 @@ fn assert_spread(what: &str, names: &[String], backends: &[&str]) {
     );
 }
 
-/// `kino …` on node `i`; panics with its output unless it succeeds. Its stdout.
-fn kino_ok(cluster: &Cluster, i: usize, args: &[&str]) -> String {
-    let out = cluster.kino(i, args);
-    assert!(
-        out.status.success(),
-        "kino {args:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 /// The flows node `i` observed (its last 10 000) matching `filter` flags, as JSON lines.
 fn flows(cluster: &Cluster, i: usize, filter: &[&str]) -> Vec<String> {
     let server = cluster.flows(i);
@@ -178,7 +122,8 @@ fn flows(cluster: &Cluster, i: usize, filter: &[&str]) -> Vec<String> {
         "observe", "--server", &server, "--last", "10000", "-o", "json",
     ];
     args.extend_from_slice(filter);
-    kino_ok(cluster, i, &args)
+    cluster
+        .kino_ok(i, &args)
         .lines()
         .map(str::to_owned)
         .collect()
@@ -196,7 +141,7 @@ fn translations_from(cluster: &Cluster, i: usize, source: &str) -> Vec<String> {
 /// backend of a frontend on `vip`.
 fn active_in_maps(cluster: &Cluster, i: usize, vip: &str, backend: &str) -> bool {
     let json: serde_json::Value =
-        serde_json::from_str(&kino_ok(cluster, i, &["bpf", "lb", "list", "-o", "json"]))
+        serde_json::from_str(&cluster.kino_ok(i, &["bpf", "lb", "list", "-o", "json"]))
             .expect("kino bpf lb list -o json");
     json["entries"].as_array().into_iter().flatten().any(|e| {
         e["frontendAddress"] == vip
@@ -242,8 +187,8 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
     let web2 = cluster.add_pod(1, "web2", &[("app", "web")]);
     let client = cluster.add_pod(2, "client", &[("app", "client")]);
     let _servers = [
-        EchoServer::start(&web1, "web1"),
-        EchoServer::start(&web2, "web2"),
+        NameServer::start(&web1, "web1"),
+        NameServer::start(&web2, "web2"),
     ];
     for web in [&web1, &web2] {
         names(&client.netns, &web.ipv4, 8080, false, 1).unwrap_or_else(|e| {
@@ -277,8 +222,8 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
         create.extend(["--backend".to_owned(), format!("{backend}:8080")]);
     }
     let create: Vec<&str> = create.iter().map(String::as_str).collect();
-    kino_ok(&cluster, 2, &create);
-    let listed = kino_ok(&cluster, 2, &["service", "list"]);
+    cluster.kino_ok(2, &create);
+    let listed = cluster.kino_ok(2, &["service", "list"]);
     assert!(
         listed.contains(&format!("{VIP}:80/TCP")) && listed.contains(&web2.ipv4),
         "{listed}"
@@ -289,12 +234,9 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
     wait_for(&cluster, "node 3 never programmed the service", || {
         active_in_maps(&cluster, 2, VIP, &web2.ipv4)
     });
-    let got: serde_json::Value = serde_json::from_str(&kino_ok(
-        &cluster,
-        2,
-        &["service", "get", "web", "-o", "json"],
-    ))
-    .unwrap();
+    let got: serde_json::Value =
+        serde_json::from_str(&cluster.kino_ok(2, &["service", "get", "web", "-o", "json"]))
+            .unwrap();
     let id = got["service"]["frontends"]
         .as_array()
         .into_iter()
@@ -303,7 +245,7 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
         .and_then(|f| f["id"].as_u64())
         .unwrap_or_else(|| panic!("no TCP frontend on {VIP}: {got}"));
     let maps: serde_json::Value =
-        serde_json::from_str(&kino_ok(&cluster, 2, &["bpf", "lb", "list", "-o", "json"])).unwrap();
+        serde_json::from_str(&cluster.kino_ok(2, &["bpf", "lb", "list", "-o", "json"])).unwrap();
     let entry = maps["entries"]
         .as_array()
         .into_iter()
@@ -333,7 +275,7 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
         [1, 2],
         "{entry}"
     );
-    let table = kino_ok(&cluster, 2, &["bpf", "lb", "list"]);
+    let table = cluster.kino_ok(2, &["bpf", "lb", "list"]);
     assert!(
         table.starts_with("SERVICE ADDRESS")
             && table.contains("BACKEND ADDRESS (REVNAT_ID) (SLOT)"),
@@ -381,6 +323,15 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
                     || (dual && l.contains("\"backendAddress\":\"fd")))),
         "node 3's translations must name default/web and a backend: {translated:#?}"
     );
+    let server = cluster.flows(2);
+    let compact = cluster.kino_ok(
+        2,
+        &[
+            "observe", "--server", &server, "--last", "3", "--type", "sock-lb",
+        ],
+    );
+    eprintln!("{compact}");
+    assert!(compact.contains("(svc default/web) => "), "{compact}");
     for i in [0, 1] {
         let foreign = translations_from(&cluster, i, &client.ipv4);
         assert!(
@@ -415,8 +366,7 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
     }
 
     // ClientIP affinity: every connection of one client goes to one backend.
-    kino_ok(
-        &cluster,
+    cluster.kino_ok(
         0,
         &[
             "service",
@@ -445,8 +395,7 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
     }
 
     // Hairpin: web1 reaches itself through a service whose only backend it is.
-    kino_ok(
-        &cluster,
+    cluster.kino_ok(
         0,
         &[
             "service",
@@ -468,23 +417,9 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
 
     // A policy admitting only app=other to app=web denies the client the service: the
     // translated connect is dropped at the backend, on the backend's node, for the policy.
-    let policy = cluster.suite.dir.path().join("web.yaml");
-    std::fs::write(
-        &policy,
+    cluster.import_policy(
+        "web-from-other",
         "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {name: web-from-other, namespace: default}\nspec:\n  endpointSelector:\n    matchLabels: {app: web}\n  ingress:\n  - fromEndpoints: [{matchLabels: {app: other}}]\n",
-    )
-    .unwrap();
-    kino_ok(
-        &cluster,
-        0,
-        &[
-            "policy",
-            "import",
-            policy.to_str().unwrap(),
-            "--wait",
-            "--wait-timeout",
-            "30s",
-        ],
     );
     let denied = names(&client.netns, SELF_VIP, 80, false, 1);
     assert!(denied.is_err(), "the client reached web1 under the policy");
@@ -504,7 +439,7 @@ async fn clusterip_backends_on_two_nodes_serve_a_pod_on_the_third() {
     assert!(got.iter().all(|n| n == "web1"), "{got:?}");
 
     for name in ["web", "sticky", "self"] {
-        kino_ok(&cluster, 0, &["service", "delete", name]);
+        cluster.kino_ok(0, &["service", "delete", name]);
     }
     wait_for(&cluster, "the deleted service still answers", || {
         names(&client.netns, VIP, 80, false, 1).is_err()
@@ -645,17 +580,16 @@ async fn backends_added_terminated_and_removed_under_a_connection_loop() {
     let web3 = cluster.add_pod(0, "web3", &[("app", "web")]);
     let client = cluster.add_pod(2, "client", &[("app", "client")]);
     let _servers = [
-        EchoServer::start(&web1, "web1"),
-        EchoServer::start(&web2, "web2"),
-        EchoServer::start(&web3, "web3"),
+        NameServer::start(&web1, "web1"),
+        NameServer::start(&web2, "web2"),
+        NameServer::start(&web3, "web3"),
     ];
     for web in [&web1, &web2, &web3] {
         names(&client.netns, &web.ipv4, 8080, false, 1)
             .unwrap_or_else(|e| panic!("{} directly: {e}", web.container));
     }
     let backend = |pod: &ClusterPod| format!("{}:8080", pod.ipv4);
-    kino_ok(
-        &cluster,
+    cluster.kino_ok(
         2,
         &[
             "service",
@@ -682,8 +616,7 @@ async fn backends_added_terminated_and_removed_under_a_connection_loop() {
 
     // Added: web3 gets connections of the running loop.
     looping.enter("added");
-    kino_ok(
-        &cluster,
+    cluster.kino_ok(
         2,
         &["service", "update", "web", "--add-backend", &backend(&web3)],
     );
@@ -698,8 +631,7 @@ async fn backends_added_terminated_and_removed_under_a_connection_loop() {
 
     // Terminating: once node 3 applied it, no connect started after goes to web2; the
     // connection already established to web2 keeps working.
-    kino_ok(
-        &cluster,
+    cluster.kino_ok(
         2,
         &[
             "service",
@@ -732,8 +664,7 @@ async fn backends_added_terminated_and_removed_under_a_connection_loop() {
     );
 
     // Removed: the same for web1, and web2's established connection still works.
-    kino_ok(
-        &cluster,
+    cluster.kino_ok(
         2,
         &[
             "service",
@@ -776,5 +707,5 @@ async fn backends_added_terminated_and_removed_under_a_connection_loop() {
     );
     drop(held);
     drop(looping);
-    kino_ok(&cluster, 2, &["service", "delete", "web"]);
+    cluster.kino_ok(2, &["service", "delete", "web"]);
 }
