@@ -167,7 +167,7 @@ http.server.ThreadingHTTPServer(('0.0.0.0', 8081), Name).serve_forever()
   show kino service list
   # Every agent follows the Service record; wait until the client's node has it in its maps.
   for _ in $(seq 1 100); do
-    kino --node "kino-node-$client" bpf lb list | grep -q "^$vip:80/TCP" && break
+    out=$(kino --node "kino-node-$client" bpf lb list) && grep -q "^$vip:80/TCP" <<<"$out" && break
     sleep 0.1
   done
   show kino --node "kino-node-$client" bpf lb list
@@ -184,7 +184,8 @@ http.server.ThreadingHTTPServer(('0.0.0.0', 8081), Name).serve_forever()
     ok "pod-$i on kino-node-$i answered through $vip"
   done
   show kino --node "kino-node-$client" observe --type sock-lb --last 3
-  kino --node "kino-node-$client" observe --type sock-lb --last 20 | grep -q "(svc default/web) =>" ||
+  out=$(kino --node "kino-node-$client" observe --type sock-lb --last 20) || fail "kino observe --type sock-lb"
+  grep -q "(svc default/web) =>" <<<"$out" ||
     fail "kino-node-$client's flows do not show the translations to default/web"
   ok "kino-node-$client's flows show each connect translated: (svc default/web) => backend"
   show kino service delete web || fail "kino service delete web"
