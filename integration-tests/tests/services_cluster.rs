@@ -6,6 +6,7 @@
 //! added, terminated and removed under a running connection loop; ClientIP affinity;
 //! hairpin (a backend reaching itself through its service); and a policy denying the
 //! backend's identity denies the service, with the drop seen on the backend's node.
+//! `kino bpf lb list` shows node 3's maps (and says why when an agent has no load balancer).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -717,4 +718,27 @@ async fn backends_added_terminated_and_removed_under_a_connection_loop() {
     drop(held);
     drop(looping);
     cluster.kino_ok(2, &["service", "delete", "web"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kino_bpf_lb_list_says_when_the_agent_has_no_load_balancer() {
+    if !kernel_tests_possible() {
+        return;
+    }
+    let cluster = Cluster::start_converged(
+        "scn",
+        ClusterOptions {
+            nodes: 1,
+            routing: "tunnel",
+            agent_args: vec!["--socket-lb=false".to_owned()],
+        },
+    )
+    .await;
+    let out = cluster.kino(0, &["bpf", "lb", "list"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("--socket-lb=false") && stderr.contains("start it with --socket-lb=true"),
+        "the refusal must say why and what to do: {stderr}"
+    );
 }
