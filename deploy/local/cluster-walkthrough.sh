@@ -9,7 +9,12 @@
 #   3. every pod pings every other pod (IPv4 and IPv6) and opens a TCP connection to it
 #   4. `kino observe` through the flow relay: every node's flows, merged; --node narrows
 #   5. `kino node list`: every node, live, with its routing mode and underlay address
-#   6. the pods are deleted (`kino-cni DEL`, then the namespace): their lxcs are gone
+#   6. a service (with 2+ nodes): a tiny HTTP server in the pods of nodes 1 and 2 (node 1
+#      only on a 2-node cluster), `kino service create web --frontend 172.20.0.10:80/tcp
+#      --backend …`, `kino service list`, `kino bpf lb list` on the client's node, curl from
+#      the pod of the last node through the VIP (every backend answers), the translation in
+#      `kino observe --type sock-lb`, `kino service delete`: the VIP answers no more
+#   7. the pods are deleted (`kino-cni DEL`, then the namespace): their lxcs are gone
 #
 # Only the namespaces created here (kino-cwt-*) send or receive traffic. Whatever happens,
 # the pods are deleted on exit; `cluster.sh down` also removes any a killed run left.
@@ -41,8 +46,10 @@ cni() { # command node-index
 }
 
 declare -a servers=()
+service_created=""
 cleanup() {
   for pid in "${servers[@]}"; do kill "$pid" 2>/dev/null || true; done
+  if [ -n "$service_created" ]; then kino service delete web >/dev/null 2>&1 || true; fi
   for i in $(seq 1 "$nodes"); do
     if ip netns list | grep -q "^kino-cwt-$i\b"; then
       cni DEL "$i" >/dev/null 2>&1 || true
@@ -130,7 +137,72 @@ for i in $(seq 1 "$nodes"); do
 done
 ok "every node is live"
 
-heading "6. delete the pods"
+heading "6. a service: load-balanced in eBPF at the client's socket, backends on other nodes"
+if [ "$nodes" -lt 2 ]; then
+  ok "skipped: a service across nodes needs 2 nodes or more (cluster.sh up --nodes 3)"
+else
+  vip=172.20.0.10
+  client=$nodes
+  backends=(1 2)
+  [ "$nodes" -ge 3 ] || backends=(1)
+  backend_flags=()
+  for i in "${backends[@]}"; do
+    # A tiny HTTP server answering every GET with its pod's name.
+    ip netns exec "kino-cwt-$i" python3 -c "
+import http.server
+class Name(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = b'pod-$i\\n'
+        self.send_response(200); self.send_header('Content-Length', str(len(body))); self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args): pass
+http.server.ThreadingHTTPServer(('0.0.0.0', 8081), Name).serve_forever()
+" >/dev/null 2>&1 &
+    servers+=($!)
+    backend_flags+=(--backend "${ip4[i]}:8081")
+  done
+  show kino service create web --frontend "$vip:80/tcp" "${backend_flags[@]}" ||
+    fail "kino service create web"
+  service_created=1
+  show kino service list
+  # Every agent follows the Service record; wait until the client's node has it in its maps.
+  for _ in $(seq 1 100); do
+    out=$(kino --node "kino-node-$client" bpf lb list) && grep -q "^$vip:80/TCP" <<<"$out" && break
+    sleep 0.1
+  done
+  show kino --node "kino-node-$client" bpf lb list
+  declare -A answered=()
+  echo "\$ ip netns exec kino-cwt-$client curl -s http://$vip/   # 20 times"
+  for _ in $(seq 1 20); do
+    got=$(ip netns exec "kino-cwt-$client" curl -sS --max-time 5 "http://$vip/") ||
+      fail "pod-$client (kino-node-$client) cannot reach the service at http://$vip/"
+    printf '%s\n' "$got"
+    answered[$got]=1
+  done
+  for i in "${backends[@]}"; do
+    [ -n "${answered[pod-$i]:-}" ] || fail "20 requests to $vip never reached pod-$i (kino-node-$i)"
+    ok "pod-$i on kino-node-$i answered through $vip"
+  done
+  show kino --node "kino-node-$client" observe --type sock-lb --last 3
+  out=$(kino --node "kino-node-$client" observe --type sock-lb --last 20) || fail "kino observe --type sock-lb"
+  grep -q "(svc default/web) =>" <<<"$out" ||
+    fail "kino-node-$client's flows do not show the translations to default/web"
+  ok "kino-node-$client's flows show each connect translated: (svc default/web) => backend"
+  show kino service delete web || fail "kino service delete web"
+  service_created=""
+  gone=""
+  for _ in $(seq 1 100); do
+    if ! ip netns exec "kino-cwt-$client" curl -s --max-time 1 "http://$vip/" >/dev/null 2>&1; then
+      gone=1
+      break
+    fi
+    sleep 0.1
+  done
+  [ -n "$gone" ] || fail "$vip still answers after kino service delete web"
+  ok "deleted: $vip answers no more (the node routes the service CIDR as unreachable)"
+fi
+
+heading "7. delete the pods"
 for i in $(seq 1 "$nodes"); do
   out=$(cni DEL "$i") || fail "DEL of pod-$i: $out"
   ip netns del "kino-cwt-$i"

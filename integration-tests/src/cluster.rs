@@ -5,7 +5,9 @@
 //! documentation ranges (node i: 192.0.2.(10+i)/24 and 2001:db8::(10+i)/64). An
 //! "external host" namespace on the same bridge (192.0.2.200, 2001:db8::200) stands for
 //! the world outside the cluster. Every namespace, process and pin is removed on drop, even
-//! when the test fails.
+//! when the test fails. Also the helpers the cluster tests share: `kino` that must succeed,
+//! a policy import that waits for enforcement, and [`NameServer`] (a pod's server answering
+//! with its name, the services tests' backends).
 
 use std::path::PathBuf;
 use std::process::Output;
@@ -374,6 +376,71 @@ pub fn tcp_source_seen(client: &Netns, server: &Netns, ip: &str, port: u16) -> O
     let _ = listener.join();
     let seen = String::from_utf8_lossy(&out.stdout).trim().to_owned();
     (!seen.is_empty()).then_some(seen)
+}
+
+impl Cluster {
+    /// Runs `kino` against the cluster with node `i`'s agent as the local one; panics with
+    /// its output unless it succeeds. Returns its stdout.
+    pub fn kino_ok(&self, i: usize, args: &[&str]) -> String {
+        crate::world::kino_stdout(args, self.kino(i, args))
+    }
+
+    /// Imports `yaml` (saved as `<name>.yaml`) through node 1's `kino` and waits until every
+    /// endpoint enforces it.
+    pub fn import_policy(&self, name: &str, yaml: &str) {
+        let path = self.suite.dir.path().join(format!("{name}.yaml"));
+        std::fs::write(&path, yaml).unwrap();
+        let path = path.to_str().unwrap();
+        self.kino_ok(
+            0,
+            &["policy", "import", path, "--wait", "--wait-timeout", "30s"],
+        );
+    }
+}
+
+/// A server in a pod on port 8080, both families: each TCP connection gets `name`, then
+/// its own bytes echoed until the client closes; each UDP datagram gets `name`. Killed on
+/// drop.
+pub struct NameServer(std::process::Child);
+
+impl NameServer {
+    /// Starts it in `pod`.
+    pub fn start(pod: &ClusterPod, name: &str) -> Self {
+        let program = format!(
+            "import socket,threading\n\
+             N=b'{name}'\n\
+             def serve(c):\n  \
+             c.sendall(N)\n  \
+             while True:\n    d=c.recv(64)\n    \
+             if not d: break\n    c.sendall(d)\n  \
+             c.close()\n\
+             def tcp(f,a):\n  s=socket.socket(f)\n  s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n  \
+             if f==socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n  \
+             s.bind((a,8080)); s.listen(256)\n  \
+             while True:\n    c,_=s.accept(); threading.Thread(target=serve,args=(c,),daemon=True).start()\n\
+             def udp(f,a):\n  s=socket.socket(f,socket.SOCK_DGRAM)\n  \
+             if f==socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n  \
+             s.bind((a,8080))\n  \
+             while True:\n    d,a2=s.recvfrom(64); s.sendto(N,a2)\n\
+             for t in [(tcp,socket.AF_INET,'0.0.0.0'),(tcp,socket.AF_INET6,'::'),(udp,socket.AF_INET,'0.0.0.0'),(udp,socket.AF_INET6,'::')]:\n  \
+             threading.Thread(target=t[0],args=t[1:],daemon=True).start()\n\
+             threading.Event().wait()\n"
+        );
+        let child = std::process::Command::new("ip")
+            .args(["netns", "exec", &pod.netns.name, "python3", "-c", &program])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("python3");
+        NameServer(child)
+    }
+}
+
+impl Drop for NameServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 impl ClusterPod {

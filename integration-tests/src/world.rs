@@ -632,14 +632,7 @@ impl Suite {
     /// Runs the `kino` CLI against this world; panics with its output unless it succeeds.
     /// Returns its stdout.
     pub fn kino_ok(&self, args: &[&str]) -> String {
-        let out = self.kino(args);
-        assert!(
-            out.status.success(),
-            "kino {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
+        kino_stdout(args, self.kino(args))
     }
 
     /// The lxc devices in the node namespace, as `ip -o link` lines.
@@ -669,6 +662,18 @@ impl Drop for Suite {
                 .status();
         }
     }
+}
+
+/// The stdout of `kino args` that ended as `out`; panics with its output unless it
+/// succeeded.
+pub fn kino_stdout(args: &[&str], out: Output) -> String {
+    assert!(
+        out.status.success(),
+        "kino {args:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Waits up to 30 s for a unix socket to appear, failing with the process's log.

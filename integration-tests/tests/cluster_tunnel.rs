@@ -221,29 +221,6 @@ async fn an_agent_restart_loses_no_cross_node_packet() {
     );
 }
 
-/// Imports `yaml` through node 1's `kino` and waits until every endpoint enforces it.
-fn import_policy(cluster: &Cluster, name: &str, yaml: &str) {
-    let path = cluster.suite.dir.path().join(format!("{name}.yaml"));
-    std::fs::write(&path, yaml).unwrap();
-    let out = cluster.kino(
-        0,
-        &[
-            "policy",
-            "import",
-            path.to_str().unwrap(),
-            "--wait",
-            "--wait-timeout",
-            "30s",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The dropped flows node `i` observed (its last 1000), as JSON lines.
 fn dropped_flows(cluster: &Cluster, i: usize) -> Vec<String> {
     let out = cluster.kino(
@@ -303,8 +280,7 @@ async fn entity_and_cidr_rules_hold_across_nodes() {
     assert!(pings(&b, &a.ipv4));
 
     // a admits the other nodes (entity remote-node) and nothing else.
-    import_policy(
-        &cluster,
+    cluster.import_policy(
         "a-from-nodes",
         "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {name: a-from-nodes, namespace: default}\nspec:\n  endpointSelector:\n    matchLabels: {app: a}\n  ingress:\n  - fromEntities: [remote-node]\n",
     );
@@ -327,8 +303,7 @@ async fn entity_and_cidr_rules_hold_across_nodes() {
     );
 
     // b may only talk to the external host (a CIDR), not to c on node 3: dropped on node 2.
-    import_policy(
-        &cluster,
+    cluster.import_policy(
         "b-to-external",
         &format!(
             "apiVersion: kino.io/v1\nkind: KinoNetworkPolicy\nmetadata: {{name: b-to-external, namespace: default}}\nspec:\n  endpointSelector:\n    matchLabels: {{app: b}}\n  egress:\n  - toCIDR: [{EXTERNAL_V4}/32]\n"

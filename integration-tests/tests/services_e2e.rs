@@ -7,58 +7,20 @@
 //! gets no new connection; a deleted service is no longer translated; and nothing of the
 //! agents stays attached to the machine's cgroup root after the cluster is gone.
 
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kino_api::datastore::Resource;
 use kino_api::service::{
     Backend, BackendState, Frontend, FrontendType, Protocol, Service, ServiceType,
 };
-use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod};
+use kino_integration_tests::cluster::{Cluster, ClusterOptions, NameServer};
 use kino_integration_tests::world::{Netns, kernel_tests_possible};
 use kino_service_kit::records::RecordClient;
 use prost::Message;
 
 const VIP: &str = "172.20.0.10";
 const VIP6: &str = "fd00:ffff::10";
-
-/// A server in a pod answering each TCP connection and UDP datagram on port 8080 (both
-/// families) with `name`; killed on drop.
-struct NameServer(Child);
-
-impl NameServer {
-    fn start(pod: &ClusterPod, name: &str) -> Self {
-        let program = format!(
-            "import socket,threading\n\
-             N=b'{name}'\n\
-             def tcp(f,a):\n  s=socket.socket(f)\n  s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)\n  \
-             if f==socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n  \
-             s.bind((a,8080)); s.listen(128)\n  \
-             while True:\n    c,_=s.accept(); c.sendall(N); c.close()\n\
-             def udp(f,a):\n  s=socket.socket(f,socket.SOCK_DGRAM)\n  \
-             if f==socket.AF_INET6: s.setsockopt(socket.IPPROTO_IPV6,socket.IPV6_V6ONLY,1)\n  \
-             s.bind((a,8080))\n  \
-             while True:\n    d,a2=s.recvfrom(64); s.sendto(N,a2)\n\
-             for t in [(tcp,socket.AF_INET,'0.0.0.0'),(tcp,socket.AF_INET6,'::'),(udp,socket.AF_INET,'0.0.0.0'),(udp,socket.AF_INET6,'::')]:\n  \
-             threading.Thread(target=t[0],args=t[1:],daemon=True).start()\n\
-             threading.Event().wait()\n"
-        );
-        let child = Command::new("ip")
-            .args(["netns", "exec", &pod.netns.name, "python3", "-c", &program])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("python3");
-        NameServer(child)
-    }
-}
-
-impl Drop for NameServer {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 /// `count` TCP connections from `netns` to `ip:port`, retried on refusal for 10 s at first
 /// (the servers start): each answer's name, and what getpeername said; or the error.

@@ -676,6 +676,8 @@ async fn main() -> anyhow::Result<()> {
         )
         .context("starting the route reconciler")?;
         // Services: the cluster's Service records into the load balancer's maps.
+        let lb_pin_dir = lb_state.is_some().then(|| pin_dir.clone());
+        let frontend_names = kino_agent::services::watch::FrontendNames::default();
         let _sock_lb = match lb_state {
             Some((sock, state)) => {
                 let ipam_channel = ipam_channel.clone();
@@ -696,6 +698,7 @@ async fn main() -> anyhow::Result<()> {
                 kino_agent::services::start(
                     RecordClient::new(datastore_channel.clone()),
                     Arc::new(tokio::sync::Mutex::new(state)),
+                    frontend_names.clone(),
                     network,
                     Duration::from_secs(config.route_reconcile_interval),
                 )
@@ -710,6 +713,7 @@ async fn main() -> anyhow::Result<()> {
             &pin_dir,
             policy.clone(),
             Some(cluster_nodes),
+            frontend_names,
         ));
         kino_agent::flows::start(flow_observer.clone(), &pin_dir, directory)
             .context("starting the flow observer")?;
@@ -763,6 +767,7 @@ async fn main() -> anyhow::Result<()> {
             ]),
             datapath_detail,
             start_time: Some(start_time),
+            lb_pin_dir,
         };
         tracing::info!(
             %node,

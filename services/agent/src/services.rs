@@ -20,16 +20,18 @@ use crate::netlink::Netlink;
 /// Starts following the services into `lb` and keeping the unreachable routes of the
 /// service CIDRs (once `network` gives them), as background tasks of the current runtime; the routes' netlink
 /// socket is opened here, in the caller's (the node's) network namespace. The receiver
-/// turns true once the first complete list of services is programmed.
+/// turns true once the first complete list of services is programmed; `names` is kept equal
+/// to which service each frontend id is (for the flows).
 pub fn start(
     records: RecordClient,
     lb: Arc<Mutex<LbState>>,
+    names: watch::FrontendNames,
     network: impl std::future::Future<Output = network::ServiceNetwork> + Send + 'static,
     interval: Duration,
 ) -> std::io::Result<signal::Receiver<bool>> {
     let netlink = Netlink::connect()?;
     let (synced, synced_rx) = signal::channel(false);
-    tokio::spawn(watch::follow(records, lb, synced));
+    tokio::spawn(watch::follow(records, lb, names, synced));
     // The routes wait for the service network (IPAM may answer later); the services don't.
     tokio::spawn(async move {
         let network = network.await;

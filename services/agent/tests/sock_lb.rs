@@ -4,7 +4,8 @@
 //! reaches a backend (TCP and UDP, IPv4 and IPv6; the reply of unconnected UDP and
 //! getpeername show the VIP); sockets of a namespace that is not this node's are never
 //! translated; weights are honoured; a terminating backend gets no new connection while an
-//! established one keeps working; a frontend without an active backend refuses
+//! established one keeps working (the maps, listed as `kino bpf lb list` reads them, show
+//! the slots, weights and the terminating backend); a frontend without an active backend refuses
 //! (ECONNREFUSED); session affinity; a reload (agent restart) keeps translating; and nothing
 //! stays attached to the cgroup root after the pins are removed.
 //!
@@ -21,6 +22,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use kino_agent::datapath::lb::listing;
 use kino_agent::datapath::lb::sock::cgroup2_mount;
 use kino_agent::datapath::lb::{
     Algorithm, BackendSpec, FrontendKind, FrontendSpec, L4Addr, L4Protocol, LbConfig, LbState,
@@ -447,6 +449,24 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
             (0.6..=0.9).contains(&heavy),
             "weight 3 of 4 got {heavy:.2} of the connections"
         );
+        // `kino bpf lb list`'s view, read back from the maps: slots in order, their weights.
+        let rows = |lb: &LbNode| -> Vec<(IpAddr, u32, u32, bool)> {
+            let listing = listing::list(lb.state.maps()).expect("listing the maps");
+            assert_eq!(listing.len(), 1, "{listing:?}");
+            assert_eq!(
+                (listing[0].id, listing[0].address.ip),
+                (1, IpAddr::from(VIP))
+            );
+            listing[0]
+                .backends
+                .iter()
+                .map(|b| (b.address.ip, b.slot, b.weight, b.active))
+                .collect()
+        };
+        assert_eq!(
+            rows(&lb),
+            [(b1.ip.into(), 1, 1, true), (b2.ip.into(), 2, 3, true)]
+        );
 
         // b2 terminating: an established connection keeps working, new ones all go to b1.
         let (name, _, mut established) = loop {
@@ -472,6 +492,11 @@ fn weights_terminating_backends_refusals_affinity_maglev_and_restarts() {
         assert!(
             names_of(client, to, 50).iter().all(|n| *n == b'1'),
             "a terminating backend got a new connection"
+        );
+        assert_eq!(
+            rows(&lb),
+            [(b1.ip.into(), 1, 1, true), (b2.ip.into(), 0, 0, false)],
+            "a terminating backend is listed without a slot"
         );
         {
             use std::io::Write;

@@ -1,6 +1,9 @@
-//! `kino bpf endpoint|ipcache|policy|ct list`: the agent's BPF maps as the datapath holds
+//! `kino bpf endpoint|ipcache|policy|ct|lb list`: the agent's BPF maps as the datapath holds
 //! them (Cilium's `cilium bpf … list`): the endpoints map, the ipcache (prefix → identity),
-//! one endpoint's policy map with hit counters, and conntrack.
+//! one endpoint's policy map with hit counters, conntrack, and the service load balancer
+//! ([`lb`]).
+
+mod lb;
 
 use std::fmt::Write as _;
 use std::process::ExitCode;
@@ -11,8 +14,8 @@ use crate::endpoint::{EndpointError, Lookup};
 use crate::proto_json;
 use kino_api::agent::{
     BpfConntrackEntry, BpfEndpointEntry, BpfIpcacheEntry, ListBpfConntrackRequest,
-    ListBpfConntrackResponse, ListBpfEndpointsRequest, ListBpfIpcacheRequest, ListBpfPolicyRequest,
-    ListBpfPolicyResponse,
+    ListBpfConntrackResponse, ListBpfEndpointsRequest, ListBpfIpcacheRequest,
+    ListBpfLoadBalancerRequest, ListBpfPolicyRequest, ListBpfPolicyResponse,
 };
 use kino_api::policy::PolicyMapKey;
 use kino_api::policy::policy_map_key::Remote;
@@ -41,6 +44,8 @@ enum BpfCommand {
         #[command(subcommand)]
         command: CtCommand,
     },
+    /// The service load balancer's maps: frontends, their backends and slots.
+    Lb(ListOnly),
 }
 
 #[derive(Debug, clap::Args)]
@@ -122,6 +127,19 @@ pub async fn execute(args: &BpfArgs, socket: &str, timeout: Duration, json: bool
                 proto_json::to_string(&r)
             } else {
                 render_ipcache(&r.entries)
+            }
+        })
+        .map_err(BpfError::from),
+        BpfCommand::Lb(_) => call(socket, timeout, "ListBpfLoadBalancer", |mut c| async move {
+            c.list_bpf_load_balancer(ListBpfLoadBalancerRequest {})
+                .await
+        })
+        .await
+        .map(|r| {
+            if json {
+                proto_json::to_string(&r)
+            } else {
+                lb::render(&r)
             }
         })
         .map_err(BpfError::from),

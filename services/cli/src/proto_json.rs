@@ -36,6 +36,7 @@ proto_messages! {
     kino_api::agent::ListBpfIpcacheResponse => "kino.agent.v1.ListBpfIpcacheResponse",
     kino_api::agent::ListBpfPolicyResponse => "kino.agent.v1.ListBpfPolicyResponse",
     kino_api::agent::ListBpfConntrackResponse => "kino.agent.v1.ListBpfConntrackResponse",
+    kino_api::agent::ListBpfLoadBalancerResponse => "kino.agent.v1.ListBpfLoadBalancerResponse",
     kino_api::flow::Flow => "kino.flow.v1.Flow",
     kino_api::flow::GetFlowsResponse => "kino.flow.v1.GetFlowsResponse",
     kino_api::node::ListNodesResponse => "kino.node.v1.ListNodesResponse",

@@ -7,8 +7,10 @@
 //! (`abi/lb.rs`). See docs/services.md ("Datapath").
 //!
 //! Files import in this order only: `maglev`, `maps`, `netns` (nothing of each other) →
-//! `state` (maglev, maps) → `sock` (maps, netns).
+//! `state` (maglev, maps) → `sock` (maps, netns); `listing` (maps) reads the maps back for
+//! `kino bpf lb list`.
 
+pub mod listing;
 pub mod maglev;
 pub mod maps;
 pub mod netns;

@@ -33,7 +33,13 @@ pub struct AgentDirectory {
     nodes: Option<tokio::sync::watch::Receiver<Option<PeerNodes>>>,
     /// Remote addresses' nodes, recently looked up.
     node_cache: Mutex<HashMap<IpAddr, (Option<String>, Instant)>>,
+    /// Frontend id → service (namespace, name), kept by the agent's service watch.
+    services: FrontendNames,
 }
+
+/// Frontend id → the (namespace, name) of its service: written by the service watch
+/// (`services::watch`), read here for the flows' `(svc ns/name)`.
+pub type FrontendNames = Arc<std::sync::RwLock<HashMap<u32, (String, String)>>>;
 
 /// How long a remote address's node is taken from the cache.
 const NODE_TTL: Duration = Duration::from_secs(2);
@@ -43,12 +49,13 @@ const MAX_CACHED_NODES: usize = 4096;
 impl AgentDirectory {
     /// Lookups through `manager`, the ipcache pinned in `pin_dir` (none if it cannot be
     /// opened: peers' identities then come from events only), the compiler `policy` and
-    /// the cluster's `nodes` (remote peers' node names).
+    /// the cluster's `nodes` (remote peers' node names) and the service watch's `services`.
     pub fn new(
         manager: Arc<EndpointManager>,
         pin_dir: &Path,
         policy: PolicyServiceClient<TracedChannel>,
         nodes: Option<tokio::sync::watch::Receiver<Option<PeerNodes>>>,
+        services: FrontendNames,
     ) -> Self {
         let path = pin_dir.join(IPCACHE_MAP);
         let ipcache = MapData::from_pin(&path)
@@ -68,6 +75,7 @@ impl AgentDirectory {
             policy,
             nodes,
             node_cache: Mutex::new(HashMap::new()),
+            services,
         }
     }
 }
@@ -123,6 +131,11 @@ impl Directory for AgentDirectory {
         let ipcache = self.ipcache.as_ref()?;
         let map = ipcache.lock().unwrap_or_else(|p| p.into_inner());
         map.identity_of(ip).ok()
+    }
+
+    fn service_of(&self, frontend_id: u32) -> Option<(String, String)> {
+        let names = self.services.read().unwrap_or_else(|p| p.into_inner());
+        names.get(&frontend_id).cloned()
     }
 
     fn node_of(&self, ip: IpAddr) -> Option<String> {

@@ -56,6 +56,10 @@ pub trait Directory: Send + Sync + 'static {
     fn identity_of(&self, ip: IpAddr) -> Option<u32>;
     /// The labels of an identity, if it is known.
     fn identity_labels(&self, identity: u32) -> BoxFuture<'_, Option<Vec<Label>>>;
+    /// The service (namespace, name) a frontend id belongs to, when known.
+    fn service_of(&self, _frontend_id: u32) -> Option<(String, String)> {
+        None
+    }
     /// The other node an address lives on (a remote pod's), if known.
     fn node_of(&self, _ip: IpAddr) -> Option<String> {
         None
@@ -321,6 +325,9 @@ impl Enricher {
             point: event.point,
             match_type: event.match_type,
             service: event.service,
+            service_name: event
+                .service
+                .and_then(|t| self.directory.service_of(t.frontend_id)),
         }
     }
 }

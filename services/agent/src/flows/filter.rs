@@ -517,6 +517,7 @@ mod tests {
             point: None,
             match_type: MatchType::None,
             service: None,
+            service_name: None,
         }
     }
 

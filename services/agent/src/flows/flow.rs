@@ -218,6 +218,9 @@ pub struct Flow {
     pub match_type: MatchType,
     /// A socket translation's backend (issue #14).
     pub service: Option<crate::datapath::events::SockTranslation>,
+    /// The service (namespace, name) of the translation's frontend, when the agent's
+    /// service watch knows its id.
+    pub service_name: Option<(String, String)>,
 }
 
 impl Flow {

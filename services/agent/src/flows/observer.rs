@@ -288,6 +288,7 @@ mod tests {
             point: None,
             match_type: MatchType::NotEnforced,
             service: None,
+            service_name: None,
         }
     }
 

@@ -12,7 +12,8 @@ use kino_api::agent::{
     CreateEndpointRequest, CreateEndpointResponse, DeleteEndpointRequest, DeleteEndpointResponse,
     GcRequest, GcResponse, GetEndpointRequest, GetEndpointResponse, HealthState,
     ListBpfConntrackRequest, ListBpfConntrackResponse, ListBpfEndpointsRequest,
-    ListBpfEndpointsResponse, ListBpfIpcacheRequest, ListBpfIpcacheResponse, ListBpfPolicyRequest,
+    ListBpfEndpointsResponse, ListBpfIpcacheRequest, ListBpfIpcacheResponse,
+    ListBpfLoadBalancerRequest, ListBpfLoadBalancerResponse, ListBpfPolicyRequest,
     ListBpfPolicyResponse, ListEndpointsRequest, ListEndpointsResponse, NodeDevice, StatusRequest,
     StatusResponse, UpdateEndpointLabelsRequest, UpdateEndpointLabelsResponse,
 };
@@ -20,10 +21,13 @@ use kino_api::types::{IpFamily, PolicyEnforcement, PolicyEnforcementMode, Routin
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
+use crate::datapath::lb::{LbMaps, listing};
 use crate::datapath::maps::{FAMILY_IPV4, FAMILY_IPV6};
 use crate::endpoint::manager::EndpointManager;
 use crate::grpc::input_limits::{check_create, check_update_labels};
-use crate::grpc::policy::{bpf_conntrack_entry, bpf_ipcache_entry, bpf_policy_entry};
+use crate::grpc::policy::{
+    bpf_conntrack_entry, bpf_ipcache_entry, bpf_lb_frontend, bpf_policy_entry,
+};
 use crate::grpc::status::to_status;
 
 /// Conntrack entries listed when a request names no limit.
@@ -43,6 +47,8 @@ pub struct AgentInfo {
     pub datapath_detail: String,
     /// When the agent started.
     pub start_time: Option<prost_types::Timestamp>,
+    /// Where the load balancer's maps are pinned; `None` with `--socket-lb=false`.
+    pub lb_pin_dir: Option<std::path::PathBuf>,
 }
 
 /// The `kino.agent.v1.AgentService` implementation.
@@ -360,6 +366,28 @@ impl AgentService for AgentGrpc {
         Ok(Response::new(ListBpfConntrackResponse {
             entries: listing.entries.iter().map(bpf_conntrack_entry).collect(),
             truncated: listing.truncated,
+        }))
+    }
+
+    async fn list_bpf_load_balancer(
+        &self,
+        _request: Request<ListBpfLoadBalancerRequest>,
+    ) -> Result<Response<ListBpfLoadBalancerResponse>, Status> {
+        let Some(pin_dir) = self.info.lb_pin_dir.clone() else {
+            return Err(Status::failed_precondition(
+                "this agent runs without a load balancer (--socket-lb=false): it has no service maps; start it with --socket-lb=true",
+            ));
+        };
+        // A second handle on the pinned maps: reading needs no lock on the writer's state.
+        let listing = tokio::task::spawn_blocking(move || {
+            let maps = LbMaps::open_pinned(&pin_dir)?;
+            listing::list(&maps)
+        })
+        .await
+        .map_err(|e| Status::internal(format!("listing the load balancer's maps: {e}")))?
+        .map_err(|e| Status::internal(format!("listing the load balancer's maps: {e}")))?;
+        Ok(Response::new(ListBpfLoadBalancerResponse {
+            entries: listing.iter().map(bpf_lb_frontend).collect(),
         }))
     }
 }

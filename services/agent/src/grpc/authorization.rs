@@ -28,6 +28,7 @@ pub static AGENT_API: &[MethodRule] = &[
     ("/kino.agent.v1.AgentService/ListBpfIpcache", ADMIN),
     ("/kino.agent.v1.AgentService/ListBpfPolicy", ADMIN),
     ("/kino.agent.v1.AgentService/ListBpfConntrack", ADMIN),
+    ("/kino.agent.v1.AgentService/ListBpfLoadBalancer", ADMIN),
 ];
 
 /// `kino.flow.v1.FlowService` (TCP, mTLS).

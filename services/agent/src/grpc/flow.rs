@@ -369,11 +369,15 @@ pub fn flow_to_proto(flow: &Flow) -> pb::Flow {
             None => pb::TraceObservationPoint::Unspecified,
         } as i32,
         policy_match_type: match_to_proto(flow.match_type) as i32,
-        service: flow.service.map(|t| pb::ServiceTranslation {
-            frontend_id: t.frontend_id,
-            backend_address: t.backend.to_string(),
-            backend_port: u32::from(t.backend_port),
-            ..Default::default()
+        service: flow.service.map(|t| {
+            let (service_namespace, service_name) = flow.service_name.clone().unwrap_or_default();
+            pb::ServiceTranslation {
+                frontend_id: t.frontend_id,
+                service_namespace,
+                service_name,
+                backend_address: t.backend.to_string(),
+                backend_port: u32::from(t.backend_port),
+            }
         }),
     }
 }
@@ -497,6 +501,7 @@ mod tests {
             point: Some(ObservationPoint::FromEndpoint),
             match_type: MatchType::None,
             service: None,
+            service_name: None,
         }
     }
 

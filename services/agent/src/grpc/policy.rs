@@ -1,11 +1,16 @@
 //! The datapath's map contents as `kino.agent.v1` answers show them: `ListBpfPolicy`,
-//! `ListBpfIpcache` and `ListBpfConntrack` rows. (The compiled policy coming in is converted
+//! `ListBpfIpcache`, `ListBpfConntrack` and `ListBpfLoadBalancer` rows. (The compiled policy coming in is converted
 //! below the manager, in `endpoint::compiled_policy`.)
 
-use kino_api::agent::{BpfConntrackEntry, BpfIpcacheEntry, BpfPolicyEntry};
+use kino_api::agent::{
+    BpfConntrackEntry, BpfIpcacheEntry, BpfLbBackend, BpfLbFrontend, BpfPolicyEntry,
+};
+use kino_api::service::BackendState;
 use kino_api::types::{Direction as PbDirection, IpFamily, PolicyVerdict, Protocol};
 
 use crate::datapath::ipcache::IPCACHE_F_TUNNEL_IPV6;
+use crate::datapath::lb::L4Protocol;
+use crate::datapath::lb::listing::FrontendListing;
 use crate::datapath::{CtEntry, Direction, IpcacheEntry, PolicyEntryInfo, Verdict};
 use crate::endpoint::compiled_policy::policy_key_to_proto;
 
@@ -73,6 +78,36 @@ pub fn bpf_conntrack_entry(entry: &CtEntry) -> BpfConntrackEntry {
         tx_closing: entry.flags & CT_F_TX_CLOSING != 0,
         seen_non_syn: entry.flags & CT_F_SEEN_NON_SYN != 0,
         source_identity: entry.source_identity,
+    }
+}
+
+/// A frontend of the load balancer's maps as a `ListBpfLoadBalancer` row.
+pub fn bpf_lb_frontend(frontend: &FrontendListing) -> BpfLbFrontend {
+    let protocol = |p: L4Protocol| match p {
+        L4Protocol::Tcp => Protocol::Tcp,
+        L4Protocol::Udp => Protocol::Udp,
+    } as i32;
+    BpfLbFrontend {
+        frontend_id: frontend.id,
+        frontend_address: frontend.address.ip.to_string(),
+        frontend_port: u32::from(frontend.address.port),
+        protocol: protocol(frontend.address.protocol),
+        backends: frontend
+            .backends
+            .iter()
+            .map(|b| BpfLbBackend {
+                backend_id: b.id,
+                address: b.address.ip.to_string(),
+                port: u32::from(b.address.port),
+                slot: b.slot,
+                weight: b.weight,
+                state: if b.active {
+                    BackendState::Active
+                } else {
+                    BackendState::Terminating
+                } as i32,
+            })
+            .collect(),
     }
 }
 

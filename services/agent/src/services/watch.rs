@@ -6,7 +6,7 @@
 //! previous agent's, for services deleted while it was down) are removed. A service whose
 //! maps could not be written is retried every second.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -44,7 +44,12 @@ pub struct Applied {
     wanted: BTreeMap<ServiceKey, Vec<FrontendSpec>>,
     /// Services whose maps could not be (fully) written: retried.
     pending: BTreeSet<ServiceKey>,
+    /// Frontend id → its service, for the flows (shared with the flow directory).
+    pub names: FrontendNames,
 }
+
+/// Frontend id → the service that has it (the flows' `(svc ns/name)`).
+pub type FrontendNames = Arc<std::sync::RwLock<HashMap<u32, ServiceKey>>>;
 
 impl Applied {
     /// The frontends of every service, as the last list and events say.
@@ -65,6 +70,17 @@ impl Applied {
             }
         };
         let old = self.wanted.remove(&key).unwrap_or_default();
+        {
+            let mut names = self.names.write().unwrap_or_else(|p| p.into_inner());
+            for o in &old {
+                if names.get(&o.id) == Some(&key) {
+                    names.remove(&o.id);
+                }
+            }
+            if service.is_some() {
+                names.extend(specs.iter().map(|s| (s.id, key.clone())));
+            }
+        }
         let others: BTreeMap<L4Addr, ServiceKey> = self.frontends();
         let mut failed = false;
         for gone in old
@@ -130,6 +146,10 @@ impl Applied {
     pub fn resync(&mut self, lb: &mut LbState, listed: Vec<(ServiceKey, Service)>) {
         let keys: BTreeSet<ServiceKey> = listed.iter().map(|(k, _)| k.clone()).collect();
         self.wanted.retain(|k, _| keys.contains(k));
+        self.names
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, k| keys.contains(k));
         for (key, service) in &listed {
             self.apply(lb, key.clone(), Some(service));
         }
@@ -152,9 +172,18 @@ fn key_of(resource: &Resource) -> ServiceKey {
 }
 
 /// Follows the Service records until the task is dropped, programming `lb`. `synced` turns
-/// true after the first complete list is applied.
-pub async fn follow(records: RecordClient, lb: Arc<Mutex<LbState>>, synced: watch::Sender<bool>) {
-    let mut applied = Applied::default();
+/// true after the first complete list is applied; `names` follows which service each
+/// frontend id is.
+pub async fn follow(
+    records: RecordClient,
+    lb: Arc<Mutex<LbState>>,
+    names: FrontendNames,
+    synced: watch::Sender<bool>,
+) {
+    let mut applied = Applied {
+        names,
+        ..Applied::default()
+    };
     let mut next_revision: Option<i64> = None;
     let mut retry_tick = tokio::time::interval(Duration::from_secs(1));
     retry_tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
