@@ -229,6 +229,7 @@ fn flow(node: &str, at: SystemTime, port: u16) -> Flow {
         point: None,
         match_type: MatchType::NotEnforced,
         service: None,
+        service_name: None,
     }
 }
 
