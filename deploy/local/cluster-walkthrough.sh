@@ -161,6 +161,15 @@ http.server.ThreadingHTTPServer(('0.0.0.0', 8081), Name).serve_forever()
     servers+=($!)
     backend_flags+=(--backend "${ip4[i]}:8081")
   done
+  # A backend that is not listening yet answers a connect with a reset: wait for both.
+  for i in "${backends[@]}"; do
+    for _ in $(seq 1 100); do
+      ip netns exec "kino-cwt-$i" ss -Hltn 'sport = :8081' | grep -q . && break
+      sleep 0.1
+    done
+    ip netns exec "kino-cwt-$i" ss -Hltn 'sport = :8081' | grep -q . ||
+      fail "the HTTP server in pod-$i does not listen on :8081"
+  done
   show kino service create web --frontend "$vip:80/tcp" "${backend_flags[@]}" ||
     fail "kino service create web"
   service_created=1
