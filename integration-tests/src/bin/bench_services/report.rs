@@ -1,0 +1,269 @@
+//! The run's results and the markdown tables printed at its end: traffic as ratios to the
+//! limit measured in the same run, control-plane times as medians with their range, the
+//! machine's load at the start and the end, and why IPVS has no row of numbers.
+
+use std::time::Duration;
+
+use crate::kino::NEEDS_SVC_LB;
+use crate::reference::Layout;
+use crate::{Args, ms};
+
+/// TCP_RR and TCP_CRR of one cell: medians and (min, max).
+#[derive(Debug, Clone, Copy)]
+pub struct Traffic {
+    pub rr: f64,
+    pub crr: f64,
+    pub rr_range: (f64, f64),
+    pub crr_range: (f64, f64),
+}
+
+/// Control-plane samples of one setup at one S.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    /// Full syncs (kube-proxy only).
+    pub full: Option<Vec<Duration>>,
+    /// One service added.
+    pub add: Vec<Duration>,
+    /// One service deleted.
+    pub delete: Vec<Duration>,
+}
+
+/// kino at one S.
+pub struct KinoRow {
+    pub services: usize,
+    /// VIP traffic; `None` without the agent's load balancer.
+    pub traffic: Option<Traffic>,
+    /// CreateService / DeleteService → frontend present / absent on every node.
+    pub realized: Option<Change>,
+    /// CreateService / DeleteService → kino-ipam's answer.
+    pub api: Change,
+}
+
+/// Everything measured.
+pub struct Report {
+    pub limit: Option<Traffic>,
+    pub limit_again: Option<Traffic>,
+    pub references: Vec<(Layout, usize, Traffic, Change)>,
+    pub kino_limit: Option<Traffic>,
+    pub kino: Vec<KinoRow>,
+    load_start: String,
+    ipvs: String,
+}
+
+impl Report {
+    /// An empty report; notes the load and IPVS's state now.
+    pub fn new(_args: &Args) -> Report {
+        Report {
+            limit: None,
+            limit_again: None,
+            references: Vec::new(),
+            kino_limit: None,
+            kino: Vec::new(),
+            load_start: load(),
+            ipvs: ipvs_state(),
+        }
+    }
+
+    /// Prints the tables.
+    pub fn print(&self, args: &Args) {
+        let command: Vec<String> = std::env::args().collect();
+        println!(
+            "\nbench-services: `{}`; {} run(s) of {} s per cell (medians, min–max), {} change(s) per S; load average {} at the start, {} at the end\n",
+            command.join(" "),
+            args.runs,
+            args.duration,
+            args.changes,
+            self.load_start,
+            load()
+        );
+        println!(
+            "Targets: kino TCP_CRR via VIP ≥ 0.95 × straight to the backend at every S; one service change realized on every node < 10 ms at S = 10 000.\n"
+        );
+        self.print_traffic();
+        println!();
+        self.print_changes();
+    }
+
+    fn print_traffic(&self) {
+        let base = self.limit.or(self.kino_limit);
+        println!("| setup | S | TCP_RR /s | ×limit | TCP_CRR /s | ×limit |");
+        println!("|---|---|---|---|---|---|");
+        let row = |name: &str, s: &str, t: &Traffic, base: Option<Traffic>| {
+            let ratio =
+                |v: f64, b: Option<f64>| b.map_or("–".to_owned(), |b| format!("{:.2}", v / b));
+            println!(
+                "| {name} | {s} | {} ({}–{}) | {} | {} ({}–{}) | {} |",
+                human(t.rr),
+                human(t.rr_range.0),
+                human(t.rr_range.1),
+                ratio(t.rr, base.map(|b| b.rr)),
+                human(t.crr),
+                human(t.crr_range.0),
+                human(t.crr_range.1),
+                ratio(t.crr, base.map(|b| b.crr)),
+            );
+        };
+        if let Some(limit) = &self.limit {
+            row(
+                "straight to a backend (the limit, bridge node)",
+                "–",
+                limit,
+                base,
+            );
+        }
+        for (layout, s, traffic, _) in &self.references {
+            let name = match layout {
+                Layout::Nftables => format!("{} via VIP", layout.label()),
+                _ => format!("{} via VIP (the last in KUBE-SERVICES)", layout.label()),
+            };
+            row(&name, &s.to_string(), traffic, base);
+        }
+        println!("| IPVS | – | {} | – | – | – |", self.ipvs);
+        if let Some(kino_limit) = &self.kino_limit {
+            row(
+                "kino: straight to a backend (kino's limit)",
+                "–",
+                kino_limit,
+                base,
+            );
+        }
+        for k in &self.kino {
+            match &k.traffic {
+                Some(t) => {
+                    row("kino via VIP", &k.services.to_string(), t, base);
+                    if let Some(kl) = &self.kino_limit {
+                        println!(
+                            "| ↳ kino via VIP ÷ kino straight | {} | | {:.2} | | {:.2} |",
+                            k.services,
+                            t.rr / kl.rr,
+                            t.crr / kl.crr
+                        );
+                    }
+                }
+                None => println!(
+                    "| kino via VIP | {} | {NEEDS_SVC_LB} | – | – | – |",
+                    k.services
+                ),
+            }
+        }
+        if let Some(again) = &self.limit_again {
+            row(
+                "straight to a backend, again (drift check)",
+                "–",
+                again,
+                base,
+            );
+        }
+    }
+
+    fn print_changes(&self) {
+        println!("| setup | S | full sync, ms | add one service, ms | delete one service, ms |");
+        println!("|---|---|---|---|---|");
+        for (layout, s, _, change) in &self.references {
+            let (what_full, what_one) = match layout {
+                Layout::Nftables => ("`nft -f` of the whole table", "one `nft -f` transaction"),
+                _ => (
+                    "`iptables-restore` of the whole table",
+                    "partial `iptables-restore`",
+                ),
+            };
+            println!(
+                "| {} | {s} | {} ({what_full}) | {} ({what_one}) | {} |",
+                layout.label(),
+                change.full.as_deref().map_or("–".to_owned(), spread),
+                spread(&change.add),
+                spread(&change.delete),
+            );
+        }
+        for k in &self.kino {
+            match &k.realized {
+                Some(r) => println!(
+                    "| kino: CreateService/DeleteService → frontend in every node's agent | {} | – | {} | {} |",
+                    k.services,
+                    spread(&r.add),
+                    spread(&r.delete)
+                ),
+                None => println!(
+                    "| kino: → frontend in every node's agent | {} | – | {NEEDS_SVC_LB} | – |",
+                    k.services
+                ),
+            }
+            println!(
+                "| kino: CreateService/DeleteService answered by kino-ipam | {} | – | {} | {} |",
+                k.services,
+                spread(&k.api.add),
+                spread(&k.api.delete)
+            );
+        }
+    }
+}
+
+/// `median (min–max)` in ms.
+fn spread(samples: &[Duration]) -> String {
+    if samples.is_empty() {
+        return "–".to_owned();
+    }
+    let values: Vec<f64> = samples.iter().map(|d| ms(*d)).collect();
+    let lo = values.iter().cloned().fold(f64::INFINITY, f64::min);
+    let hi = values.iter().cloned().fold(0.0, f64::max);
+    format!(
+        "{} ({}–{})",
+        short(kino_integration_tests::stats::median(&values)),
+        short(lo),
+        short(hi)
+    )
+}
+
+fn short(ms: f64) -> String {
+    if ms >= 100.0 {
+        format!("{ms:.0}")
+    } else {
+        format!("{ms:.1}")
+    }
+}
+
+fn human(value: f64) -> String {
+    if value >= 10_000.0 {
+        format!("{:.1}k", value / 1000.0)
+    } else {
+        format!("{value:.0}")
+    }
+}
+
+/// The 1/5/15-minute load averages.
+fn load() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Why there is no IPVS row of numbers (or that there could be).
+fn ipvs_state() -> String {
+    if std::path::Path::new("/proc/net/ip_vs").exists() {
+        return "available on this kernel but not measured by this benchmark".to_owned();
+    }
+    let config = std::process::Command::new("sh")
+        .args([
+            "-c",
+            "zcat /proc/config.gz 2>/dev/null | grep -E '^(# )?CONFIG_IP_VS[ =]'",
+        ])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let modules = std::path::Path::new("/lib/modules").exists();
+    let reason = if config.contains("is not set") {
+        format!("kernel built without it (`{config}`)")
+    } else if config.is_empty() {
+        "no /proc/net/ip_vs and no kernel config to say why".to_owned()
+    } else {
+        format!("`{config}` but no /proc/net/ip_vs")
+    };
+    format!(
+        "not available on this kernel: {reason}; no /proc/net/ip_vs{}",
+        if modules {
+            ""
+        } else {
+            ", no /lib/modules to load it from"
+        }
+    )
+}
