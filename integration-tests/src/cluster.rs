@@ -292,14 +292,23 @@ impl Cluster {
         self.suite.kino_at(&self.nodes[i].socket, args)
     }
 
-    /// The agent-owned routes (`proto 202`) of node `i`, as `ip -o route` lines, both
-    /// families.
+    /// The agent-owned routes to other nodes' pods (`proto 202`, unicast) of node `i`, as
+    /// `ip -o route` lines, both families.
     pub fn kino_routes(&self, i: usize) -> Vec<String> {
+        self.agent_routes(i, "unicast")
+    }
+
+    /// The agent's unreachable routes (the service CIDRs, issue #14) of node `i`.
+    pub fn unreachable_routes(&self, i: usize) -> Vec<String> {
+        self.agent_routes(i, "unreachable")
+    }
+
+    fn agent_routes(&self, i: usize, kind: &str) -> Vec<String> {
         let mut routes = Vec::new();
         for family in ["-4", "-6"] {
-            let out = self
-                .netns(i)
-                .exec(&["ip", family, "-o", "route", "show", "proto", "202"]);
+            let out = self.netns(i).exec(&[
+                "ip", family, "-o", "route", "show", "proto", "202", "type", kind,
+            ]);
             routes.extend(
                 String::from_utf8_lossy(&out.stdout)
                     .lines()

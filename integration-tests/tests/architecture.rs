@@ -30,13 +30,15 @@ const LAYERS: &[(&str, &[&[&str]])] = &[
             // The agent's APIs: gRPC on the unix socket and TCP, Prometheus scrapes.
             &["grpc", "metrics"],
             // What runs beside the API: the policy stream, realization reports, node
-            // registration, the flow observer, the other nodes (routes, masquerading); the
+            // registration, the flow observer, the other nodes (routes, masquerading), the services
+            // (Service records into the load balancer, unreachable service routes); the
             // gRPC clients of the peers (they implement the endpoint layer's peer traits).
             &[
                 "policy_sync",
                 "policy_realization",
                 "registration",
                 "cluster",
+                "services",
                 "flows",
                 "clients",
             ],

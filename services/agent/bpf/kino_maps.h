@@ -339,4 +339,173 @@ struct node_config {
 	__u32 vxlan_ifindex;   /* kino_vxlan (tunnel mode): where encapsulated packets go */
 };
 
+/* ------------------------------------------------------------------------------------------
+ * Services (issue #14): load balancing. A frontend (VIP, port, protocol) has an id (the
+ * cluster-wide frontend id of kino.service.v1, also the reverse-NAT index), its ACTIVE
+ * backends in slots 1..count and, with the Maglev algorithm, a lookup table. Backends are
+ * per frontend (a backend id is one backend of one frontend), so a backend entry says which
+ * frontend it serves: an affinity entry or a table slot naming a backend of another frontend
+ * is never followed. The socket programs (sock_lb.bpf.c) translate at connect/sendmsg; the
+ * same maps serve a per-packet (tc) translation through lib/lb.h.
+ * ------------------------------------------------------------------------------------------ */
+
+/* Capacities (hash maps without preallocation: an entry costs only while it exists). */
+#define KINO_LB_MAX_FRONTENDS  65536  /* frontend ids are 1..65535 */
+#define KINO_LB_MAX_BACKENDS   262144 /* backends of all frontends of the node */
+#define KINO_LB_MAX_SLOTS      262144 /* active backends of all frontends */
+#define KINO_LB_AFFINITY_MAX_ENTRIES 131072 /* (client, frontend) pairs remembered (LRU) */
+#define KINO_LB_REVERSE_SK_MAX_ENTRIES 262144 /* translated sockets remembered (LRU) */
+#define KINO_LB_NETNS_MAX_ENTRIES 16640 /* KINO_MAX_ENDPOINTS pods + the node + spare */
+/* Slots of one kino_lb_maglev value: a table of M slots takes ceil(M / CHUNK) values. 1000
+ * makes an element (value + key + the kernel's 48-byte header + 8 of its allocator) 4064
+ * bytes: one 4 KiB allocation for a table of up to 1000 slots. */
+#define KINO_LB_MAGLEV_CHUNK   1000
+/* Binary search steps over a frontend's slots: enough for 65535 backends. */
+#define KINO_LB_SLOT_SEARCH_STEPS 17
+
+/* lb_frontend.flags */
+#define KINO_LB_F_AFFINITY (1U << 0) /* ClientIP session affinity, affinity_timeout seconds */
+#define KINO_LB_F_MAGLEV   (1U << 1) /* choose through the Maglev table (maglev_size slots) */
+
+/* lb_frontend.type, as kino.service.v1.FrontendType */
+#define KINO_LB_CLUSTER_IP  1
+#define KINO_LB_NODE_PORT   2
+#define KINO_LB_EXTERNAL_IP 3
+
+/* lb_backend.state, as kino.service.v1.BackendState */
+#define KINO_LB_BACKEND_ACTIVE      1
+#define KINO_LB_BACKEND_TERMINATING 2 /* no new connections; kept for those it has */
+
+/* Key of kino_lb_frontends. */
+struct lb_frontend_key {
+	union kino_addr addr;
+	__be16 port;
+	__u8 protocol;         /* IPPROTO_TCP / IPPROTO_UDP */
+	__u8 family;           /* KINO_FAMILY_* */
+};
+
+/* Value of kino_lb_frontends. */
+struct lb_frontend {
+	__u32 id;              /* frontend id: slots, table, affinity and reverse NAT are by it */
+	__u32 count;           /* active backends: slots 1..count; 0 refuses new connections */
+	__u32 total_weight;    /* sum of the active backends' weights (random choice) */
+	__u32 affinity_timeout; /* seconds, with KINO_LB_F_AFFINITY */
+	__u32 maglev_size;     /* slots of its Maglev table (a prime), with KINO_LB_F_MAGLEV */
+	__u16 flags;           /* KINO_LB_F_* */
+	__u8 type;             /* KINO_LB_CLUSTER_IP ... */
+	__u8 pad;
+};
+
+/* Key of kino_lb_slots: the frontend's slot 1..count. */
+struct lb_slot_key {
+	__u32 frontend_id;
+	__u32 slot;
+};
+
+/* Value of kino_lb_slots: slots are in order of weight_end, so a random r in
+ * [0, total_weight) falls in the first slot whose weight_end exceeds it. */
+struct lb_slot {
+	__u32 backend_id;
+	__u32 weight_end;      /* the cumulative weight of slots 1..this one */
+};
+
+/* Value of kino_lb_backends (key: backend id, __u32, never 0). */
+struct lb_backend {
+	union kino_addr addr;
+	__be16 port;
+	__u8 protocol;
+	__u8 family;           /* KINO_FAMILY_* */
+	__u8 state;            /* KINO_LB_BACKEND_* */
+	__u8 pad[3];
+	__u32 frontend_id;     /* the frontend it is a backend of */
+};
+
+/* Key of kino_lb_maglev: one chunk of a frontend's table. */
+struct lb_maglev_key {
+	__u32 frontend_id;
+	__u32 chunk;           /* slot / KINO_LB_MAGLEV_CHUNK */
+};
+
+/* Value of kino_lb_maglev: backend ids of slots chunk * CHUNK .. + CHUNK - 1. */
+struct lb_maglev_chunk {
+	__u32 backend_ids[KINO_LB_MAGLEV_CHUNK];
+};
+
+/* Key of kino_lb_affinity: a client of a frontend. The client is the pod's address (its
+ * netns's entry in kino_lb_netns); the node's own sockets are one client, address zero. */
+struct lb_affinity_key {
+	union kino_addr client;
+	__u32 frontend_id;
+	__u8 family;
+	__u8 pad[3];
+};
+
+/* Value of kino_lb_affinity. */
+struct lb_affinity {
+	__u32 backend_id;
+	__u32 last_used;       /* CLOCK_MONOTONIC second of the client's last new connection */
+};
+
+/* Key of kino_lb_reverse_sk (LRU): a translated socket and the backend it was sent to. */
+struct lb_reverse_sk_key {
+	__u64 cookie;          /* bpf_get_socket_cookie() */
+	union kino_addr addr;  /* the backend */
+	__be16 port;
+	__u8 family;
+	__u8 pad[5];
+};
+
+/* Value of kino_lb_reverse_sk: what the socket asked for. recvmsg and getpeername show it. */
+struct lb_reverse_sk {
+	union kino_addr addr;  /* the frontend */
+	__be16 port;
+	__u8 family;
+	__u8 pad;
+	__u32 frontend_id;
+};
+
+/* Value of kino_lb_revnat (key: frontend id): the frontend a reply's source is rewritten to
+ * by a per-packet translation (tc). */
+struct lb_revnat {
+	union kino_addr addr;
+	__be16 port;
+	__u8 protocol;
+	__u8 family;
+};
+
+/* lb_netns.flags */
+#define KINO_LB_NETNS_F_IPV6 (1U << 0) /* ipv6 holds the pod's IPv6 address */
+#define KINO_LB_NETNS_F_HOST (1U << 1) /* the node's own network namespace */
+
+/*
+ * Value of kino_lb_netns (key: a network namespace cookie, __u64): the namespaces whose
+ * sockets this node's socket programs translate — its pods' and its own. On one machine
+ * every node's programs run for every socket (one cgroup tree); a socket of a namespace
+ * not in this map belongs to another node, or to no node, and is left untouched.
+ */
+struct lb_netns {
+	__u32 endpoint_id;     /* the pod's endpoint id; 0 for the node */
+	__u32 identity;        /* the pod's identity (flow events) */
+	__u32 flags;           /* KINO_LB_NETNS_F_* */
+	__be32 ipv4;           /* the pod's IPv4 address (affinity client, flow events) */
+	__u8 ipv6[16];
+};
+
+/* flow_event.type of a socket translation; the record is a struct sock_lb_event. */
+#define KINO_EVENT_SOCK_LB 3
+/* flow_event.obs_point of a socket program. */
+#define KINO_OBS_SOCK 3
+
+/* A socket translation (Hubble's sock-LB trace): a flow_event (saddr: the pod, daddr/dport:
+ * the frontend, sport 0: not bound yet) followed by the backend chosen. */
+struct sock_lb_event {
+	struct flow_event flow;
+	union kino_addr backend_addr;
+	__be16 backend_port;
+	__u16 pad;
+	__u32 frontend_id;
+	__u32 backend_id;
+	__u32 pad2;
+};
+
 #endif /* KINO_MAPS_H */

@@ -16,7 +16,8 @@
 //! reports endpoints, drops and flows to Prometheus. [`cluster`] (issue #13) connects the
 //! node to the others: its routing mode and underlay address in its Node record, every
 //! other node followed from theirs, the routes to their pods reconciled, masquerading of
-//! traffic that leaves the cluster.
+//! traffic that leaves the cluster. [`services`] (issue #14) follows the cluster's services
+//! into the load balancer's maps (`datapath::lb`: socket-level load balancing at connect).
 //! See docs/datapath.md.
 
 #![warn(missing_docs)]
@@ -35,6 +36,7 @@ pub mod node;
 pub mod policy_realization;
 pub mod policy_sync;
 pub mod registration;
+pub mod services;
 
 /// The issue that brings endpoints, the eBPF datapath and BPF map dumps.
 pub const DATAPATH_ISSUE: u32 = 4;

@@ -44,6 +44,8 @@ use kino_api::datastore::datastore_service_client::DatastoreServiceClient;
 use kino_api::ipam::ipam_service_client::IpamServiceClient;
 use kino_api::ipam::{AllocateNodeCidrsRequest, NodeAllocation};
 use kino_api::policy::policy_service_client::PolicyServiceClient;
+use kino_api::service::GetServiceNetworkRequest;
+use kino_api::service::load_balancing_service_client::LoadBalancingServiceClient;
 use kino_api::types::IpFamily;
 use kino_service_kit::principal::Role;
 use kino_service_kit::records::RecordClient;
@@ -155,6 +157,21 @@ struct Config {
         value_parser = clap::value_parser!(u32).range(1024..=16_777_216)
     )]
     conntrack_max: u32,
+    /// Translate connects to services at the socket (cgroup programs at --cgroup-root):
+    /// --socket-lb=false turns service load balancing off on this node.
+    #[arg(long, env = "KINO_SOCKET_LB", default_value_t = true, action = clap::ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    socket_lb: bool,
+    /// The cgroup v2 directory the socket programs are attached to (every socket below it
+    /// is load-balanced); default: the cgroup2 mount.
+    #[arg(long, env = "KINO_CGROUP_ROOT")]
+    cgroup_root: Option<PathBuf>,
+    /// How a service's backend is chosen: random (weighted) or maglev (consistent hashing).
+    #[arg(long, env = "KINO_LB_ALGORITHM", default_value = "random")]
+    lb_algorithm: kino_agent::datapath::lb::Algorithm,
+    /// Slots of each frontend's Maglev table (a prime, 251..=65521): 997 keeps 10 000
+    /// services' tables at 41 MB; larger tables spread big services more evenly.
+    #[arg(long, env = "KINO_MAGLEV_TABLE_SIZE", default_value_t = kino_agent::datapath::lb::maglev::DEFAULT_TABLE_SIZE)]
+    maglev_table_size: u32,
     /// Where to serve Prometheus metrics (`GET /metrics`): host:port, :port, or off.
     #[arg(
         long,
@@ -334,6 +351,40 @@ fn device_keeper(
     })
 }
 
+/// The socket load balancer loaded beside the datapath in `pin_dir` and attached
+/// (`--socket-lb`), or `None` when turned off (its links of an earlier run are removed).
+fn start_socket_lb(
+    config: &Config,
+    pin_dir: &std::path::Path,
+) -> anyhow::Result<
+    Option<(
+        kino_agent::datapath::lb::SockLb,
+        kino_agent::datapath::lb::LbState,
+        kino_agent::datapath::lb::NetnsMap,
+    )>,
+> {
+    if !config.socket_lb {
+        kino_agent::datapath::lb::sock::detach(pin_dir)?;
+        return Ok(None);
+    }
+    let cgroup = match &config.cgroup_root {
+        Some(root) => root.clone(),
+        None => kino_agent::datapath::lb::sock::cgroup2_mount()?,
+    };
+    let lb_config = kino_agent::datapath::lb::LbConfig {
+        algorithm: config.lb_algorithm,
+        maglev_table_size: config.maglev_table_size,
+    };
+    kino_agent::services::load_socket_lb(pin_dir, &cgroup, lb_config)
+        .map(Some)
+        .map_err(|e| {
+            anyhow::anyhow!(
+                "socket load balancing (--cgroup-root {}): {e}",
+                cgroup.display()
+            )
+        })
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     // Checkpoints and anything else written are private.
@@ -369,6 +420,7 @@ async fn main() -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("--endpoint-mtu (KINO_ENDPOINT_MTU): {e}"))?;
     }
     check_node_ips(&config.node_ip).map_err(anyhow::Error::msg)?;
+    kino_agent::datapath::lb::maglev::validate_table_size(config.maglev_table_size)?;
     for cidr in &config.native_routing_cidr {
         let parsed = if cidr.contains(':') {
             cidr.parse::<Ipv6Cidr>().map(|_| ())
@@ -387,7 +439,8 @@ async fn main() -> anyhow::Result<()> {
     };
     let datastore_channel = connect("--datastore", &config.datastore)?;
     let datastore = DatastoreServiceClient::new(datastore_channel.clone());
-    let mut ipam = IpamServiceClient::new(connect("--ipam", &config.ipam)?);
+    let ipam_channel = connect("--ipam", &config.ipam)?;
+    let mut ipam = IpamServiceClient::new(ipam_channel.clone());
     // A snapshot of the policy stream carries every entry of the node's identities: far
     // more than tonic's default 4 MiB per message at 100 000 entries.
     let policy = PolicyServiceClient::new(connect("--policy", &config.policy)?)
@@ -530,6 +583,7 @@ async fn main() -> anyhow::Result<()> {
                 .set_node_config(RoutingConfig::Native)
                 .context("writing the datapath's routing mode")?;
         }
+        let socket_lb = start_socket_lb(&config, datapath.pin_dir())?;
         let adoption = datapath.adoption().clone();
         if config.conntrack_gc_interval > 0 {
             // Its own handle on the pinned map: a pass never holds up endpoint changes.
@@ -587,6 +641,10 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
+        let lb_state = socket_lb.map(|(sock, state, netns)| {
+            manager.scope_sockets(netns);
+            (sock, state)
+        });
         let (adopted, removed) = manager.restore().await?;
         tracing::info!(adopted, removed, "endpoints of the previous run restored");
         // The other nodes: routes to their pods, masquerading of what leaves the cluster.
@@ -617,6 +675,35 @@ async fn main() -> anyhow::Result<()> {
             Some(device_keeper(&manager, &cluster)),
         )
         .context("starting the route reconciler")?;
+        // Services: the cluster's Service records into the load balancer's maps.
+        let _sock_lb = match lb_state {
+            Some((sock, state)) => {
+                let ipam_channel = ipam_channel.clone();
+                let network = async move {
+                    retry("getting the service network from IPAM", || {
+                        let mut client = LoadBalancingServiceClient::new(ipam_channel.clone());
+                        async move {
+                            kino_agent::services::network::from_answer(
+                                client
+                                    .get_service_network(GetServiceNetworkRequest {})
+                                    .await
+                                    .map(tonic::Response::into_inner),
+                            )
+                        }
+                    })
+                    .await
+                };
+                kino_agent::services::start(
+                    RecordClient::new(datastore_channel.clone()),
+                    Arc::new(tokio::sync::Mutex::new(state)),
+                    network,
+                    Duration::from_secs(config.route_reconcile_interval),
+                )
+                .context("starting the service follower")?;
+                Some(sock)
+            }
+            None => None,
+        };
         // Flows: the datapath's event ring, read and enriched for kino.flow.v1.
         let directory = Arc::new(AgentDirectory::new(
             manager.clone(),

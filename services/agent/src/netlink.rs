@@ -16,6 +16,7 @@ use rtnetlink::{Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBu
 mod address;
 mod route;
 mod tc;
+mod unreachable;
 mod vxlan;
 pub use address::LinkAddress;
 pub use route::{KINO_ROUTE_PROTOCOL, ManagedRoute, RouteVia};

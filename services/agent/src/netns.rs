@@ -1,6 +1,7 @@
 //! Running code inside another network namespace: on a dedicated OS thread that `setns`ed
 //! into it and has its own single-threaded tokio runtime (so netlink connections it opens,
 //! sockets and `/proc/sys/net` writes all act there), never on a shared runtime thread.
+//! Also a namespace's cookie (`SO_NETNS_COOKIE`), the id eBPF programs see it by.
 
 use std::fs::File;
 use std::future::Future;
@@ -39,6 +40,15 @@ pub enum NetnsError {
         /// The operating system's error.
         #[source]
         source: nix::Error,
+    },
+    /// Its cookie could not be read (`SO_NETNS_COOKIE` on a socket opened in it).
+    #[error("cannot read the cookie of network namespace {path}: {source}")]
+    Cookie {
+        /// The path given.
+        path: PathBuf,
+        /// The operating system's error.
+        #[source]
+        source: std::io::Error,
     },
     /// The thread or its runtime could not be started, or it panicked.
     #[error("worker thread for network namespace {path}: {reason}")]
@@ -130,4 +140,74 @@ where
             reason: "it panicked".to_owned(),
         })
     })
+}
+
+/// The cookie of the calling thread's network namespace: `SO_NETNS_COOKIE` of a socket it
+/// opens (the value `bpf_get_netns_cookie` gives programs for that namespace's sockets;
+/// unique for the machine's uptime, never reused).
+pub fn current_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    // SAFETY: plain socket(2); the fd is owned (and closed) by `socket` right away.
+    let fd = unsafe { libc::socket(libc::AF_UNIX, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor nothing else owns.
+    let socket = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie = 0u64;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    // SAFETY: the kernel writes at most `len` bytes into `cookie`.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// The cookie of the network namespace at `path` (read on a short-lived thread inside it).
+pub fn netns_cookie(path: &Path) -> Result<u64, NetnsError> {
+    let owned = path.to_owned();
+    let worker = std::thread::Builder::new()
+        .name("kino-netns-cookie".to_owned())
+        .spawn(move || {
+            enter_netns(&owned)?;
+            current_netns_cookie().map_err(|source| NetnsError::Cookie {
+                path: owned.clone(),
+                source,
+            })
+        })
+        .map_err(|e| NetnsError::Thread {
+            path: path.to_owned(),
+            reason: format!("cannot spawn: {e}"),
+        })?;
+    worker.join().unwrap_or_else(|_| {
+        Err(NetnsError::Thread {
+            path: path.to_owned(),
+            reason: "it panicked".to_owned(),
+        })
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_has_one_cookie() {
+        let here = current_netns_cookie().expect("SO_NETNS_COOKIE (Linux >= 5.14)");
+        assert_ne!(here, 0);
+        assert_eq!(current_netns_cookie().expect("again"), here);
+        // Through the path of our own namespace: the same cookie (when we may setns).
+        if let Ok(cookie) = netns_cookie(Path::new("/proc/self/ns/net")) {
+            assert_eq!(cookie, here);
+        }
+    }
 }

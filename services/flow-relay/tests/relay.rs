@@ -228,6 +228,7 @@ fn flow(node: &str, at: SystemTime, port: u16) -> Flow {
         is_reply: Some(false),
         point: None,
         match_type: MatchType::NotEnforced,
+        service: None,
     }
 }
 

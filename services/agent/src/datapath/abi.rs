@@ -6,7 +6,7 @@
 //! layouts are checked, not trusted. Change the header and this module together.
 //!
 //! Nothing here talks to the kernel; the typed maps (`maps`, `ipcache`, `policy`,
-//! `conntrack`, `events`) and the loader build on it, and it imports none of them. One file
+//! `conntrack`, `events`, `lb`) and the loaders build on it, and it imports none of them. One file
 //! per map (or group of maps), re-exported flat: callers write `abi::CtKeyRaw`,
 //! `abi::IPCACHE_MAP`. A constant mirroring a `#define` is named as it, without `KINO_`.
 
@@ -16,6 +16,7 @@ mod conntrack;
 mod endpoints;
 mod events;
 mod ipcache;
+mod lb;
 mod node_config;
 mod policy;
 #[cfg(test)]
@@ -25,6 +26,7 @@ pub use conntrack::*;
 pub use endpoints::*;
 pub use events::*;
 pub use ipcache::*;
+pub use lb::*;
 pub use node_config::*;
 pub use policy::*;
 

@@ -13,9 +13,10 @@ use aya::maps::{MapData, PerCpuArray, RingBuf};
 use super::abi::{
     Direction, DropReason, EVENT_AUDIT, EVENT_COUNTERS_MAP, EVENT_DROP, EVENT_DROPPED,
     EVENT_F_DST_IDENTITY, EVENT_F_REPLY, EVENT_F_REPLY_KNOWN, EVENT_F_SRC_IDENTITY,
-    EVENT_FORWARDED, EVENT_POLICY_VERDICT, EVENTS_MAP, EventCountersRaw, FlowEventRaw, MATCH_ALL,
-    MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE, MATCH_NOT_ENFORCED, OBS_FROM_ENDPOINT,
-    OBS_TO_ENDPOINT, addr_from_raw,
+    EVENT_FORWARDED, EVENT_POLICY_VERDICT, EVENT_SOCK_LB, EVENTS_MAP, EventCountersRaw,
+    FlowEventRaw, MATCH_ALL, MATCH_L3_L4, MATCH_L3_ONLY, MATCH_L4_ONLY, MATCH_NONE,
+    MATCH_NOT_ENFORCED, OBS_FROM_ENDPOINT, OBS_SOCK, OBS_TO_ENDPOINT, SockLbEventRaw,
+    addr_from_raw,
 };
 use super::map_access::{MapOpError, open_pinned};
 use crate::netlink::MacAddr;
@@ -30,6 +31,9 @@ pub enum EventKind {
     Drop,
     /// A new connection was allowed at an enforcement point.
     PolicyVerdict,
+    /// A socket's connect (or UDP send) to a service frontend was translated to a backend
+    /// (issue #14; `FlowEvent::service` says which).
+    SockLb,
 }
 
 /// What happened to the packet.
@@ -50,6 +54,19 @@ pub enum ObservationPoint {
     FromEndpoint,
     /// `to_container`: the stack delivers it to the pod.
     ToEndpoint,
+    /// A socket program (connect, sendmsg): before any packet.
+    Socket,
+}
+
+/// A socket translation: the frontend the socket asked for went to this backend.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockTranslation {
+    /// The frontend's id (the service's frontend, cluster-wide).
+    pub frontend_id: u32,
+    /// The backend chosen.
+    pub backend: IpAddr,
+    /// Its port.
+    pub backend_port: u16,
 }
 
 /// Which kind of policy entry decided a verdict.
@@ -122,6 +139,8 @@ pub struct FlowEvent {
     pub src_mac: MacAddr,
     /// Destination MAC.
     pub dst_mac: MacAddr,
+    /// For [`EventKind::SockLb`]: the backend the frontend (`dst_ip`/`dst_port`) went to.
+    pub service: Option<SockTranslation>,
 }
 
 /// A record of the ring could not be decoded.
@@ -151,7 +170,22 @@ impl FlowEvent {
         // with any alignment.
         let raw: FlowEventRaw =
             unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<FlowEventRaw>()) };
-        Self::from_raw(&raw)
+        let mut event = Self::from_raw(&raw)?;
+        if event.kind == EventKind::SockLb {
+            if bytes.len() < size_of::<SockLbEventRaw>() {
+                return Err(EventDecodeError::Short(bytes.len()));
+            }
+            // SAFETY: as above, for the longer record a socket translation is.
+            let sock: SockLbEventRaw =
+                unsafe { std::ptr::read_unaligned(bytes.as_ptr().cast::<SockLbEventRaw>()) };
+            event.service =
+                addr_from_raw(raw.family, &sock.backend_addr).map(|backend| SockTranslation {
+                    frontend_id: sock.frontend_id,
+                    backend,
+                    backend_port: u16::from_be_bytes(sock.backend_port),
+                });
+        }
+        Ok(event)
     }
 
     /// Decodes a raw event.
@@ -160,6 +194,7 @@ impl FlowEvent {
         let kind = match raw.r#type {
             EVENT_DROP => EventKind::Drop,
             EVENT_POLICY_VERDICT => EventKind::PolicyVerdict,
+            EVENT_SOCK_LB => EventKind::SockLb,
             other => return Err(unknown("type", other)),
         };
         let verdict = match raw.verdict {
@@ -185,6 +220,7 @@ impl FlowEvent {
             0 => None,
             OBS_FROM_ENDPOINT => Some(ObservationPoint::FromEndpoint),
             OBS_TO_ENDPOINT => Some(ObservationPoint::ToEndpoint),
+            OBS_SOCK => Some(ObservationPoint::Socket),
             other => return Err(unknown("observation point", other)),
         };
         let match_type = match raw.match_type {
@@ -222,6 +258,7 @@ impl FlowEvent {
             is_reply: flag(EVENT_F_REPLY_KNOWN).then_some(flag(EVENT_F_REPLY)),
             src_mac: MacAddr(raw.src_mac),
             dst_mac: MacAddr(raw.dst_mac),
+            service: None,
         })
     }
 }
@@ -388,6 +425,43 @@ mod tests {
         assert_eq!(
             FlowEvent::from_raw(&raw).unwrap().src_ip,
             Some("fd00::1".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn a_socket_translation_decodes_with_its_backend() {
+        let mut sock = crate::datapath::abi::SockLbEventRaw {
+            flow: raw(),
+            frontend_id: 7,
+            backend_port: 8080u16.to_be_bytes(),
+            ..Default::default()
+        };
+        sock.flow.r#type = EVENT_SOCK_LB;
+        sock.flow.verdict = EVENT_FORWARDED;
+        sock.flow.obs_point = OBS_SOCK;
+        sock.backend_addr[..4].copy_from_slice(&[10, 0, 2, 7]);
+        // SAFETY: plain old data without padding.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(
+                (&sock as *const SockLbEventRaw).cast::<u8>(),
+                size_of::<SockLbEventRaw>(),
+            )
+        };
+        let event = FlowEvent::decode(bytes).expect("decodes");
+        assert_eq!(event.kind, EventKind::SockLb);
+        assert_eq!(event.point, Some(ObservationPoint::Socket));
+        assert_eq!(
+            event.service,
+            Some(SockTranslation {
+                frontend_id: 7,
+                backend: "10.0.2.7".parse().unwrap(),
+                backend_port: 8080
+            })
+        );
+        // A record cut after the flow part is short, not a guess.
+        assert_eq!(
+            FlowEvent::decode(&bytes[..size_of::<FlowEventRaw>()]),
+            Err(EventDecodeError::Short(size_of::<FlowEventRaw>()))
         );
     }
 

@@ -2,7 +2,8 @@
 //! their maps typed in [`maps`] (endpoints, counters), [`ipcache`], [`policy`],
 //! [`conntrack`], [`events`] (the flow event ring buffer) and [`node_config`] (how pod
 //! traffic crosses nodes: tunnel or native), all over [`abi`], the one Rust
-//! twin of `bpf/kino_maps.h`. See docs/datapath.md.
+//! twin of `bpf/kino_maps.h`. [`lb`] is the service load balancer (issue #14): its maps and
+//! the socket programs, loaded beside the datapath. See docs/datapath.md.
 //!
 //! Layers, each importing only those below it: [`abi`] (layouts, names, numbers; imports
 //! nothing of the datapath) → [`map_access`] (what every typed map shares) → the typed maps
@@ -13,6 +14,7 @@ pub mod abi;
 pub mod conntrack;
 pub mod events;
 pub mod ipcache;
+pub mod lb;
 pub mod loader;
 pub mod map_access;
 pub mod maps;

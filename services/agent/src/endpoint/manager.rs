@@ -11,7 +11,8 @@
 //! its own, as ipam's `service/` does: `create` (ADD and its rollback), `delete` (DEL,
 //! GC, orphans), `check` (CHECK), `restore` and `ownership` (adoption at start-up,
 //! re-claiming addresses), `policy` (the policy stream applied, realization), `labels`
-//! (label changes at run time) and `inspect` (list/get and the BPF map dumps). None of
+//! (label changes at run time), `sockets` (pods' network namespaces for the socket load
+//! balancer) and `inspect` (list/get and the BPF map dumps). None of
 //! them names the transport: the gRPC layer turns their errors into statuses
 //! (`grpc/status.rs`).
 
@@ -42,6 +43,7 @@ mod labels;
 mod ownership;
 mod policy;
 mod restore;
+mod sockets;
 mod tunnel;
 
 pub use create::cni_response;
@@ -140,6 +142,9 @@ pub struct EndpointManager {
     /// Releases of failed ADDs that could not reach IPAM, retried in the background.
     releases: Arc<PendingReleases>,
     inner: Mutex<Inner>,
+    /// The socket load balancer's map of this node's network namespaces, once the agent
+    /// turned socket LB on ([`EndpointManager::scope_sockets`]).
+    lb_netns: std::sync::Mutex<Option<crate::datapath::lb::NetnsMap>>,
 }
 
 /// What changes together under the lock: the kernel handles and the endpoint table.
@@ -309,6 +314,7 @@ impl EndpointManager {
                 in_snapshot: false,
                 unconfirmed_prefixes: Default::default(),
             }),
+            lb_netns: std::sync::Mutex::new(None),
         })
     }
 

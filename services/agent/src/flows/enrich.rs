@@ -320,6 +320,7 @@ impl Enricher {
             is_reply: event.is_reply,
             point: event.point,
             match_type: event.match_type,
+            service: event.service,
         }
     }
 }
@@ -400,6 +401,7 @@ mod tests {
             is_reply: Some(false),
             src_mac: MacAddr([2, 0, 0, 0, 0, 1]),
             dst_mac: MacAddr([2, 0, 0, 0, 0, 2]),
+            service: None,
         }
     }
 

@@ -516,6 +516,7 @@ mod tests {
             is_reply: Some(false),
             point: None,
             match_type: MatchType::None,
+            service: None,
         }
     }
 

@@ -216,6 +216,8 @@ pub struct Flow {
     pub point: Option<ObservationPoint>,
     /// Which kind of policy entry decided.
     pub match_type: MatchType,
+    /// A socket translation's backend (issue #14).
+    pub service: Option<crate::datapath::events::SockTranslation>,
 }
 
 impl Flow {
@@ -260,6 +262,7 @@ impl Flow {
         match self.kind {
             EventKind::Drop => ApiEventType::Drop,
             EventKind::PolicyVerdict => ApiEventType::PolicyVerdict,
+            EventKind::SockLb => ApiEventType::SockLb,
         }
     }
 

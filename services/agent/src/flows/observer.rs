@@ -287,6 +287,7 @@ mod tests {
             is_reply: Some(false),
             point: None,
             match_type: MatchType::NotEnforced,
+            service: None,
         }
     }
 

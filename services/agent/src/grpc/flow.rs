@@ -365,9 +365,16 @@ pub fn flow_to_proto(flow: &Flow) -> pb::Flow {
         trace_observation_point: match flow.point {
             Some(ObservationPoint::FromEndpoint) => pb::TraceObservationPoint::FromEndpoint,
             Some(ObservationPoint::ToEndpoint) => pb::TraceObservationPoint::ToEndpoint,
+            Some(ObservationPoint::Socket) => pb::TraceObservationPoint::Socket,
             None => pb::TraceObservationPoint::Unspecified,
         } as i32,
         policy_match_type: match_to_proto(flow.match_type) as i32,
+        service: flow.service.map(|t| pb::ServiceTranslation {
+            frontend_id: t.frontend_id,
+            backend_address: t.backend.to_string(),
+            backend_port: u32::from(t.backend_port),
+            ..Default::default()
+        }),
     }
 }
 
@@ -489,6 +496,7 @@ mod tests {
             is_reply: Some(false),
             point: Some(ObservationPoint::FromEndpoint),
             match_type: MatchType::None,
+            service: None,
         }
     }
 

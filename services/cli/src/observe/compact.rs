@@ -209,6 +209,9 @@ fn what(flow: &pb::Flow) -> String {
             match_type(flow.policy_match_type)
         ));
     }
+    if flow.event_type == pb::FlowEventType::SockLb as i32 {
+        words.push("sock-lb".to_owned());
+    }
     if let Some(direction) = direction(flow.traffic_direction) {
         words.push(direction.to_owned());
     }
@@ -246,11 +249,30 @@ pub fn line(flow: &pb::Flow) -> String {
         }
     };
     format!(
-        "{}: {src} {arrow} {dst} {} ({})",
+        "{}: {src} {arrow} {dst}{} {} ({})",
         time(flow.time.as_ref()),
+        translation(flow.service.as_ref()),
         what(flow),
         summary(flow)
     )
+}
+
+/// A socket translation: ` (svc default/web) => 10.0.2.7:8080` (the service when known).
+fn translation(service: Option<&pb::ServiceTranslation>) -> String {
+    let Some(t) = service else {
+        return String::new();
+    };
+    let svc = if t.service_name.is_empty() {
+        format!(" (frontend {})", t.frontend_id)
+    } else {
+        format!(" (svc {}/{})", t.service_namespace, t.service_name)
+    };
+    let backend = if t.backend_address.contains(':') {
+        format!("[{}]:{}", t.backend_address, t.backend_port)
+    } else {
+        format!("{}:{}", t.backend_address, t.backend_port)
+    };
+    format!("{svc} => {backend}")
 }
 
 /// The line of a lost-events report.
@@ -312,6 +334,38 @@ mod tests {
             is_reply: Some(false),
             ..Default::default()
         }
+    }
+
+    #[test]
+    fn a_socket_translation_shows_the_frontend_and_the_backend() {
+        let mut flow = dropped();
+        flow.verdict = pb::Verdict::Forwarded as i32;
+        flow.drop_reason = 0;
+        flow.event_type = pb::FlowEventType::SockLb as i32;
+        flow.traffic_direction = pbt::Direction::Egress as i32;
+        flow.ip.as_mut().unwrap().destination = "172.20.0.10".into();
+        flow.destination = None;
+        flow.service = Some(pb::ServiceTranslation {
+            frontend_id: 7,
+            service_namespace: "default".into(),
+            service_name: "web".into(),
+            backend_address: "10.0.2.7".into(),
+            backend_port: 8080,
+        });
+        let text = line(&flow);
+        assert!(
+            text.contains(
+                "-> 172.20.0.10:80 (svc default/web) => 10.0.2.7:8080 sock-lb EGRESS FORWARDED"
+            ),
+            "{text}"
+        );
+        flow.service.as_mut().unwrap().service_name.clear();
+        flow.service.as_mut().unwrap().backend_address = "fd00::7".into();
+        assert!(
+            line(&flow).contains("(frontend 7) => [fd00::7]:8080"),
+            "{}",
+            line(&flow)
+        );
     }
 
     #[test]

@@ -215,7 +215,8 @@ fn apply_flow_field(f: &mut pb::FlowFilter, field: Field, value: &str) -> Result
                 "drop" => pb::FlowEventType::Drop,
                 "policy-verdict" | "policy_verdict" => pb::FlowEventType::PolicyVerdict,
                 "trace" => pb::FlowEventType::Trace,
-                _ => return Err("one of drop, policy-verdict, trace".to_owned()),
+                "sock-lb" | "sock_lb" => pb::FlowEventType::SockLb,
+                _ => return Err("one of drop, policy-verdict, trace, sock-lb".to_owned()),
             } as i32),
         Field::TrafficDirection => {
             f.traffic_direction

@@ -611,3 +611,6 @@ fn addresses_round_trip_through_the_raw_union() {
     assert_eq!(raw[..5], [10, 1, 2, 3, 0]);
     assert_eq!(addr_from_raw(9, &raw), None, "unknown family");
 }
+
+/// The load balancer's mirrors and maps (issue #14), against the socket LB object.
+mod lb;

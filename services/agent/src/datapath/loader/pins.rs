@@ -213,7 +213,7 @@ impl Datapath {
     }
 
     /// Removes every pin of `node` under `pin_root` (links first, which detaches the programs,
-    /// then maps) and its directory: the node's datapath is gone once no process holds it.
+    /// then maps; the socket load balancer's too) and its directory: the node's datapath is gone once no process holds it.
     /// Nothing there is fine.
     pub fn remove_pins(pin_root: &Path, node: &str) -> Result<(), DatapathError> {
         let pin_dir = node_pin_dir(pin_root, node)?;
@@ -227,6 +227,11 @@ impl Datapath {
         for name in ALL_MAPS {
             remove_pin(&pin_dir.join(name))?;
         }
+        // The service load balancer's cgroup links and maps (issue #14).
+        crate::datapath::lb::sock::remove_pins(&pin_dir).map_err(|e| DatapathError::PinPath {
+            path: pin_dir.clone(),
+            source: io::Error::other(e.to_string()),
+        })?;
         remove_dir(&pin_dir)
     }
 }

@@ -367,6 +367,7 @@ impl EndpointManager {
             return Err(e);
         }
         inner.endpoints.insert(id, endpoint.clone());
+        self.record_netns(&endpoint);
         tracing::info!(id, lxc = %kernel.veth.lxc_name, ip = %ipv4, ipv6 = ?ipv6, "endpoint created");
         Ok(endpoint)
     }

@@ -96,6 +96,7 @@ impl EndpointManager {
         if errors.is_empty() {
             inner.endpoints.remove(&found.id);
             drop(inner);
+            self.forget_netns(found.id);
             self.release_identity(found.identity).await;
             tracing::info!(id = found.id, lxc = %lxc_of(&found), "endpoint deleted");
             Ok(Some(found))

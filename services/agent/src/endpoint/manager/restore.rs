@@ -120,6 +120,7 @@ impl EndpointManager {
                 }
             }
         }
+        self.record_restored_netns(&adopted);
         let removed = gone.len();
         for endpoint in gone {
             tracing::info!(id = endpoint.id, lxc = %lxc_of(&endpoint), "pod gone while the agent was down; cleaning up");
