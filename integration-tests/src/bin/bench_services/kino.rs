@@ -4,38 +4,36 @@
 //! `kino.service.v1` — the API `kino service create` calls — all with the same 10 backends
 //! (backends must be addresses IPAM allocated) on VIPs of the default service CIDR.
 //!
-//! Whether a frontend is programmed is read from each agent ([`frontend_programmed`]): the
-//! agent API that lists its load balancer's frontends comes with the svc-lb branch; until
-//! it is merged the probe says so and the rows that need it are reported as missing.
+//! Whether a frontend is programmed is read from each agent's pinned frontend map
+//! (`lb_map.rs`), the map its socket programs consult at `connect`.
 
 use std::net::{Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use kino_api::service as pb;
 use kino_api::service::load_balancing_service_client::LoadBalancingServiceClient;
 use kino_integration_tests::cluster::{Cluster, ClusterOptions, ClusterPod};
 use kino_integration_tests::rr::{Endpoints, RrServer, client_sysctls};
 use kino_service_kit::TracedChannel;
 
+use crate::lb_map::FrontendMap;
 use crate::reference::BACKENDS;
 use crate::services::{BACKEND_PORT, NAMESPACE, SERVICE_PORT};
 
-/// Why the kino rows that need the agent's load balancer are missing.
-pub const NEEDS_SVC_LB: &str = "kino: needs the svc-lb merge (the agent's load balancer and its frontend list are not on this branch yet)";
-
 /// The cluster, its pods and a client of kino-ipam's service API.
 pub struct KinoWorld {
-    /// The cluster (dropped last: pods and servers first).
-    pub cluster: Cluster,
+    // Fields drop in order: servers, pods, map handles, then the cluster.
+    _servers: Vec<RrServer>,
     /// The client pod.
     pub client: ClusterPod,
+    _backend_pods: Vec<ClusterPod>,
     /// The backend pods' addresses.
     pub backends: Vec<Ipv4Addr>,
     services: LoadBalancingServiceClient<TracedChannel>,
-    _servers: Vec<RrServer>,
-    _backend_pods: Vec<ClusterPod>,
+    frontends: Vec<FrontendMap>,
+    _cluster: Cluster,
 }
 
 impl KinoWorld {
@@ -67,11 +65,18 @@ impl KinoWorld {
             kino_service_kit::connect(&cluster.suite.ipam_target(), &cluster.suite.admin_tls())
                 .await
                 .map_err(|e| anyhow!("connecting to kino-ipam: {e}"))?;
+        // Each agent pins its maps under <pin root>/<node name>.
+        let frontends = cluster
+            .nodes
+            .iter()
+            .map(|node| FrontendMap::open(&cluster.suite.pin_root.join(&node.name)))
+            .collect::<anyhow::Result<Vec<_>>>()?;
         Ok(KinoWorld {
-            cluster,
+            _cluster: cluster,
             client,
             backends,
             services: LoadBalancingServiceClient::new(channel),
+            frontends,
             _servers: servers,
             _backend_pods: backend_pods,
         })
@@ -170,8 +175,8 @@ impl KinoWorld {
         }
     }
 
-    /// Waits until every node's agent has (`present`) or has not the frontend of service
-    /// `i`; how long since `since`.
+    /// Waits until every node's frontend map has (`present`: with all its backends) or has
+    /// not the frontend of service `i`; how long since `since`.
     pub async fn wait_programmed(
         &self,
         i: usize,
@@ -179,15 +184,23 @@ impl KinoWorld {
         since: Instant,
     ) -> anyhow::Result<Duration> {
         let deadline = since + Duration::from_secs(30);
+        let mut pending: Vec<&FrontendMap> = self.frontends.iter().collect();
         loop {
-            let mut all = true;
-            for node in 0..self.cluster.nodes.len() {
-                all &= frontend_programmed(&self.cluster, node, kino_vip(i), SERVICE_PORT).await?
-                    == present;
+            let mut still = Vec::new();
+            for map in pending {
+                let backends = map.backends(kino_vip(i), SERVICE_PORT)?;
+                let done = match backends {
+                    Some(n) => present && n as usize == self.backends.len(),
+                    None => !present,
+                };
+                if !done {
+                    still.push(map);
+                }
             }
-            if all {
+            if still.is_empty() {
                 return Ok(since.elapsed());
             }
+            pending = still;
             if Instant::now() > deadline {
                 return Err(anyhow!(
                     "service {i}'s frontend {}:{SERVICE_PORT} is not {} on every node after 30 s",
@@ -195,27 +208,10 @@ impl KinoWorld {
                     if present { "programmed" } else { "gone" }
                 ));
             }
-            tokio::time::sleep(Duration::from_micros(200)).await;
+            // Busy-poll (a lookup is microseconds): the wait is what is measured.
+            tokio::task::yield_now().await;
         }
     }
-}
-
-/// Whether node `node`'s agent has a frontend `vip:port` in its load balancer's maps: the
-/// agent API of the svc-lb branch. Until it is merged: an error saying so.
-pub async fn frontend_programmed(
-    _cluster: &Cluster,
-    _node: usize,
-    _vip: Ipv4Addr,
-    _port: u16,
-) -> anyhow::Result<bool> {
-    Err(anyhow!(NEEDS_SVC_LB))
-}
-
-/// Whether this build can read the agents' frontends (the svc-lb merge).
-pub async fn lb_available(world: &KinoWorld) -> bool {
-    frontend_programmed(&world.cluster, 0, kino_vip(0), SERVICE_PORT)
-        .await
-        .is_ok()
 }
 
 /// Service `i`'s name.
@@ -226,17 +222,4 @@ pub fn kino_service_name(i: usize) -> String {
 /// Service `i`'s VIP in kino's default service CIDR 172.20.0.0/16.
 pub fn kino_vip(i: usize) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(Ipv4Addr::new(172, 20, 0, 1)) + i as u32)
-}
-
-/// Checks that `ep` answers (a short TCP_RR), with the path's name in the error.
-pub async fn reachable(ep: &Endpoints, what: &str) -> anyhow::Result<()> {
-    let sample = kino_integration_tests::rr::measure(ep, "rr", 0.05, 0)
-        .await
-        .with_context(|| format!("{what} ({}) does not answer", ep.server))?;
-    anyhow::ensure!(
-        sample.rate > 0.0,
-        "{what} ({}) made no transaction",
-        ep.server
-    );
-    Ok(())
 }

@@ -33,6 +33,7 @@
 
 mod iptables;
 mod kino;
+mod lb_map;
 mod nftables;
 mod reference;
 mod report;
@@ -124,7 +125,7 @@ async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> any
         client_netns: limit_world.client.name.clone(),
         server: SocketAddr::new(backend_ips()[0].into(), BACKEND_PORT),
     };
-    kino::reachable(&straight, "backend 0 from the client pod").await?;
+    reachable(&straight, "backend 0 from the client pod").await?;
     report.limit = Some(cells(args, &straight).await?);
     for (k, layout) in layouts.iter().enumerate() {
         // A fresh node per layout: nothing of another layout stays hooked.
@@ -138,7 +139,7 @@ async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> any
                 client_netns: world.client.name.clone(),
                 server: SocketAddr::new(installed[count - 1].vip.into(), SERVICE_PORT),
             };
-            kino::reachable(&vip, &format!("the last VIP with {}", layout.label())).await?;
+            reachable(&vip, &format!("the last VIP with {}", layout.label())).await?;
             let traffic = cells(args, &vip).await?;
             let mut full = Vec::new();
             for _ in 0..args.runs {
@@ -170,9 +171,8 @@ async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> any
 async fn kino_rows(args: &Args, report: &mut Report) -> anyhow::Result<()> {
     let world = kino::KinoWorld::start(args.nodes, CPU).await?;
     let straight = world.straight();
-    kino::reachable(&straight, "backend 0 from the kino client pod").await?;
+    reachable(&straight, "backend 0 from the kino client pod").await?;
     report.kino_limit = Some(cells(args, &straight).await?);
-    let lb = kino::lb_available(&world).await;
     let mut created = 0;
     for &count in &args.services {
         eprintln!("kino: creating services {created}..{count}");
@@ -183,41 +183,28 @@ async fn kino_rows(args: &Args, report: &mut Report) -> anyhow::Result<()> {
             took.as_secs_f64()
         );
         created = count;
-        let traffic = if lb {
-            let vip = world.via_vip(count - 1);
-            kino::reachable(&vip, "the last kino VIP").await?;
-            Some(cells(args, &vip).await?)
-        } else {
-            None
-        };
-        // One more service, then gone again: API answer, then every node's agent.
-        let (mut add, mut delete, mut add_api, mut delete_api) =
-            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        world
+            .wait_programmed(count - 1, true, Instant::now())
+            .await
+            .context("the last service never reached every node")?;
+        let vip = world.via_vip(count - 1);
+        reachable(&vip, "the last kino VIP").await?;
+        let traffic = cells(args, &vip).await?;
+        // One more service, then gone again: kino-ipam's answer, then every node's map.
+        let (mut realized, mut api) = (Change::default(), Change::default());
         for _ in 0..args.changes {
             let start = Instant::now();
-            add_api.push(world.create_one(count).await?);
-            if lb {
-                add.push(world.wait_programmed(count, true, start).await?);
-            }
+            api.add.push(world.create_one(count).await?);
+            realized.add.push(world.wait_programmed(count, true, start).await?);
             let start = Instant::now();
-            delete_api.push(world.delete_one(count).await?);
-            if lb {
-                delete.push(world.wait_programmed(count, false, start).await?);
-            }
+            api.delete.push(world.delete_one(count).await?);
+            realized.delete.push(world.wait_programmed(count, false, start).await?);
         }
         report.kino.push(report::KinoRow {
             services: count,
             traffic,
-            realized: lb.then_some(Change {
-                full: None,
-                add,
-                delete,
-            }),
-            api: Change {
-                full: None,
-                add: add_api,
-                delete: delete_api,
-            },
+            realized,
+            api,
         });
     }
     Ok(())
@@ -251,4 +238,17 @@ fn range(values: &[f64]) -> (f64, f64) {
 /// Milliseconds of a duration.
 pub fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
+}
+
+/// Checks that `ep` answers (a short TCP_RR), with the path's name in the error.
+pub async fn reachable(ep: &Endpoints, what: &str) -> anyhow::Result<()> {
+    let sample = measure(ep, "rr", 0.05, 0)
+        .await
+        .with_context(|| format!("{what} ({}) does not answer", ep.server))?;
+    anyhow::ensure!(
+        sample.rate > 0.0,
+        "{what} ({}) made no transaction",
+        ep.server
+    );
+    Ok(())
 }

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use crate::kino::NEEDS_SVC_LB;
 use crate::reference::Layout;
 use crate::{Args, ms};
 
@@ -31,10 +30,10 @@ pub struct Change {
 /// kino at one S.
 pub struct KinoRow {
     pub services: usize,
-    /// VIP traffic; `None` without the agent's load balancer.
-    pub traffic: Option<Traffic>,
+    /// VIP traffic.
+    pub traffic: Traffic,
     /// CreateService / DeleteService → frontend present / absent on every node.
-    pub realized: Option<Change>,
+    pub realized: Change,
     /// CreateService / DeleteService → kino-ipam's answer.
     pub api: Change,
 }
@@ -48,11 +47,12 @@ pub struct Report {
     pub kino: Vec<KinoRow>,
     load_start: String,
     ipvs: String,
+    nodes: usize,
 }
 
 impl Report {
     /// An empty report; notes the load and IPVS's state now.
-    pub fn new(_args: &Args) -> Report {
+    pub fn new(args: &Args) -> Report {
         Report {
             limit: None,
             limit_again: None,
@@ -61,6 +61,7 @@ impl Report {
             kino: Vec::new(),
             load_start: load(),
             ipvs: ipvs_state(),
+            nodes: args.nodes,
         }
     }
 
@@ -128,22 +129,14 @@ impl Report {
             );
         }
         for k in &self.kino {
-            match &k.traffic {
-                Some(t) => {
-                    row("kino via VIP", &k.services.to_string(), t, base);
-                    if let Some(kl) = &self.kino_limit {
-                        println!(
-                            "| ↳ kino via VIP ÷ kino straight | {} | | {:.2} | | {:.2} |",
-                            k.services,
-                            t.rr / kl.rr,
-                            t.crr / kl.crr
-                        );
-                    }
-                }
-                None => println!(
-                    "| kino via VIP | {} | {NEEDS_SVC_LB} | – | – | – |",
-                    k.services
-                ),
+            row("kino via VIP", &k.services.to_string(), &k.traffic, base);
+            if let Some(kl) = &self.kino_limit {
+                println!(
+                    "| ↳ kino via VIP ÷ kino straight | {} | | {:.2} | | {:.2} |",
+                    k.services,
+                    k.traffic.rr / kl.rr,
+                    k.traffic.crr / kl.crr
+                );
             }
         }
         if let Some(again) = &self.limit_again {
@@ -160,15 +153,8 @@ impl Report {
         println!("| setup | S | full sync, ms | add one service, ms | delete one service, ms |");
         println!("|---|---|---|---|---|");
         for (layout, s, _, change) in &self.references {
-            let (what_full, what_one) = match layout {
-                Layout::Nftables => ("`nft -f` of the whole table", "one `nft -f` transaction"),
-                _ => (
-                    "`iptables-restore` of the whole table",
-                    "partial `iptables-restore`",
-                ),
-            };
             println!(
-                "| {} | {s} | {} ({what_full}) | {} ({what_one}) | {} |",
+                "| {} | {s} | {} | {} | {} |",
                 layout.label(),
                 change.full.as_deref().map_or("–".to_owned(), spread),
                 spread(&change.add),
@@ -176,25 +162,27 @@ impl Report {
             );
         }
         for k in &self.kino {
-            match &k.realized {
-                Some(r) => println!(
-                    "| kino: CreateService/DeleteService → frontend in every node's agent | {} | – | {} | {} |",
-                    k.services,
-                    spread(&r.add),
-                    spread(&r.delete)
-                ),
-                None => println!(
-                    "| kino: → frontend in every node's agent | {} | – | {NEEDS_SVC_LB} | – |",
-                    k.services
-                ),
-            }
             println!(
-                "| kino: CreateService/DeleteService answered by kino-ipam | {} | – | {} | {} |",
+                "| kino: request → frontend in every node's agent | {} | – | {} | {} |",
+                k.services,
+                spread(&k.realized.add),
+                spread(&k.realized.delete)
+            );
+            println!(
+                "| kino: request → kino-ipam's answer | {} | – | {} | {} |",
                 k.services,
                 spread(&k.api.add),
                 spread(&k.api.delete)
             );
         }
+        println!(
+            "\nFull sync: the whole table through the tool (`iptables-restore --noflush --counters`, `nft -f`), as kube-proxy writes it at every sync before 1.27 and hourly since. \
+             One service, iptables: kube-proxy's partial restore (≥ 1.27): KUBE-SERVICES rewritten whole (S + 1 rules) plus that service's KUBE-SVC/KUBE-SEP chains (created, or flushed and deleted). \
+             One service, nftables: one `nft -f` transaction with its `service-ips` element and its 11 chains. \
+             Times are wall time of the tool, process start included. \
+             kino: CreateService / DeleteService on kino-ipam (median (min–max) ms) until the frontend is present / absent in the load balancer of every node's agent ({} node(s)).",
+            self.nodes
+        );
     }
 }
 
