@@ -47,7 +47,7 @@ use clap::Parser;
 use kino_integration_tests::rr::{Endpoints, measure};
 use kino_integration_tests::stats::median;
 use kino_integration_tests::world::unique_prefix;
-use reference::{Layout, Reference, backend_ips};
+use reference::{Layout, Reference, TimedOut, backend_ips};
 use report::{Change, Report, Traffic};
 use services::{BACKEND_PORT, SERVICE_PORT, services};
 
@@ -78,6 +78,10 @@ pub struct Args {
     /// Nodes of the kino cluster (the pods are on node 1; changes are waited for on all).
     #[arg(long, default_value_t = 2)]
     nodes: usize,
+    /// Seconds one `iptables-restore`/`nft` run may take before it is stopped (the rest of
+    /// that layout's measurements at that S and above are then skipped).
+    #[arg(long, default_value_t = 60.0)]
+    max_restore_seconds: f64,
     /// Skip the kernel-only references.
     #[arg(long)]
     no_reference: bool,
@@ -120,7 +124,8 @@ async fn main() -> anyhow::Result<()> {
 /// The limit, every layout at every S, the limit again.
 async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> anyhow::Result<()> {
     let prefix = unique_prefix("bsv");
-    let limit_world = Reference::build(&format!("{prefix}l"), CPU)?;
+    let limit = Duration::from_secs_f64(args.max_restore_seconds);
+    let limit_world = Reference::build(&format!("{prefix}l"), CPU, limit)?;
     let straight = Endpoints {
         client_netns: limit_world.client.name.clone(),
         server: SocketAddr::new(backend_ips()[0].into(), BACKEND_PORT),
@@ -129,12 +134,17 @@ async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> any
     report.limit = Some(cells(args, &straight).await?);
     for (k, layout) in layouts.iter().enumerate() {
         // A fresh node per layout: nothing of another layout stays hooked.
-        let world = Reference::build(&format!("{prefix}{k}"), CPU)?;
+        let world = Reference::build(&format!("{prefix}{k}"), CPU, limit)?;
         for &count in &args.services {
             eprintln!("{}: installing {count} services", layout.label());
             let with_extra = services(count + 1, &backend_ips());
             let installed = &with_extra[..count];
-            world.install(*layout, installed)?;
+            let mut change = Change::default();
+            if let Err(over) = capped(world.install(*layout, installed))? {
+                change.gave_up = Some(format!("loading the table {over}"));
+                report.references.push((*layout, count, None, change));
+                break; // a larger S would take longer still
+            }
             let vip = Endpoints {
                 client_netns: world.client.name.clone(),
                 server: SocketAddr::new(installed[count - 1].vip.into(), SERVICE_PORT),
@@ -143,24 +153,28 @@ async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> any
             let traffic = cells(args, &vip).await?;
             let mut full = Vec::new();
             for _ in 0..args.runs {
-                full.push(world.full_sync(*layout, installed)?);
+                match capped(world.full_sync(*layout, installed))? {
+                    Ok(took) => full.push(took),
+                    Err(over) => {
+                        change.gave_up = Some(format!("a full sync {over}"));
+                        break;
+                    }
+                }
             }
-            let (mut add, mut delete) = (Vec::new(), Vec::new());
+            change.full = Some(full);
             for _ in 0..args.changes {
-                let (a, d) = world.one_service_change(*layout, &with_extra)?;
-                add.push(a);
-                delete.push(d);
+                match capped(world.one_service_change(*layout, &with_extra))? {
+                    Ok((a, d)) => {
+                        change.add.push(a);
+                        change.delete.push(d);
+                    }
+                    Err(over) => {
+                        change.gave_up = Some(format!("a one-service sync {over}"));
+                        break;
+                    }
+                }
             }
-            report.references.push((
-                *layout,
-                count,
-                traffic,
-                Change {
-                    full: Some(full),
-                    add,
-                    delete,
-                },
-            ));
+            report.references.push((*layout, count, Some(traffic), change));
         }
     }
     report.limit_again = Some(cells(args, &straight).await?);
@@ -208,6 +222,15 @@ async fn kino_rows(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         });
     }
     Ok(())
+}
+
+/// A tool run's result, or (as `Err`) why it was stopped; other failures stay errors.
+fn capped<T>(result: anyhow::Result<T>) -> anyhow::Result<Result<T, String>> {
+    match result {
+        Ok(value) => Ok(Ok(value)),
+        Err(e) if e.downcast_ref::<TimedOut>().is_some() => Ok(Err(e.to_string())),
+        Err(e) => Err(e),
+    }
 }
 
 /// TCP_RR and TCP_CRR, `runs` times each; the medians.

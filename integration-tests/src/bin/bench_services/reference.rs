@@ -81,13 +81,16 @@ pub struct Reference {
     pub node: Netns,
     /// The client pod.
     pub client: Netns,
+    /// How long one tool run may take before it is stopped.
+    limit: Duration,
     _servers: Vec<RrServer>,
     _backends: Vec<Netns>,
 }
 
 impl Reference {
-    /// Builds it under `prefix`, servers pinned to `server_cpu`.
-    pub fn build(prefix: &str, server_cpu: usize) -> anyhow::Result<Reference> {
+    /// Builds it under `prefix`, servers pinned to `server_cpu`; a tool run longer than
+    /// `limit` is stopped ([`TimedOut`]).
+    pub fn build(prefix: &str, server_cpu: usize, limit: Duration) -> anyhow::Result<Reference> {
         let node = Netns::new(&format!("{prefix}-node"));
         let n = node.name.as_str();
         ipn(n, &["link", "add", "cni0", "type", "bridge"])?;
@@ -114,6 +117,7 @@ impl Reference {
         Ok(Reference {
             node,
             client,
+            limit,
             _servers: servers,
             _backends: backends,
         })
@@ -198,18 +202,48 @@ impl Reference {
         let mut stdin = child.stdin.take().context("stdin")?;
         let text = input.to_owned();
         let writer = std::thread::spawn(move || stdin.write_all(text.as_bytes()));
-        let out = child.wait_with_output()?;
+        let mut stderr = child.stderr.take().context("stderr")?;
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+            text
+        });
+        let status = loop {
+            if let Some(status) = child.try_wait()? {
+                break status;
+            }
+            if start.elapsed() > self.limit {
+                // Ours to stop: the child we spawned (ip netns exec execs the tool in place).
+                let _ = child.kill();
+                let _ = child.wait();
+                let _ = writer.join();
+                return Err(TimedOut(self.limit).into());
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
         let took = start.elapsed();
         let _ = writer.join();
+        let errors = reader.join().unwrap_or_default();
         ensure!(
-            out.status.success(),
-            "{args:?} in {} failed: {}",
-            self.node.name,
-            String::from_utf8_lossy(&out.stderr)
+            status.success(),
+            "{args:?} in {} failed: {errors}",
+            self.node.name
         );
         Ok(took)
     }
 }
+
+/// A tool ran past the world's limit and was stopped.
+#[derive(Debug)]
+pub struct TimedOut(pub Duration);
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "did not finish in {} s", self.0.as_secs())
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// A veth from `node`'s cni0 to `pod`'s eth0 holding `ip/24`, default route via the bridge.
 fn plug(node: &Netns, pod: &Netns, port: &str, ip: &str) -> anyhow::Result<()> {

@@ -25,6 +25,8 @@ pub struct Change {
     pub add: Vec<Duration>,
     /// One service deleted.
     pub delete: Vec<Duration>,
+    /// What was stopped at the time limit (the samples before it are kept).
+    pub gave_up: Option<String>,
 }
 
 /// kino at one S.
@@ -42,7 +44,8 @@ pub struct KinoRow {
 pub struct Report {
     pub limit: Option<Traffic>,
     pub limit_again: Option<Traffic>,
-    pub references: Vec<(Layout, usize, Traffic, Change)>,
+    /// Per layout and S: traffic (none when the table could not be loaded in time), changes.
+    pub references: Vec<(Layout, usize, Option<Traffic>, Change)>,
     pub kino_limit: Option<Traffic>,
     pub kino: Vec<KinoRow>,
     load_start: String,
@@ -112,12 +115,18 @@ impl Report {
                 base,
             );
         }
-        for (layout, s, traffic, _) in &self.references {
+        for (layout, s, traffic, change) in &self.references {
             let name = match layout {
                 Layout::Nftables => format!("{} via VIP", layout.label()),
                 _ => format!("{} via VIP (the last in KUBE-SERVICES)", layout.label()),
             };
-            row(&name, &s.to_string(), traffic, base);
+            match traffic {
+                Some(traffic) => row(&name, &s.to_string(), traffic, base),
+                None => println!(
+                    "| {name} | {s} | not measured: {} | – | – | – |",
+                    change.gave_up.as_deref().unwrap_or("no table")
+                ),
+            }
         }
         println!("| IPVS | – | {} | – | – | – |", self.ipvs);
         if let Some(kino_limit) = &self.kino_limit {
@@ -153,9 +162,12 @@ impl Report {
         println!("| setup | S | full sync, ms | add one service, ms | delete one service, ms |");
         println!("|---|---|---|---|---|");
         for (layout, s, _, change) in &self.references {
+            let label = match &change.gave_up {
+                Some(why) => format!("{} (stopped: {why})", layout.label()),
+                None => layout.label().to_owned(),
+            };
             println!(
-                "| {} | {s} | {} | {} | {} |",
-                layout.label(),
+                "| {label} | {s} | {} | {} | {} |",
                 change.full.as_deref().map_or("–".to_owned(), spread),
                 spread(&change.add),
                 spread(&change.delete),
