@@ -7,7 +7,7 @@
 
 use std::ffi::CString;
 use std::net::Ipv4Addr;
-use std::os::fd::{FromRawFd, OwnedFd, AsRawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
 
 use anyhow::Context;

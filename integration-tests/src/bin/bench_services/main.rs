@@ -174,7 +174,9 @@ async fn references(args: &Args, layouts: &[Layout], report: &mut Report) -> any
                     }
                 }
             }
-            report.references.push((*layout, count, Some(traffic), change));
+            report
+                .references
+                .push((*layout, count, Some(traffic), change));
         }
     }
     report.limit_again = Some(cells(args, &straight).await?);
@@ -209,10 +211,14 @@ async fn kino_rows(args: &Args, report: &mut Report) -> anyhow::Result<()> {
         for _ in 0..args.changes {
             let start = Instant::now();
             api.add.push(world.create_one(count).await?);
-            realized.add.push(world.wait_programmed(count, true, start).await?);
+            realized
+                .add
+                .push(world.wait_programmed(count, true, start).await?);
             let start = Instant::now();
             api.delete.push(world.delete_one(count).await?);
-            realized.delete.push(world.wait_programmed(count, false, start).await?);
+            realized
+                .delete
+                .push(world.wait_programmed(count, false, start).await?);
         }
         report.kino.push(report::KinoRow {
             services: count,
