@@ -39,21 +39,10 @@ impl FrontendMap {
         let path = pin_dir.join("kino_lb_frontends");
         let name = CString::new(path.as_os_str().as_encoded_bytes())?;
         // union bpf_attr for BPF_OBJ_GET: pathname, bpf_fd, file_flags, path_fd.
-        let mut attr = [0u64; 3];
-        attr[0] = name.as_ptr() as u64;
-        // SAFETY: bpf(2) reads `attr` (its size given) and the NUL-terminated path it names.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_OBJ_GET,
-                attr.as_mut_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if fd < 0 {
-            return Err(std::io::Error::last_os_error())
-                .with_context(|| format!("opening the pinned map {}", path.display()));
-        }
+        let attr = [name.as_ptr() as u64, 0, 0];
+        // SAFETY: BPF_OBJ_GET reads only the NUL-terminated path `name` holds.
+        let fd = unsafe { bpf(BPF_OBJ_GET, &attr) }
+            .with_context(|| format!("opening the pinned map {}", path.display()))?;
         // SAFETY: the syscall returned a new file descriptor that nothing else owns.
         Ok(FrontendMap {
             fd: unsafe { OwnedFd::from_raw_fd(fd as i32) },
@@ -75,23 +64,33 @@ impl FrontendMap {
             (&mut value as *mut FrontendValue) as u64,
             0,
         ];
-        // SAFETY: bpf(2) reads the key (the map's key size, 20 bytes) and writes the map's
-        // value size (24 bytes, `FrontendValue`) into `value`.
-        let rc = unsafe {
-            libc::syscall(
-                libc::SYS_bpf,
-                BPF_MAP_LOOKUP_ELEM,
-                attr.as_ptr(),
-                std::mem::size_of_val(&attr),
-            )
-        };
-        if rc == 0 {
-            return Ok(Some(value.count));
+        // SAFETY: the kernel reads the map's key size (20 bytes, `key`) and writes its value
+        // size (24 bytes, `FrontendValue`; the agent's ABI test checks both against BTF).
+        match unsafe { bpf(BPF_MAP_LOOKUP_ELEM, &attr) } {
+            Ok(_) => Ok(Some(value.count)),
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+            Err(e) => Err(e).context("looking up a frontend"),
         }
-        let error = std::io::Error::last_os_error();
-        if error.raw_os_error() == Some(libc::ENOENT) {
-            return Ok(None);
-        }
-        Err(error).context("looking up a frontend")
+    }
+}
+
+/// bpf(2) with `attr`, the leading words of a `union bpf_attr`: its result, or the error.
+///
+/// # Safety
+/// The pointers in `attr` must be valid for what `cmd` reads and writes through them.
+unsafe fn bpf(cmd: libc::c_long, attr: &[u64]) -> std::io::Result<libc::c_long> {
+    // SAFETY: the caller vouches for the pointers; the kernel reads `attr` up to its size.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            attr.as_ptr(),
+            std::mem::size_of_val(attr),
+        )
+    };
+    if rc < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(rc)
     }
 }
