@@ -45,3 +45,15 @@ pub(super) fn open_pinned(pin_dir: &Path, name: &'static str) -> Result<Map, Map
         MapData::from_pin(&path).map_err(map_err(name, format!("open pin {}", path.display())))?;
     Map::from_map_data(data).map_err(map_err(name, "open"))
 }
+
+/// `error` and its sources, so aya's terse top-level messages keep their cause (errno).
+pub(crate) fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}

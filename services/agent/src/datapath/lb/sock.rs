@@ -19,7 +19,7 @@ use aya::{Ebpf, EbpfLoader};
 use super::maps::LbMaps;
 use super::netns::NetnsMap;
 use crate::datapath::abi::{LB_MAGLEV_CHUNK, LB_MAGLEV_MAP, LB_MAPS, LB_NETNS_MAP, SOCK_LB_OBJECT};
-use crate::datapath::map_access::MapOpError;
+use crate::datapath::map_access::{MapOpError, chain};
 
 /// Sub-directory of the node's pin directory holding the cgroup link pins.
 pub const CGROUP_LINKS_DIR: &str = "cgroup";
@@ -89,18 +89,6 @@ fn path_error(path: &Path) -> impl FnOnce(io::Error) -> SockLbError + '_ {
         path: path.to_owned(),
         source,
     }
-}
-
-/// `error` and its sources, so aya's terse messages keep their cause (errno).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
 
 /// The cgroup v2 mount point (the first `cgroup2` line of `/proc/self/mounts`): the

@@ -16,6 +16,7 @@ use super::error::DatapathError;
 use super::hook::Hook;
 use super::pins::{link_pin_name, remove_pin};
 use super::program::program_mut;
+use crate::datapath::map_access::chain;
 
 impl Datapath {
     /// Attaches both programs to the lxc `lxc_name` (in this thread's network namespace) as
@@ -150,16 +151,4 @@ fn ifindex_of(name: &str) -> Result<u32, DatapathError> {
         name: name.to_owned(),
         source,
     })
-}
-
-/// `error` and its sources, so aya's terse top-level messages keep their cause (errno).
-fn chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        text.push_str(": ");
-        text.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    text
 }
