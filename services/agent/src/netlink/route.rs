@@ -163,8 +163,8 @@ fn ip_of(address: &RouteAddress) -> Option<IpAddr> {
 }
 
 impl Netlink {
-    /// Every route of the main table installed with [`KINO_ROUTE_PROTOCOL`], both families.
-    pub async fn managed_routes(&self) -> Result<Vec<ManagedRoute>, NetlinkError> {
+    /// Every route of the namespace, both families, as the kernel dumps them.
+    pub(super) async fn route_messages(&self) -> Result<Vec<RouteMessage>, NetlinkError> {
         let mut out = Vec::new();
         for family in [AddressFamily::Inet, AddressFamily::Inet6] {
             let mut filter = RouteMessageBuilder::<IpAddr>::new().build();
@@ -177,8 +177,19 @@ impl Netlink {
                 .try_collect()
                 .await
                 .map_err(nl_err(format!("list {family:?} routes")))?;
-            out.extend(messages.iter().filter_map(ManagedRoute::from_message));
+            out.extend(messages);
         }
+        Ok(out)
+    }
+
+    /// Every route of the main table installed with [`KINO_ROUTE_PROTOCOL`], both families.
+    pub async fn managed_routes(&self) -> Result<Vec<ManagedRoute>, NetlinkError> {
+        let mut out: Vec<ManagedRoute> = self
+            .route_messages()
+            .await?
+            .iter()
+            .filter_map(ManagedRoute::from_message)
+            .collect();
         out.sort();
         Ok(out)
     }

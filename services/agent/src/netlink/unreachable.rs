@@ -6,9 +6,7 @@
 
 use std::net::IpAddr;
 
-use futures::TryStreamExt;
 use rtnetlink::RouteMessageBuilder;
-use rtnetlink::packet_route::AddressFamily;
 use rtnetlink::packet_route::route::{RouteAttribute, RouteMessage, RouteProtocol, RouteType};
 
 use super::route::KINO_ROUTE_PROTOCOL;
@@ -59,20 +57,12 @@ fn prefix_of(message: &RouteMessage) -> Option<(IpAddr, u8)> {
 impl Netlink {
     /// The agent's unreachable routes of the main table, both families, sorted.
     pub async fn unreachable_routes(&self) -> Result<Vec<(IpAddr, u8)>, NetlinkError> {
-        let mut out = Vec::new();
-        for family in [AddressFamily::Inet, AddressFamily::Inet6] {
-            let mut filter = RouteMessageBuilder::<IpAddr>::new().build();
-            filter.header.address_family = family;
-            let messages: Vec<RouteMessage> = self
-                .handle
-                .route()
-                .get(filter)
-                .execute()
-                .try_collect()
-                .await
-                .map_err(nl_err(format!("list {family:?} routes")))?;
-            out.extend(messages.iter().filter_map(prefix_of));
-        }
+        let mut out: Vec<(IpAddr, u8)> = self
+            .route_messages()
+            .await?
+            .iter()
+            .filter_map(prefix_of)
+            .collect();
         out.sort();
         Ok(out)
     }
